@@ -1,0 +1,114 @@
+"""Connection settings shared by every service.
+
+Each service declares one settings class (``services/<name>/settings.py``) that composes these groups;
+all read ``RMBG_``-prefixed variables with ``__`` for nesting, e.g. ``RMBG_POSTGRES__DSN`` or
+``RMBG_INGEST__MAX_IMAGE_BYTES``. Settings are frozen and validated once at start; outside
+``environment=dev`` the built-in development credentials are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.exceptions import ConfigError
+
+DEV_S3_ACCESS_KEY = "rmbg-dev"
+DEV_S3_SECRET_KEY = "rmbg-dev-secret-change-me"  # noqa: S105 - the documented dev default, refused outside dev
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PostgresSettings(_Group):
+    dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/rmbg")
+    min_pool: int = Field(default=1, ge=1)
+    # Four services x 10 connections stays well under the design's max_connections=100.
+    max_pool: int = Field(default=10, ge=1, le=100)
+    command_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class RedisSettings(_Group):
+    # Empty disables the cache: reads go to PostgreSQL (the cache is optional by design).
+    url: str = "redis://127.0.0.1:6379/0"
+    job_ttl_s: int = Field(default=3600, ge=1)
+    socket_timeout_s: float = Field(default=0.5, gt=0)
+
+
+class KafkaSettings(_Group):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "rmbg"
+    # Small enough that a dead member is noticed in seconds; heartbeat must stay below a third of it.
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    # Kafka's default message limit is 1 MiB; claim-check keeps every message far below it.
+    max_message_bytes: int = Field(default=1_000_000, ge=10_000, le=1_048_576)
+    request_timeout_ms: int = Field(default=15_000, ge=1000)
+
+
+class TopicSettings(_Group):
+    uploads: str = "rmbg.uploads.v1"
+    jobs: str = "rmbg.jobs.v1"
+    results: str = "rmbg.results.v1"
+    job_events: str = "rmbg.job-events.v1"
+    dead_letter: str = "rmbg.dead-letter.v1"
+    partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+    def all(self) -> list[str]:
+        return [self.uploads, self.jobs, self.results, self.job_events, self.dead_letter]
+
+
+class S3Settings(_Group):
+    endpoint_url: str | None = "http://127.0.0.1:8333"
+    region: str = "us-east-1"
+    # AWS prefers virtual-hosted addressing (OSS requires it); MinIO/SeaweedFS take path style.
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+    access_key: str = DEV_S3_ACCESS_KEY
+    secret_key: SecretStr = SecretStr(DEV_S3_SECRET_KEY)
+    bucket: str = "rmbg"
+    max_pool_connections: int = Field(default=32, ge=1)
+
+
+class TelemetrySettings(_Group):
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no separate metrics server
+
+
+class BaseServiceSettings(BaseSettings):
+    """What every service needs; subclasses add one group of their own options."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RMBG_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    environment: Literal["dev", "test", "staging", "production"] = "dev"
+    postgres: PostgresSettings = PostgresSettings()
+    redis: RedisSettings = RedisSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    s3: S3Settings = S3Settings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> BaseServiceSettings:
+        if self.environment in ("dev", "test"):
+            return self
+        unsafe = []
+        if self.s3.access_key == DEV_S3_ACCESS_KEY:
+            unsafe.append("RMBG_S3__ACCESS_KEY")
+        if self.s3.secret_key.get_secret_value() == DEV_S3_SECRET_KEY:
+            unsafe.append("RMBG_S3__SECRET_KEY")
+        if "@" in self.postgres.dsn.get_secret_value().split("//", 1)[-1].split("/", 1)[0] and ":" not in (
+            self.postgres.dsn.get_secret_value().split("//", 1)[-1].split("@", 1)[0]
+        ):
+            unsafe.append("RMBG_POSTGRES__DSN (no password)")
+        if unsafe:
+            raise ConfigError(
+                f"environment={self.environment} refuses development defaults: set {', '.join(unsafe)}"
+            )
+        return self

@@ -1,0 +1,106 @@
+"""`rmbg up`: the whole product on one machine, from one command.
+
+Starts every dependency the environment does not already point to (RMBG_POSTGRES__DSN, RMBG_REDIS__URL,
+RMBG_KAFKA__BOOTSTRAP_SERVERS, RMBG_S3__ENDPOINT_URL), applies migrations, creates topics and the
+bucket, starts the four services, prints where everything is, and stops it all in reverse on Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rich.console import Console
+from rich.table import Table
+
+from rmbg.demo import run_demo
+from rmbg.services import run_services
+from rmbg.stack.stack import EmbeddedStack
+from shared.config import BaseServiceSettings
+from shared.db.migrate import upgrade
+from shared.messaging import ensure_topics
+from shared.storage import open_object_store
+
+CLASSIC_MODEL = "classic-grabcut"
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    state_dir: Path
+    demo: bool
+    backend: Literal["rmbg", "classic"]
+    model_source: str
+    model_name: str | None
+    api_port: int | None
+
+
+async def provision(settings: BaseServiceSettings) -> list[str]:
+    """Migrations, topics and the bucket; each step is idempotent."""
+    await asyncio.to_thread(upgrade, settings.postgres.dsn.get_secret_value())
+    created = await ensure_topics(settings.kafka, settings.topics)
+    async with open_object_store(settings.s3) as store:
+        await store.ensure_bucket()
+    return created
+
+
+async def run_up(opts: UpOptions, stop: asyncio.Event, console: Console) -> int:
+    base = BaseServiceSettings()
+    async with EmbeddedStack(
+        opts.state_dir,
+        s3_access_key=base.s3.access_key,
+        s3_secret_key=base.s3.secret_key.get_secret_value(),
+        want_postgres=os.environ.get("RMBG_POSTGRES__DSN"),
+        want_redis=os.environ.get("RMBG_REDIS__URL"),
+        want_kafka=os.environ.get("RMBG_KAFKA__BOOTSTRAP_SERVERS"),
+        want_s3=os.environ.get("RMBG_S3__ENDPOINT_URL"),
+    ) as endpoints:
+        os.environ.update(endpoints.as_env())
+        model_name = CLASSIC_MODEL if opts.backend == "classic" else (opts.model_name or opts.model_source)
+        os.environ.update(
+            {
+                "RMBG_INFERENCE__BACKEND": opts.backend,
+                "RMBG_INFERENCE__MODEL_SOURCE": opts.model_source,
+                "RMBG_INFERENCE__MODEL_NAME": model_name,
+                "RMBG_INGEST__MODEL": model_name,
+            }
+        )
+        settings = BaseServiceSettings()
+        console.print(f"[bold]state folder[/] {endpoints.state_dir}; started here: {', '.join(endpoints.started) or 'none'}")
+        created = await provision(settings)
+        if created:
+            console.print(f"created topics: {', '.join(created)}")
+        async with run_services(env=dict(os.environ), state_dir=endpoints.state_dir, api_port=opts.api_port) as svc:
+            table = Table(title="rmbg-pipeline is up", show_header=False)
+            table.add_row("API", f"{svc.api_url}  (POST /v1/jobs, GET /v1/jobs/{{id}}, docs at /docs)")
+            for name, url in svc.metrics_urls.items():
+                table.add_row(f"metrics {name}", url)
+            table.add_row("PostgreSQL", _redact(endpoints.postgres_dsn))
+            table.add_row("Redis", endpoints.redis_url)
+            table.add_row("Kafka", endpoints.kafka_bootstrap)
+            table.add_row("S3", f"{endpoints.s3_endpoint} bucket {settings.s3.bucket}")
+            table.add_row("model", f"{model_name} ({opts.backend} backend)")
+            table.add_row("logs", str(endpoints.state_dir / "logs"))
+            console.print(table)
+            if opts.backend == "classic":
+                console.print(
+                    "[yellow]backend: classic GrabCut (weights-free). RMBG-2.0 weights are gated and not on this "
+                    "machine; run with --backend rmbg --model-source <hub id or folder> to use the model.[/]"
+                )
+            if opts.demo:
+                ok = await run_demo(svc.api_url, settings, console)
+                console.print("[green]demo: every job completed[/]" if ok else "[red]demo: some jobs did not complete[/]")
+            console.print("serving; press Ctrl+C to stop")
+            await stop.wait()
+            console.print("stopping services and servers...")
+    return 0
+
+
+def _redact(dsn: str) -> str:
+    if "@" in dsn and ":" in dsn.split("@", 1)[0].split("//", 1)[-1]:
+        scheme, rest = dsn.split("//", 1)
+        user = rest.split(":", 1)[0]
+        return f"{scheme}//{user}:***@{rest.split('@', 1)[1]}"
+    return dsn

@@ -1,0 +1,173 @@
+"""RMBG-2.0 (BiRefNet architecture) through transformers' remote-code loading path, as on the model card."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from services.inference.backends import recipe
+from services.inference.backends.base import Matte
+from shared.exceptions import ModelError
+
+__all__ = ["DEFAULT_SOURCE", "WEIGHT_FILES", "RmbgBackend", "local_revision"]
+
+DEFAULT_SOURCE = "briaai/RMBG-2.0"
+# What transformers' from_pretrained accepts as weights in a local folder, in its order of preference.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_HASHED_PREFIX = 1024 * 1024
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def local_revision(folder: Path) -> str:
+    """Identify a local model folder's weights: ``sha256:`` of the first MiB of its weights file.
+
+    The first MiB holds the safetensors header (every tensor's name, dtype, shape and offset) and the first
+    tensors, so retrained or re-exported weights change it, while hashing 885 MB at every start would cost
+    seconds. A folder with no single weights file (sharded, or none) falls back to hashing config.json.
+    """
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = folder / filename
+        if path.is_file():
+            with path.open("rb") as handle:
+                return "sha256:" + hashlib.sha256(handle.read(_HASHED_PREFIX)).hexdigest()
+    config = folder / "config.json"
+    if config.is_file():
+        return "config-sha256:" + hashlib.sha256(config.read_bytes()).hexdigest()
+    raise ModelError(f"{folder} holds neither weights nor config.json")
+
+
+def _hub_revision(source: str, revision: str | None) -> str:
+    """The commit a hub load resolved to, read from the local cache (no network call)."""
+    if revision is not None and _COMMIT_RE.match(revision):
+        return revision
+    # Deferred import: huggingface_hub comes with transformers; only the hub path needs it.
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source, "config.json", revision=revision)
+    if isinstance(cached, str):
+        # The cache lays files out as .../snapshots/<commit>/config.json.
+        commit = Path(cached).parent.name
+        if _COMMIT_RE.match(commit):
+            return commit
+    # A branch or tag name is still better than nothing, but it is mutable: say so in the value.
+    return f"ref:{revision or 'main'}"
+
+
+def _check_device(device: str, dtype: torch.dtype) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelError(f"invalid device {device!r}: {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but CUDA is not available")
+    if dtype not in SUPPORTED_DTYPES:
+        raise ModelError(f"unsupported dtype {dtype}; use one of {SUPPORTED_DTYPES}")
+    if dev.type == "cpu" and dtype == torch.float16:
+        # Several CPU kernels lack fp16 or run it far slower than fp32; the card's fp16 path is a GPU one.
+        raise ModelError("float16 inference needs a CUDA device; use float32 (or bfloat16) on the CPU")
+    return dev
+
+
+def _check_local_folder(folder: Path) -> None:
+    """Fail with a clear message before transformers does with a long, generic one."""
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"model folder {folder} has no config.json")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ModelError(f"model folder {folder} has no weights (looked for {', '.join(WEIGHT_FILES)})")
+
+
+class RmbgBackend:
+    """A loaded RMBG-2.0-layout model (hub id or local folder) behind ``SegmentationBackend``."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        name: str,
+        revision: str,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        max_batch: int = 8,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.name = name
+        self.revision = revision
+        self.max_batch = max_batch
+        self.device = device
+        self.dtype = dtype
+        self._model = model
+
+    @classmethod
+    def load(
+        cls,
+        source: str = DEFAULT_SOURCE,
+        *,
+        revision: str | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_batch: int = 8,
+    ) -> RmbgBackend:
+        """Load from a hub id (e.g. ``briaai/RMBG-2.0``) or a local folder with the hub repo's layout.
+
+        Any failure (missing weights, missing packages the remote code imports, bad device) is a
+        ``ModelError``; nothing else is substituted.
+        """
+        if max_batch < 1:
+            raise ModelError(f"max_batch must be >= 1, got {max_batch}")
+        dev = _check_device(device, dtype)
+        folder = Path(source)
+        is_local = folder.is_dir()  # the same test transformers applies to tell a folder from a hub id
+        if is_local:
+            _check_local_folder(folder)
+        # Deferred import: transformers takes seconds to import and only this backend needs it.
+        from transformers import AutoModelForImageSegmentation
+
+        # As on the card: lets fp32 matmuls use TF32 on GPUs that have it. Process-wide, like the card's call.
+        torch.set_float32_matmul_precision("high")
+        try:
+            model: Any = AutoModelForImageSegmentation.from_pretrained(
+                source, trust_remote_code=True, revision=revision
+            )
+        except Exception as exc:
+            # Remote code can raise anything (ImportError for a package it needs, OSError for files, ...);
+            # the caller needs one type, and the message keeps the cause.
+            raise ModelError(f"could not load segmentation model {source!r}: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(model, torch.nn.Module):
+            raise ModelError(f"{source!r} did not load as a torch module but as {type(model).__name__}")
+        try:
+            model = model.to(device=dev, dtype=dtype)
+        except (RuntimeError, TypeError) as exc:
+            raise ModelError(f"could not move the model to {dev} / {dtype}: {exc}") from exc
+        model.eval()
+        if is_local:
+            name, rev = folder.resolve().name, local_revision(folder)
+        else:
+            name, rev = source, _hub_revision(source, revision)
+        return cls(model, name=name, revision=rev, device=dev, dtype=dtype, max_batch=max_batch)
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Matte]:
+        """One uint8 matte per image at its original size; batches of at most ``max_batch``."""
+        mattes: list[Matte] = []
+        for start in range(0, len(images), self.max_batch):
+            mattes.extend(self._predict_chunk(images[start : start + self.max_batch]))
+        return mattes
+
+    def _predict_chunk(self, images: Sequence[Image.Image]) -> list[Matte]:
+        sizes = [image.size for image in images]
+        batch = recipe.preprocess_batch(images, device=self.device, dtype=self.dtype)
+        try:
+            with torch.inference_mode():
+                outputs = self._model(batch)
+        except Exception as exc:
+            # Out of memory, shape errors inside remote code, ...: one type for the caller to handle.
+            raise ModelError(f"{self.name} failed on a batch of {len(images)}: {type(exc).__name__}: {exc}") from exc
+        logits = recipe.select_logits(outputs, len(images))
+        return recipe.postprocess(logits, sizes)

@@ -1,0 +1,223 @@
+"""Accepting a job: the one path both the HTTP endpoint and the upload topic go through.
+
+Order matters for the invariants in design/flow.md:
+1. validate the image fully (nothing invalid is queued);
+2. store the original under its content key (claim-check; the same bytes are stored once);
+3. insert the job row, so a client polling the id never gets "not found" for an accepted job;
+4. publish the job request and the ``accepted`` event. If publishing fails after the row is written,
+   the job is still pending in PostgreSQL and the persister's sweeper re-publishes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from services.ingest.settings import IngestOptions
+from shared.cache import JobCache
+from shared.contracts import JobEvent, JobEventKind, JobRequested, ProcessingParams, Topics
+from shared.database import Database
+from shared.exceptions import ImageRejected
+from shared.ids import uuid7, uuid7_time
+from shared.imaging import ImageInfo, inspect_image
+from shared.messaging import publish
+from shared.storage import ObjectKeys, ObjectStore
+from shared.telemetry import PipelineMetrics
+from shared.views import job_view
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    job_id: uuid.UUID
+    status: str
+    created: bool  # False when the same upload event was already accepted earlier
+
+
+class Intake:
+    def __init__(
+        self,
+        *,
+        options: IngestOptions,
+        db: Database,
+        store: ObjectStore,
+        producer: AIOKafkaProducer,
+        topics: Topics,
+        cache: JobCache,
+        metrics: PipelineMetrics,
+        executor: Executor,
+    ) -> None:
+        self._options = options
+        self._db = db
+        self._store = store
+        self._producer = producer
+        self._topics = topics
+        self._cache = cache
+        self._metrics = metrics
+        self._executor = executor
+
+    async def inspect(self, data: bytes) -> ImageInfo:
+        """Full validation (header, bytes, pixels, decode) off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor,
+            lambda: inspect_image(
+                data, max_bytes=self._options.max_image_bytes, max_pixels=self._options.max_pixels
+            ),
+        )
+
+    async def accept(
+        self,
+        *,
+        data: bytes,
+        user_id: str,
+        tags: Sequence[str],
+        params: ProcessingParams,
+        source: Literal["http", "upload"],
+        job_id: uuid.UUID | None = None,
+    ) -> Accepted:
+        """Validate, store and queue one image. Raises ImageRejected for the HTTP path to answer 4xx."""
+        info = await self.inspect(data)
+        sha = hashlib.sha256(data).hexdigest()
+        key = ObjectKeys.original(sha, info.extension)
+        await self._store.put_if_absent(key, data, content_type=info.content_type, metadata={"sha256": sha})
+        job_id = job_id or uuid7()
+        async with self._db.pool.acquire() as conn:
+            inserted = await self._db.jobs.insert_job(
+                conn,
+                job_id=job_id,
+                user_id=user_id,
+                original_path=key,
+                content_sha256=sha,
+                original_bytes=len(data),
+                image_width=info.width,
+                image_height=info.height,
+                params=params.canonical(),
+                params_hash=params.digest(),
+                model_name=self._options.model,
+                source=source,
+                tags=list(tags),
+            )
+            record = await self._db.jobs.get_job(conn, job_id=job_id)
+        if record is None:  # pragma: no cover - the insert above guarantees a row
+            raise RuntimeError(f"job {job_id} vanished after insert")
+        if inserted:
+            self._metrics.transitions.labels(status="pending").inc()
+        if record.status == "pending":
+            await self._cache.put_job(job_view(record))
+            await self._cache.invalidate_user(user_id)
+            await self.queue(
+                JobRequested(
+                    job_id=job_id,
+                    created_at=record.created_at,
+                    user_id=user_id,
+                    original_key=key,
+                    content_sha256=sha,
+                    width=info.width,
+                    height=info.height,
+                    params=params,
+                    model=record.model_name,
+                    attempt=record.attempts,
+                )
+            )
+        return Accepted(job_id=job_id, status=record.status, created=inserted)
+
+    async def reject(
+        self,
+        *,
+        job_id: uuid.UUID,
+        data: bytes,
+        user_id: str,
+        tags: Sequence[str],
+        params: ProcessingParams,
+        reason: str,
+        original_path: str,
+    ) -> Accepted:
+        """Record an upload-topic image that failed validation as a failed job with its reason.
+
+        Upstream systems poll by job id and read error_message, so a bad image is visible, not dropped.
+        """
+        sha = hashlib.sha256(data).hexdigest()
+        async with self._db.pool.acquire() as conn:
+            inserted = await self._db.jobs.insert_job(
+                conn,
+                job_id=job_id,
+                user_id=user_id,
+                original_path=original_path[:512],
+                content_sha256=sha,
+                original_bytes=len(data),
+                image_width=None,
+                image_height=None,
+                params=params.canonical(),
+                params_hash=params.digest(),
+                model_name=self._options.model,
+                source="upload",
+                tags=list(tags),
+                status="failed",
+                error_message=reason,
+            )
+            record = await self._db.jobs.get_job(conn, job_id=job_id)
+        if record is None:  # pragma: no cover
+            raise RuntimeError(f"job {job_id} vanished after insert")
+        if inserted:
+            self._metrics.transitions.labels(status="failed").inc()
+        await self._cache.put_job(job_view(record))
+        await self._cache.invalidate_user(user_id)
+        now = datetime.now(UTC)
+        for kind in (JobEventKind.ACCEPTED, JobEventKind.FAILED):
+            await self._emit(
+                JobEvent(
+                    job_id=job_id,
+                    created_at=record.created_at,
+                    kind=kind,
+                    occurred_at=now,
+                    user_id=user_id,
+                    model_name=record.model_name,
+                    error=reason[:2000] if kind is JobEventKind.FAILED else None,
+                )
+            )
+        return Accepted(job_id=job_id, status=record.status, created=inserted)
+
+    async def queue(self, request: JobRequested) -> None:
+        """Publish the job and its ``accepted`` event; a broker outage leaves it to the sweeper."""
+        try:
+            await publish(self._producer, self._topics.jobs, request, key=str(request.job_id))
+        except KafkaError as exc:
+            log.error("job %s stored but not queued (%s); the sweeper will re-queue it", request.job_id, exc)
+            return
+        await self._emit(
+            JobEvent(
+                job_id=request.job_id,
+                created_at=request.created_at,
+                kind=JobEventKind.ACCEPTED,
+                occurred_at=datetime.now(UTC),
+                user_id=request.user_id,
+                model_name=request.model,
+            )
+        )
+
+    async def _emit(self, event: JobEvent) -> None:
+        try:
+            await publish(self._producer, self._topics.job_events, event, key=str(event.job_id))
+        except KafkaError as exc:
+            # Stats are repaired from the jobs table (`rmbg stats reconcile`); the job itself is safe.
+            log.error("job event %s not published: %s", event.event_id, exc)
+
+
+def upload_job_id(event_id: str, occurred_at: datetime) -> uuid.UUID:
+    """The same upload event always maps to the same job id: redelivery creates no second job."""
+    return uuid7(occurred_at, entropy=f"upload-event:{event_id}".encode())
+
+
+__all__ = ["Accepted", "ImageRejected", "Intake", "upload_job_id", "uuid7_time"]

@@ -1,0 +1,52 @@
+"""Everything ingest holds open, opened in one place and closed in reverse order."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+
+from services.ingest.intake import Intake
+from services.ingest.settings import IngestSettings
+from shared.cache import JobCache, open_cache
+from shared.contracts import Topics
+from shared.database import Database, open_database
+from shared.messaging import open_producer
+from shared.storage import ObjectStore, open_object_store
+from shared.telemetry import PipelineMetrics
+
+
+@dataclass(frozen=True)
+class IngestResources:
+    settings: IngestSettings
+    db: Database
+    store: ObjectStore
+    producer: AIOKafkaProducer
+    cache: JobCache
+    topics: Topics
+    metrics: PipelineMetrics
+    intake: Intake
+
+
+@contextlib.asynccontextmanager
+async def open_ingest(settings: IngestSettings, metrics: PipelineMetrics) -> AsyncIterator[IngestResources]:
+    async with contextlib.AsyncExitStack() as stack:
+        # Image decoding holds the GIL only partly (Pillow releases it while decoding); 4 threads keep
+        # two cores busy without letting a burst of uploads queue unbounded work.
+        executor = stack.enter_context(ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest-img"))
+        db = await stack.enter_async_context(open_database(settings.postgres))
+        store = await stack.enter_async_context(open_object_store(settings.s3))
+        producer = await stack.enter_async_context(open_producer(settings.kafka, client_id="ingest"))
+        cache = await stack.enter_async_context(open_cache(settings.redis))
+        topics = Topics.from_settings(settings.topics, settings.kafka)
+        intake = Intake(
+            options=settings.ingest, db=db, store=store, producer=producer, topics=topics, cache=cache,
+            metrics=metrics, executor=executor,
+        )
+        yield IngestResources(
+            settings=settings, db=db, store=store, producer=producer, cache=cache, topics=topics,
+            metrics=metrics, intake=intake,
+        )

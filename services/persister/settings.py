@@ -1,0 +1,29 @@
+"""Persister settings: ``RMBG_PERSISTER__*`` plus the shared connection groups."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.config import BaseServiceSettings
+from shared.contracts import CutoutFormat
+
+
+class PersisterOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    group_id: str = "rmbg-persister"
+    # Results handled at once; each composes one cut-out (CPU) and writes two objects and a row.
+    concurrency: int = Field(default=8, ge=1, le=256)
+    # Default cut-out encoding when a job does not choose (README: chosen by measurement).
+    cutout_format: CutoutFormat = CutoutFormat.WEBP_LOSSLESS
+    webp_quality: int = Field(default=90, ge=1, le=100)
+    max_image_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    # A job that has not moved for this long is re-queued, up to max_attempts, then failed.
+    stuck_after_s: int = Field(default=600, ge=1)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    sweep_interval_s: float = Field(default=30.0, gt=0)
+    grace_s: float = Field(default=30.0, ge=0)
+
+
+class PersisterSettings(BaseServiceSettings):
+    persister: PersisterOptions = PersisterOptions()

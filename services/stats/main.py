@@ -1,0 +1,46 @@
+"""``rmbg serve stats``: keeps processing_stats current from the job-event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from services.stats.handler import StatsHandler
+from services.stats.settings import StatsSettings
+from shared.contracts import Topics
+from shared.database import open_database
+from shared.messaging import open_consumer, open_producer
+from shared.runtime import run_service
+from shared.telemetry import PipelineMetrics, configure_logging, serve_metrics
+from shared.worker import ConsumeLoop, LoopOptions
+
+
+async def run_stats(settings: StatsSettings, stop: asyncio.Event) -> None:
+    opts = settings.stats
+    metrics = PipelineMetrics.create()
+    if settings.telemetry.metrics_port:
+        serve_metrics(metrics.registry, settings.telemetry.metrics_port)
+    topics = Topics.from_settings(settings.topics, settings.kafka)
+    async with contextlib.AsyncExitStack() as stack:
+        db = await stack.enter_async_context(open_database(settings.postgres))
+        producer = await stack.enter_async_context(open_producer(settings.kafka, client_id="stats"))
+        consumer = await stack.enter_async_context(
+            open_consumer(settings.kafka, topics=[topics.job_events.name], group_id=opts.group_id,
+                          client_id="stats", max_poll_records=opts.batch_size)
+        )
+        handler = StatsHandler(db=db, producer=producer, topics=topics, metrics=metrics)
+        consume = ConsumeLoop(
+            consumer, handler, name="stats",
+            options=LoopOptions(max_records=opts.batch_size, max_wait_ms=opts.batch_wait_ms, grace_s=opts.grace_s),
+        )
+        await consume.run(stop)
+
+
+def main() -> None:
+    settings = StatsSettings()
+    configure_logging(settings.telemetry)
+    run_service(lambda stop: run_stats(settings, stop))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The database handle a service holds: one pool and the repositories, opened and closed together."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+
+from shared.config import PostgresSettings
+from shared.db.pool import create_pool
+from shared.db.repositories import JobsRepository, StatsRepository, TagsRepository, UsersRepository
+
+
+@dataclass(frozen=True)
+class Database:
+    pool: asyncpg.Pool
+    jobs: JobsRepository
+    stats: StatsRepository
+    tags: TagsRepository
+    users: UsersRepository
+
+
+@contextlib.asynccontextmanager
+async def open_database(settings: PostgresSettings) -> AsyncIterator[Database]:
+    pool = await create_pool(
+        settings.dsn.get_secret_value(),
+        min_size=settings.min_pool,
+        max_size=settings.max_pool,
+        command_timeout=settings.command_timeout_s,
+    )
+    try:
+        yield Database(
+            pool=pool,
+            jobs=JobsRepository(),
+            stats=StatsRepository(),
+            tags=TagsRepository(),
+            users=UsersRepository(),
+        )
+    finally:
+        await pool.close()

@@ -1,0 +1,149 @@
+"""A thin, typed wrapper over an aiobotocore S3 client.
+
+Addressing style, region and endpoint are settings: AWS prefers virtual-hosted addressing (Alibaba OSS
+requires it) while MinIO and SeaweedFS take path style.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.config import S3Settings
+from shared.exceptions import StorageError
+
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    content_type: str | None
+    metadata: dict[str, str]
+
+
+class ObjectStore:
+    def __init__(self, client: Any, bucket: str) -> None:
+        self._client = client
+        self.bucket = bucket
+
+    async def ensure_bucket(self) -> None:
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in _NOT_FOUND | {"NoSuchBucket"}:
+                raise StorageError(f"cannot reach bucket {self.bucket}: {exc}") from exc
+            with contextlib.suppress(ClientError):
+                await self._client.create_bucket(Bucket=self.bucket)
+            await self._client.head_bucket(Bucket=self.bucket)
+
+    async def head(self, key: str, *, bucket: str | None = None) -> StoredObject | None:
+        try:
+            resp = await self._client.head_object(Bucket=bucket or self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                return None
+            raise StorageError(f"HEAD {key} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"HEAD {key} failed: {exc}") from exc
+        return StoredObject(
+            key=key,
+            size=int(resp["ContentLength"]),
+            content_type=resp.get("ContentType"),
+            metadata=dict(resp.get("Metadata", {})),
+        )
+
+    async def put(
+        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
+        try:
+            await self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {}
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"PUT {key} failed: {exc}") from exc
+
+    async def put_if_absent(
+        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> bool:
+        """Store ``data`` unless the key already holds an object of the same size.
+
+        Keys are content-derived, so an existing object of the same size holds the same bytes; a HEAD
+        (about 1 ms) saves re-uploading megabytes when the same image arrives again. Returns whether
+        bytes were written.
+        """
+        existing = await self.head(key)
+        if existing is not None and existing.size == len(data):
+            return False
+        await self.put(key, data, content_type=content_type, metadata=metadata)
+        return True
+
+    async def get(self, key: str, *, bucket: str | None = None, max_bytes: int | None = None) -> bytes:
+        try:
+            resp = await self._client.get_object(Bucket=bucket or self.bucket, Key=key)
+            size = int(resp["ContentLength"])
+            if max_bytes is not None and size > max_bytes:
+                resp["Body"].close()
+                raise StorageError(f"object {key} of {size} bytes exceeds the limit of {max_bytes}")
+            async with resp["Body"] as stream:
+                data: bytes = await stream.read()
+                return data
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in _NOT_FOUND:
+                raise StorageError(f"object {key} not found in {bucket or self.bucket}") from None
+            raise StorageError(f"GET {key} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"GET {key} failed: {exc}") from exc
+
+    async def delete_many(self, keys: list[str]) -> int:
+        """Batch delete (S3 caps one request at 1,000 keys)."""
+        deleted = 0
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            try:
+                resp = await self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise StorageError(f"batch delete failed: {exc}") from exc
+            errors = resp.get("Errors", [])
+            if errors:
+                raise StorageError(f"batch delete refused {len(errors)} keys, first: {errors[0]}")
+            deleted += len(chunk)
+        return deleted
+
+    async def iter_keys(self, prefix: str) -> AsyncIterator[StoredObject]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield StoredObject(key=item["Key"], size=int(item["Size"]), content_type=None, metadata={})
+
+
+@contextlib.asynccontextmanager
+async def open_object_store(settings: S3Settings) -> AsyncIterator[ObjectStore]:
+    config = AioConfig(
+        signature_version="s3v4",
+        s3={"addressing_style": settings.addressing_style},
+        max_pool_connections=settings.max_pool_connections,
+        retries={"max_attempts": 4, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=30,
+    )
+    session = get_session()
+    async with session.create_client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region,
+        aws_access_key_id=settings.access_key,
+        aws_secret_access_key=settings.secret_key.get_secret_value(),
+        config=config,
+    ) as client:
+        yield ObjectStore(client, settings.bucket)

@@ -1,0 +1,1 @@
+"""Helpers shared by tests: builders of test doubles that go through the real loading paths."""

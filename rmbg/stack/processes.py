@@ -119,9 +119,22 @@ class PortBook:
         tmp.replace(self._path)
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent_preexec() -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGTERM the child when the thread that started it dies.
+
+    The libc lookup happens here, in the parent: the forked child only makes the one prctl call.
+    """
+    if sys.platform != "linux":
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:  # pragma: no cover - runs in the forked child
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return preexec
 
 
 class ChildProcess:
@@ -157,7 +170,7 @@ class ChildProcess:
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=_die_with_parent_preexec(),
             )
 
     def failure(self, what: str) -> StackError:
@@ -177,7 +190,8 @@ class ChildProcess:
             if self.returncode is not None:
                 raise self.failure(f"exited with code {self.returncode} before it was ready")
             try:
-                if await probe():
+                remaining = max(0.5, timeout_s - (loop.time() - started))
+                if await asyncio.wait_for(probe(), timeout=remaining):
                     return loop.time() - started
             except Exception as exc:  # the server is still coming up
                 logger.debug("%s not ready yet: %r", self.name, exc)

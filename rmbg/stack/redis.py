@@ -53,7 +53,7 @@ def redis_argv(binary: Path, data_dir: Path, port: int) -> list[str]:
         "--protected-mode", "yes",
         "--dir", str(data_dir),
         "--dbfilename", "dump.rdb",
-        "--save", "60 1",
+        "--save", "60", "1",
         "--appendonly", "no",
         "--logfile", "",
     ]  # fmt: skip

@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> None:
     opts = settings.inference
     metrics = PipelineMetrics.create()
-    if settings.telemetry.metrics_port:
-        serve_metrics(metrics.registry, settings.telemetry.metrics_port)
     topics = Topics.from_settings(settings.topics, settings.kafka)
     async with contextlib.AsyncExitStack() as stack:
         # One model thread: the model is not re-entrant and one forward pass already uses every core.
@@ -35,11 +33,14 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
             model_executor,
             lambda: load_backend(
                 opts.backend, model_source=opts.model_source, revision=opts.model_revision, device=opts.device,
-                max_batch=opts.batch_size, half_precision=opts.half_precision,
+                max_batch=opts.batch_size, dtype=opts.dtype,
             ),
         )
         log.info("inference serving %s (revision %s) on %s", opts.model_name or backend.name,
                  backend.revision, opts.device)
+        if settings.telemetry.metrics_port:
+            # Only after the model loaded: `rmbg up` and probes take /metrics answering as "ready".
+            serve_metrics(metrics.registry, settings.telemetry.metrics_port)
         store = await stack.enter_async_context(open_object_store(settings.s3))
         producer = await stack.enter_async_context(open_producer(settings.kafka, client_id="inference"))
         consumer = await stack.enter_async_context(

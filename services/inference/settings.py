@@ -21,7 +21,8 @@ class InferenceOptions(BaseModel):
     # (the hub id for "rmbg", "classic-grabcut" for "classic"). Set it when loading from a local folder.
     model_name: str | None = None
     device: str = "cpu"
-    half_precision: bool = False
+    # float16 halves GPU memory and time on CUDA (BiRefNet README: 4.8 -> 3.5 GB); keep float32 on CPU.
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     # Up to N images per forward pass, waiting at most T ms to fill a batch.
     batch_size: int = Field(default=4, ge=1, le=64)
     batch_wait_ms: int = Field(default=50, ge=1, le=10_000)

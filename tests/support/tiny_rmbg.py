@@ -33,7 +33,7 @@ __all__ = ["SEED", "TINY_STATE_SHAPES", "build_tiny_rmbg"]
 
 SEED = 20240611
 
-CONFIG_SOURCE = '''\
+CONFIG_SOURCE = """\
 from transformers import PretrainedConfig
 
 
@@ -43,7 +43,7 @@ class BiRefNetConfig(PretrainedConfig):
     def __init__(self, bb_pretrained=False, **kwargs):
         self.bb_pretrained = bb_pretrained
         super().__init__(**kwargs)
-'''
+"""
 
 MODEL_SOURCE = '''\
 """Tiny BiRefNet stand-in for tests (see tests/support/tiny_rmbg.py): the hub layout, not the hub network."""

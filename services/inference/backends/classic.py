@@ -24,6 +24,7 @@ __all__ = ["ClassicBackend"]
 DEFAULT_WORK_SIZE = 512
 # Below this the border band and the centre seed leave GrabCut too few pixels to fit its colour models.
 _MIN_WORK_SIDE = 32
+_RNG_SEED = 0x5EED
 
 
 class ClassicBackend:
@@ -68,13 +69,14 @@ class ClassicBackend:
         work_w, work_h = max(1, round(width * scale)), max(1, round(height * scale))
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         small = cv2.resize(rgb, (work_w, work_h), interpolation=interpolation)
-        foreground = self._grabcut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+        foreground = self._grabcut(np.asarray(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), dtype=np.uint8))
         # Bilinear upscaling of the 0/1 mask gives a ramp about one work pixel wide at the edges; a blur of
-        # the same width on top softens GrabCut's staircase so the cut-out does not look jagged.
+        # half a work pixel (sigma) on top softens GrabCut's staircase so the cut-out does not look jagged.
         alpha = cv2.resize(foreground, (width, height), interpolation=cv2.INTER_LINEAR)
         sigma = max(0.8, 0.5 / scale)
-        alpha = cv2.GaussianBlur(alpha, (0, 0), sigmaX=sigma, sigmaY=sigma)
-        return np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        alpha = np.asarray(cv2.GaussianBlur(alpha, (0, 0), sigmaX=sigma, sigmaY=sigma), dtype=np.float32)
+        matte: Matte = np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return matte
 
     def _grabcut(self, bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         height, width = bgr.shape[:2]
@@ -88,8 +90,12 @@ class ClassicBackend:
         mask[top : height - top, left : width - left] = cv2.GC_PR_FGD
         bgd_model = np.zeros((1, 65), dtype=np.float64)
         fgd_model = np.zeros((1, 65), dtype=np.float64)
+        # GrabCut seeds its colour models with k-means from OpenCV's RNG, which is per thread and advances on
+        # every call: reseeding makes the same image give the same matte whatever ran before in this thread.
+        cv2.setRNGSeed(_RNG_SEED)
         try:
-            cv2.grabCut(bgr, mask, None, bgd_model, fgd_model, self.iterations, cv2.GC_INIT_WITH_MASK)
+            # The rectangle is ignored with GC_INIT_WITH_MASK: the mask above carries the seeds.
+            cv2.grabCut(bgr, mask, (0, 0, 0, 0), bgd_model, fgd_model, self.iterations, cv2.GC_INIT_WITH_MASK)
         except cv2.error as exc:
             raise ModelError(f"GrabCut failed on a {width}x{height} working image: {exc}") from exc
         return np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)

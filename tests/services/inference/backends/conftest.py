@@ -22,6 +22,7 @@ PHOTO_LOADERS: dict[str, Callable[[], npt.NDArray[np.uint8]]] = {
     "rocket": skimage.data.rocket,
 }
 
+
 @pytest.fixture(scope="session")
 def photos() -> dict[str, Image.Image]:
     return {name: Image.fromarray(load()) for name, load in PHOTO_LOADERS.items()}

@@ -31,7 +31,7 @@ def reference_model_input(image: Image.Image) -> npt.NDArray[np.float32]:
 
 
 def card_alpha(prob: torch.Tensor, image: Image.Image) -> npt.NDArray[np.uint8]:
-    """The card's tail: ToPILImage(pred) -> mask.resize(image.size) -> image.putalpha(mask); read alpha back."""
+    """The card's tail: ToPILImage(pred), mask.resize(image.size), image.putalpha(mask); alpha read back."""
     pred_pil = Image.fromarray(prob.mul(255).byte().numpy())
     mask = pred_pil.resize(image.size)
     cutout = image.convert("RGB")
@@ -93,7 +93,8 @@ def test_mask_restore_matches_card_putalpha_exactly(photos: dict[str, Image.Imag
     # Smooth logits with a full range of values, like a real matte's edges, plus seeded noise.
     generator = torch.Generator().manual_seed(7)
     yy, xx = torch.meshgrid(torch.linspace(-6, 6, 1024), torch.linspace(-6, 6, 1024), indexing="ij")
-    logits = (3 - (xx.pow(2) + yy.pow(2)).sqrt() + 0.3 * torch.randn(1024, 1024, generator=generator))[None, None]
+    noise = 0.3 * torch.randn(1024, 1024, generator=generator)
+    logits = (3 - (xx.pow(2) + yy.pow(2)).sqrt() + noise)[None, None]
     (ours,) = recipe.postprocess(logits, [image.size])
     expected = card_alpha(logits[0, 0].sigmoid(), image)
     assert ours.dtype == np.uint8

@@ -79,7 +79,10 @@ def test_tiny_folder_has_the_hub_layout(tiny_rmbg_dir: Path) -> None:
     code = (tiny_rmbg_dir / "birefnet.py").read_text()
     assert "post_init" not in code
     assert "from .BiRefNet_config import BiRefNetConfig" in code
-    assert 'model_type = "SegformerForSemanticSegmentation"' in (tiny_rmbg_dir / "BiRefNet_config.py").read_text()
+    assert (
+        'model_type = "SegformerForSemanticSegmentation"'
+        in (tiny_rmbg_dir / "BiRefNet_config.py").read_text()
+    )
     assert (tiny_rmbg_dir / "model.safetensors").stat().st_size < 1_000_000
 
 

@@ -1,0 +1,108 @@
+"""Typed, frozen rows returned by the repositories (never raw asyncpg records)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Literal, NamedTuple
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict
+
+JobStatus = Literal["pending", "processing", "completed", "failed"]
+JobSource = Literal["http", "upload"]
+StatKind = Literal["accepted", "completed", "failed"]
+
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed"})
+ACTIVE_STATUSES: frozenset[str] = frozenset({"pending", "processing"})
+
+
+class _Row(BaseModel):
+    # extra="ignore": a column added by a later migration must not break readers of this version.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class JobRecord(_Row):
+    """One row of image_process_jobs, with its tag names."""
+
+    job_id: UUID
+    created_at: datetime
+    user_id: str
+    original_path: str
+    mask_path: str | None
+    processed_path: str | None
+    status: JobStatus
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    processing_time_ms: int | None
+    image_width: int | None
+    image_height: int | None
+    file_size_kb: int | None
+    params: dict[str, Any]
+    params_hash: str
+    error_message: str | None
+    content_sha256: str  # lowercase hex of the 32 stored bytes
+    model_name: str
+    model_revision: str | None
+    original_bytes: int
+    mask_bytes: int | None
+    processed_bytes: int | None
+    source: JobSource
+    attempts: int
+    reused_result: bool
+    tags: tuple[str, ...] = ()
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> JobRecord:
+        data = dict(row)
+        data["content_sha256"] = bytes(data["content_sha256"]).hex()
+        data["tags"] = tuple(data.get("tags") or ())
+        return cls.model_validate(data)
+
+
+class DailyStats(_Row):
+    """One UTC day of processing_stats (or the same figures computed from the jobs table)."""
+
+    stat_date: date
+    total_jobs: int
+    completed_jobs: int
+    failed_jobs: int
+    sum_processing_time_ms: int
+    avg_processing_time_ms: Decimal | None
+    error_rate: Decimal | None  # percent of finished jobs that failed
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> DailyStats:
+        return cls.model_validate(dict(row))
+
+
+class TagMatch(_Row):
+    tag_id: int
+    name: str
+    similarity: float
+
+
+class UserRecord(_Row):
+    user_id: str
+    username: str
+    email: str | None
+    created_at: datetime
+    last_login: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> UserRecord:
+        return cls.model_validate(dict(row))
+
+
+class UserJobCount(NamedTuple):
+    """Design query 6: a user's job count and its quartile (1 = fewest jobs, 4 = most)."""
+
+    user_id: str
+    job_count: int
+    quartile: int

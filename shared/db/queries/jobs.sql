@@ -1,0 +1,220 @@
+-- Jobs. Every lookup by id also names created_at (the UUIDv7's own timestamp), so PostgreSQL prunes
+-- to one monthly partition and probes one primary-key index instead of one per month.
+-- Rows carry their tag names (sorted) from a correlated subquery on image_tags' primary key.
+-- Note for editors: aiosql reads a colon followed by a word as a parameter, comments included.
+
+-- name: insert_job(job_id, created_at, user_id, original_path, status, error_message, image_width, image_height, file_size_kb, params, params_hash, content_sha256, model_name, original_bytes, source)$
+-- Insert once per job id; returns true when this call inserted it, NULL when it already existed.
+-- The user row is created on first sight (username = user_id) in the same statement.
+WITH job AS (
+    INSERT INTO image_process_jobs (
+        job_id, created_at, user_id, original_path, status, completed_at, error_message,
+        image_width, image_height, file_size_kb, params, params_hash, content_sha256,
+        model_name, original_bytes, source)
+    VALUES (
+        :job_id, :created_at, :user_id, :original_path, :status,
+        CASE WHEN :status::varchar = 'failed' THEN now() END, :error_message,
+        :image_width, :image_height, :file_size_kb, :params, :params_hash, :content_sha256,
+        :model_name, :original_bytes, :source)
+    ON CONFLICT DO NOTHING
+    RETURNING user_id
+), new_user AS (
+    -- DO NOTHING, not DO UPDATE: a busy user's row is neither locked nor rewritten per job.
+    INSERT INTO users (user_id, username)
+    SELECT user_id, user_id FROM job
+    ON CONFLICT (user_id) DO NOTHING
+)
+SELECT true FROM job;
+
+-- name: create_tags(names)!
+-- Only names not yet known go to the INSERT: ON CONFLICT would still draw a serial value for each
+-- known name. Sorted, so two transactions adding the same new tags lock them in the same order.
+INSERT INTO tags (name)
+SELECT n FROM unnest(:names::varchar[]) AS n
+WHERE NOT EXISTS (SELECT 1 FROM tags t WHERE t.name = n)
+ORDER BY n
+ON CONFLICT (name) DO NOTHING;
+
+-- name: link_tags(job_id, created_at, names)!
+-- A separate statement from create_tags: its fresh snapshot sees tags another transaction created
+-- concurrently (which create_tags skipped on conflict after waiting for that commit).
+INSERT INTO image_tags (job_id, created_at, tag_id)
+SELECT :job_id::uuid, :created_at::timestamptz, t.tag_id FROM tags t WHERE t.name = ANY(:names::varchar[])
+ON CONFLICT DO NOTHING;
+
+-- name: get_job(job_id, created_at)^
+SELECT j.*,
+       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
+                 JOIN tags t ON t.tag_id = it.tag_id
+                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+FROM image_process_jobs j
+WHERE j.job_id = :job_id AND j.created_at = :created_at;
+
+-- name: mark_processing(job_id, created_at, started_at, attempt)^
+-- Only from pending; NULL when the job is elsewhere (a late or repeated event changes nothing).
+UPDATE image_process_jobs AS j
+SET status = 'processing', started_at = :started_at,
+    attempts = GREATEST(j.attempts, :attempt::smallint), updated_at = now()
+WHERE j.job_id = :job_id AND j.created_at = :created_at AND j.status = 'pending'
+RETURNING j.*,
+       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
+                 JOIN tags t ON t.tag_id = it.tag_id
+                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags;
+
+-- name: mark_completed(job_id, created_at, mask_path, processed_path, mask_bytes, processed_bytes, model_name, model_revision, processing_time_ms, completed_at, reused)^
+-- Only from pending or processing (pending: a reused result or a lost "started" event).
+UPDATE image_process_jobs AS j
+SET status = 'completed', mask_path = :mask_path, processed_path = :processed_path,
+    mask_bytes = :mask_bytes, processed_bytes = :processed_bytes, model_name = :model_name,
+    model_revision = :model_revision, processing_time_ms = :processing_time_ms,
+    completed_at = :completed_at, reused_result = :reused, updated_at = now()
+WHERE j.job_id = :job_id AND j.created_at = :created_at AND j.status IN ('pending', 'processing')
+RETURNING j.*,
+       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
+                 JOIN tags t ON t.tag_id = it.tag_id
+                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags;
+
+-- name: mark_failed(job_id, created_at, error_message, completed_at)^
+UPDATE image_process_jobs AS j
+SET status = 'failed', error_message = :error_message, completed_at = :completed_at, updated_at = now()
+WHERE j.job_id = :job_id AND j.created_at = :created_at AND j.status IN ('pending', 'processing')
+RETURNING j.*,
+       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
+                 JOIN tags t ON t.tag_id = it.tag_id
+                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags;
+
+-- name: record_retry(job_id, created_at)$
+-- The sweeper's re-queue: one more attempt, and the stuck clock restarts. Not for finished jobs.
+UPDATE image_process_jobs AS j
+SET attempts = j.attempts + 1, updated_at = now()
+WHERE j.job_id = :job_id AND j.created_at = :created_at AND j.status IN ('pending', 'processing')
+RETURNING j.attempts;
+
+-- name: find_stuck(updated_before, limit)
+-- Served by ix_jobs_active_updated (partial: only pending/processing rows, a small index).
+SELECT j.*,
+       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
+                 JOIN tags t ON t.tag_id = it.tag_id
+                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+FROM image_process_jobs j
+WHERE j.status IN ('pending', 'processing') AND j.updated_at < :updated_before
+ORDER BY j.updated_at
+LIMIT :limit;
+
+-- name: find_reusable_result(content_sha256, model_name, params_hash)^
+-- Served by ix_jobs_result_reuse; every partition is probed (no time predicate), one index probe each.
+SELECT j.*,
+       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
+                 JOIN tags t ON t.tag_id = it.tag_id
+                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+FROM image_process_jobs j
+WHERE j.content_sha256 = :content_sha256 AND j.model_name = :model_name
+  AND j.params_hash = :params_hash AND j.status = 'completed'
+ORDER BY j.created_at DESC, j.job_id DESC
+LIMIT 1;
+
+-- name: recent_completed(user_id, limit)
+-- Design query 1. ix_jobs_user_completed_keyset returns rows in this order; partitions are read
+-- newest first (ordered Append), so LIMIT stops after the first partition that has enough.
+SELECT j.*,
+       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
+                 JOIN tags t ON t.tag_id = it.tag_id
+                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+FROM image_process_jobs j
+WHERE j.user_id = :user_id AND j.status = 'completed'
+ORDER BY j.created_at DESC, j.job_id DESC
+LIMIT :limit;
+
+-- name: page_completed_first(limit)
+-- Design query 3, first page.
+SELECT j.*,
+       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
+                 JOIN tags t ON t.tag_id = it.tag_id
+                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+FROM image_process_jobs j
+WHERE j.status = 'completed'
+ORDER BY j.created_at DESC, j.job_id DESC
+LIMIT :limit;
+
+-- name: page_completed_after(before_created_at, before_job_id, limit)
+-- Design query 3, next pages. The design's `created_at < cursor` skips rows sharing the cursor's
+-- timestamp; the row comparison with job_id as tie-breaker does not, and it is an index condition on
+-- ix_jobs_completed_keyset. The redundant `created_at <= ` lets partition pruning drop newer months.
+SELECT j.*,
+       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
+                 JOIN tags t ON t.tag_id = it.tag_id
+                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+FROM image_process_jobs j
+WHERE j.status = 'completed'
+  AND j.created_at <= :before_created_at
+  AND (j.created_at, j.job_id) < (:before_created_at, :before_job_id)
+ORDER BY j.created_at DESC, j.job_id DESC
+LIMIT :limit;
+
+-- name: by_params(contains, limit)
+-- Design query 4, containment. ix_jobs_params (jsonb_path_ops) serves a selective value; for a
+-- common one the planner walks ix_jobs_created_at newest first and stops at LIMIT (as measured,
+-- the GIN index loses at 10% of rows).
+SELECT j.*,
+       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
+                 JOIN tags t ON t.tag_id = it.tag_id
+                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+FROM image_process_jobs j
+WHERE j.params @> :contains
+ORDER BY j.created_at DESC, j.job_id DESC
+LIMIT :limit;
+
+-- name: user_job_quartiles(since)
+-- Design query 6. NTILE over the per-user counts; ties broken by user_id so the answer is stable.
+-- `since` (NULL: all time) prunes partitions, which is what keeps this off the 0.95 s full scan.
+WITH counts AS (
+    SELECT j.user_id, count(*) AS job_count
+    FROM image_process_jobs j
+    WHERE j.created_at >= COALESCE(:since::timestamptz, '-infinity'::timestamptz)
+    GROUP BY j.user_id
+)
+SELECT user_id, job_count, ntile(4) OVER (ORDER BY job_count, user_id) AS quartile
+FROM counts
+ORDER BY job_count DESC, user_id;
+
+-- name: list_jobs(user_id, status, params, created_from, created_to, cursor_created_at, cursor_job_id, limit)
+-- The API's filtered history. NULL means "no filter". A prepared statement with IS NULL guards gets
+-- a custom plan per call while the generic plan (which cannot fold the guards) costs more, which is
+-- PostgreSQL's default choice; the user filter uses ix_jobs_user_created, the rest ix_jobs_created_at.
+SELECT j.*,
+       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
+                 JOIN tags t ON t.tag_id = it.tag_id
+                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+FROM image_process_jobs j
+WHERE (:user_id::varchar IS NULL OR j.user_id = :user_id::varchar)
+  AND (:status::varchar IS NULL OR j.status = :status::varchar)
+  AND (:params::jsonb IS NULL OR j.params @> :params::jsonb)
+  AND j.created_at >= COALESCE(:created_from::timestamptz, '-infinity'::timestamptz)
+  AND j.created_at < COALESCE(:created_to::timestamptz, 'infinity'::timestamptz)
+  AND j.created_at <= COALESCE(:cursor_created_at::timestamptz, 'infinity'::timestamptz)
+  AND (:cursor_created_at::timestamptz IS NULL
+       OR (j.created_at, j.job_id) < (:cursor_created_at::timestamptz, :cursor_job_id::uuid))
+ORDER BY j.created_at DESC, j.job_id DESC
+LIMIT :limit;
+
+-- name: list_jobs_by_tag(tag, user_id, status, params, created_from, created_to, cursor_created_at, cursor_job_id, limit)
+-- The same with a tag: driven from image_tags' (tag_id, created_at DESC) index, newest first, so a
+-- rare tag does not walk every job; each hit is one primary-key probe into its month's partition.
+SELECT j.*,
+       COALESCE((SELECT array_agg(t2.name ORDER BY t2.name) FROM image_tags it2
+                 JOIN tags t2 ON t2.tag_id = it2.tag_id
+                 WHERE it2.job_id = j.job_id AND it2.created_at = j.created_at), '{}') AS tags
+FROM tags t
+JOIN image_tags it ON it.tag_id = t.tag_id
+JOIN image_process_jobs j ON j.job_id = it.job_id AND j.created_at = it.created_at
+WHERE t.name = :tag
+  AND (:user_id::varchar IS NULL OR j.user_id = :user_id::varchar)
+  AND (:status::varchar IS NULL OR j.status = :status::varchar)
+  AND (:params::jsonb IS NULL OR j.params @> :params::jsonb)
+  AND it.created_at >= COALESCE(:created_from::timestamptz, '-infinity'::timestamptz)
+  AND it.created_at < COALESCE(:created_to::timestamptz, 'infinity'::timestamptz)
+  AND it.created_at <= COALESCE(:cursor_created_at::timestamptz, 'infinity'::timestamptz)
+  AND (:cursor_created_at::timestamptz IS NULL
+       OR (it.created_at, it.job_id) < (:cursor_created_at::timestamptz, :cursor_job_id::uuid))
+ORDER BY it.created_at DESC, it.job_id DESC
+LIMIT :limit;

@@ -1,0 +1,118 @@
+"""The whole pipeline in-process over real servers: PostgreSQL, Redis, Tansu (Kafka API), SeaweedFS (S3).
+
+Each service runs as it does in production (its own settings, consumer group and loop), as asyncio tasks
+of the test process; the ingest API is served by uvicorn on a free port and spoken to over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from rmbg.stack import StackEndpoints
+from services.inference.main import run_inference
+from services.inference.settings import InferenceOptions, InferenceSettings
+from services.ingest.api import create_app
+from services.ingest.settings import IngestOptions, IngestSettings
+from services.persister.main import run_persister
+from services.persister.settings import PersisterOptions, PersisterSettings
+from services.stats.main import run_stats
+from services.stats.settings import StatsOptions, StatsSettings
+from shared.config import (
+    BaseServiceSettings,
+    KafkaSettings,
+    PostgresSettings,
+    RedisSettings,
+    S3Settings,
+    TopicSettings,
+)
+from shared.db.migrate import upgrade
+from shared.messaging import ensure_topics
+from shared.storage import open_object_store
+from tests.support.tiny_rmbg import build_tiny_rmbg
+
+TINY_MODEL = "tiny-rmbg-test"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    api_url: str
+    settings: BaseServiceSettings
+    model_dir: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_settings(stack: StackEndpoints) -> dict[str, object]:
+    run = secrets.token_hex(4)
+    return {
+        "environment": "test",
+        "postgres": PostgresSettings(dsn=stack.postgres_dsn, max_pool=5),
+        "redis": RedisSettings(url=stack.redis_url),
+        "kafka": KafkaSettings(bootstrap_servers=stack.kafka_bootstrap, session_timeout_ms=6000,
+                               heartbeat_interval_ms=1000),
+        # Topics and bucket unique per run, so reruns against long-lived servers never see old records.
+        "topics": TopicSettings(
+            uploads=f"t{run}.uploads", jobs=f"t{run}.jobs", results=f"t{run}.results",
+            job_events=f"t{run}.job-events", dead_letter=f"t{run}.dead-letter", partitions=3,
+        ),
+        "s3": S3Settings(endpoint_url=stack.s3_endpoint, access_key=stack.s3_access_key,
+                         secret_key=stack.s3_secret_key, bucket=f"rmbg-test-{run}"),
+    }
+
+
+@pytest.fixture(scope="session")
+async def pipeline(stack: StackEndpoints, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pipeline]:
+    common = base_settings(stack)
+    model_dir = build_tiny_rmbg(tmp_path_factory.mktemp("model") / "tiny-rmbg")
+    base = BaseServiceSettings(**common)  # type: ignore[arg-type]
+    await asyncio.to_thread(upgrade, stack.postgres_dsn)
+    await ensure_topics(base.kafka, base.topics)
+    async with open_object_store(base.s3) as store:
+        await store.ensure_bucket()
+
+    port = _free_port()
+    ingest = IngestSettings(**common, ingest=IngestOptions(port=port, model=TINY_MODEL))  # type: ignore[arg-type]
+    inference = InferenceSettings(
+        **common,  # type: ignore[arg-type]
+        inference=InferenceOptions(backend="rmbg", model_source=str(model_dir), model_name=TINY_MODEL,
+                                   batch_size=4, batch_wait_ms=50),
+    )
+    persister = PersisterSettings(**common, persister=PersisterOptions(sweep_interval_s=3600))  # type: ignore[arg-type]
+    stats = StatsSettings(**common, stats=StatsOptions(batch_wait_ms=100))  # type: ignore[arg-type]
+
+    stop = asyncio.Event()
+    server = uvicorn.Server(uvicorn.Config(create_app(ingest), host="127.0.0.1", port=port, log_config=None))
+    tasks = [
+        asyncio.create_task(run_stats(stats, stop), name="stats"),
+        asyncio.create_task(run_persister(persister, stop), name="persister"),
+        asyncio.create_task(run_inference(inference, stop), name="inference"),
+        asyncio.create_task(server.serve(), name="ingest"),
+    ]
+    try:
+        for _ in range(300):
+            if server.started:
+                break
+            if any(t.done() for t in tasks):
+                for t in tasks:
+                    if t.done():
+                        t.result()
+            await asyncio.sleep(0.1)
+        yield Pipeline(api_url=f"http://127.0.0.1:{port}", settings=base, model_dir=model_dir)
+    finally:
+        stop.set()
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 90)

@@ -1,0 +1,201 @@
+"""End to end: images in over HTTP and over the upload topic, results out in PostgreSQL and S3."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer
+from PIL import Image
+
+from rmbg.demo import sample_bytes
+from services.ingest.intake import upload_job_id
+from shared.contracts import DeadLetter, Topics, UploadEvent
+from shared.messaging import open_producer, publish
+from shared.storage import open_object_store
+from tests.e2e.conftest import TINY_MODEL, Pipeline
+
+pytestmark = pytest.mark.slow
+
+TERMINAL = {"completed", "failed"}
+
+
+async def _wait(client: httpx.AsyncClient, job_ids: list[str], timeout_s: float = 180) -> dict[str, dict[str, Any]]:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    jobs: dict[str, dict[str, Any]] = {}
+    while asyncio.get_running_loop().time() < deadline:
+        for job_id in job_ids:
+            resp = await client.get(f"/v1/jobs/{job_id}")
+            assert resp.status_code == 200, f"accepted job {job_id} answered {resp.status_code}"
+            jobs[job_id] = resp.json()
+        if all(j["status"] in TERMINAL for j in jobs.values()):
+            return jobs
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"jobs not terminal in {timeout_s} s: {[(k, v['status']) for k, v in jobs.items()]}")
+
+
+async def _submit(client: httpx.AsyncClient, data: bytes, *, user: str, tags: str = "", params: dict[str, Any] | None = None,
+                  name: str = "image.png") -> httpx.Response:
+    return await client.post(
+        "/v1/jobs", files={"image": (name, data, "application/octet-stream")},
+        data={"user_id": user, "tags": tags, "params": json.dumps(params or {})},
+    )
+
+
+async def _publish_upload(pipeline: Pipeline, raw: bytes, *, user: str, key: str | None = None) -> str:
+    settings = pipeline.settings
+    key = key or f"uploads/{uuid.uuid4()}.png"
+    async with open_object_store(settings.s3) as store:
+        await store.put(key, raw, content_type="image/png")
+    event = UploadEvent(event_id=str(uuid.uuid4()), user_id=user, key=key, tags=["upstream"],
+                        occurred_at=datetime.now(UTC))
+    topics = Topics.from_settings(settings.topics, settings.kafka)
+    async with open_producer(settings.kafka, client_id="test") as producer:
+        await publish(producer, topics.uploads, event, key=event.event_id)
+    return str(upload_job_id(event.event_id, event.occurred_at))
+
+
+async def test_images_flow_end_to_end(pipeline: Pipeline) -> None:
+    user = f"e2e-{uuid.uuid4().hex[:8]}"
+    photos = {name: sample_bytes(name) for name in ("astronaut.png", "coffee.png", "rocket.jpg")}
+    async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=60) as client:
+        submitted: dict[str, bytes] = {}
+        for i, (name, data) in enumerate(photos.items()):
+            params = {"threshold": 0.5, "cutout_format": "png"} if i == 0 else {}
+            resp = await _submit(client, data, user=user, tags="catalogue,Shoes", params=params, name=name)
+            assert resp.status_code == 202, resp.text
+            body = resp.json()
+            submitted[body["job_id"]] = data
+            # Accepted means readable at once, never "not found".
+            assert (await client.get(body["status_url"])).status_code == 200
+        upload_raw = sample_bytes("chelsea.png")
+        upload_id = await _publish_upload(pipeline, upload_raw, user=user)
+        submitted[upload_id] = upload_raw
+
+        jobs = await _wait(client, list(submitted))
+
+    async with open_object_store(pipeline.settings.s3) as store:
+        for job_id, raw in submitted.items():
+            job = jobs[job_id]
+            assert job["status"] == "completed", job
+            assert job["model_name"] == TINY_MODEL and job["model_revision"]
+            original = Image.open(io.BytesIO(raw))
+            assert (job["image_width"], job["image_height"]) == original.size
+            assert job["processing_time_ms"] is not None and job["processing_time_ms"] >= 0
+            assert job["original_bytes"] == len(raw) and job["mask_bytes"] > 0 and job["processed_bytes"] > 0
+            assert await store.get(job["original_path"]) == raw, "stored original must be byte-identical"
+            mask = Image.open(io.BytesIO(await store.get(job["mask_path"])))
+            assert mask.mode == "L" and mask.size == original.size
+            cutout = Image.open(io.BytesIO(await store.get(job["processed_path"])))
+            assert cutout.mode == "RGBA" and cutout.size == original.size
+            assert np.array_equal(np.asarray(cutout.getchannel("A")), np.asarray(mask)), "cut-out alpha == mask"
+        thresholded = next(j for j in jobs.values() if j["params"].get("threshold") == 0.5)
+        values = set(np.unique(np.asarray(Image.open(io.BytesIO(await store.get(thresholded["mask_path"]))))))
+        assert values <= {0, 255}
+        assert thresholded["processed_path"].endswith(".png")
+    assert sorted(jobs[next(iter(submitted))]["tags"]) == ["catalogue", "shoes"]
+
+
+async def test_same_image_twice_is_stored_once_and_reused(pipeline: Pipeline) -> None:
+    user = f"dup-{uuid.uuid4().hex[:8]}"
+    data = sample_bytes("coffee.png")
+    async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=60) as client:
+        first = (await _submit(client, data, user=user)).json()["job_id"]
+        await _wait(client, [first])
+        second = (await _submit(client, data, user=user)).json()["job_id"]
+        jobs = await _wait(client, [first, second])
+    a, b = jobs[first], jobs[second]
+    assert first != second and b["status"] == "completed"
+    assert a["original_path"] == b["original_path"]
+    assert a["mask_path"] == b["mask_path"] and a["processed_path"] == b["processed_path"]
+    assert b["reused_result"] is True
+
+
+async def test_bad_input_ends_in_clear_errors_and_services_keep_running(pipeline: Pipeline) -> None:
+    user = f"bad-{uuid.uuid4().hex[:8]}"
+    good = sample_bytes("astronaut.png")
+    corrupt = good[:2000]  # a truncated PNG: valid header, broken data
+    async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=60) as client:
+        resp = await _submit(client, corrupt, user=user)
+        assert resp.status_code == 422 and "corrupt" in resp.json()["detail"]
+        resp = await _submit(client, b"not an image at all", user=user)
+        assert resp.status_code == 422
+        resp = await _submit(client, good, user=user, params={"threshold": 7})
+        assert resp.status_code == 422 and "threshold" in resp.json()["detail"]
+        # A decompression bomb: a tiny PNG declaring 100k x 100k pixels.
+        bomb = io.BytesIO()
+        Image.new("L", (1, 1)).save(bomb, format="PNG")
+        raw = bytearray(bomb.getvalue())
+        raw[16:24] = (100_000).to_bytes(4, "big") * 2
+        resp = await _submit(client, bytes(raw), user=user)
+        assert resp.status_code in (413, 422), resp.text
+
+        failed_id = await _publish_upload(pipeline, corrupt, user=user)
+        settings = pipeline.settings
+        topics = Topics.from_settings(settings.topics, settings.kafka)
+        async with open_producer(settings.kafka, client_id="test") as producer:
+            await producer.send_and_wait(topics.uploads.name, b'{"schema_version": 1, "user_id": "x"}', key=b"junk")
+            await producer.send_and_wait(topics.uploads.name, b"\xff\xfe not json", key=b"junk2")
+
+        jobs = await _wait(client, [failed_id])
+        assert jobs[failed_id]["status"] == "failed"
+        assert "corrupt" in jobs[failed_id]["error_message"]
+
+        letters = await _read_dead_letters(pipeline, expect=2)
+        assert {letter.key for letter in letters} >= {"junk", "junk2"}
+        assert all("malformed UploadEvent" in letter.reason for letter in letters if letter.key in {"junk", "junk2"})
+
+        # Still serving: a good image goes through after all of that.
+        ok = (await _submit(client, good, user=user, tags="after-bad")).json()["job_id"]
+        assert (await _wait(client, [ok]))[ok]["status"] == "completed"
+
+
+async def _read_dead_letters(pipeline: Pipeline, *, expect: int, timeout_s: float = 60) -> list[DeadLetter]:
+    settings = pipeline.settings
+    topics = Topics.from_settings(settings.topics, settings.kafka)
+    consumer = AIOKafkaConsumer(topics.dead_letter.name, bootstrap_servers=settings.kafka.bootstrap_servers,
+                                group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    letters: list[DeadLetter] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while len(letters) < expect and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            letters += [topics.dead_letter.deserialize(r.value) for recs in batch.values() for r in recs]
+    finally:
+        await consumer.stop()
+    return letters
+
+
+async def test_processing_stats_equal_a_count_over_jobs(pipeline: Pipeline) -> None:
+    """Runs after the others: every day's stats row equals a GROUP BY over the jobs table."""
+    dsn = pipeline.settings.postgres.dsn.get_secret_value()
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        conn = await asyncpg.connect(dsn)
+        try:
+            truth = await conn.fetch(
+                """SELECT (created_at AT TIME ZONE 'UTC')::date AS d, count(*) AS total,
+                          count(*) FILTER (WHERE status = 'completed') AS completed,
+                          count(*) FILTER (WHERE status = 'failed') AS failed
+                   FROM image_process_jobs GROUP BY 1 ORDER BY 1"""
+            )
+            stats = await conn.fetch(
+                "SELECT stat_date AS d, total_jobs AS total, completed_jobs AS completed, failed_jobs AS failed "
+                "FROM processing_stats ORDER BY 1"
+            )
+        finally:
+            await conn.close()
+        if [tuple(r) for r in truth] == [tuple(r) for r in stats] or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert truth, "the earlier tests made jobs"
+    assert [tuple(r) for r in stats] == [tuple(r) for r in truth]

@@ -1,0 +1,16 @@
+-- Tags and fuzzy tag search.
+
+-- name: search_tags(query, limit)
+-- Design query 5. `%` keeps the design's meaning (similarity >= pg_trgm.similarity_threshold, 0.3
+-- by default); the order is by trigram distance `<->` (= 1 - similarity), which the GiST index of
+-- migration 0002 returns nearest-first, so LIMIT stops the scan after `limit` rows even when the
+-- query matches most tags (the design's 'product' case, where the GIN index was skipped).
+-- Ties at equal distance come in index order; callers wanting a stable order sort the page.
+SELECT t.tag_id, t.name, similarity(t.name, :query::text) AS similarity
+FROM tags t
+WHERE t.name % :query::text
+ORDER BY t.name <-> :query::text
+LIMIT :limit;
+
+-- name: get_tag_names(names)
+SELECT t.tag_id, t.name FROM tags t WHERE t.name = ANY(:names::varchar[]) ORDER BY t.name;

@@ -1,0 +1,362 @@
+"""Jobs: intake, state transitions guarded by status, and the design's read queries.
+
+Every method takes the connection first and keyword-only arguments after it; the caller owns the
+connection and any surrounding transaction. Transitions are idempotent: each UPDATE names the states
+it may leave in its WHERE clause and returns the new row, or None when nothing moved (already there,
+or further on). The BEFORE UPDATE trigger of migration 0001 backs this up for any other writer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import struct
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from uuid import UUID
+
+import asyncpg
+
+from shared.db import Queries, default_queries
+from shared.db.models import JobRecord, JobSource, UserJobCount
+from shared.db.partitions import ensure_partitions, month_start
+from shared.exceptions import RmbgError
+from shared.ids import uuid7_time
+
+MAX_PAGE = 1000  # a larger page is a scan in disguise; callers page with the cursor instead
+_STATUSES = frozenset({"pending", "processing", "completed", "failed"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CURSOR_V1 = struct.Struct(">Bq16s")  # version, microseconds since epoch, job id: 25 bytes, 34 chars
+
+
+class InvalidCursor(RmbgError, ValueError):
+    """A pagination cursor that this code did not make (or a newer, incompatible one)."""
+
+
+def encode_cursor(created_at: datetime, job_id: UUID) -> str:
+    """An opaque, URL-safe cursor for the position just after (created_at, job_id) in newest-first order."""
+    micros = (_aware(created_at) - _EPOCH) // timedelta(microseconds=1)
+    raw = _CURSOR_V1.pack(1, micros, job_id.bytes)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The (created_at, job_id) position an :func:`encode_cursor` string stands for."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        version, micros, id_bytes = _CURSOR_V1.unpack(raw)
+        if version != 1:
+            raise InvalidCursor(f"unsupported cursor version {version}")
+        return _EPOCH + timedelta(microseconds=micros), UUID(bytes=id_bytes)
+    except (binascii.Error, struct.error, ValueError, OverflowError) as exc:
+        if isinstance(exc, InvalidCursor):
+            raise
+        raise InvalidCursor("malformed cursor") from exc
+
+
+class JobsRepository:
+    """SQL in shared/db/queries/jobs.sql. Construct once per process and share."""
+
+    def __init__(self, queries: Queries | None = None) -> None:
+        self._q = queries or default_queries()
+
+    # -- intake -----------------------------------------------------------------------------------
+
+    async def insert_job(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        job_id: UUID,
+        user_id: str,
+        original_path: str,
+        content_sha256: str,
+        original_bytes: int,
+        image_width: int | None,
+        image_height: int | None,
+        params: dict[str, Any],
+        params_hash: str,
+        model_name: str,
+        source: JobSource,
+        tags: list[str],
+        status: Literal["pending", "failed"] = "pending",
+        error_message: str | None = None,
+    ) -> bool:
+        """Insert the job once; True when this call inserted it, False when the id already existed.
+
+        The user row (username = user_id when new), the tags and image_tags go in the same
+        transaction. ``status='failed'`` records a job refused at intake: completed_at is now() and
+        ``error_message`` is required. Only 'pending' and 'failed' can be inserted: a completed row
+        needs its results, which mark_completed writes.
+        """
+        if status not in ("pending", "failed"):
+            raise ValueError(f"a job is inserted pending or failed, not {status!r}")
+        if status == "failed" and not error_message:
+            raise ValueError("a failed job needs its error_message")
+        if original_bytes < 0:
+            raise ValueError("original_bytes must be >= 0")
+        created_at = uuid7_time(job_id)  # raises ValueError for an id that is not a UUIDv7
+        names = normalise_tags(tags)
+        args: dict[str, Any] = {
+            "job_id": job_id,
+            "created_at": created_at,
+            "user_id": user_id,
+            "original_path": original_path,
+            "status": status,
+            "error_message": error_message,
+            "image_width": image_width,
+            "image_height": image_height,
+            "file_size_kb": math.ceil(original_bytes / 1024),
+            "params": params,
+            "params_hash": params_hash,
+            "content_sha256": sha256_bytes(content_sha256),
+            "model_name": model_name,
+            "original_bytes": original_bytes,
+            "source": source,
+        }
+        try:
+            return await self._insert_once(conn, args, names)
+        except asyncpg.CheckViolationError as exc:
+            # "no partition of relation ... found for row" is SQLSTATE 23514 with no constraint name;
+            # a real CHECK violation names its constraint and is re-raised as is.
+            if exc.constraint_name is not None:
+                raise
+        await ensure_partitions(conn, start=month_start(created_at), months=1, queries=self._q)
+        return await self._insert_once(conn, args, names)
+
+    async def _insert_once(self, conn: asyncpg.Connection, args: dict[str, Any], names: list[str]) -> bool:
+        if not names and not conn.is_in_transaction():
+            # One statement is atomic by itself: no BEGIN/COMMIT round trips for an untagged job.
+            return bool(await self._q.fetchval("insert_job", conn, **args))
+        # Inside a caller's transaction this is a savepoint, so a missing-partition failure can be
+        # retried without aborting the caller's work.
+        async with conn.transaction():
+            inserted = bool(await self._q.fetchval("insert_job", conn, **args))
+            if inserted and names:
+                await self._q.execute("create_tags", conn, names=names)
+                await self._q.execute(
+                    "link_tags", conn, job_id=args["job_id"], created_at=args["created_at"], names=names
+                )
+        return inserted
+
+    # -- reads by id ------------------------------------------------------------------------------
+
+    async def get_job(self, conn: asyncpg.Connection, *, job_id: UUID) -> JobRecord | None:
+        """The job with its tags, or None. Probes one partition (created_at comes from the id)."""
+        if job_id.version != 7:
+            return None  # no job has any other kind of id
+        row = await self._q.fetchrow("get_job", conn, job_id=job_id, created_at=uuid7_time(job_id))
+        return JobRecord.from_row(row) if row is not None else None
+
+    # -- transitions ------------------------------------------------------------------------------
+
+    async def mark_processing(
+        self, conn: asyncpg.Connection, *, job_id: UUID, started_at: datetime, attempt: int
+    ) -> JobRecord | None:
+        """pending -> processing; attempts becomes max(attempts, attempt). None when not pending."""
+        row = await self._q.fetchrow(
+            "mark_processing",
+            conn,
+            job_id=job_id,
+            created_at=uuid7_time(job_id),
+            started_at=started_at,
+            attempt=attempt,
+        )
+        return JobRecord.from_row(row) if row is not None else None
+
+    async def mark_completed(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        job_id: UUID,
+        mask_path: str,
+        processed_path: str,
+        mask_bytes: int | None,
+        processed_bytes: int | None,
+        model_name: str,
+        model_revision: str | None,
+        processing_time_ms: int,
+        completed_at: datetime,
+        reused: bool,
+    ) -> JobRecord | None:
+        """pending|processing -> completed with its results. None when already finished."""
+        row = await self._q.fetchrow(
+            "mark_completed",
+            conn,
+            job_id=job_id,
+            created_at=uuid7_time(job_id),
+            mask_path=mask_path,
+            processed_path=processed_path,
+            mask_bytes=mask_bytes,
+            processed_bytes=processed_bytes,
+            model_name=model_name,
+            model_revision=model_revision,
+            processing_time_ms=processing_time_ms,
+            completed_at=completed_at,
+            reused=reused,
+        )
+        return JobRecord.from_row(row) if row is not None else None
+
+    async def mark_failed(
+        self, conn: asyncpg.Connection, *, job_id: UUID, error_message: str, completed_at: datetime
+    ) -> JobRecord | None:
+        """pending|processing -> failed with the reason. None when already finished."""
+        if not error_message:
+            raise ValueError("a failed job needs its error_message")
+        row = await self._q.fetchrow(
+            "mark_failed",
+            conn,
+            job_id=job_id,
+            created_at=uuid7_time(job_id),
+            error_message=error_message,
+            completed_at=completed_at,
+        )
+        return JobRecord.from_row(row) if row is not None else None
+
+    async def record_retry(self, conn: asyncpg.Connection, *, job_id: UUID) -> int | None:
+        """One more attempt for an unfinished job; the new attempt count, or None if finished/unknown."""
+        value = await self._q.fetchval("record_retry", conn, job_id=job_id, created_at=uuid7_time(job_id))
+        return int(value) if value is not None else None
+
+    async def find_stuck(
+        self, conn: asyncpg.Connection, *, updated_before: datetime, limit: int
+    ) -> list[JobRecord]:
+        """Unfinished jobs not updated since ``updated_before``, longest-waiting first."""
+        rows = await self._q.fetch(
+            "find_stuck", conn, updated_before=_aware(updated_before), limit=_check_limit(limit)
+        )
+        return [JobRecord.from_row(row) for row in rows]
+
+    async def find_reusable_result(
+        self, conn: asyncpg.Connection, *, content_sha256: str, model_name: str, params_hash: str
+    ) -> JobRecord | None:
+        """The newest completed job with the same image bytes, model and parameters, if any."""
+        row = await self._q.fetchrow(
+            "find_reusable_result",
+            conn,
+            content_sha256=sha256_bytes(content_sha256),
+            model_name=model_name,
+            params_hash=params_hash,
+        )
+        return JobRecord.from_row(row) if row is not None else None
+
+    # -- the design's queries ---------------------------------------------------------------------
+
+    async def recent_completed(
+        self, conn: asyncpg.Connection, *, user_id: str, limit: int = 10
+    ) -> list[JobRecord]:
+        """Design query 1: the user's newest completed jobs."""
+        rows = await self._q.fetch("recent_completed", conn, user_id=user_id, limit=_check_limit(limit))
+        return [JobRecord.from_row(row) for row in rows]
+
+    async def page_completed(
+        self, conn: asyncpg.Connection, *, before: tuple[datetime, UUID] | None, limit: int = 20
+    ) -> list[JobRecord]:
+        """Design query 3: completed jobs newest first, strictly after position ``before``.
+
+        Pass the last row's (created_at, job_id) as ``before`` for the next page; rows sharing a
+        timestamp are neither skipped nor repeated.
+        """
+        if before is None:
+            rows = await self._q.fetch("page_completed_first", conn, limit=_check_limit(limit))
+        else:
+            rows = await self._q.fetch(
+                "page_completed_after",
+                conn,
+                before_created_at=_aware(before[0]),
+                before_job_id=before[1],
+                limit=_check_limit(limit),
+            )
+        return [JobRecord.from_row(row) for row in rows]
+
+    async def by_params(
+        self, conn: asyncpg.Connection, *, contains: dict[str, Any], limit: int = 20
+    ) -> list[JobRecord]:
+        """Design query 4: jobs whose params contain ``contains`` (JSONB @>), newest first."""
+        rows = await self._q.fetch("by_params", conn, contains=contains, limit=_check_limit(limit))
+        return [JobRecord.from_row(row) for row in rows]
+
+    async def user_job_quartiles(
+        self, conn: asyncpg.Connection, *, since: datetime | None = None
+    ) -> list[UserJobCount]:
+        """Design query 6: (user_id, job count, quartile 1-4) for jobs created since ``since``."""
+        rows = await self._q.fetch(
+            "user_job_quartiles", conn, since=_aware(since) if since is not None else None
+        )
+        return [UserJobCount(str(r["user_id"]), int(r["job_count"]), int(r["quartile"])) for r in rows]
+
+    async def list_jobs(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        user_id: str | None = None,
+        status: str | None = None,
+        tag: str | None = None,
+        params: dict[str, Any] | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> tuple[list[JobRecord], str | None]:
+        """Jobs newest first with optional filters; returns (page, cursor of the next page or None).
+
+        ``created_from`` is inclusive, ``created_to`` exclusive; naive datetimes are taken as UTC.
+        Raises ValueError (InvalidCursor for a bad cursor) on invalid arguments.
+        """
+        if status is not None and status not in _STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        limit = _check_limit(limit)
+        position = decode_cursor(cursor) if cursor else None
+        args: dict[str, Any] = {
+            "user_id": user_id,
+            "status": status,
+            "params": params,
+            "created_from": _aware(created_from) if created_from is not None else None,
+            "created_to": _aware(created_to) if created_to is not None else None,
+            "cursor_created_at": position[0] if position else None,
+            "cursor_job_id": position[1] if position else None,
+            # One row more than asked tells whether a next page exists without a COUNT.
+            "limit": limit + 1,
+        }
+        tag_name = tag.strip().lower() if tag is not None else ""
+        if tag_name:
+            rows = await self._q.fetch("list_jobs_by_tag", conn, tag=tag_name, **args)
+        else:
+            rows = await self._q.fetch("list_jobs", conn, **args)
+        records = [JobRecord.from_row(row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = records[-1]
+            next_cursor = encode_cursor(last.created_at, last.job_id)
+        return records, next_cursor
+
+
+def normalise_tags(tags: list[str]) -> list[str]:
+    """Trimmed, lower-case, unique, sorted (the event contract lower-cases too; this is the last word)."""
+    names = sorted({t.strip().lower() for t in tags if t and t.strip()})
+    too_long = [n for n in names if len(n) > 64]
+    if too_long:
+        raise ValueError(f"tag names are at most 64 characters: {too_long[0][:80]!r}")
+    return names
+
+
+def sha256_bytes(hex_digest: str) -> bytes:
+    """The 32 bytes of a hex SHA-256 (the schema stores bytes: 32 instead of 64 per row and index entry)."""
+    try:
+        raw = bytes.fromhex(hex_digest)
+    except ValueError as exc:
+        raise ValueError("content_sha256 must be 64 hex characters") from exc
+    if len(raw) != 32:
+        raise ValueError("content_sha256 must be 64 hex characters")
+    return raw
+
+
+def _check_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be 1..{MAX_PAGE}, got {limit}")
+    return limit
+
+
+def _aware(moment: datetime) -> datetime:
+    # Naive datetimes are taken as UTC; asyncpg would otherwise send them as-is for timestamptz.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

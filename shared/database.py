@@ -10,7 +10,13 @@ import asyncpg
 
 from shared.config import PostgresSettings
 from shared.db.pool import create_pool
-from shared.db.repositories import JobsRepository, StatsRepository, TagsRepository, UsersRepository
+from shared.db.repositories import (
+    JobsRepository,
+    StatsRepository,
+    TagsRepository,
+    UsersRepository,
+    create_repositories,
+)
 
 
 @dataclass(frozen=True)
@@ -30,13 +36,8 @@ async def open_database(settings: PostgresSettings) -> AsyncIterator[Database]:
         max_size=settings.max_pool,
         command_timeout=settings.command_timeout_s,
     )
+    repos = create_repositories()
     try:
-        yield Database(
-            pool=pool,
-            jobs=JobsRepository(),
-            stats=StatsRepository(),
-            tags=TagsRepository(),
-            users=UsersRepository(),
-        )
+        yield Database(pool=pool, jobs=repos.jobs, stats=repos.stats, tags=repos.tags, users=repos.users)
     finally:
         await pool.close()

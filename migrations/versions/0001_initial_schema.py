@@ -133,7 +133,8 @@ _JOBS = [
         RAISE EXCEPTION 'job % may not move from status % to %', OLD.job_id, OLD.status, NEW.status
             USING ERRCODE = 'integrity_constraint_violation',
                   CONSTRAINT = 'image_process_jobs_status_forward_only',
-                  HINT = 'allowed: pending to processing, completed or failed; processing to completed or failed';
+                  HINT = 'allowed: pending to processing, completed or failed; '
+                         'processing to completed or failed';
     END
     $fn$
     """,
@@ -160,7 +161,10 @@ _JOBS = [
     # one index write per row version for a value that is false for nearly all of them; indexing
     # only the large ones keeps `WHERE file_size_kb > 4096` (and `(file_size_kb > 4096) = true`)
     # served at a fraction of the cost.
-    "CREATE INDEX ix_jobs_large_files ON image_process_jobs ((file_size_kb > 4096)) WHERE file_size_kb > 4096",
+    """
+    CREATE INDEX ix_jobs_large_files ON image_process_jobs ((file_size_kb > 4096))
+        WHERE file_size_kb > 4096
+    """,
     #
     # Ours:
     # Query 1 (a user's latest completed) and its keyset continuation, read in index order.

@@ -205,7 +205,7 @@ def create_app(settings: IngestSettings, *, consume_uploads: bool = True) -> Fas
             async with res.db.pool.acquire() as conn:
                 await conn.fetchval("SELECT 1")
             checks["postgres"] = "ok"
-        except (OSError, RmbgError, Exception) as exc:  # noqa: BLE001 - readiness reports any failure
+        except (OSError, RmbgError, Exception) as exc:
             checks["postgres"] = f"down: {exc.__class__.__name__}"
         try:
             await res.store.ensure_bucket()

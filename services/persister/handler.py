@@ -18,7 +18,15 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from services.persister.settings import PersisterOptions
 from shared.cache import JobCache
-from shared.contracts import CutoutFormat, JobEvent, JobEventKind, ProcessingParams, ResultEvent, ResultKind, Topics
+from shared.contracts import (
+    CutoutFormat,
+    JobEvent,
+    JobEventKind,
+    ProcessingParams,
+    ResultEvent,
+    ResultKind,
+    Topics,
+)
 from shared.database import Database
 from shared.db.models import JobRecord
 from shared.exceptions import ContractError, ImageRejected, StorageError

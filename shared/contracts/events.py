@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 

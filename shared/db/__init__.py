@@ -34,16 +34,16 @@ class Queries:
         """The statement as sent to PostgreSQL (with $n placeholders), for EXPLAIN in tests."""
         return str(self._fn(name).sql)
 
-    async def fetch(self, name: str, conn: asyncpg.Connection, **params: Any) -> list[asyncpg.Record]:
+    async def fetch(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> list[asyncpg.Record]:
         return [row async for row in self._fn(name)(conn, **params)]
 
-    async def fetchrow(self, name: str, conn: asyncpg.Connection, **params: Any) -> asyncpg.Record | None:
+    async def fetchrow(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> asyncpg.Record | None:
         return await self._fn(name)(conn, **params)
 
-    async def fetchval(self, name: str, conn: asyncpg.Connection, **params: Any) -> Any:
+    async def fetchval(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> Any:
         return await self._fn(name)(conn, **params)
 
-    async def execute(self, name: str, conn: asyncpg.Connection, **params: Any) -> str:
+    async def execute(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> str:
         return str(await self._fn(name)(conn, **params))
 
     def _fn(self, name: str) -> Any:

@@ -21,7 +21,7 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, *, min_size: int, max_size: int, command_timeout: float) -> asyncpg.Pool:
-    """Open a pool of ``min_size``..``max_size`` connections; statements time out after ``command_timeout`` s."""
+    """A pool of ``min_size``..``max_size`` connections; statements time out after ``command_timeout`` s."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,

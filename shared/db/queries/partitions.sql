@@ -12,5 +12,5 @@ JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = to_regclass(:parent::text)
 ORDER BY c.relname;
 
--- name: partition_exists(name)$
-SELECT to_regclass(:name::text) IS NOT NULL;
+-- name: partition_exists(relation)$
+SELECT to_regclass(:relation::text) IS NOT NULL;

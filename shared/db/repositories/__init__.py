@@ -1,0 +1,46 @@
+"""Repositories: typed access to the tables, one class per area, all sharing one parsed query set.
+
+Each repository takes the connection as the first argument of every method and keyword-only
+arguments after it. Build them with no arguments (they share :func:`shared.db.default_queries`,
+parsed on first use) or pass a :class:`shared.db.Queries` explicitly (tests, other query dirs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.db import Queries, default_queries
+from shared.db.repositories.jobs import InvalidCursor, JobsRepository, decode_cursor, encode_cursor
+from shared.db.repositories.stats import ReconcileRefused, StatsRepository
+from shared.db.repositories.tags import TagsRepository
+from shared.db.repositories.users import UsersRepository
+
+
+@dataclass(frozen=True)
+class Repositories:
+    jobs: JobsRepository
+    stats: StatsRepository
+    tags: TagsRepository
+    users: UsersRepository
+
+
+def create_repositories(queries: Queries | None = None) -> Repositories:
+    """All four repositories over one query set (parsed once)."""
+    q = queries or default_queries()
+    return Repositories(
+        jobs=JobsRepository(q), stats=StatsRepository(q), tags=TagsRepository(q), users=UsersRepository(q)
+    )
+
+
+__all__ = [
+    "InvalidCursor",
+    "JobsRepository",
+    "ReconcileRefused",
+    "Repositories",
+    "StatsRepository",
+    "TagsRepository",
+    "UsersRepository",
+    "create_repositories",
+    "decode_cursor",
+    "encode_cursor",
+]

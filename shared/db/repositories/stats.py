@@ -1,0 +1,96 @@
+"""processing_stats: counted from job events exactly once, read per day, repairable from the jobs."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import get_args
+from uuid import UUID
+
+import asyncpg
+
+from shared.db import Queries, default_queries
+from shared.db.models import DailyStats, StatKind
+from shared.db.partitions import month_start, partition_name
+from shared.exceptions import RmbgError
+
+MAX_DAYS = 3660  # ten years of rows; daily_totals is a primary-key range, this only bounds a typo
+
+
+class ReconcileRefused(RmbgError):
+    """The jobs of that day are gone (retention dropped the month), so the counted stats are kept."""
+
+
+class StatsRepository:
+    """SQL in shared/db/queries/stats.sql. Construct once per process and share."""
+
+    def __init__(self, queries: Queries | None = None) -> None:
+        self._q = queries or default_queries()
+
+    async def apply_event(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        stat_date: date,
+        job_id: UUID,
+        kind: StatKind,
+        processing_time_ms: int | None = None,
+    ) -> bool:
+        """Count one job event on ``stat_date`` (the UTC date of the job's created_at) once.
+
+        True when counted now, False when this (day, job, kind) was already counted. accepted adds
+        to total_jobs; completed to completed_jobs and sum_processing_time_ms; failed to failed_jobs.
+        """
+        if kind not in get_args(StatKind):
+            raise ValueError(f"unknown stats event kind {kind!r}")
+        counted = await self._q.fetchval(
+            "apply_event",
+            conn,
+            stat_date=stat_date,
+            job_id=job_id,
+            kind=kind,
+            processing_time_ms=processing_time_ms,
+        )
+        return counted is True
+
+    async def daily_totals(
+        self, conn: asyncpg.Connection, *, days: int = 30, today: date | None = None
+    ) -> list[DailyStats]:
+        """Design query 2: one row per day for the ``days`` days ending ``today`` (UTC), oldest first.
+
+        Days nothing was counted on come back as zeros (averages None).
+        """
+        if not 1 <= days <= MAX_DAYS:
+            raise ValueError(f"days must be 1..{MAX_DAYS}, got {days}")
+        day = today if today is not None else datetime.now(UTC).date()
+        rows = await self._q.fetch("daily_totals", conn, today=day, days=days)
+        return [DailyStats.from_row(row) for row in rows]
+
+    async def totals_from_jobs(self, conn: asyncpg.Connection, *, stat_date: date) -> DailyStats:
+        """The day's figures computed from the jobs table (what processing_stats should hold)."""
+        row = await self._q.fetchrow("totals_from_jobs", conn, stat_date=stat_date)
+        if row is None:  # pragma: no cover - an aggregate always returns a row
+            raise RuntimeError("totals_from_jobs returned no row")
+        return DailyStats.from_row(row)
+
+    async def reconcile(self, conn: asyncpg.Connection, *, stat_date: date) -> DailyStats:
+        """Rewrite the day's processing_stats row and ledger from the jobs table; returns the new row.
+
+        Runs in a transaction (a savepoint of the caller's) holding a lock that makes stats events
+        wait, so none is lost or double-counted across the rewrite. Refuses a day whose month
+        partition no longer exists: its jobs were dropped by retention, and recomputing would erase
+        history that processing_stats alone still holds.
+        """
+        month = month_start(stat_date)
+        if not await self._q.fetchval(
+            "partition_exists", conn, relation=partition_name("image_process_jobs", month)
+        ):
+            raise ReconcileRefused(
+                f"no jobs partition for {month:%Y-%m}: the jobs of {stat_date} are gone, "
+                "so processing_stats keeps that day as counted"
+            )
+        async with conn.transaction():
+            await self._q.execute("lock_stats_ledger", conn)
+            row = await self._q.fetchrow("reconcile_day", conn, stat_date=stat_date)
+        if row is None:  # pragma: no cover - INSERT .. ON CONFLICT DO UPDATE always returns the row
+            raise RuntimeError("reconcile_day returned no row")
+        return DailyStats.from_row(row)

@@ -1,0 +1,44 @@
+"""Users: profile upserts and logins. Jobs create their user row themselves (insert_job)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+from shared.db import Queries, default_queries
+from shared.db.models import UserRecord
+
+
+class UsersRepository:
+    """SQL in shared/db/queries/users.sql. Construct once per process and share."""
+
+    def __init__(self, queries: Queries | None = None) -> None:
+        self._q = queries or default_queries()
+
+    async def upsert(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        user_id: str,
+        username: str | None = None,
+        email: str | None = None,
+    ) -> UserRecord:
+        """Create or update a user; a None field keeps the stored value (a new user is named by id).
+
+        Raises asyncpg.UniqueViolationError when ``email`` belongs to another user.
+        """
+        row = await self._q.fetchrow("upsert_user", conn, user_id=user_id, username=username, email=email)
+        if row is None:  # pragma: no cover - INSERT .. ON CONFLICT DO UPDATE always returns the row
+            raise RuntimeError("upsert_user returned no row")
+        return UserRecord.from_row(row)
+
+    async def get(self, conn: asyncpg.Connection, *, user_id: str) -> UserRecord | None:
+        row = await self._q.fetchrow("get_user", conn, user_id=user_id)
+        return UserRecord.from_row(row) if row is not None else None
+
+    async def touch_login(
+        self, conn: asyncpg.Connection, *, user_id: str, at: datetime | None = None
+    ) -> bool:
+        """Set last_login (now by default); False when the user does not exist."""
+        return await self._q.fetchval("touch_login", conn, user_id=user_id, at=at) is True

@@ -77,16 +77,22 @@ async def wait_terminal(client: httpx.AsyncClient, job_ids: list[str], *, timeou
 
 def render(jobs: list[dict[str, Any]], console: Console) -> None:
     table = Table(title="rmbg demo jobs")
-    for col in ("job", "status", "model", "size", "time ms", "original", "mask", "cut-out", "error"):
+    for col in ("job", "status", "model", "size", "ms", "KiB orig/mask/cut", "error"):
         table.add_column(col, overflow="fold")
     for j in jobs:
         size = f"{j.get('image_width')}x{j.get('image_height')}" if j.get("image_width") else "-"
+        sizes = "/".join(
+            f"{(j.get(k) or 0) / 1024:.0f}" for k in ("original_bytes", "mask_bytes", "processed_bytes")
+        )
         table.add_row(
-            str(j.get("job_id", ""))[:13], str(j.get("status")), str(j.get("model_name") or "-"),
-            size, str(j.get("processing_time_ms") or "-"), str(j.get("original_path") or "-"),
-            str(j.get("mask_path") or "-"), str(j.get("processed_path") or "-"), str(j.get("error_message") or ""),
+            str(j.get("job_id", ""))[-12:], str(j.get("status")), str(j.get("model_name") or "-"), size,
+            str(j.get("processing_time_ms") or "-"), sizes, str(j.get("error_message") or ""),
         )
     console.print(table)
+    for j in jobs:
+        console.print(f"[bold]{j.get('job_id')}[/]")
+        for label, key in (("original", "original_path"), ("mask", "mask_path"), ("cut-out", "processed_path")):
+            console.print(f"  {label:8} {j.get(key) or '-'}", soft_wrap=True)
 
 
 async def run_demo(api_url: str, settings: BaseServiceSettings, console: Console, *, timeout_s: float = 600) -> bool:

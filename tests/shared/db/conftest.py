@@ -25,6 +25,7 @@ import asyncpg
 import pytest
 
 from shared.db.migrate import upgrade
+from shared.db.partitions import ensure_partitions, month_start
 from shared.db.pool import create_pool
 from shared.db.repositories import Repositories, create_repositories
 from shared.ids import uuid7, uuid7_time
@@ -131,6 +132,7 @@ def raw_job() -> JobFactory:
 
     The id is a UUIDv7 of ``at`` with random bits, so many rows can share one millisecond, as the
     pagination property needs; created_at is always the id's own timestamp, as in production.
+    The month's partitions are created first when missing.
     """
 
     async def insert(
@@ -147,6 +149,7 @@ def raw_job() -> JobFactory:
         file_size_kb: int = 10,
     ) -> UUID:
         job_id = uuid7(at)
+        await ensure_partitions(conn, start=month_start(at), months=1)
         finished = status in ("completed", "failed")
         await conn.execute(
             """

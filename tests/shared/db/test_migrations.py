@@ -1,0 +1,177 @@
+"""Migrations: empty to head, 0001 to head on a filled database, concurrent upgrades, packaging."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from shared.db.migrate import MigrationError, current, head_revision, render_sql, script_location, upgrade
+from shared.db.partitions import partition_name
+
+ScratchDb = Callable[[], Awaitable[str]]
+
+JOB_INDEXES = {
+    "ix_jobs_created_at",
+    "ix_jobs_completed_at",
+    "ix_jobs_user_created",
+    "ix_jobs_params",
+    "ix_jobs_large_files",
+    "ix_jobs_user_completed_keyset",
+    "ix_jobs_completed_keyset",
+    "ix_jobs_result_reuse",
+    "ix_jobs_active_updated",
+}
+
+
+def _months(center: date, back: int, ahead: int) -> list[date]:
+    out = []
+    for offset in range(-back, ahead + 1):
+        index = center.year * 12 + center.month - 1 + offset
+        out.append(date(index // 12, index % 12 + 1, 1))
+    return out
+
+
+async def test_empty_database_upgrades_to_head(scratch_database: ScratchDb) -> None:
+    dsn = await scratch_database()
+    assert await asyncio.to_thread(current, dsn) is None
+    await asyncio.to_thread(upgrade, dsn)
+    assert await asyncio.to_thread(current, dsn) == head_revision() == "0002"
+    # A second upgrade is a no-op.
+    await asyncio.to_thread(upgrade, dsn)
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = {
+            r["relname"]
+            for r in await conn.fetch("SELECT relname FROM pg_class WHERE relkind IN ('r', 'p')")
+        }
+        assert {"users", "tags", "image_process_jobs", "image_tags", "processing_stats", "stats_ledger"} <= tables
+        extensions = {r["extname"] for r in await conn.fetch("SELECT extname FROM pg_extension")}
+        assert "pg_trgm" in extensions
+        assert "pgcrypto" not in extensions
+
+        # Partitions from 6 months back to 3 ahead, for both partitioned tables.
+        today = datetime.now(UTC).date()
+        for month in _months(today, 6, 3):
+            for table in ("image_process_jobs", "image_tags"):
+                assert partition_name(table, month) in tables
+        no_default = await conn.fetchval(
+            "SELECT count(*) FROM pg_partitioned_table WHERE partdefid <> 0"
+        )
+        assert no_default == 0
+
+        # Indexes declared on the parent exist on every partition.
+        parent_indexes = {
+            r["indexname"]
+            for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'image_process_jobs'")
+        }
+        assert JOB_INDEXES | {"image_process_jobs_pkey"} == parent_indexes
+        this_month = partition_name("image_process_jobs", date(today.year, today.month, 1))
+        on_partition = await conn.fetchval(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = $1", this_month
+        )
+        assert on_partition == len(parent_indexes)
+        assert await conn.fetchval("SELECT to_regclass('ix_tags_name_trgm_knn') IS NOT NULL")
+        assert await conn.fetchval(
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'trg_jobs_status_guard' AND NOT tgisinternal"
+        ) >= 1
+    finally:
+        await conn.close()
+
+
+FILL_SQL = """
+INSERT INTO tags (name) SELECT 'tag-' || g FROM generate_series(1, 50) g;
+INSERT INTO image_process_jobs (
+    job_id, created_at, user_id, original_path, status, params, params_hash, content_sha256,
+    model_name, original_bytes, source, mask_path, processed_path, completed_at, processing_time_ms)
+SELECT
+    -- A UUIDv7-shaped id for the row's millisecond (what shared.ids.uuid7 makes).
+    (lpad(to_hex((extract(epoch FROM ts) * 1000)::bigint), 12, '0')
+        || '7' || substr(md5(g::text), 1, 3) || '8' || substr(md5(g::text), 4, 15))::uuid,
+    ts, 'user-' || (g % 37), 'original/' || g,
+    CASE WHEN g % 5 = 0 THEN 'pending' ELSE 'completed' END,
+    jsonb_build_object('threshold', (g % 10) / 10.0), 'h' || (g % 7),
+    decode(md5(g::text) || md5(g::text), 'hex'), 'briaai/RMBG-2.0', 1000 + g, 'http',
+    CASE WHEN g % 5 = 0 THEN NULL ELSE 'mask/' || g END,
+    CASE WHEN g % 5 = 0 THEN NULL ELSE 'processed/' || g END,
+    CASE WHEN g % 5 = 0 THEN NULL ELSE ts + interval '1 second' END,
+    CASE WHEN g % 5 = 0 THEN NULL ELSE g % 1000 END
+FROM generate_series(1, 3000) g,
+     LATERAL (SELECT date_trunc('milliseconds', now() - (g % 150) * interval '1 day'
+                                 - g * interval '1 second') AS ts) t;
+INSERT INTO image_tags (job_id, created_at, tag_id)
+SELECT j.job_id, j.created_at, 1 + (abs(hashtext(j.job_id::text)) % 50) FROM image_process_jobs j;
+"""
+
+CHECKSUM_SQL = """
+SELECT count(*) AS n,
+       md5(string_agg(job_id::text || status || params::text || coalesce(mask_path, ''), ','
+                      ORDER BY job_id)) AS digest
+FROM image_process_jobs
+"""
+
+
+async def test_upgrade_from_0001_keeps_data(scratch_database: ScratchDb) -> None:
+    dsn = await scratch_database()
+    await asyncio.to_thread(upgrade, dsn, "0001")
+    assert await asyncio.to_thread(current, dsn) == "0001"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(FILL_SQL)
+        before = await conn.fetchrow(CHECKSUM_SQL)
+        tags_before = await conn.fetchval("SELECT count(*) FROM image_tags")
+        assert before["n"] == 3000
+        assert await conn.fetchval("SELECT to_regclass('ix_tags_name_trgm_knn')") is None
+
+        await asyncio.to_thread(upgrade, dsn)
+
+        assert await asyncio.to_thread(current, dsn) == head_revision()
+        after = await conn.fetchrow(CHECKSUM_SQL)
+        assert dict(after) == dict(before)
+        assert await conn.fetchval("SELECT count(*) FROM image_tags") == tags_before
+        assert await conn.fetchval("SELECT to_regclass('ix_tags_name_trgm_knn') IS NOT NULL")
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_upgrades_apply_once(scratch_database: ScratchDb) -> None:
+    dsn = await scratch_database()
+    await asyncio.gather(*(asyncio.to_thread(upgrade, dsn) for _ in range(4)))
+    assert await asyncio.to_thread(current, dsn) == head_revision()
+
+
+async def test_upgrade_refuses_downgrade_and_unknown(scratch_database: ScratchDb) -> None:
+    dsn = await scratch_database()
+    await asyncio.to_thread(upgrade, dsn)
+    with pytest.raises(MigrationError):
+        await asyncio.to_thread(upgrade, dsn, "0001")
+    with pytest.raises(MigrationError):
+        await asyncio.to_thread(upgrade, dsn, "9999")
+
+
+async def test_upgrade_called_inside_a_running_loop(scratch_database: ScratchDb) -> None:
+    # Sync API called straight from async code: it moves itself to a worker thread.
+    dsn = await scratch_database()
+    upgrade(dsn)
+    assert current(dsn) == head_revision()
+
+
+def test_config_does_not_depend_on_cwd(tmp_path: Path) -> None:
+    here = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        assert head_revision() == "0002"
+        assert (script_location() / "env.py").is_file()
+        sql = render_sql(None)
+    finally:
+        os.chdir(here)
+    assert sql.startswith("BEGIN;")
+    assert sql.rstrip().endswith("COMMIT;")
+    assert "pgcrypto" not in sql
+    assert "CREATE TABLE image_process_jobs" in sql

@@ -50,9 +50,7 @@ def completion(**over: Any) -> dict[str, Any]:
     return args
 
 
-async def test_insert_is_idempotent_and_creates_user_and_tags(
-    conn: asyncpg.Connection, repos: Repositories
-) -> None:
+async def test_insert_is_idempotent_and_creates_user_and_tags(conn: asyncpg.Connection, repos: Repositories) -> None:
     user = unique_user()
     args = job_args(user)
     assert await repos.jobs.insert_job(conn, **args) is True
@@ -135,9 +133,9 @@ async def test_transitions_move_forward_once(conn: asyncpg.Connection, repos: Re
 
     # Late or repeated events change nothing and say so.
     assert await repos.jobs.mark_completed(conn, job_id=job_id, **completion(mask_path="mask/other")) is None
-    assert await repos.jobs.mark_failed(
-        conn, job_id=job_id, error_message="late", completed_at=datetime.now(UTC)
-    ) is None
+    assert (
+        await repos.jobs.mark_failed(conn, job_id=job_id, error_message="late", completed_at=datetime.now(UTC)) is None
+    )
     assert await repos.jobs.mark_processing(conn, job_id=job_id, started_at=started, attempt=9) is None
     assert await repos.jobs.record_retry(conn, job_id=job_id) is None
     assert await repos.jobs.get_job(conn, job_id=job_id) == done
@@ -257,12 +255,18 @@ async def test_find_reusable_result(conn: asyncpg.Connection, repos: Repositorie
         conn, content_sha256=sha_of(content), model_name="briaai/RMBG-2.0", params_hash="ph"
     )
     assert found is not None and found.job_id == newest
-    assert await repos.jobs.find_reusable_result(
-        conn, content_sha256=sha_of(content), model_name="briaai/RMBG-2.0", params_hash="other"
-    ) is None
-    assert await repos.jobs.find_reusable_result(
-        conn, content_sha256=sha_of(content), model_name="other-model", params_hash="ph"
-    ) is None
+    assert (
+        await repos.jobs.find_reusable_result(
+            conn, content_sha256=sha_of(content), model_name="briaai/RMBG-2.0", params_hash="other"
+        )
+        is None
+    )
+    assert (
+        await repos.jobs.find_reusable_result(
+            conn, content_sha256=sha_of(content), model_name="other-model", params_hash="ph"
+        )
+        is None
+    )
 
 
 async def test_insert_creates_missing_month(conn: asyncpg.Connection, repos: Repositories) -> None:

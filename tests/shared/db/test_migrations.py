@@ -47,10 +47,7 @@ async def test_empty_database_upgrades_to_head(scratch_database: ScratchDb) -> N
 
     conn = await asyncpg.connect(dsn)
     try:
-        tables = {
-            r["relname"]
-            for r in await conn.fetch("SELECT relname FROM pg_class WHERE relkind IN ('r', 'p')")
-        }
+        tables = {r["relname"] for r in await conn.fetch("SELECT relname FROM pg_class WHERE relkind IN ('r', 'p')")}
         assert {"users", "tags", "image_process_jobs", "image_tags", "processing_stats", "stats_ledger"} <= tables
         extensions = {r["extname"] for r in await conn.fetch("SELECT extname FROM pg_extension")}
         assert "pg_trgm" in extensions
@@ -61,9 +58,7 @@ async def test_empty_database_upgrades_to_head(scratch_database: ScratchDb) -> N
         for month in _months(today, 6, 3):
             for table in ("image_process_jobs", "image_tags"):
                 assert partition_name(table, month) in tables
-        no_default = await conn.fetchval(
-            "SELECT count(*) FROM pg_partitioned_table WHERE partdefid <> 0"
-        )
+        no_default = await conn.fetchval("SELECT count(*) FROM pg_partitioned_table WHERE partdefid <> 0")
         assert no_default == 0
 
         # Indexes declared on the parent exist on every partition.
@@ -73,14 +68,15 @@ async def test_empty_database_upgrades_to_head(scratch_database: ScratchDb) -> N
         }
         assert JOB_INDEXES | {"image_process_jobs_pkey"} == parent_indexes
         this_month = partition_name("image_process_jobs", date(today.year, today.month, 1))
-        on_partition = await conn.fetchval(
-            "SELECT count(*) FROM pg_indexes WHERE tablename = $1", this_month
-        )
+        on_partition = await conn.fetchval("SELECT count(*) FROM pg_indexes WHERE tablename = $1", this_month)
         assert on_partition == len(parent_indexes)
         assert await conn.fetchval("SELECT to_regclass('ix_tags_name_trgm_knn') IS NOT NULL")
-        assert await conn.fetchval(
-            "SELECT count(*) FROM pg_trigger WHERE tgname = 'trg_jobs_status_guard' AND NOT tgisinternal"
-        ) >= 1
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_trigger WHERE tgname = 'trg_jobs_status_guard' AND NOT tgisinternal"
+            )
+            >= 1
+        )
     finally:
         await conn.close()
 

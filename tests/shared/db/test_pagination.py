@@ -56,8 +56,10 @@ async def test_page_completed_returns_each_row_once(
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(sizes=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=4),
-       page_size=st.integers(min_value=1, max_value=5))
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=4),
+    page_size=st.integers(min_value=1, max_value=5),
+)
 async def test_list_jobs_cursor_returns_each_row_once(
     clean_conn: asyncpg.Connection,
     repos: Repositories,

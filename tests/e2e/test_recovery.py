@@ -1,0 +1,101 @@
+"""Recovery paths: lost messages, redelivery, dead workers. Every job still ends completed or failed, once."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from rmbg.demo import sample_bytes
+from services.persister.settings import PersisterOptions
+from services.persister.sweeper import Sweeper
+from shared.cache import open_cache
+from shared.contracts import ProcessingParams, ResultEvent, ResultKind, Topics
+from shared.database import open_database
+from shared.ids import uuid7
+from shared.messaging import open_producer, publish
+from shared.storage import ObjectKeys, open_object_store
+from shared.telemetry import PipelineMetrics
+from tests.e2e.conftest import TINY_MODEL, Pipeline
+from tests.e2e.test_pipeline import _submit, _wait
+
+
+async def _insert_unqueued_job(pipeline: Pipeline, data: bytes, user: str) -> uuid.UUID:
+    """A job whose row and original exist but whose message was lost (ingest died after the insert)."""
+    sha = hashlib.sha256(data).hexdigest()
+    key = ObjectKeys.original(sha, "png")
+    async with open_object_store(pipeline.settings.s3) as store:
+        await store.put(key, data, content_type="image/png")
+    job_id = uuid7()
+    async with open_database(pipeline.settings.postgres) as db, db.pool.acquire() as conn:
+        await db.jobs.insert_job(
+            conn, job_id=job_id, user_id=user, original_path=key, content_sha256=sha, original_bytes=len(data),
+            image_width=512, image_height=512, params={}, params_hash=ProcessingParams().digest(),
+            model_name=TINY_MODEL, source="http", tags=[],
+        )
+    return job_id
+
+
+async def _sweep(pipeline: Pipeline, *, max_attempts: int, now: datetime) -> tuple[int, int]:
+    settings = pipeline.settings
+    async with (
+        open_database(settings.postgres) as db,
+        open_producer(settings.kafka, client_id="test-sweeper") as producer,
+        open_cache(settings.redis) as cache,
+    ):
+        sweeper = Sweeper(
+            options=PersisterOptions(stuck_after_s=60, max_attempts=max_attempts), db=db, producer=producer,
+            topics=Topics.from_settings(settings.topics, settings.kafka), cache=cache, metrics=PipelineMetrics.create(),
+        )
+        return await sweeper.sweep_once(now=now)
+
+
+async def test_lost_job_message_is_requeued_and_completes(pipeline: Pipeline) -> None:
+    user = f"lost-{uuid.uuid4().hex[:6]}"
+    job_id = await _insert_unqueued_job(pipeline, sample_bytes("astronaut.png"), user)
+    requeued, failed = await _sweep(pipeline, max_attempts=3, now=datetime.now(UTC) + timedelta(minutes=5))
+    assert requeued >= 1 and failed == 0
+    async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=30) as client:
+        job = (await _wait(client, [str(job_id)]))[str(job_id)]
+    assert job["status"] == "completed" and job["attempts"] == 2
+
+
+async def test_job_that_never_moves_is_failed_with_its_reason(pipeline: Pipeline) -> None:
+    user = f"stuck-{uuid.uuid4().hex[:6]}"
+    job_id = await _insert_unqueued_job(pipeline, b"\x89PNG" + uuid.uuid4().bytes * 10, user)
+    # attempts (1) already reached max_attempts=1: no re-queue, the job is failed with the reason.
+    await _sweep(pipeline, max_attempts=1, now=datetime.now(UTC) + timedelta(minutes=5))
+    async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=30) as client:
+        job = (await _wait(client, [str(job_id)]))[str(job_id)]
+    assert job["status"] == "failed" and "no progress after 1 attempts" in job["error_message"]
+
+
+async def test_redelivered_and_late_results_change_nothing(pipeline: Pipeline) -> None:
+    user = f"redeliver-{uuid.uuid4().hex[:6]}"
+    async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=30) as client:
+        job_id = (await _submit(client, sample_bytes("coffee.png"), user=user)).json()["job_id"]
+        before = (await _wait(client, [job_id]))[job_id]
+        assert before["status"] == "completed"
+        settings = pipeline.settings
+        topics = Topics.from_settings(settings.topics, settings.kafka)
+        now = datetime.now(UTC)
+        created = datetime.fromisoformat(before["created_at"])
+        late = [
+            ResultEvent(kind=ResultKind.STARTED, job_id=uuid.UUID(job_id), created_at=created, occurred_at=now),
+            ResultEvent(kind=ResultKind.FAILED, job_id=uuid.UUID(job_id), created_at=created, occurred_at=now,
+                        error="a late failure from a worker that was presumed dead"),
+            ResultEvent(kind=ResultKind.COMPLETED, job_id=uuid.UUID(job_id), created_at=created, occurred_at=now,
+                        model_name=TINY_MODEL, model_revision="other", mask_png=b"not a png"),
+        ]
+        async with open_producer(settings.kafka, client_id="test") as producer:
+            for event in late:
+                await publish(producer, topics.results, event, key=job_id)
+        # Then a fresh job on the same partitions proves the late records were consumed.
+        marker = (await _submit(client, sample_bytes("rocket.jpg"), user=user)).json()["job_id"]
+        await _wait(client, [marker])
+        await asyncio.sleep(1.0)
+        after = (await client.get(f"/v1/jobs/{job_id}")).json()
+    assert after == before

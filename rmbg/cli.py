@@ -14,8 +14,9 @@ from rich.console import Console
 from shared.config import BaseServiceSettings, TelemetrySettings
 from shared.telemetry import configure_logging
 
-app = typer.Typer(help="rmbg-pipeline: background removal with RMBG-2.0 over Kafka, PostgreSQL and S3.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="rmbg-pipeline: background removal with RMBG-2.0 over Kafka, PostgreSQL and S3.", no_args_is_help=True
+)
 
 
 def _run_until_signal(coro_factory: object) -> int:
@@ -47,8 +48,14 @@ def up(
     if chosen not in ("rmbg", "classic"):
         raise typer.BadParameter("backend must be rmbg or classic")
     kind: Literal["rmbg", "classic"] = "classic" if chosen == "classic" else "rmbg"
-    opts = UpOptions(state_dir=state_dir, demo=demo, backend=kind, model_source=model_source,
-                     model_name=model_name, api_port=api_port)
+    opts = UpOptions(
+        state_dir=state_dir,
+        demo=demo,
+        backend=kind,
+        model_source=model_source,
+        model_name=model_name,
+        api_port=api_port,
+    )
     console = Console()
     raise typer.Exit(_run_until_signal(lambda stop: run_up(opts, stop, console)))
 

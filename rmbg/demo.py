@@ -49,8 +49,12 @@ async def submit_upload_event(settings: BaseServiceSettings, name: str, *, user_
     async with open_object_store(settings.s3) as store:
         await store.put(key, sample_bytes(name), content_type="image/png")
     event = UploadEvent(
-        event_id=f"demo-{uuid.uuid4()}", user_id=user_id, key=key, tags=["demo", "upstream"],
-        params=ProcessingParams(), occurred_at=datetime.now(UTC),
+        event_id=f"demo-{uuid.uuid4()}",
+        user_id=user_id,
+        key=key,
+        tags=["demo", "upstream"],
+        params=ProcessingParams(),
+        occurred_at=datetime.now(UTC),
     )
     topics = Topics.from_settings(settings.topics, settings.kafka)
     async with open_producer(settings.kafka, client_id="demo") as producer:
@@ -81,12 +85,15 @@ def render(jobs: list[dict[str, Any]], console: Console) -> None:
         table.add_column(col, overflow="fold")
     for j in jobs:
         size = f"{j.get('image_width')}x{j.get('image_height')}" if j.get("image_width") else "-"
-        sizes = "/".join(
-            f"{(j.get(k) or 0) / 1024:.0f}" for k in ("original_bytes", "mask_bytes", "processed_bytes")
-        )
+        sizes = "/".join(f"{(j.get(k) or 0) / 1024:.0f}" for k in ("original_bytes", "mask_bytes", "processed_bytes"))
         table.add_row(
-            str(j.get("job_id", ""))[-12:], str(j.get("status")), str(j.get("model_name") or "-"), size,
-            str(j.get("processing_time_ms") or "-"), sizes, str(j.get("error_message") or ""),
+            str(j.get("job_id", ""))[-12:],
+            str(j.get("status")),
+            str(j.get("model_name") or "-"),
+            size,
+            str(j.get("processing_time_ms") or "-"),
+            sizes,
+            str(j.get("error_message") or ""),
         )
     console.print(table)
     for j in jobs:

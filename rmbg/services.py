@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -49,19 +50,23 @@ async def run_services(
                 child_env["RMBG_TELEMETRY__METRICS_PORT"] = str(metrics[name])
                 metrics_url = f"http://127.0.0.1:{metrics[name]}/metrics"
             child = ChildProcess(
-                name, [sys.executable, "-m", f"services.{name}.main"], log_path=state_dir / "logs" / f"{name}.log",
+                name,
+                [sys.executable, "-m", f"services.{name}.main"],
+                log_path=state_dir / "logs" / f"{name}.log",
                 env=child_env,
             )
             await child.start()
             # Services drain in-flight work on SIGTERM; inference may hold a batch for a while.
             stack.push_async_callback(child.stop, 60.0)
             probe_url = f"http://127.0.0.1:{api}/healthz" if name == "ingest" else metrics_url
-            await child.wait_ready(lambda u=probe_url: _http_ok(u), timeout_s=ready_timeout_s, interval_s=0.25)
+            await child.wait_ready(functools.partial(_http_ok, probe_url), timeout_s=ready_timeout_s, interval_s=0.25)
             logs[name] = child.log_path
         yield RunningServices(
             api_url=f"http://127.0.0.1:{api}",
-            metrics_urls={n: (f"http://127.0.0.1:{metrics[n]}/metrics" if n in metrics else
-                              f"http://127.0.0.1:{api}/metrics/") for n in SERVICES},
+            metrics_urls={
+                n: (f"http://127.0.0.1:{metrics[n]}/metrics" if n in metrics else f"http://127.0.0.1:{api}/metrics/")
+                for n in SERVICES
+            },
             logs=logs,
         )
         await asyncio.sleep(0)

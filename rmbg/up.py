@@ -68,7 +68,9 @@ async def run_up(opts: UpOptions, stop: asyncio.Event, console: Console) -> int:
             }
         )
         settings = BaseServiceSettings()
-        console.print(f"[bold]state folder[/] {endpoints.state_dir}; started here: {', '.join(endpoints.started) or 'none'}")
+        console.print(
+            f"[bold]state folder[/] {endpoints.state_dir}; started here: {', '.join(endpoints.started) or 'none'}"
+        )
         created = await provision(settings)
         if created:
             console.print(f"created topics: {', '.join(created)}")
@@ -91,7 +93,9 @@ async def run_up(opts: UpOptions, stop: asyncio.Event, console: Console) -> int:
                 )
             if opts.demo:
                 ok = await run_demo(svc.api_url, settings, console)
-                console.print("[green]demo: every job completed[/]" if ok else "[red]demo: some jobs did not complete[/]")
+                console.print(
+                    "[green]demo: every job completed[/]" if ok else "[red]demo: some jobs did not complete[/]"
+                )
             console.print("serving; press Ctrl+C to stop")
             await stop.wait()
             console.print("stopping services and servers...")

@@ -73,8 +73,13 @@ class JobCache:
         """Write-through after a committed transition (never lowers a cached state)."""
         payload = self._encode(job)
         await self._call(
-            "EVAL", _PUT_IF_NEWER, 1, self._job_key(str(job["job_id"])), payload,
-            STATUS_RANK[job["status"]], self._ttl,
+            "EVAL",
+            _PUT_IF_NEWER,
+            1,
+            self._job_key(str(job["job_id"])),
+            payload,
+            STATUS_RANK[job["status"]],
+            self._ttl,
         )
 
     async def fill_job(self, job: dict[str, Any]) -> None:
@@ -93,7 +98,10 @@ class JobCache:
 
     async def put_user_list(self, user_id: str, version: int, variant: str, items: list[dict[str, Any]]) -> None:
         await self._call(
-            "SET", self._user_list_key(user_id, version, variant), json.dumps(items, default=str), "EX",
+            "SET",
+            self._user_list_key(user_id, version, variant),
+            json.dumps(items, default=str),
+            "EX",
             min(self._ttl, 300),
         )
 
@@ -105,7 +113,7 @@ class JobCache:
         if self._client is None:
             return None
         try:
-            return await self._client.execute_command(*args)
+            return await self._client.execute_command(*args)  # type: ignore[no-untyped-call]
         except (RedisError, OSError) as exc:
             # The cache is optional: log, count, and let the caller go to PostgreSQL.
             self.errors += 1

@@ -9,6 +9,7 @@ all read ``RMBG_``-prefixed variables with ``__`` for nesting, e.g. ``RMBG_POSTG
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -82,9 +83,7 @@ class TelemetrySettings(_Group):
 class BaseServiceSettings(BaseSettings):
     """What every service needs; subclasses add one group of their own options."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="RMBG_", env_nested_delimiter="__", frozen=True, extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="RMBG_", env_nested_delimiter="__", frozen=True, extra="ignore")
 
     environment: Literal["dev", "test", "staging", "production"] = "dev"
     postgres: PostgresSettings = PostgresSettings()
@@ -103,12 +102,9 @@ class BaseServiceSettings(BaseSettings):
             unsafe.append("RMBG_S3__ACCESS_KEY")
         if self.s3.secret_key.get_secret_value() == DEV_S3_SECRET_KEY:
             unsafe.append("RMBG_S3__SECRET_KEY")
-        if "@" in self.postgres.dsn.get_secret_value().split("//", 1)[-1].split("/", 1)[0] and ":" not in (
-            self.postgres.dsn.get_secret_value().split("//", 1)[-1].split("@", 1)[0]
-        ):
+        # A DSN without a password only works with trust auth, which no shared database should allow.
+        if not urlsplit(self.postgres.dsn.get_secret_value()).password:
             unsafe.append("RMBG_POSTGRES__DSN (no password)")
         if unsafe:
-            raise ConfigError(
-                f"environment={self.environment} refuses development defaults: set {', '.join(unsafe)}"
-            )
+            raise ConfigError(f"environment={self.environment} refuses development defaults: set {', '.join(unsafe)}")
         return self

@@ -99,9 +99,7 @@ async def ensure_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str
 
 async def publish(producer: AIOKafkaProducer, topic: Topic[M], message: M, *, key: str) -> None:
     """Send one message and wait for the broker's acknowledgement (acks=all)."""
-    await producer.send_and_wait(
-        topic.name, topic.serialize(message), key=key.encode(), headers=topic.headers()
-    )
+    await producer.send_and_wait(topic.name, topic.serialize(message), key=key.encode(), headers=topic.headers())
 
 
 async def dead_letter(
@@ -122,7 +120,5 @@ async def dead_letter(
         failed_at=datetime.now(UTC),
         payload=(record.value or b"")[:_DEAD_LETTER_EXCERPT],
     )
-    log.warning(
-        "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason[:300]
-    )
+    log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason[:300])
     await publish(producer, topic, letter, key=letter.key or f"{record.topic}:{record.partition}")

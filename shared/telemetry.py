@@ -64,11 +64,15 @@ class PipelineMetrics:
         return cls(
             registry=registry,
             records=Counter(
-                "rmbg_records_total", "Records consumed, by topic and outcome", ["topic", "outcome"],
+                "rmbg_records_total",
+                "Records consumed, by topic and outcome",
+                ["topic", "outcome"],
                 registry=registry,
             ),
             dead_letters=Counter(
-                "rmbg_dead_letters_total", "Records sent to the dead-letter topic", ["topic"],
+                "rmbg_dead_letters_total",
+                "Records sent to the dead-letter topic",
+                ["topic"],
                 registry=registry,
             ),
             transitions=Counter(

@@ -34,9 +34,7 @@ class LoopOptions:
 
 
 class ConsumeLoop:
-    def __init__(
-        self, consumer: AIOKafkaConsumer, handler: BatchHandler, *, name: str, options: LoopOptions
-    ) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, handler: BatchHandler, *, name: str, options: LoopOptions) -> None:
         self._consumer = consumer
         self._handler = handler
         self._name = name
@@ -72,8 +70,12 @@ class ConsumeLoop:
                 try:
                     await asyncio.wait_for(asyncio.shield(task), self._options.grace_s)
                 except TimeoutError:
-                    log.warning("%s: batch of %d not drained in %.0f s; cancelled for redelivery",
-                                self._name, len(records), self._options.grace_s)
+                    log.warning(
+                        "%s: batch of %d not drained in %.0f s; cancelled for redelivery",
+                        self._name,
+                        len(records),
+                        self._options.grace_s,
+                    )
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
                     return False

@@ -82,7 +82,9 @@ class InferenceHandler:
             await self._fail(job, f"model {job.model!r} is not served by this worker (it serves {self.model_name!r})")
             return None
         mask_key = ObjectKeys.mask(
-            job.content_sha256, model_name=self.model_name, model_revision=self._backend.revision,
+            job.content_sha256,
+            model_name=self.model_name,
+            model_revision=self._backend.revision,
             threshold_tag=ObjectKeys.threshold_tag(job.params.threshold),
         )
         if await self._store.head(mask_key) is not None:

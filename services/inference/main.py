@@ -32,27 +32,45 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
         backend = await loop.run_in_executor(
             model_executor,
             lambda: load_backend(
-                opts.backend, model_source=opts.model_source, revision=opts.model_revision, device=opts.device,
-                max_batch=opts.batch_size, dtype=opts.dtype,
+                opts.backend,
+                model_source=opts.model_source,
+                revision=opts.model_revision,
+                device=opts.device,
+                max_batch=opts.batch_size,
+                dtype=opts.dtype,
             ),
         )
-        log.info("inference serving %s (revision %s) on %s", opts.model_name or backend.name,
-                 backend.revision, opts.device)
+        log.info(
+            "inference serving %s (revision %s) on %s", opts.model_name or backend.name, backend.revision, opts.device
+        )
         if settings.telemetry.metrics_port:
             # Only after the model loaded: `rmbg up` and probes take /metrics answering as "ready".
             serve_metrics(metrics.registry, settings.telemetry.metrics_port)
         store = await stack.enter_async_context(open_object_store(settings.s3))
         producer = await stack.enter_async_context(open_producer(settings.kafka, client_id="inference"))
         consumer = await stack.enter_async_context(
-            open_consumer(settings.kafka, topics=[topics.jobs.name], group_id=opts.group_id,
-                          client_id="inference", max_poll_records=opts.batch_size * 4)
+            open_consumer(
+                settings.kafka,
+                topics=[topics.jobs.name],
+                group_id=opts.group_id,
+                client_id="inference",
+                max_poll_records=opts.batch_size * 4,
+            )
         )
         handler = InferenceHandler(
-            options=opts, backend=backend, store=store, producer=producer, topics=topics, metrics=metrics,
-            model_executor=model_executor, io_executor=io_executor,
+            options=opts,
+            backend=backend,
+            store=store,
+            producer=producer,
+            topics=topics,
+            metrics=metrics,
+            model_executor=model_executor,
+            io_executor=io_executor,
         )
         consume = ConsumeLoop(
-            consumer, handler, name="inference",
+            consumer,
+            handler,
+            name="inference",
             options=LoopOptions(max_records=opts.batch_size, max_wait_ms=opts.batch_wait_ms, grace_s=opts.grace_s),
         )
         await consume.run(stop)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 from pydantic import BaseModel, ValidationError
@@ -35,6 +35,9 @@ class JobAccepted(BaseModel):
     job_id: str
     status: str
     status_url: str
+
+
+router = APIRouter()
 
 
 def _resources(request: Request) -> IngestResources:
@@ -70,6 +73,140 @@ def _job_id(raw: str) -> uuid.UUID:
     return job_id
 
 
+async def _storage_down(_: Request, exc: StorageError) -> JSONResponse:
+    log.error("object storage error: %s", exc)
+    return JSONResponse({"detail": "object storage unavailable, retry later"}, status_code=503)
+
+
+@router.post("/v1/jobs", status_code=202, response_model=JobAccepted)
+async def submit_job(
+    request: Request,
+    image: Annotated[UploadFile, File(description="the image to cut out")],
+    user_id: Annotated[str, Form(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@:-]+$")],
+    tags: Annotated[str | None, Form(description="comma-separated tags")] = None,
+    params: Annotated[str | None, Form(description='JSON, e.g. {"threshold": 0.5}')] = None,
+) -> JobAccepted:
+    res = _resources(request)
+    limit = res.settings.ingest.max_image_bytes
+    data = await image.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"image exceeds the limit of {limit} bytes")
+    parsed_tags = _parse_tags(tags)
+    parsed_params = _parse_params(params)
+    try:
+        accepted = await res.intake.accept(
+            data=data, user_id=user_id, tags=parsed_tags, params=parsed_params, source="http"
+        )
+    except ImageRejected as exc:
+        res.metrics.records.labels(topic="http", outcome=f"rejected_{exc.code}").inc()
+        raise HTTPException(_REJECT_STATUS.get(exc.code, 422), exc.reason) from None
+    res.metrics.records.labels(topic="http", outcome="accepted").inc()
+    return JobAccepted(job_id=str(accepted.job_id), status=accepted.status, status_url=f"/v1/jobs/{accepted.job_id}")
+
+
+@router.get("/v1/jobs/{job_id}")
+async def get_job(request: Request, job_id: str) -> dict[str, Any]:
+    res = _resources(request)
+    jid = _job_id(job_id)
+    cached = await res.cache.get_job(str(jid))
+    if cached is not None:
+        return cached
+    async with res.db.pool.acquire() as conn:
+        record = await res.db.jobs.get_job(conn, job_id=jid)
+    if record is None:
+        raise HTTPException(404, f"no job {job_id}")
+    view = job_view(record)
+    await res.cache.fill_job(view)
+    return view
+
+
+@router.get("/v1/jobs")
+async def list_jobs(
+    request: Request,
+    user_id: str | None = None,
+    status: Annotated[str | None, Query(pattern="^(pending|processing|completed|failed)$")] = None,
+    tag: str | None = None,
+    params: Annotated[str | None, Query(description="JSON containment filter")] = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    res = _resources(request)
+    contains: dict[str, Any] | None = None
+    if params:
+        try:
+            contains = json.loads(params)
+        except json.JSONDecodeError:
+            raise HTTPException(422, "params must be a JSON object") from None
+        if not isinstance(contains, dict):
+            raise HTTPException(422, "params must be a JSON object")
+    try:
+        async with res.db.pool.acquire() as conn:
+            rows, next_cursor = await res.db.jobs.list_jobs(
+                conn,
+                user_id=user_id,
+                status=status,
+                tag=tag,
+                params=contains,
+                created_from=created_from,
+                created_to=created_to,
+                cursor=cursor,
+                limit=limit,
+            )
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {"items": [job_view(r) for r in rows], "next_cursor": next_cursor}
+
+
+@router.get("/v1/users/{user_id}/recent")
+async def recent_completed(
+    request: Request, user_id: str, limit: Annotated[int, Query(ge=1, le=50)] = 10
+) -> dict[str, Any]:
+    res = _resources(request)
+    variant = f"completed:{limit}"
+    version, cached = await res.cache.get_user_list(user_id, variant)
+    if cached is not None:
+        return {"items": cached}
+    async with res.db.pool.acquire() as conn:
+        rows = await res.db.jobs.recent_completed(conn, user_id=user_id, limit=limit)
+    items = [job_view(r) for r in rows]
+    await res.cache.put_user_list(user_id, version, variant, items)
+    return {"items": items}
+
+
+@router.get("/v1/stats/daily")
+async def daily_stats(request: Request, days: Annotated[int, Query(ge=1, le=366)] = 30) -> dict[str, Any]:
+    res = _resources(request)
+    async with res.db.pool.acquire() as conn:
+        rows = await res.db.stats.daily_totals(conn, days=days)
+    return {"days": [r.model_dump(mode="json") if hasattr(r, "model_dump") else dict(r) for r in rows]}
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    res = _resources(request)
+    checks: dict[str, str] = {}
+    try:
+        async with res.db.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+        checks["postgres"] = "ok"
+    except (OSError, RmbgError, Exception) as exc:
+        checks["postgres"] = f"down: {exc.__class__.__name__}"
+    try:
+        await res.store.ensure_bucket()
+        checks["s3"] = "ok"
+    except StorageError as exc:
+        checks["s3"] = f"down: {exc}"
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+
 def create_app(settings: IngestSettings, *, consume_uploads: bool = True) -> FastAPI:
     metrics = PipelineMetrics.create()
 
@@ -93,126 +230,6 @@ def create_app(settings: IngestSettings, *, consume_uploads: bool = True) -> Fas
     app = FastAPI(title="rmbg-pipeline ingest", version="1", lifespan=lifespan)
     app.mount("/metrics", make_asgi_app(registry=metrics.registry))
 
-    @app.exception_handler(StorageError)
-    async def _storage_down(_: Request, exc: StorageError) -> JSONResponse:
-        log.error("object storage error: %s", exc)
-        return JSONResponse({"detail": "object storage unavailable, retry later"}, status_code=503)
-
-    @app.post("/v1/jobs", status_code=202, response_model=JobAccepted)
-    async def submit_job(
-        request: Request,
-        image: Annotated[UploadFile, File(description="the image to cut out")],
-        user_id: Annotated[str, Form(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@:-]+$")],
-        tags: Annotated[str | None, Form(description="comma-separated tags")] = None,
-        params: Annotated[str | None, Form(description='JSON, e.g. {"threshold": 0.5}')] = None,
-    ) -> JobAccepted:
-        res = _resources(request)
-        limit = res.settings.ingest.max_image_bytes
-        data = await image.read(limit + 1)
-        if len(data) > limit:
-            raise HTTPException(413, f"image exceeds the limit of {limit} bytes")
-        parsed_tags = _parse_tags(tags)
-        parsed_params = _parse_params(params)
-        try:
-            accepted = await res.intake.accept(
-                data=data, user_id=user_id, tags=parsed_tags, params=parsed_params, source="http"
-            )
-        except ImageRejected as exc:
-            res.metrics.records.labels(topic="http", outcome=f"rejected_{exc.code}").inc()
-            raise HTTPException(_REJECT_STATUS.get(exc.code, 422), exc.reason) from None
-        res.metrics.records.labels(topic="http", outcome="accepted").inc()
-        return JobAccepted(
-            job_id=str(accepted.job_id), status=accepted.status, status_url=f"/v1/jobs/{accepted.job_id}"
-        )
-
-    @app.get("/v1/jobs/{job_id}")
-    async def get_job(request: Request, job_id: str) -> dict[str, Any]:
-        res = _resources(request)
-        jid = _job_id(job_id)
-        cached = await res.cache.get_job(str(jid))
-        if cached is not None:
-            return cached
-        async with res.db.pool.acquire() as conn:
-            record = await res.db.jobs.get_job(conn, job_id=jid)
-        if record is None:
-            raise HTTPException(404, f"no job {job_id}")
-        view = job_view(record)
-        await res.cache.fill_job(view)
-        return view
-
-    @app.get("/v1/jobs")
-    async def list_jobs(
-        request: Request,
-        user_id: str | None = None,
-        status: Annotated[str | None, Query(pattern="^(pending|processing|completed|failed)$")] = None,
-        tag: str | None = None,
-        params: Annotated[str | None, Query(description="JSON containment filter")] = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
-        cursor: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    ) -> dict[str, Any]:
-        res = _resources(request)
-        contains: dict[str, Any] | None = None
-        if params:
-            try:
-                contains = json.loads(params)
-            except json.JSONDecodeError:
-                raise HTTPException(422, "params must be a JSON object") from None
-            if not isinstance(contains, dict):
-                raise HTTPException(422, "params must be a JSON object")
-        try:
-            async with res.db.pool.acquire() as conn:
-                rows, next_cursor = await res.db.jobs.list_jobs(
-                    conn, user_id=user_id, status=status, tag=tag, params=contains,
-                    created_from=created_from, created_to=created_to, cursor=cursor, limit=limit,
-                )
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
-        return {"items": [job_view(r) for r in rows], "next_cursor": next_cursor}
-
-    @app.get("/v1/users/{user_id}/recent")
-    async def recent_completed(
-        request: Request, user_id: str, limit: Annotated[int, Query(ge=1, le=50)] = 10
-    ) -> dict[str, Any]:
-        res = _resources(request)
-        variant = f"completed:{limit}"
-        version, cached = await res.cache.get_user_list(user_id, variant)
-        if cached is not None:
-            return {"items": cached}
-        async with res.db.pool.acquire() as conn:
-            rows = await res.db.jobs.recent_completed(conn, user_id=user_id, limit=limit)
-        items = [job_view(r) for r in rows]
-        await res.cache.put_user_list(user_id, version, variant, items)
-        return {"items": items}
-
-    @app.get("/v1/stats/daily")
-    async def daily_stats(request: Request, days: Annotated[int, Query(ge=1, le=366)] = 30) -> dict[str, Any]:
-        res = _resources(request)
-        async with res.db.pool.acquire() as conn:
-            rows = await res.db.stats.daily_totals(conn, days=days)
-        return {"days": [r.model_dump(mode="json") if hasattr(r, "model_dump") else dict(r) for r in rows]}
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz(request: Request) -> JSONResponse:
-        res = _resources(request)
-        checks: dict[str, str] = {}
-        try:
-            async with res.db.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
-            checks["postgres"] = "ok"
-        except (OSError, RmbgError, Exception) as exc:
-            checks["postgres"] = f"down: {exc.__class__.__name__}"
-        try:
-            await res.store.ensure_bucket()
-            checks["s3"] = "ok"
-        except StorageError as exc:
-            checks["s3"] = f"down: {exc}"
-        ok = all(v == "ok" for v in checks.values())
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
-
+    app.add_exception_handler(StorageError, _storage_down)  # type: ignore[arg-type]
+    app.include_router(router)
     return app

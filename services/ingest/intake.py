@@ -72,9 +72,7 @@ class Intake:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._executor,
-            lambda: inspect_image(
-                data, max_bytes=self._options.max_image_bytes, max_pixels=self._options.max_pixels
-            ),
+            lambda: inspect_image(data, max_bytes=self._options.max_image_bytes, max_pixels=self._options.max_pixels),
         )
 
     async def accept(

@@ -14,7 +14,11 @@ def main() -> None:
     configure_logging(settings.telemetry)
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host=settings.ingest.host, port=settings.ingest.port, log_config=None, lifespan="on",
+        app,
+        host=settings.ingest.host,
+        port=settings.ingest.port,
+        log_config=None,
+        lifespan="on",
         # uvicorn drains open requests on SIGTERM for up to this long, then runs the lifespan shutdown.
         timeout_graceful_shutdown=30,
     )

@@ -43,10 +43,22 @@ async def open_ingest(settings: IngestSettings, metrics: PipelineMetrics) -> Asy
         cache = await stack.enter_async_context(open_cache(settings.redis))
         topics = Topics.from_settings(settings.topics, settings.kafka)
         intake = Intake(
-            options=settings.ingest, db=db, store=store, producer=producer, topics=topics, cache=cache,
-            metrics=metrics, executor=executor,
+            options=settings.ingest,
+            db=db,
+            store=store,
+            producer=producer,
+            topics=topics,
+            cache=cache,
+            metrics=metrics,
+            executor=executor,
         )
         yield IngestResources(
-            settings=settings, db=db, store=store, producer=producer, cache=cache, topics=topics,
-            metrics=metrics, intake=intake,
+            settings=settings,
+            db=db,
+            store=store,
+            producer=producer,
+            cache=cache,
+            topics=topics,
+            metrics=metrics,
+            intake=intake,
         )

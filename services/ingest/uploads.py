@@ -48,14 +48,23 @@ class UploadHandler:
             job_id = upload_job_id(event.event_id, event.occurred_at)
             try:
                 await res.intake.accept(
-                    data=data, user_id=event.user_id, tags=event.tags, params=event.params, source="upload",
+                    data=data,
+                    user_id=event.user_id,
+                    tags=event.tags,
+                    params=event.params,
+                    source="upload",
                     job_id=job_id,
                 )
                 res.metrics.records.labels(topic=topic.name, outcome="accepted").inc()
             except ImageRejected as exc:
                 await res.intake.reject(
-                    job_id=job_id, data=data, user_id=event.user_id, tags=event.tags, params=event.params,
-                    reason=exc.reason, original_path=f"s3://{bucket}/{event.key}",
+                    job_id=job_id,
+                    data=data,
+                    user_id=event.user_id,
+                    tags=event.tags,
+                    params=event.params,
+                    reason=exc.reason,
+                    original_path=f"s3://{bucket}/{event.key}",
                 )
                 res.metrics.records.labels(topic=topic.name, outcome=f"rejected_{exc.code}").inc()
 
@@ -73,11 +82,16 @@ class UploadHandler:
 
 async def run_upload_consumer(res: IngestResources, stop: asyncio.Event) -> None:
     async with open_consumer(
-        res.settings.kafka, topics=[res.topics.uploads.name], group_id=res.settings.ingest.group_id,
-        client_id="ingest-uploads", max_poll_records=res.settings.ingest.concurrency * 4,
+        res.settings.kafka,
+        topics=[res.topics.uploads.name],
+        group_id=res.settings.ingest.group_id,
+        client_id="ingest-uploads",
+        max_poll_records=res.settings.ingest.concurrency * 4,
     ) as consumer:
         loop = ConsumeLoop(
-            consumer, UploadHandler(res), name="ingest-uploads",
+            consumer,
+            UploadHandler(res),
+            name="ingest-uploads",
             options=LoopOptions(max_records=res.settings.ingest.concurrency * 4, grace_s=30.0),
         )
         await loop.run(stop)

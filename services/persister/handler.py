@@ -71,8 +71,9 @@ class PersistHandler:
                 try:
                     result = self._topics.results.deserialize(record.value)
                 except ContractError as exc:
-                    await dead_letter(self._producer, self._topics.dead_letter, record, reason=str(exc),
-                                      service="persister")
+                    await dead_letter(
+                        self._producer, self._topics.dead_letter, record, reason=str(exc), service="persister"
+                    )
                     self._metrics.dead_letters.labels(topic=record.topic).inc()
                     continue
                 by_job[str(result.job_id)].append(result)
@@ -121,22 +122,32 @@ class PersistHandler:
         params = ProcessingParams.model_validate(record.params)
         model_name = result.model_name or record.model_name
         mask_key = ObjectKeys.mask(
-            record.content_sha256, model_name=model_name, model_revision=result.model_revision,
+            record.content_sha256,
+            model_name=model_name,
+            model_revision=result.model_revision,
             threshold_tag=ObjectKeys.threshold_tag(params.threshold),
         )
         fmt = params.cutout_format or self._options.cutout_format
         extension, content_type = CUTOUT_CONTENT_TYPES[fmt]
         processed_key = ObjectKeys.processed(
-            record.content_sha256, model_name=model_name, model_revision=result.model_revision,
-            params_hash=f"{record.params_hash}-{fmt.value}", extension=extension,
+            record.content_sha256,
+            model_name=model_name,
+            model_revision=result.model_revision,
+            params_hash=f"{record.params_hash}-{fmt.value}",
+            extension=extension,
         )
         try:
-            mask_png = result.mask_png if result.mask_png is not None else await self._store.get(
-                result.mask_key or mask_key
+            mask_png = (
+                result.mask_png if result.mask_png is not None else await self._store.get(result.mask_key or mask_key)
             )
             mask_bytes, processed_bytes = await self._store_results(
-                record, mask_png, mask_key=mask_key, processed_key=processed_key, fmt=fmt,
-                quality=params.webp_quality or self._options.webp_quality, content_type=content_type,
+                record,
+                mask_png,
+                mask_key=mask_key,
+                processed_key=processed_key,
+                fmt=fmt,
+                quality=params.webp_quality or self._options.webp_quality,
+                content_type=content_type,
             )
         except ImageRejected as exc:
             await self._failed(record, f"result not usable: {exc.reason}")
@@ -177,9 +188,7 @@ class PersistHandler:
             return len(mask_png), existing.size  # the same cut-out was made for an earlier job
         original = await self._store.get(record.original_path, max_bytes=self._options.max_image_bytes)
         loop = asyncio.get_running_loop()
-        cutout = await loop.run_in_executor(
-            self._executor, _make_cutout, original, mask_png, fmt, quality
-        )
+        cutout = await loop.run_in_executor(self._executor, _make_cutout, original, mask_png, fmt, quality)
         await self._store.put(processed_key, cutout, content_type=content_type)
         return len(mask_png), len(cutout)
 

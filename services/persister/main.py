@@ -33,16 +33,29 @@ async def run_persister(settings: PersisterSettings, stop: asyncio.Event) -> Non
         producer = await stack.enter_async_context(open_producer(settings.kafka, client_id="persister"))
         cache = await stack.enter_async_context(open_cache(settings.redis))
         consumer = await stack.enter_async_context(
-            open_consumer(settings.kafka, topics=[topics.results.name], group_id=opts.group_id,
-                          client_id="persister", max_poll_records=opts.concurrency * 8)
+            open_consumer(
+                settings.kafka,
+                topics=[topics.results.name],
+                group_id=opts.group_id,
+                client_id="persister",
+                max_poll_records=opts.concurrency * 8,
+            )
         )
         handler = PersistHandler(
-            options=opts, db=db, store=store, producer=producer, topics=topics, cache=cache, metrics=metrics,
+            options=opts,
+            db=db,
+            store=store,
+            producer=producer,
+            topics=topics,
+            cache=cache,
+            metrics=metrics,
             executor=executor,
         )
         sweeper = Sweeper(options=opts, db=db, producer=producer, topics=topics, cache=cache, metrics=metrics)
         consume = ConsumeLoop(
-            consumer, handler, name="persister",
+            consumer,
+            handler,
+            name="persister",
             options=LoopOptions(max_records=opts.concurrency * 8, grace_s=opts.grace_s),
         )
         await asyncio.gather(consume.run(stop), sweeper.run(stop))

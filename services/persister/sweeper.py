@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, date, datetime, timedelta
+from uuid import UUID
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -73,7 +74,9 @@ class Sweeper:
             if job.attempts >= self._options.max_attempts:
                 async with self._db.pool.acquire() as conn:
                     updated = await self._db.jobs.mark_failed(
-                        conn, job_id=job.job_id, completed_at=now,
+                        conn,
+                        job_id=job.job_id,
+                        completed_at=now,
                         error_message=(
                             f"no progress after {job.attempts} attempts "
                             f"({self._options.stuck_after_s} s each); last state {job.status}"
@@ -83,8 +86,14 @@ class Sweeper:
                     failed += 1
                     await self._cache.put_job(job_view(updated))
                     await self._cache.invalidate_user(updated.user_id)
-                    await self._emit(updated.job_id, updated.created_at, updated.user_id, JobEventKind.FAILED,
-                                     updated.error_message, updated.model_name)
+                    await self._emit(
+                        updated.job_id,
+                        updated.created_at,
+                        updated.user_id,
+                        JobEventKind.FAILED,
+                        updated.error_message,
+                        updated.model_name,
+                    )
                 continue
             async with self._db.pool.acquire() as conn:
                 attempt = await self._db.jobs.record_retry(conn, job_id=job.job_id)
@@ -92,12 +101,19 @@ class Sweeper:
                 continue
             try:
                 await publish(
-                    self._producer, self._topics.jobs,
+                    self._producer,
+                    self._topics.jobs,
                     JobRequested(
-                        job_id=job.job_id, created_at=job.created_at, user_id=job.user_id,
-                        original_key=job.original_path, content_sha256=job.content_sha256,
-                        width=job.image_width or 1, height=job.image_height or 1,
-                        params=ProcessingParams.model_validate(job.params), model=job.model_name, attempt=attempt,
+                        job_id=job.job_id,
+                        created_at=job.created_at,
+                        user_id=job.user_id,
+                        original_key=job.original_path,
+                        content_sha256=job.content_sha256,
+                        width=job.image_width or 1,
+                        height=job.image_height or 1,
+                        params=ProcessingParams.model_validate(job.params),
+                        model=job.model_name,
+                        attempt=attempt,
                     ),
                     key=str(job.job_id),
                 )
@@ -111,11 +127,21 @@ class Sweeper:
         return requeued, failed
 
     async def _emit(
-        self, job_id: object, created_at: datetime, user_id: str, kind: JobEventKind, error: str | None,
+        self,
+        job_id: UUID,
+        created_at: datetime,
+        user_id: str,
+        kind: JobEventKind,
+        error: str | None,
         model_name: str,
     ) -> None:
         event = JobEvent(
-            job_id=job_id, created_at=created_at, kind=kind, occurred_at=datetime.now(UTC), user_id=user_id,
-            error=(error or "")[:2000] or None, model_name=model_name,
+            job_id=job_id,
+            created_at=created_at,
+            kind=kind,
+            occurred_at=datetime.now(UTC),
+            user_id=user_id,
+            error=(error or "")[:2000] or None,
+            model_name=model_name,
         )
         await publish(self._producer, self._topics.job_events, event, key=str(job_id))

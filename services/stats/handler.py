@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from shared.contracts import JobEvent, JobEventKind, Topics
 from shared.database import Database
+from shared.db.models import StatKind
 from shared.exceptions import ContractError
 from shared.messaging import dead_letter
 from shared.telemetry import PipelineMetrics
@@ -23,7 +24,12 @@ from shared.telemetry import PipelineMetrics
 log = logging.getLogger(__name__)
 
 # `processing` is a dashboard signal, not a daily total.
-_COUNTED = {JobEventKind.ACCEPTED, JobEventKind.COMPLETED, JobEventKind.FAILED}
+_LEDGER_KIND: dict[JobEventKind, StatKind] = {
+    JobEventKind.ACCEPTED: "accepted",
+    JobEventKind.COMPLETED: "completed",
+    JobEventKind.FAILED: "failed",
+}
+_COUNTED = frozenset(_LEDGER_KIND)
 
 
 class StatsHandler:
@@ -54,7 +60,7 @@ class StatsHandler:
                         # A job counts on the UTC day it was accepted, like a GROUP BY over created_at.
                         stat_date=event.created_at.astimezone(UTC).date(),
                         job_id=event.job_id,
-                        kind=event.kind.value,
+                        kind=_LEDGER_KIND[event.kind],
                         processing_time_ms=event.processing_time_ms,
                     ):
                         applied += 1

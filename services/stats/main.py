@@ -25,12 +25,19 @@ async def run_stats(settings: StatsSettings, stop: asyncio.Event) -> None:
         db = await stack.enter_async_context(open_database(settings.postgres))
         producer = await stack.enter_async_context(open_producer(settings.kafka, client_id="stats"))
         consumer = await stack.enter_async_context(
-            open_consumer(settings.kafka, topics=[topics.job_events.name], group_id=opts.group_id,
-                          client_id="stats", max_poll_records=opts.batch_size)
+            open_consumer(
+                settings.kafka,
+                topics=[topics.job_events.name],
+                group_id=opts.group_id,
+                client_id="stats",
+                max_poll_records=opts.batch_size,
+            )
         )
         handler = StatsHandler(db=db, producer=producer, topics=topics, metrics=metrics)
         consume = ConsumeLoop(
-            consumer, handler, name="stats",
+            consumer,
+            handler,
+            name="stats",
             options=LoopOptions(max_records=opts.batch_size, max_wait_ms=opts.batch_wait_ms, grace_s=opts.grace_s),
         )
         await consume.run(stop)

@@ -25,6 +25,7 @@ import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
 from shared.exceptions import RmbgError
@@ -86,12 +87,19 @@ def _resolve(target: str) -> str | None:
     script = ScriptDirectory.from_config(alembic_config())
     try:
         revisions = script.get_revisions(target)
-    except CommandError as exc:
+    except (CommandError, RevisionError) as exc:
         raise MigrationError(f"unknown revision {target!r}: {exc}") from exc
     if len(revisions) > 1:
         raise MigrationError(f"revision {target!r} names {len(revisions)} heads; name one")
     rev = revisions[0] if revisions else None
     return rev.revision if rev is not None else None
+
+
+def _known(script: ScriptDirectory, revision: str) -> bool:
+    try:
+        return script.get_revision(revision) is not None
+    except (CommandError, RevisionError):
+        return False
 
 
 def _is_ancestor(script: ScriptDirectory, older: str, newer: str) -> bool:
@@ -108,15 +116,20 @@ async def _upgrade(dsn: str, revision: str) -> None:
             if at == target:
                 return
             script = ScriptDirectory.from_config(alembic_config())
+            if at is not None and not _known(script, at):
+                raise MigrationError(
+                    f"database is at {at}, a revision this code does not know (deployed by newer code?)"
+                )
             if target is None or (at is not None and _is_ancestor(script, target, at)):
                 # Downgrades are deliberate operator work (alembic CLI, with --sql to review).
                 raise MigrationError(f"database is at {at}; refusing to move back to {revision!r}")
-            if at is not None and script.get_revision(at) is None:  # pragma: no cover - defensive
-                raise MigrationError(f"database is at {at}, a revision this code does not know")
             sql = render_sql(at, target)
             try:
                 await conn.execute(sql)
             except asyncpg.PostgresError as exc:
+                # The script's BEGIN left a failed transaction open: end it, or the unlock below fails.
+                if conn.is_in_transaction():
+                    await conn.execute("ROLLBACK")
                 raise MigrationError(f"migration {at or 'base'} -> {target} failed: {exc}") from exc
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1, $2)", _LOCK_CLASS, _LOCK_MIGRATIONS)

@@ -47,13 +47,10 @@ async def ensure_partitions(
     return [str(row["name"]) for row in rows]
 
 
-async def list_partitions(
-    conn: asyncpg.Connection, *, table: str, queries: Queries | None = None
-) -> list[str]:
+async def list_partitions(conn: asyncpg.Connection, *, table: str, queries: Queries | None = None) -> list[str]:
     """Names of ``table``'s partitions, oldest first (the name sorts by month)."""
     if table not in PARTITIONED_TABLES:
         raise ValueError(f"{table} is not a partitioned table of this schema")
     q = queries or default_queries()
     rows = await q.fetch("list_partitions", conn, parent=table)
     return [str(row["name"]) for row in rows]
-

@@ -15,9 +15,7 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     the pool applies them to each new connection; call this yourself on a bare ``asyncpg.connect``.
     """
     for typename in ("jsonb", "json"):
-        await conn.set_type_codec(
-            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
-        )
+        await conn.set_type_codec(typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text")
 
 
 async def create_pool(dsn: str, *, min_size: int, max_size: int, command_timeout: float) -> asyncpg.Pool:

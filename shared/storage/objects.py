@@ -60,9 +60,7 @@ class ObjectStore:
             metadata=dict(resp.get("Metadata", {})),
         )
 
-    async def put(
-        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
-    ) -> None:
+    async def put(self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None) -> None:
         try:
             await self._client.put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {}

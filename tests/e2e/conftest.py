@@ -61,15 +61,24 @@ def base_settings(stack: StackEndpoints) -> dict[str, object]:
         "environment": "test",
         "postgres": PostgresSettings(dsn=stack.postgres_dsn, max_pool=5),
         "redis": RedisSettings(url=stack.redis_url),
-        "kafka": KafkaSettings(bootstrap_servers=stack.kafka_bootstrap, session_timeout_ms=6000,
-                               heartbeat_interval_ms=1000),
+        "kafka": KafkaSettings(
+            bootstrap_servers=stack.kafka_bootstrap, session_timeout_ms=6000, heartbeat_interval_ms=1000
+        ),
         # Topics and bucket unique per run, so reruns against long-lived servers never see old records.
         "topics": TopicSettings(
-            uploads=f"t{run}.uploads", jobs=f"t{run}.jobs", results=f"t{run}.results",
-            job_events=f"t{run}.job-events", dead_letter=f"t{run}.dead-letter", partitions=3,
+            uploads=f"t{run}.uploads",
+            jobs=f"t{run}.jobs",
+            results=f"t{run}.results",
+            job_events=f"t{run}.job-events",
+            dead_letter=f"t{run}.dead-letter",
+            partitions=3,
         ),
-        "s3": S3Settings(endpoint_url=stack.s3_endpoint, access_key=stack.s3_access_key,
-                         secret_key=stack.s3_secret_key, bucket=f"rmbg-test-{run}"),
+        "s3": S3Settings(
+            endpoint_url=stack.s3_endpoint,
+            access_key=stack.s3_access_key,
+            secret_key=stack.s3_secret_key,
+            bucket=f"rmbg-test-{run}",
+        ),
     }
 
 
@@ -87,8 +96,9 @@ async def pipeline(stack: StackEndpoints, tmp_path_factory: pytest.TempPathFacto
     ingest = IngestSettings(**common, ingest=IngestOptions(port=port, model=TINY_MODEL))  # type: ignore[arg-type]
     inference = InferenceSettings(
         **common,  # type: ignore[arg-type]
-        inference=InferenceOptions(backend="rmbg", model_source=str(model_dir), model_name=TINY_MODEL,
-                                   batch_size=4, batch_wait_ms=50),
+        inference=InferenceOptions(
+            backend="rmbg", model_source=str(model_dir), model_name=TINY_MODEL, batch_size=4, batch_wait_ms=50
+        ),
     )
     persister = PersisterSettings(**common, persister=PersisterOptions(sweep_interval_s=3600))  # type: ignore[arg-type]
     stats = StatsSettings(**common, stats=StatsOptions(batch_wait_ms=100))  # type: ignore[arg-type]

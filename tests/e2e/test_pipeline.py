@@ -29,7 +29,11 @@ TERMINAL = {"completed", "failed"}
 
 
 async def _wait(
-    client: httpx.AsyncClient, job_ids: list[str], timeout_s: float = 180, *, not_yet_accepted: frozenset[str] = frozenset()
+    client: httpx.AsyncClient,
+    job_ids: list[str],
+    timeout_s: float = 180,
+    *,
+    not_yet_accepted: frozenset[str] = frozenset(),
 ) -> dict[str, dict[str, Any]]:
     """Poll until every job is terminal. Jobs from upload events exist once ingest consumed the event;
     an HTTP-accepted job must be readable at every poll."""
@@ -48,10 +52,18 @@ async def _wait(
     raise AssertionError(f"jobs not terminal in {timeout_s} s: {[(k, v['status']) for k, v in jobs.items()]}")
 
 
-async def _submit(client: httpx.AsyncClient, data: bytes, *, user: str, tags: str = "", params: dict[str, Any] | None = None,
-                  name: str = "image.png") -> httpx.Response:
+async def _submit(
+    client: httpx.AsyncClient,
+    data: bytes,
+    *,
+    user: str,
+    tags: str = "",
+    params: dict[str, Any] | None = None,
+    name: str = "image.png",
+) -> httpx.Response:
     return await client.post(
-        "/v1/jobs", files={"image": (name, data, "application/octet-stream")},
+        "/v1/jobs",
+        files={"image": (name, data, "application/octet-stream")},
         data={"user_id": user, "tags": tags, "params": json.dumps(params or {})},
     )
 
@@ -61,8 +73,9 @@ async def _publish_upload(pipeline: Pipeline, raw: bytes, *, user: str, key: str
     key = key or f"uploads/{uuid.uuid4()}.png"
     async with open_object_store(settings.s3) as store:
         await store.put(key, raw, content_type="image/png")
-    event = UploadEvent(event_id=str(uuid.uuid4()), user_id=user, key=key, tags=["upstream"],
-                        occurred_at=datetime.now(UTC))
+    event = UploadEvent(
+        event_id=str(uuid.uuid4()), user_id=user, key=key, tags=["upstream"], occurred_at=datetime.now(UTC)
+    )
     topics = Topics.from_settings(settings.topics, settings.kafka)
     async with open_producer(settings.kafka, client_id="test") as producer:
         await publish(producer, topics.uploads, event, key=event.event_id)
@@ -167,8 +180,12 @@ async def test_bad_input_ends_in_clear_errors_and_services_keep_running(pipeline
 async def _read_dead_letters(pipeline: Pipeline, *, expect: int, timeout_s: float = 60) -> list[DeadLetter]:
     settings = pipeline.settings
     topics = Topics.from_settings(settings.topics, settings.kafka)
-    consumer = AIOKafkaConsumer(topics.dead_letter.name, bootstrap_servers=settings.kafka.bootstrap_servers,
-                                group_id=None, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        topics.dead_letter.name,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     letters: list[DeadLetter] = []
     try:

@@ -32,9 +32,19 @@ async def _insert_unqueued_job(pipeline: Pipeline, data: bytes, user: str) -> uu
     job_id = uuid7()
     async with open_database(pipeline.settings.postgres) as db, db.pool.acquire() as conn:
         await db.jobs.insert_job(
-            conn, job_id=job_id, user_id=user, original_path=key, content_sha256=sha, original_bytes=len(data),
-            image_width=512, image_height=512, params={}, params_hash=ProcessingParams().digest(),
-            model_name=TINY_MODEL, source="http", tags=[],
+            conn,
+            job_id=job_id,
+            user_id=user,
+            original_path=key,
+            content_sha256=sha,
+            original_bytes=len(data),
+            image_width=512,
+            image_height=512,
+            params={},
+            params_hash=ProcessingParams().digest(),
+            model_name=TINY_MODEL,
+            source="http",
+            tags=[],
         )
     return job_id
 
@@ -47,8 +57,12 @@ async def _sweep(pipeline: Pipeline, *, max_attempts: int, now: datetime) -> tup
         open_cache(settings.redis) as cache,
     ):
         sweeper = Sweeper(
-            options=PersisterOptions(stuck_after_s=60, max_attempts=max_attempts), db=db, producer=producer,
-            topics=Topics.from_settings(settings.topics, settings.kafka), cache=cache, metrics=PipelineMetrics.create(),
+            options=PersisterOptions(stuck_after_s=60, max_attempts=max_attempts),
+            db=db,
+            producer=producer,
+            topics=Topics.from_settings(settings.topics, settings.kafka),
+            cache=cache,
+            metrics=PipelineMetrics.create(),
         )
         return await sweeper.sweep_once(now=now)
 
@@ -85,10 +99,22 @@ async def test_redelivered_and_late_results_change_nothing(pipeline: Pipeline) -
         created = datetime.fromisoformat(before["created_at"])
         late = [
             ResultEvent(kind=ResultKind.STARTED, job_id=uuid.UUID(job_id), created_at=created, occurred_at=now),
-            ResultEvent(kind=ResultKind.FAILED, job_id=uuid.UUID(job_id), created_at=created, occurred_at=now,
-                        error="a late failure from a worker that was presumed dead"),
-            ResultEvent(kind=ResultKind.COMPLETED, job_id=uuid.UUID(job_id), created_at=created, occurred_at=now,
-                        model_name=TINY_MODEL, model_revision="other", mask_png=b"not a png"),
+            ResultEvent(
+                kind=ResultKind.FAILED,
+                job_id=uuid.UUID(job_id),
+                created_at=created,
+                occurred_at=now,
+                error="a late failure from a worker that was presumed dead",
+            ),
+            ResultEvent(
+                kind=ResultKind.COMPLETED,
+                job_id=uuid.UUID(job_id),
+                created_at=created,
+                occurred_at=now,
+                model_name=TINY_MODEL,
+                model_revision="other",
+                mask_png=b"not a png",
+            ),
         ]
         async with open_producer(settings.kafka, client_id="test") as producer:
             for event in late:

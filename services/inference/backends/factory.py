@@ -46,7 +46,5 @@ def load_backend(
         torch_dtype = _DTYPES.get(dtype)
         if torch_dtype is None:
             raise ConfigError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
-        return RmbgBackend.load(
-            model_source, revision=revision, device=device, dtype=torch_dtype, max_batch=max_batch
-        )
+        return RmbgBackend.load(model_source, revision=revision, device=device, dtype=torch_dtype, max_batch=max_batch)
     raise ConfigError(f"unknown segmentation backend {kind!r}; expected 'rmbg' or 'classic'")

@@ -102,9 +102,7 @@ def select_logits(outputs: object, batch_size: int) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor):
         raise ModelError(f"model's last output is {type(logits).__name__}, expected a tensor")
     if logits.dim() != 4 or logits.shape[0] != batch_size or logits.shape[1] != 1:
-        raise ModelError(
-            f"model's last output has shape {tuple(logits.shape)}, expected ({batch_size}, 1, H, W)"
-        )
+        raise ModelError(f"model's last output has shape {tuple(logits.shape)}, expected ({batch_size}, 1, H, W)")
     return logits
 
 

@@ -139,9 +139,7 @@ class RmbgBackend:
         except Exception as exc:
             # Remote code can raise anything (ImportError for a package it needs, OSError for files, ...);
             # the caller needs one type, and the message keeps the cause.
-            raise ModelError(
-                f"could not load segmentation model {source!r}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise ModelError(f"could not load segmentation model {source!r}: {type(exc).__name__}: {exc}") from exc
         if not isinstance(model, torch.nn.Module):
             raise ModelError(f"{source!r} did not load as a torch module but as {type(model).__name__}")
         try:
@@ -170,8 +168,6 @@ class RmbgBackend:
                 outputs = self._model(batch)
         except Exception as exc:
             # Out of memory, shape errors inside remote code, ...: one type for the caller to handle.
-            raise ModelError(
-                f"{self.name} failed on a batch of {len(images)}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise ModelError(f"{self.name} failed on a batch of {len(images)}: {type(exc).__name__}: {exc}") from exc
         logits = recipe.select_logits(outputs, len(images))
         return recipe.postprocess(logits, sizes)

@@ -1,6 +1,10 @@
 -- Jobs. Every lookup by id also names created_at (the UUIDv7's own timestamp), so PostgreSQL prunes
 -- to one monthly partition and probes one primary-key index instead of one per month.
 -- Rows carry their tag names (sorted) from a correlated subquery on image_tags' primary key.
+-- Tag names are matched with `name >= x AND name <= x`, not `name = x`: pg_trgm 1.6 lets its GIN and
+-- GiST indexes answer `=` too, and the planner picked them over the unique B-tree at equal estimated
+-- cost; with 5k tags sharing the trigrams of 'product' that lookup took 1.3-2.5 ms instead of 0.01 ms
+-- (EXPLAIN ANALYZE, 400k-job bench). Range operators are B-tree only.
 -- Note for editors: aiosql reads a colon followed by a word as a parameter, comments included.
 
 -- name: insert_job(job_id, created_at, user_id, original_path, status, error_message, image_width, image_height, file_size_kb, params, params_hash, content_sha256, model_name, original_bytes, source)$
@@ -31,7 +35,7 @@ SELECT true FROM job;
 -- known name. Sorted, so two transactions adding the same new tags lock them in the same order.
 INSERT INTO tags (name)
 SELECT n FROM unnest(:names::varchar[]) AS n
-WHERE NOT EXISTS (SELECT 1 FROM tags t WHERE t.name = n)
+WHERE NOT EXISTS (SELECT 1 FROM tags t WHERE t.name >= n AND t.name <= n)
 ORDER BY n
 ON CONFLICT (name) DO NOTHING;
 
@@ -39,7 +43,9 @@ ON CONFLICT (name) DO NOTHING;
 -- A separate statement from create_tags: its fresh snapshot sees tags another transaction created
 -- concurrently (which create_tags skipped on conflict after waiting for that commit).
 INSERT INTO image_tags (job_id, created_at, tag_id)
-SELECT :job_id::uuid, :created_at::timestamptz, t.tag_id FROM tags t WHERE t.name = ANY(:names::varchar[])
+SELECT :job_id::uuid, :created_at::timestamptz, t.tag_id
+FROM unnest(:names::varchar[]) AS n
+JOIN tags t ON t.name >= n AND t.name <= n
 ON CONFLICT DO NOTHING;
 
 -- name: get_job(job_id, created_at)^
@@ -177,16 +183,37 @@ SELECT user_id, job_count, ntile(4) OVER (ORDER BY job_count, user_id) AS quarti
 FROM counts
 ORDER BY job_count DESC, user_id;
 
--- name: list_jobs(user_id, status, params, created_from, created_to, cursor_created_at, cursor_job_id, limit)
--- The API's filtered history. NULL means "no filter". A prepared statement with IS NULL guards gets
--- a custom plan per call while the generic plan (which cannot fold the guards) costs more, which is
--- PostgreSQL's default choice; the user filter uses ix_jobs_user_created, the rest ix_jobs_created_at.
+-- name: list_jobs(status, params, created_from, created_to, cursor_created_at, cursor_job_id, limit)
+-- The API's filtered history over all users, newest first; NULL means "no filter". The filters are
+-- written so that a generic plan (asyncpg prepares each statement once per connection, and after 5
+-- runs PostgreSQL may reuse a generic plan) still walks ix_jobs_created_at newest first: time bounds
+-- are plain comparisons, and the IS NULL guards only filter rows already read in order.
+-- The user filter has its own statement below: an `IS NULL OR user_id = x` guard cannot use an
+-- index in a generic plan, and after the 400k-job bench had run it for a heavy user, a user with 30
+-- jobs took 48 ms instead of 0.6 ms.
 SELECT j.*,
        COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
                  JOIN tags t ON t.tag_id = it.tag_id
                  WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
 FROM image_process_jobs j
-WHERE (:user_id::varchar IS NULL OR j.user_id = :user_id::varchar)
+WHERE (:status::varchar IS NULL OR j.status = :status::varchar)
+  AND (:params::jsonb IS NULL OR j.params @> :params::jsonb)
+  AND j.created_at >= COALESCE(:created_from::timestamptz, '-infinity'::timestamptz)
+  AND j.created_at < COALESCE(:created_to::timestamptz, 'infinity'::timestamptz)
+  AND j.created_at <= COALESCE(:cursor_created_at::timestamptz, 'infinity'::timestamptz)
+  AND (:cursor_created_at::timestamptz IS NULL
+       OR (j.created_at, j.job_id) < (:cursor_created_at::timestamptz, :cursor_job_id::uuid))
+ORDER BY j.created_at DESC, j.job_id DESC
+LIMIT :limit;
+
+-- name: list_jobs_for_user(user_id, status, params, created_from, created_to, cursor_created_at, cursor_job_id, limit)
+-- The same for one user, read from ix_jobs_user_created newest first (one backward range per month).
+SELECT j.*,
+       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
+                 JOIN tags t ON t.tag_id = it.tag_id
+                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+FROM image_process_jobs j
+WHERE j.user_id = :user_id
   AND (:status::varchar IS NULL OR j.status = :status::varchar)
   AND (:params::jsonb IS NULL OR j.params @> :params::jsonb)
   AND j.created_at >= COALESCE(:created_from::timestamptz, '-infinity'::timestamptz)
@@ -198,8 +225,9 @@ ORDER BY j.created_at DESC, j.job_id DESC
 LIMIT :limit;
 
 -- name: list_jobs_by_tag(tag, user_id, status, params, created_from, created_to, cursor_created_at, cursor_job_id, limit)
--- The same with a tag: driven from image_tags' (tag_id, created_at DESC) index, newest first, so a
--- rare tag does not walk every job; each hit is one primary-key probe into its month's partition.
+-- The same with a tag (and optionally a user): driven from image_tags' (tag_id, created_at DESC)
+-- index newest first, so a rare tag does not walk every job; each hit is one primary-key probe into
+-- its month's partition. The user guard only filters, which is bounded by the tag's own rows.
 SELECT j.*,
        COALESCE((SELECT array_agg(t2.name ORDER BY t2.name) FROM image_tags it2
                  JOIN tags t2 ON t2.tag_id = it2.tag_id
@@ -207,7 +235,7 @@ SELECT j.*,
 FROM tags t
 JOIN image_tags it ON it.tag_id = t.tag_id
 JOIN image_process_jobs j ON j.job_id = it.job_id AND j.created_at = it.created_at
-WHERE t.name = :tag
+WHERE t.name >= :tag::varchar AND t.name <= :tag::varchar
   AND (:user_id::varchar IS NULL OR j.user_id = :user_id::varchar)
   AND (:status::varchar IS NULL OR j.status = :status::varchar)
   AND (:params::jsonb IS NULL OR j.params @> :params::jsonb)

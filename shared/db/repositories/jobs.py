@@ -218,13 +218,9 @@ class JobsRepository:
         value = await self._q.fetchval("record_retry", conn, job_id=job_id, created_at=uuid7_time(job_id))
         return int(value) if value is not None else None
 
-    async def find_stuck(
-        self, conn: asyncpg.Connection, *, updated_before: datetime, limit: int
-    ) -> list[JobRecord]:
+    async def find_stuck(self, conn: asyncpg.Connection, *, updated_before: datetime, limit: int) -> list[JobRecord]:
         """Unfinished jobs not updated since ``updated_before``, longest-waiting first."""
-        rows = await self._q.fetch(
-            "find_stuck", conn, updated_before=_aware(updated_before), limit=_check_limit(limit)
-        )
+        rows = await self._q.fetch("find_stuck", conn, updated_before=_aware(updated_before), limit=_check_limit(limit))
         return [JobRecord.from_row(row) for row in rows]
 
     async def find_reusable_result(
@@ -242,9 +238,7 @@ class JobsRepository:
 
     # -- the design's queries ---------------------------------------------------------------------
 
-    async def recent_completed(
-        self, conn: asyncpg.Connection, *, user_id: str, limit: int = 10
-    ) -> list[JobRecord]:
+    async def recent_completed(self, conn: asyncpg.Connection, *, user_id: str, limit: int = 10) -> list[JobRecord]:
         """Design query 1: the user's newest completed jobs."""
         rows = await self._q.fetch("recent_completed", conn, user_id=user_id, limit=_check_limit(limit))
         return [JobRecord.from_row(row) for row in rows]
@@ -280,9 +274,7 @@ class JobsRepository:
         self, conn: asyncpg.Connection, *, since: datetime | None = None
     ) -> list[UserJobCount]:
         """Design query 6: (user_id, job count, quartile 1-4) for jobs created since ``since``."""
-        rows = await self._q.fetch(
-            "user_job_quartiles", conn, since=_aware(since) if since is not None else None
-        )
+        rows = await self._q.fetch("user_job_quartiles", conn, since=_aware(since) if since is not None else None)
         return [UserJobCount(str(r["user_id"]), int(r["job_count"]), int(r["quartile"])) for r in rows]
 
     async def list_jobs(
@@ -308,7 +300,6 @@ class JobsRepository:
         limit = _check_limit(limit)
         position = decode_cursor(cursor) if cursor else None
         args: dict[str, Any] = {
-            "user_id": user_id,
             "status": status,
             "params": params,
             "created_from": _aware(created_from) if created_from is not None else None,
@@ -319,8 +310,11 @@ class JobsRepository:
             "limit": limit + 1,
         }
         tag_name = tag.strip().lower() if tag is not None else ""
+        # One statement per shape, so each keeps a plan that uses its index (see jobs.sql).
         if tag_name:
-            rows = await self._q.fetch("list_jobs_by_tag", conn, tag=tag_name, **args)
+            rows = await self._q.fetch("list_jobs_by_tag", conn, tag=tag_name, user_id=user_id, **args)
+        elif user_id is not None:
+            rows = await self._q.fetch("list_jobs_for_user", conn, user_id=user_id, **args)
         else:
             rows = await self._q.fetch("list_jobs", conn, **args)
         records = [JobRecord.from_row(row) for row in rows[:limit]]

@@ -81,9 +81,7 @@ class StatsRepository:
         history that processing_stats alone still holds.
         """
         month = month_start(stat_date)
-        if not await self._q.fetchval(
-            "partition_exists", conn, relation=partition_name("image_process_jobs", month)
-        ):
+        if not await self._q.fetchval("partition_exists", conn, relation=partition_name("image_process_jobs", month)):
             raise ReconcileRefused(
                 f"no jobs partition for {month:%Y-%m}: the jobs of {stat_date} are gone, "
                 "so processing_stats keeps that day as counted"

@@ -37,8 +37,6 @@ class UsersRepository:
         row = await self._q.fetchrow("get_user", conn, user_id=user_id)
         return UserRecord.from_row(row) if row is not None else None
 
-    async def touch_login(
-        self, conn: asyncpg.Connection, *, user_id: str, at: datetime | None = None
-    ) -> bool:
+    async def touch_login(self, conn: asyncpg.Connection, *, user_id: str, at: datetime | None = None) -> bool:
         """Set last_login (now by default); False when the user does not exist."""
         return await self._q.fetchval("touch_login", conn, user_id=user_id, at=at) is True

@@ -171,3 +171,33 @@ def test_config_does_not_depend_on_cwd(tmp_path: Path) -> None:
     assert sql.rstrip().endswith("COMMIT;")
     assert "pgcrypto" not in sql
     assert "CREATE TABLE image_process_jobs" in sql
+
+
+async def test_database_at_unknown_revision_is_refused(scratch_database: ScratchDb) -> None:
+    dsn = await scratch_database()
+    await asyncio.to_thread(upgrade, dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("UPDATE alembic_version SET version_num = 'f00d'")
+    finally:
+        await conn.close()
+    with pytest.raises(MigrationError, match="does not know"):
+        await asyncio.to_thread(upgrade, dsn)
+
+
+async def test_failed_upgrade_changes_nothing(scratch_database: ScratchDb) -> None:
+    dsn = await scratch_database()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE TABLE tags (x int)")  # collides with migration 0001
+        with pytest.raises(MigrationError, match="already exists"):
+            await asyncio.to_thread(upgrade, dsn)
+        assert await asyncio.to_thread(current, dsn) is None
+        assert await conn.fetchval("SELECT to_regclass('users')") is None
+        assert await conn.fetchval("SELECT to_regclass('alembic_version')") is None
+        # The advisory lock was released: a fixed database migrates.
+        await conn.execute("DROP TABLE tags")
+        await asyncio.to_thread(upgrade, dsn)
+        assert await asyncio.to_thread(current, dsn) == head_revision()
+    finally:
+        await conn.close()

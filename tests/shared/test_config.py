@@ -1,0 +1,39 @@
+"""Settings: validated at start, development defaults refused outside dev."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.ingest.settings import IngestSettings
+from shared.config import BaseServiceSettings
+from shared.exceptions import ConfigError
+
+
+def test_dev_defaults_are_accepted_in_dev(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RMBG_ENVIRONMENT", "dev")
+    assert BaseServiceSettings().s3.bucket == "rmbg"
+
+
+def test_production_refuses_dev_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RMBG_ENVIRONMENT", "production")
+    with pytest.raises(ConfigError) as err:
+        BaseServiceSettings()
+    message = str(err.value)
+    assert "RMBG_S3__ACCESS_KEY" in message and "RMBG_S3__SECRET_KEY" in message and "RMBG_POSTGRES__DSN" in message
+
+
+def test_production_with_real_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RMBG_ENVIRONMENT", "production")
+    monkeypatch.setenv("RMBG_S3__ACCESS_KEY", "AKIAEXAMPLE")
+    monkeypatch.setenv("RMBG_S3__SECRET_KEY", "a-real-secret")
+    monkeypatch.setenv("RMBG_POSTGRES__DSN", "postgresql://rmbg:pw@db:5432/rmbg")
+    monkeypatch.setenv("RMBG_INGEST__MAX_IMAGE_BYTES", "1048576")
+    settings = IngestSettings()
+    assert settings.ingest.max_image_bytes == 1_048_576
+    assert settings.postgres.dsn.get_secret_value().endswith("/rmbg")
+
+
+def test_invalid_values_are_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RMBG_KAFKA__MAX_MESSAGE_BYTES", "5000000")  # above Kafka's 1 MiB default
+    with pytest.raises(ValueError, match="max_message_bytes"):
+        BaseServiceSettings()

@@ -94,6 +94,39 @@ def stats_reconcile(
     typer.echo(result)
 
 
+@app.command("retention")
+def retention_cmd(
+    older_than: Annotated[str, typer.Option("--older-than", help="age like 180d")] = "180d",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="report only, change nothing")] = False,
+) -> None:
+    """Remove jobs older than the age: whole monthly partitions dropped, their objects deleted
+    unless a newer job still uses the same content."""
+    from rmbg.admin import retention
+    from rmbg.maintenance.retention import parse_age
+
+    configure_logging(TelemetrySettings(log_level="WARNING"))
+    report = asyncio.run(retention(BaseServiceSettings(), older_than_days=parse_age(older_than), dry_run=dry_run))
+    typer.echo(report.summary())
+
+
+@app.command("fsck")
+def fsck_cmd(
+    repair: Annotated[bool, typer.Option("--repair", help="delete orphans, rebuild missing cut-outs")] = False,
+    grace_s: Annotated[int, typer.Option(help="ignore objects younger than this (in-flight intakes)")] = 3600,
+) -> None:
+    """Find rows whose objects are missing and objects no row references."""
+    from rmbg.admin import fsck
+
+    configure_logging(TelemetrySettings(log_level="WARNING"))
+    report = asyncio.run(fsck(BaseServiceSettings(), repair=repair, grace_s=grace_s))
+    typer.echo(report.summary())
+    for job_id, key in report.missing[:50]:
+        typer.echo(f"missing  {job_id}  {key}")
+    for key in report.orphans[:50]:
+        typer.echo(f"orphan   {key}")
+    raise typer.Exit(0 if report.clean or repair else 1)
+
+
 def main() -> None:
     logging.captureWarnings(True)
     app()

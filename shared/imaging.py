@@ -132,3 +132,15 @@ def encode_cutout(image: Image.Image, *, fmt: CutoutFormat, webp_quality: int) -
         # exact=False lets the encoder discard RGB under fully transparent pixels, which nobody sees.
         image.save(buf, format="WEBP", quality=webp_quality, alpha_quality=100, method=4)
     return buf.getvalue()
+
+
+def make_cutout(original: bytes, mask_png: bytes, fmt: CutoutFormat, quality: int) -> bytes:
+    """Decode the original and the mask, check they match, and encode the cut-out."""
+    image = decode_rgb(original)
+    mask = decode_mask_png(mask_png)
+    if (mask.shape[1], mask.shape[0]) != image.size:
+        raise ImageRejected(
+            f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.size[0]}x{image.size[1]}",
+            code="corrupt",
+        )
+    return encode_cutout(compose_cutout(image, mask), fmt=fmt, webp_quality=quality)

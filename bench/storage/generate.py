@@ -383,15 +383,15 @@ def generate(shape: Shape, end: datetime | None = None) -> JobsData:
     cut_bpp = np.array([{"png": 1.6, "webp_lossless": 0.9, "webp": 0.12}[c.cutout_format] for c in combos])
     processed_bytes = (pixels * _lognormal(rng, cut_bpp[params_code], 0.3, n)).astype(np.int64)
     completed = status == COMPLETED
-    mask_bytes = np.where(completed, np.clip(mask_bytes, 200, 2**31 - 1), -1).astype(np.int32)
-    processed_bytes = np.where(completed, np.clip(processed_bytes, 1000, 2**31 - 1), -1).astype(np.int32)
+    mask_out: I32 = np.where(completed, np.clip(mask_bytes, 200, 2**31 - 1), -1).astype(np.int32)
+    processed_out: I32 = np.where(completed, np.clip(processed_bytes, 1000, 2**31 - 1), -1).astype(np.int32)
 
     data = JobsData(
         shape=shape, end=end, created_ms=created_ms, job7=job7, job4=job4, user_no=user_no, status=status,
         started_off_ms=started_off.astype(np.int32), finished_off_ms=finished_off.astype(np.int32),
         processing_ms=processing_ms, width=width, height=height, file_kb=file_kb,
         original_bytes=original_bytes, ext_code=ext_code, params_code=params_code, sha=sha,
-        mask_bytes=mask_bytes, processed_bytes=processed_bytes, model_code=model_code,
+        mask_bytes=mask_out, processed_bytes=processed_out, model_code=model_code,
         source_code=source_code, attempts=attempts, reused=reused, error_code=error_code,
     )
     _tags(rng, data)

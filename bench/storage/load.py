@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import numpy as np
+import numpy.typing as npt
 
 from bench.storage import baseline
 from bench.storage.copy import Column, chunks, encode, timestamptz
@@ -119,9 +121,9 @@ LEFT JOIN bench_errors e ON e.code = s.error_code
 USERS = """
 INSERT INTO users (user_id, username, email, created_at, last_login)
 SELECT 'u' || lpad(n::text, 6, '0'), 'user' || n, 'user' || n || '@example.com',
-       $1::timestamptz - make_interval(days => (n * 7919) % 720, secs => (n * 104729) % 86400),
-       $2::timestamptz - make_interval(secs => (n::bigint * 15485863) % (86400 * 30))
-FROM generate_series(1, $3::int) AS n
+       $1::timestamptz - make_interval(days => (n * 7919 % 720)::int, secs => n * 104729 % 86400),
+       $2::timestamptz - make_interval(secs => n * 15485863 % (86400 * 30))
+FROM generate_series(1, $3::bigint) AS n
 """
 
 # What the stats service would have counted: one accepted per job, one completed/failed per finished
@@ -197,8 +199,9 @@ async def strip(conn: asyncpg.Connection, tables: list[str]) -> Stripped:
     drops_key: list[str] = []
     for table in tables:
         for row in await conn.fetch(
-            "SELECT conname, contype, pg_get_constraintdef(oid) AS def FROM pg_constraint "
-            "WHERE conrelid = $1::regclass AND contype IN ('p', 'u', 'f') ORDER BY contype DESC, conname",
+            "SELECT conname, contype::text AS contype, pg_get_constraintdef(oid) AS def FROM pg_constraint "
+            "WHERE conrelid = $1::regclass AND conparentid = 0 AND contype IN ('p', 'u', 'f') "
+            "ORDER BY contype DESC, conname",
             table,
         ):
             add = f'ALTER TABLE {table} ADD CONSTRAINT "{row["conname"]}" {row["def"]}'
@@ -265,7 +268,7 @@ async def _lookups(conn: asyncpg.Connection) -> None:
 
 def _stage_payload(data: JobsData, part: slice) -> bytes:
     d = data
-    values = [
+    values: list[npt.NDArray[np.generic]] = [
         d.job7[part], d.job4[part], timestamptz(d.created_ms[part]), d.user_no[part], d.status[part],
         d.started_off_ms[part], d.finished_off_ms[part], d.processing_ms[part], d.width[part], d.height[part],
         d.file_kb[part], d.original_bytes[part], d.ext_code[part], d.params_code[part], d.sha[part],
@@ -279,13 +282,20 @@ _OURS_TAG_COLS = (Column("job_id", "uuid"), Column("created_at", "timestamptz"),
 _BASE_TAG_COLS = (Column("job_id", "uuid"), Column("tag_id", "integer"))
 
 
+async def _pieces(payload: bytes, size: int = 4 << 20) -> AsyncIterator[bytes]:
+    """asyncpg reads a bytes source as a file name; an async iterable of pieces is streamed as is."""
+    view = memoryview(payload)
+    for lo in range(0, len(view), size):
+        yield bytes(view[lo : lo + size])
+
+
 async def _copy_both(ours: asyncpg.Connection, base: asyncpg.Connection, data: JobsData) -> None:
     """Stage the jobs and load image_tags in both databases, chunk by chunk, the same bytes for both."""
     for part in chunks(data.n, CHUNK):
         payload = _stage_payload(data, part)
         await asyncio.gather(
-            ours.copy_to_table("bench_stage", source=payload, format="binary"),
-            base.copy_to_table("bench_stage", source=payload, format="binary"),
+            ours.copy_to_table("bench_stage", source=_pieces(payload), format="binary"),
+            base.copy_to_table("bench_stage", source=_pieces(payload), format="binary"),
         )
     log(f"staged {data.n:,} jobs in both databases")
     for part in chunks(int(data.tag_job.shape[0]), CHUNK * 2):
@@ -293,9 +303,9 @@ async def _copy_both(ours: asyncpg.Connection, base: asyncpg.Connection, data: J
         ours_payload = encode(_OURS_TAG_COLS, [data.job7[rows], timestamptz(data.created_ms[rows]), data.tag_id[part]])
         base_payload = encode(_BASE_TAG_COLS, [data.job4[rows], data.tag_id[part]])
         await asyncio.gather(
-            ours.copy_to_table("image_tags", source=ours_payload, format="binary",
+            ours.copy_to_table("image_tags", source=_pieces(ours_payload), format="binary",
                                columns=[c.name for c in _OURS_TAG_COLS]),
-            base.copy_to_table("image_tags", source=base_payload, format="binary",
+            base.copy_to_table("image_tags", source=_pieces(base_payload), format="binary",
                                columns=[c.name for c in _BASE_TAG_COLS]),
         )
     log(f"copied {data.tag_job.shape[0]:,} image_tags rows into both databases")

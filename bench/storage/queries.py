@@ -9,6 +9,7 @@ receive, decode) on one connection over the loopback.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import statistics
@@ -277,8 +278,8 @@ def _pct(values: Sequence[float], pct: float) -> float:
 async def explain(conn: asyncpg.Connection, side: Side, path: Path) -> list[str]:
     rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + side.sql, *side.args[0])
     lines = [str(r[0]) for r in rows]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"-- {side.source}\n-- args: {side.args[0]!r}\n{side.sql.strip()}\n\n" + "\n".join(lines) + "\n")
+    text = f"-- {side.source}\n-- args: {side.args[0]!r}\n{side.sql.strip()}\n\n" + "\n".join(lines) + "\n"
+    await asyncio.to_thread(path.write_text, text)
     return lines
 
 

@@ -1,4 +1,4 @@
-"""Retention of the oldest month on both schemas: the design's DELETE against our partition drop.
+"""Retention of the oldest month on both schemas: the design's DELETE against our retention code.
 
 The month boundary is a UTC month start, so both remove exactly the same jobs (the baseline keeps its
 failed ones, as the design's "delete completed jobs" says). Bloat is measured with pgstattuple: dead
@@ -8,6 +8,7 @@ tuples and free space inside the files that remain, and the file sizes before an
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -15,18 +16,27 @@ import asyncpg
 
 from bench.storage import baseline
 from bench.storage.log import log
-from shared.db.partitions import list_partitions, partition_name
+from rmbg.maintenance.retention import Retention
+from shared.database import Database
+from shared.db import Queries
+from shared.db.pool import create_pool
+from shared.db.repositories import create_repositories
+from shared.storage import ObjectStore
 
-_TUPLE = """
+# The leaves of a partitioned table, or the table itself (pg_partition_tree has no row for a plain one).
+_LEAVES = """
+(SELECT relid FROM pg_partition_tree($1::regclass) WHERE isleaf
+ UNION SELECT $1::regclass WHERE (SELECT relkind FROM pg_class WHERE oid = $1::regclass) = 'r')
+"""
+_TUPLE = f"""
 SELECT sum(s.table_len)::bigint AS table_len, sum(s.tuple_count)::bigint AS tuple_count,
        sum(s.dead_tuple_count)::bigint AS dead_tuple_count, sum(s.dead_tuple_len)::bigint AS dead_tuple_len,
        sum(s.free_space)::bigint AS free_space
-FROM pg_partition_tree($1::regclass) p, LATERAL pgstattuple(p.relid) s
-WHERE p.isleaf
+FROM {_LEAVES} l, LATERAL pgstattuple(l.relid) s
 """
-_SIZE = """
-SELECT (SELECT COALESCE(sum(pg_table_size(relid)), 0) FROM pg_partition_tree($1::regclass))::bigint AS heap,
-       (SELECT COALESCE(sum(pg_indexes_size(relid)), 0) FROM pg_partition_tree($1::regclass))::bigint AS idx
+_SIZE = f"""
+SELECT (SELECT COALESCE(sum(pg_table_size(relid)), 0) FROM {_LEAVES} l)::bigint AS heap,
+       (SELECT COALESCE(sum(pg_indexes_size(relid)), 0) FROM {_LEAVES} l)::bigint AS idx
 """
 _LEAF = "SELECT avg_leaf_density, leaf_fragmentation FROM pgstatindex($1::regclass)"
 
@@ -63,7 +73,7 @@ async def baseline_retention(conn: asyncpg.Connection, cutoff: date) -> dict[str
     at = datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=UTC)
     out: dict[str, Any] = {"cutoff": str(cutoff)}
     out["before"] = {t: await _state(conn, t) for t in ("image_process_jobs", "image_tags")}
-    out["pkey_before"] = dict(await conn.fetchrow(_LEAF, "image_process_jobs_pkey"))  # type: ignore[arg-type]
+    out["pkey_before"] = dict(await conn.fetchrow(_LEAF, "image_process_jobs_pkey"))
     status_tags, t_tags = await _timed(conn, baseline.RETENTION_TAGS, at)
     log(f"baseline retention: {status_tags} from image_tags in {t_tags:.1f} s")
     status_jobs, t_jobs = await _timed(conn, baseline.RETENTION_JOBS, at)
@@ -75,44 +85,109 @@ async def baseline_retention(conn: asyncpg.Connection, cutoff: date) -> dict[str
     log(f"baseline retention: VACUUM in {t_vac:.1f} s")
     out["vacuum_s"] = t_vac
     out["after_vacuum"] = {t: await _state(conn, t) for t in ("image_process_jobs", "image_tags")}
-    out["pkey_after"] = dict(await conn.fetchrow(_LEAF, "image_process_jobs_pkey"))  # type: ignore[arg-type]
+    out["pkey_after"] = dict(await conn.fetchrow(_LEAF, "image_process_jobs_pkey"))
     out["total_s"] = t_tags + t_jobs
     return out
 
 
-async def ours_retention(conn: asyncpg.Connection, cutoff: date) -> dict[str, Any]:
-    """Detach (CONCURRENTLY) and drop every monthly partition that ends on or before ``cutoff``.
+class _TimedQueries(Queries):
+    """The project's statements, with the time spent in each (by name) added up."""
 
-    image_tags first: its partition references the jobs partition. The stats ledger has no project
-    code for retention yet; its DELETE of the same days is measured separately.
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def _add(self, name: str, t0: float) -> None:
+        self.seconds[name] += time.perf_counter() - t0
+        self.calls[name] += 1
+
+    async def fetch(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> list[asyncpg.Record]:
+        t0 = time.perf_counter()
+        try:
+            return await super().fetch(name, conn, **params)
+        finally:
+            self._add(name, t0)
+
+    async def fetchrow(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> asyncpg.Record | None:
+        t0 = time.perf_counter()
+        try:
+            return await super().fetchrow(name, conn, **params)
+        finally:
+            self._add(name, t0)
+
+    async def fetchval(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return await super().fetchval(name, conn, **params)
+        finally:
+            self._add(name, t0)
+
+    async def execute(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> str:
+        t0 = time.perf_counter()
+        try:
+            return await super().execute(name, conn, **params)
+        finally:
+            self._add(name, t0)
+
+
+class _NullS3:
+    """Stands in for the S3 client: counts the keys retention asks to delete (no object store here)."""
+
+    def __init__(self) -> None:
+        self.keys = 0
+        self.requests = 0
+
+    async def delete_objects(self, *, Bucket: str, Delete: dict[str, Any]) -> dict[str, Any]:
+        self.requests += 1
+        self.keys += len(Delete["Objects"])
+        return {}
+
+
+# Which of the project's statements belong to which part of the work.
+_PHASES = {
+    "partitions": ("retire_month", "drop_retired", "retired_months", "list_partitions"),
+    "object references": ("retired_objects", "referenced_contents", "lock_objects_exclusive"),
+    "cutoff month rows": ("delete_before", "count_before"),
+    "stats ledger": ("prune_stats_ledger",),
+}
+
+
+async def ours_retention(conn: asyncpg.Connection, dsn: str, cutoff: date) -> dict[str, Any]:
+    """The project's retention (rmbg.maintenance.retention.Retention) with a null object store.
+
+    It retires each whole month (DROP of the image_tags partition, DETACH of the jobs partition), reads
+    the retired month's object keys to check which contents newer jobs still use, drops the detached
+    table, trims the cutoff's own month row by row (nothing here: the cutoff is a month start) and
+    prunes the stats ledger's days. Time is split by the statements each part runs.
     """
     await conn.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
-    out: dict[str, Any] = {"cutoff": str(cutoff), "steps": []}
-    out["before"] = {t: await _state(conn, t) for t in ("image_process_jobs", "image_tags", "stats_ledger")}
-    names = await list_partitions(conn, table="image_process_jobs")
-    months: list[date] = []
-    for name in names:
-        month = date(int(name[-7:-3]), int(name[-2:]), 1)
-        if (month + timedelta(days=32)).replace(day=1) <= cutoff:
-            months.append(month)
-    rows = 0
-    total = 0.0
-    for month in months:
-        jobs_part = partition_name("image_process_jobs", month)
-        rows += int(await conn.fetchval(f"SELECT count(*) FROM {jobs_part}"))
-        for table in ("image_tags", "image_process_jobs"):
-            part = partition_name(table, month)
-            for sql in (f"ALTER TABLE {table} DETACH PARTITION {part} CONCURRENTLY", f"DROP TABLE {part}"):
-                status, took = await _timed(conn, sql)
-                total += took
-                out["steps"].append({"sql": sql, "s": took})
-                log(f"ours retention: {sql}: {took * 1000:.0f} ms")
-    out["jobs_removed"] = rows
-    out["partitions_s"] = total
-    status, took = await _timed(conn, "DELETE FROM stats_ledger WHERE stat_date < $1", cutoff)
-    out["ledger_delete"] = {"status": status, "s": took}
-    log(f"ours retention: stats_ledger {status} in {took:.1f} s")
-    out["after"] = {t: await _state(conn, t) for t in ("image_process_jobs", "image_tags", "stats_ledger")}
+    out: dict[str, Any] = {"cutoff": str(cutoff)}
+    tables = ("image_process_jobs", "image_tags", "stats_ledger")
+    out["before"] = {t: await _state(conn, t) for t in tables}
+    queries = _TimedQueries()
+    s3 = _NullS3()
+    pool = await create_pool(dsn, min_size=1, max_size=2, command_timeout=3600)
+    try:
+        repos = create_repositories(queries)
+        db = Database(pool=pool, jobs=repos.jobs, stats=repos.stats, tags=repos.tags, users=repos.users)
+        retention = Retention(db, ObjectStore(s3, "bench"), queries=queries)
+        report = await retention.run(cutoff=datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=UTC))
+    finally:
+        await pool.close()
+    out["report"] = report.summary()
+    out["total_s"] = report.seconds
+    out["jobs_removed"] = report.jobs_removed
+    out["months"] = report.months_retired
+    out["objects_deleted"] = report.objects_deleted
+    out["objects_kept_shared"] = report.objects_kept_shared
+    out["ledger_rows_pruned"] = report.ledger_rows_pruned
+    out["s3_requests"] = s3.requests
+    out["statements"] = {k: {"s": v, "calls": queries.calls[k]} for k, v in queries.seconds.items()}
+    out["phases"] = {phase: sum(queries.seconds.get(n, 0.0) for n in names) for phase, names in _PHASES.items()}
+    log(f"ours retention: {report.summary()}; by part: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in out["phases"].items()))
+    out["after"] = {t: await _state(conn, t) for t in tables}
     _, t_vac = await _timed(conn, "VACUUM stats_ledger")
     out["ledger_vacuum_s"] = t_vac
     out["ledger_after_vacuum"] = await _state(conn, "stats_ledger")

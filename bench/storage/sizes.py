@@ -6,33 +6,41 @@ from typing import Any
 
 import asyncpg
 
-TABLES = """
+# A relation's storage: the leaves of its partition tree, or itself when it is not partitioned
+# (pg_partition_tree returns no rows for a plain table or index).
+LEAVES = "(SELECT relid FROM pg_partition_tree({oid}) WHERE isleaf UNION SELECT {oid} WHERE {plain})"
+
+TABLES = f"""
 SELECT c.relname AS name, c.relkind = 'p' AS partitioned,
-       (SELECT count(*) - 1 FROM pg_partition_tree(c.oid)) AS partitions,
-       (SELECT COALESCE(sum(pg_table_size(p.relid)), 0) FROM pg_partition_tree(c.oid) p)::bigint AS heap_bytes,
-       (SELECT COALESCE(sum(pg_indexes_size(p.relid)), 0) FROM pg_partition_tree(c.oid) p)::bigint AS index_bytes,
-       (SELECT COALESCE(sum(GREATEST(k.reltuples, 0)), 0) FROM pg_partition_tree(c.oid) p
-        JOIN pg_class k ON k.oid = p.relid)::bigint AS est_rows
+       (SELECT count(*) FROM pg_partition_tree(c.oid) WHERE isleaf) AS partitions,
+       (SELECT COALESCE(sum(pg_table_size(relid)), 0) FROM {LEAVES.format(oid="c.oid", plain="c.relkind = 'r'")} l
+       )::bigint AS heap_bytes,
+       (SELECT COALESCE(sum(pg_indexes_size(relid)), 0) FROM {LEAVES.format(oid="c.oid", plain="c.relkind = 'r'")} l
+       )::bigint AS index_bytes,
+       (SELECT COALESCE(sum(GREATEST(k.reltuples, 0)), 0)
+        FROM {LEAVES.format(oid="c.oid", plain="c.relkind = 'r'")} l JOIN pg_class k ON k.oid = l.relid
+       )::bigint AS est_rows
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND c.relname NOT LIKE 'bench\\_%' AND c.relname <> 'alembic_version'
-ORDER BY 4 + 5 DESC
 """
 
-INDEXES = """
+INDEXES = f"""
 SELECT t.relname AS table_name, i.relname AS name,
-       (SELECT COALESCE(sum(pg_relation_size(p.relid)), 0) FROM pg_partition_tree(i.oid) p)::bigint AS bytes,
+       (SELECT COALESCE(sum(pg_relation_size(relid)), 0) FROM {LEAVES.format(oid="i.oid", plain="i.relkind = 'i'")} l
+       )::bigint AS bytes,
        regexp_replace(pg_get_indexdef(i.oid), '^.* USING ', 'USING ') AS def
 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace
 WHERE n.nspname = 'public' AND NOT t.relispartition AND NOT i.relispartition
-  AND t.relname NOT LIKE 'bench\\_%'
+  AND t.relname NOT LIKE 'bench\\_%' AND t.relname <> 'alembic_version'
 ORDER BY t.relname, bytes DESC
 """
 
 
 async def sizes(conn: asyncpg.Connection) -> dict[str, Any]:
-    tables = [dict(r) for r in await conn.fetch(TABLES)]
+    tables = sorted((dict(r) for r in await conn.fetch(TABLES)),
+                    key=lambda t: -(t["heap_bytes"] + t["index_bytes"]))
     indexes = [dict(r) for r in await conn.fetch(INDEXES)]
     return {"tables": tables, "indexes": indexes}
 
@@ -60,7 +68,7 @@ async def describe(conn: asyncpg.Connection) -> dict[str, Any]:
     )
     assert row is not None
     out["users_shape"] = dict(row)
-    out["span"] = dict(await conn.fetchrow(  # type: ignore[arg-type]
+    out["span"] = dict(await conn.fetchrow(
         "SELECT min(created_at) AS first, max(created_at) AS last FROM image_process_jobs"))
     out["threshold_09"] = await conn.fetchval(
         "SELECT count(*) FROM image_process_jobs WHERE params @> '{\"threshold\": 0.9}'")

@@ -89,24 +89,29 @@ class Intake:
         info = await self.inspect(data)
         sha = hashlib.sha256(data).hexdigest()
         key = ObjectKeys.original(sha, info.extension)
-        await self._store.put_if_absent(key, data, content_type=info.content_type, metadata={"sha256": sha})
         job_id = job_id or uuid7()
         async with self._db.pool.acquire() as conn:
-            inserted = await self._db.jobs.insert_job(
-                conn,
-                job_id=job_id,
-                user_id=user_id,
-                original_path=key,
-                content_sha256=sha,
-                original_bytes=len(data),
-                image_width=info.width,
-                image_height=info.height,
-                params=params.canonical(),
-                params_hash=params.digest(),
-                model_name=self._options.model,
-                source=source,
-                tags=list(tags),
-            )
+            async with conn.transaction():
+                # Shared with other intakes, exclusive against retention's reference check + delete.
+                await self._db.jobs.lock_objects_shared(conn)
+                await self._store.put_if_absent(
+                    key, data, content_type=info.content_type, metadata={"sha256": sha}
+                )
+                inserted = await self._db.jobs.insert_job(
+                    conn,
+                    job_id=job_id,
+                    user_id=user_id,
+                    original_path=key,
+                    content_sha256=sha,
+                    original_bytes=len(data),
+                    image_width=info.width,
+                    image_height=info.height,
+                    params=params.canonical(),
+                    params_hash=params.digest(),
+                    model_name=self._options.model,
+                    source=source,
+                    tags=list(tags),
+                )
             record = await self._db.jobs.get_job(conn, job_id=job_id)
         if record is None:  # pragma: no cover - the insert above guarantees a row
             raise RuntimeError(f"job {job_id} vanished after insert")

@@ -30,7 +30,7 @@ from shared.contracts import (
 from shared.database import Database
 from shared.db.models import JobRecord
 from shared.exceptions import ContractError, ImageRejected, StorageError
-from shared.imaging import CUTOUT_CONTENT_TYPES, compose_cutout, decode_mask_png, decode_rgb, encode_cutout
+from shared.imaging import CUTOUT_CONTENT_TYPES, make_cutout
 from shared.messaging import dead_letter, publish
 from shared.storage import ObjectKeys, ObjectStore
 from shared.telemetry import PipelineMetrics
@@ -188,7 +188,7 @@ class PersistHandler:
             return len(mask_png), existing.size  # the same cut-out was made for an earlier job
         original = await self._store.get(record.original_path, max_bytes=self._options.max_image_bytes)
         loop = asyncio.get_running_loop()
-        cutout = await loop.run_in_executor(self._executor, _make_cutout, original, mask_png, fmt, quality)
+        cutout = await loop.run_in_executor(self._executor, make_cutout, original, mask_png, fmt, quality)
         await self._store.put(processed_key, cutout, content_type=content_type)
         return len(mask_png), len(cutout)
 
@@ -208,17 +208,6 @@ class PersistHandler:
             error=(record.error_message or "")[:2000] or None,
         )
         await publish(self._producer, self._topics.job_events, event, key=str(record.job_id))
-
-
-def _make_cutout(original: bytes, mask_png: bytes, fmt: CutoutFormat, quality: int) -> bytes:
-    image = decode_rgb(original)
-    mask = decode_mask_png(mask_png)
-    if (mask.shape[1], mask.shape[0]) != image.size:
-        raise ImageRejected(
-            f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.size[0]}x{image.size[1]}",
-            code="corrupt",
-        )
-    return encode_cutout(compose_cutout(image, mask), fmt=fmt, webp_quality=quality)
 
 
 __all__ = ["PersistHandler", "StorageError"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiobotocore.config import AioConfig
@@ -27,6 +28,7 @@ class StoredObject:
     size: int
     content_type: str | None
     metadata: dict[str, str]
+    last_modified: datetime | None = None
 
 
 class ObjectStore:
@@ -122,7 +124,13 @@ class ObjectStore:
         paginator = self._client.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
-                yield StoredObject(key=item["Key"], size=int(item["Size"]), content_type=None, metadata={})
+                yield StoredObject(
+                    key=item["Key"],
+                    size=int(item["Size"]),
+                    content_type=None,
+                    metadata={},
+                    last_modified=item.get("LastModified"),
+                )
 
 
 @contextlib.asynccontextmanager

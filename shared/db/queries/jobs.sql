@@ -108,7 +108,7 @@ ORDER BY j.updated_at
 LIMIT :limit;
 
 -- name: find_reusable_result(content_sha256, model_name, params_hash)^
--- Served by ix_jobs_result_reuse; every partition is probed (no time predicate), one index probe each.
+-- Served by ix_jobs_content; every partition is probed (no time predicate), one index probe each.
 SELECT j.*,
        COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
                  JOIN tags t ON t.tag_id = it.tag_id

@@ -139,6 +139,14 @@ class JobsRepository:
                 )
         return inserted
 
+    async def lock_objects_shared(self, conn: asyncpg.Connection) -> None:
+        """Hold (until the caller's transaction ends) the lock retention takes exclusively while it
+        checks content references and deletes objects: call before storing an original and
+        inserting its row, so the pair is never split by a retention run."""
+        if not conn.is_in_transaction():
+            raise RuntimeError("lock_objects_shared must run inside a transaction")
+        await self._q.execute("lock_objects_shared", conn)
+
     # -- reads by id ------------------------------------------------------------------------------
 
     async def get_job(self, conn: asyncpg.Connection, *, job_id: UUID) -> JobRecord | None:

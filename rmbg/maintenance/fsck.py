@@ -1,0 +1,149 @@
+"""`rmbg fsck`: rows whose objects are missing, and objects no row references.
+
+Walks the 256 shards of the content hash (object keys fan out by its first byte; the jobs table has an
+index on content_sha256), comparing one shard's rows with one shard's listing at a time, so memory stays
+bounded at any table size. With ``repair``:
+- orphan objects older than ``grace`` are deleted (intake stores an original a moment before its row
+  exists, so a young object without a row is normal), after re-checking references under the same
+  lock retention uses;
+- a missing cut-out whose original and mask exist is rebuilt (the key names its format);
+- a missing original or mask cannot be rebuilt here and is reported with the job ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from shared.contracts import CutoutFormat, ProcessingParams
+from shared.database import Database
+from shared.db import Queries, default_queries
+from shared.imaging import CUTOUT_CONTENT_TYPES, make_cutout
+from shared.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ("original", "mask", "processed")
+# The persister's default quality when a job did not choose one (services/persister/settings.py).
+_DEFAULT_WEBP_QUALITY = 90
+
+
+@dataclass
+class FsckReport:
+    rows_checked: int = 0
+    objects_checked: int = 0
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (job_id, key)
+    orphans: list[str] = field(default_factory=list)
+    orphans_deleted: int = 0
+    cutouts_rebuilt: int = 0
+    unrecoverable: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.missing and not self.orphans
+
+    def summary(self) -> str:
+        return (
+            f"fsck: {self.rows_checked} rows, {self.objects_checked} objects; {len(self.missing)} missing objects, "
+            f"{len(self.orphans)} orphan objects; repaired: {self.orphans_deleted} orphans deleted, "
+            f"{self.cutouts_rebuilt} cut-outs rebuilt; {len(self.unrecoverable)} unrecoverable"
+        )
+
+
+def cutout_format_of(key: str) -> CutoutFormat:
+    """processed/ab/<sha>/<model>/<params_hash>-<format>.<ext> -> the format it was written in."""
+    stem = key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return CutoutFormat(stem.rsplit("-", 1)[-1])
+
+
+class Fsck:
+    def __init__(
+        self, db: Database, store: ObjectStore, executor: Executor, queries: Queries | None = None
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._executor = executor
+        self._q = queries or default_queries()
+
+    async def run(self, *, repair: bool, grace: timedelta = timedelta(hours=1)) -> FsckReport:
+        report = FsckReport()
+        now = datetime.now(UTC)
+        for shard in range(256):
+            await self._shard(shard, report, repair=repair, older_than=now - grace)
+        log.info(report.summary())
+        return report
+
+    async def _shard(self, shard: int, report: FsckReport, *, repair: bool, older_than: datetime) -> None:
+        low = bytes([shard])
+        high = bytes([shard + 1]) if shard < 255 else b"\xff" * 33
+        async with self._db.pool.acquire() as conn:
+            rows = await self._q.fetch("jobs_in_shard", conn, low=low, high=high)
+        listed: dict[str, datetime | None] = {}
+        for prefix in PREFIXES:
+            async for obj in self._store.iter_keys(f"{prefix}/{shard:02x}/"):
+                listed[obj.key] = obj.last_modified
+        report.rows_checked += len(rows)
+        report.objects_checked += len(listed)
+        referenced: set[str] = set()
+        for row in rows:
+            paths = {
+                "original": row["original_path"],
+                "mask": row["mask_path"],
+                "processed": row["processed_path"],
+            }
+            for kind, key in paths.items():
+                if not key or key.startswith("s3://"):
+                    continue
+                referenced.add(key)
+                if key not in listed:
+                    report.missing.append((str(row["job_id"]), key))
+                    if repair:
+                        await self._repair_missing(row, kind, key, listed, report)
+        orphans = [
+            key for key, modified in listed.items()
+            if key not in referenced and (modified is None or modified < older_than)
+        ]
+        report.orphans.extend(orphans)
+        if repair and orphans:
+            await self._delete_orphans(orphans, report)
+
+    async def _repair_missing(
+        self, row: object, kind: str, key: str, listed: dict[str, datetime | None], report: FsckReport
+    ) -> None:
+        record = dict(row)  # type: ignore[call-overload]
+        original, mask = record["original_path"], record["mask_path"]
+        if kind != "processed" or original not in listed or mask not in listed:
+            report.unrecoverable.append((str(record["job_id"]), key))
+            return
+        params = ProcessingParams.model_validate(record["params"])
+        fmt = cutout_format_of(key)
+        quality = params.webp_quality or _DEFAULT_WEBP_QUALITY
+        original_bytes = await self._store.get(original)
+        mask_bytes = await self._store.get(mask)
+        loop = asyncio.get_running_loop()
+        data = await loop.run_in_executor(self._executor, make_cutout, original_bytes, mask_bytes, fmt, quality)
+        await self._store.put(key, data, content_type=CUTOUT_CONTENT_TYPES[fmt][1])
+        listed[key] = datetime.now(UTC)
+        report.cutouts_rebuilt += 1
+
+    async def _delete_orphans(self, orphans: list[str], report: FsckReport) -> None:
+        shas = {bytes.fromhex(k.split("/")[2].split(".")[0]) for k in orphans if _sha_of(k)}
+        async with self._db.pool.acquire() as conn, conn.transaction():
+            await self._q.execute("lock_objects_exclusive", conn)
+            # Re-check under the lock: a job may have started using one of these keys since the listing.
+            still_used = {
+                r["path"] for r in await self._q.fetch("paths_for_contents", conn, shas=sorted(shas))
+            }
+            doomed = [k for k in orphans if k not in still_used]
+            report.orphans_deleted += await self._store.delete_many(doomed)
+
+
+def _sha_of(key: str) -> bool:
+    parts = key.split("/")
+    if len(parts) < 3:
+        return False
+    candidate = parts[2].split(".")[0]
+    return len(candidate) == 64 and all(c in "0123456789abcdef" for c in candidate)

@@ -1,0 +1,177 @@
+"""`rmbg retention`: remove jobs older than a cutoff, with their objects, leaving nothing orphaned.
+
+Whole months older than the cutoff are retired as partitions (DROP of the tags partition, DETACH of the
+jobs partition, then DROP once its objects are gone): no DELETE, so no bloat and no VACUUM debt. Only
+the cutoff's own month is trimmed row by row, in bounded batches.
+
+An object is deleted only when no remaining job has the same content: keys derive from content, so a
+newer job of the same image still owns its original, mask and cut-out. The reference check and the
+delete run under an exclusive advisory lock that intake takes shared while it stores an original and
+inserts its row, so an upload racing the retention is either seen by the check or stored again after
+the delete. Rows go first and objects second: a crash in between leaves orphan objects (which
+`rmbg fsck --repair` removes), never a row pointing at a deleted object. A retired month that was
+detached but not yet dropped is finished by the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+import asyncpg
+
+from shared.database import Database
+from shared.db import Queries, default_queries
+from shared.db.partitions import list_partitions, month_start
+from shared.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+# Rows read per round trip from a retired month, and deleted per batch from the cutoff's month.
+_BATCH = 5000
+
+
+@dataclass
+class RetentionReport:
+    cutoff: datetime
+    dry_run: bool
+    months_retired: list[str] = field(default_factory=list)
+    jobs_removed: int = 0
+    objects_deleted: int = 0
+    objects_kept_shared: int = 0
+    ledger_rows_pruned: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        return (
+            f"retention before {self.cutoff.isoformat()}: {verb} {self.jobs_removed} jobs "
+            f"(whole months: {', '.join(self.months_retired) or 'none'}), "
+            f"{'would delete' if self.dry_run else 'deleted'} {self.objects_deleted} objects, kept "
+            f"{self.objects_kept_shared} still used by newer jobs, pruned {self.ledger_rows_pruned} ledger rows, "
+            f"in {self.seconds:.2f} s"
+        )
+
+
+def _next_month(month: date) -> date:
+    return date(month.year + (month.month == 12), month.month % 12 + 1, 1)
+
+
+def _month_of(partition: str) -> date:
+    # image_process_jobs_y2026m05 -> 2026-05-01
+    tail = partition.rsplit("_y", 1)[1]
+    return date(int(tail[:4]), int(tail[5:7]), 1)
+
+
+class Retention:
+    def __init__(self, db: Database, store: ObjectStore, queries: Queries | None = None) -> None:
+        self._db = db
+        self._store = store
+        self._q = queries or default_queries()
+
+    async def run(self, *, cutoff: datetime, dry_run: bool = False) -> RetentionReport:
+        if cutoff.tzinfo is None:
+            raise ValueError("cutoff must be timezone-aware")
+        started = time.perf_counter()
+        report = RetentionReport(cutoff=cutoff, dry_run=dry_run)
+        boundary = month_start(cutoff)
+        async with self._db.pool.acquire() as conn:
+            leftovers = [r["month"] for r in await self._q.fetch("retired_months", conn)]
+            partitions = await list_partitions(conn, table="image_process_jobs", queries=self._q)
+        expired = [_month_of(p) for p in partitions if _next_month(_month_of(p)) <= boundary]
+        for month in leftovers:  # detached by an interrupted run: finish it first
+            if not dry_run:
+                await self._finish_retired(month, report)
+        for month in expired:
+            await self._retire(month, report, dry_run=dry_run)
+        await self._trim_boundary(cutoff, boundary, report, dry_run=dry_run)
+        if not dry_run:
+            async with self._db.pool.acquire() as conn:
+                report.ledger_rows_pruned = int(
+                    await self._q.fetchval("prune_stats_ledger", conn, before=cutoff.astimezone(UTC).date())
+                )
+        report.seconds = time.perf_counter() - started
+        log.info(report.summary())
+        return report
+
+    async def _retire(self, month: date, report: RetentionReport, *, dry_run: bool) -> None:
+        name = f"{month:%Y-%m}"
+        if dry_run:
+            async with self._db.pool.acquire() as conn:
+                count = await self._q.fetchval(
+                    "count_month", conn, month_from=_utc(month), month_to=_utc(_next_month(month))
+                )
+            report.jobs_removed += int(count)
+            report.months_retired.append(name)
+            return
+        async with self._db.pool.acquire() as conn, conn.transaction():
+            count = await self._q.fetchval("retire_month", conn, month=month)
+        report.jobs_removed += int(count)
+        report.months_retired.append(name)
+        await self._finish_retired(month, report)
+
+    async def _finish_retired(self, month: date, report: RetentionReport) -> None:
+        """Delete the objects of a detached month that no remaining job uses, then drop it."""
+        after = b""
+        while True:
+            async with self._db.pool.acquire() as conn:
+                rows = await self._q.fetch(
+                    "retired_objects", conn, month=month, after_sha=after, max_contents=_BATCH
+                )
+            if not rows:
+                break
+            await self._delete_unreferenced(rows, report)
+            after = bytes(rows[-1]["content_sha256"])
+        async with self._db.pool.acquire() as conn:
+            await self._q.execute("drop_retired", conn, month=month)
+
+    async def _trim_boundary(self, cutoff: datetime, boundary: date, report: RetentionReport, *, dry_run: bool) -> None:
+        month_from = _utc(boundary)
+        if dry_run:
+            async with self._db.pool.acquire() as conn:
+                report.jobs_removed += int(
+                    await self._q.fetchval("count_before", conn, cutoff=cutoff, month_from=month_from)
+                )
+            return
+        while True:
+            async with self._db.pool.acquire() as conn, conn.transaction():
+                rows = await self._q.fetch(
+                    "delete_before", conn, cutoff=cutoff, month_from=month_from, max_rows=_BATCH
+                )
+            if not rows:
+                return
+            report.jobs_removed += len(rows)
+            await self._delete_unreferenced(rows, report)
+
+    async def _delete_unreferenced(self, rows: Iterable[asyncpg.Record], report: RetentionReport) -> None:
+        keys_by_sha: dict[bytes, set[str]] = {}
+        for row in rows:
+            keys = keys_by_sha.setdefault(bytes(row["content_sha256"]), set())
+            # A failed upload's original_path names the upstream's object: not ours to delete.
+            keys.update(p for p in row["paths"] if not p.startswith("s3://"))
+        async with self._db.pool.acquire() as conn, conn.transaction():
+            await self._q.execute("lock_objects_exclusive", conn)
+            used = {
+                bytes(r["content_sha256"])
+                for r in await self._q.fetch("referenced_contents", conn, shas=list(keys_by_sha))
+            }
+            doomed = sorted({k for sha, keys in keys_by_sha.items() if sha not in used for k in keys})
+            report.objects_kept_shared += sum(len(keys) for sha, keys in keys_by_sha.items() if sha in used)
+            # Deleted while the lock is held: an intake of the same content waits, then stores again.
+            report.objects_deleted += await self._store.delete_many(doomed)
+
+
+def _utc(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def parse_age(text: str) -> int:
+    """'180d' -> 180 days; plain integers are days too."""
+    value = text.strip().lower().removesuffix("d")
+    days = int(value)
+    if days < 1:
+        raise ValueError("the age must be at least 1 day")
+    return days

@@ -1,0 +1,64 @@
+-- Retention and consistency checks. The DDL is in PL/pgSQL functions (migration 0003).
+-- Note for editors: aiosql reads a colon followed by a word as a parameter, comments included.
+
+-- name: retire_month(month)$
+SELECT rmbg_retire_month(:month::date);
+
+-- name: retired_months()
+SELECT m AS month FROM rmbg_retired_months() AS m;
+
+-- name: retired_objects(month, after_sha, max_contents)
+SELECT * FROM rmbg_retired_objects(:month::date, :after_sha::bytea, :max_contents::int);
+
+-- name: drop_retired(month)!
+SELECT rmbg_drop_retired(:month::date);
+
+-- name: count_before(cutoff, month_from)$
+-- Rows of the cutoff's own month that are older than the cutoff (deleted row by row).
+SELECT count(*) FROM image_process_jobs WHERE created_at >= :month_from AND created_at < :cutoff;
+
+-- name: count_month(month_from, month_to)$
+SELECT count(*) FROM image_process_jobs WHERE created_at >= :month_from AND created_at < :month_to;
+
+-- name: delete_before(cutoff, month_from, max_rows)
+-- One bounded batch; image_tags rows go with their jobs (ON DELETE CASCADE).
+DELETE FROM image_process_jobs j
+USING (SELECT job_id, created_at FROM image_process_jobs
+       WHERE created_at >= :month_from AND created_at < :cutoff
+       ORDER BY created_at LIMIT :max_rows) old
+WHERE j.job_id = old.job_id AND j.created_at = old.created_at
+RETURNING j.content_sha256,
+          array_remove(ARRAY[j.original_path::text, j.mask_path::text, j.processed_path::text], NULL) AS paths;
+
+-- name: referenced_contents(shas)
+-- Which of these contents a remaining job still uses (ix_jobs_content, one probe per partition).
+SELECT DISTINCT content_sha256 FROM image_process_jobs WHERE content_sha256 = ANY(:shas::bytea[]);
+
+-- name: paths_for_contents(shas)
+-- Every object key the remaining jobs reference for these contents.
+SELECT original_path::text AS path FROM image_process_jobs WHERE content_sha256 = ANY(:shas::bytea[])
+UNION
+SELECT mask_path::text FROM image_process_jobs
+WHERE content_sha256 = ANY(:shas::bytea[]) AND mask_path IS NOT NULL
+UNION
+SELECT processed_path::text FROM image_process_jobs
+WHERE content_sha256 = ANY(:shas::bytea[]) AND processed_path IS NOT NULL;
+
+-- name: jobs_in_shard(low, high)
+-- The jobs whose content hash starts with one byte (fsck walks 256 shards, one index range each).
+SELECT job_id, created_at, status, content_sha256, original_path::text, mask_path::text,
+       processed_path::text, params, params_hash
+FROM image_process_jobs WHERE content_sha256 >= :low::bytea AND content_sha256 < :high::bytea;
+
+-- name: lock_objects_exclusive()!
+-- Retention holds this while it checks references and deletes objects; intake holds it shared while it
+-- stores an original and inserts its row, so an upload of the same content either lands before the
+-- check (and is seen) or after the delete (and stores the object again).
+SELECT pg_advisory_xact_lock(7262621);
+
+-- name: lock_objects_shared()!
+SELECT pg_advisory_xact_lock_shared(7262621);
+
+-- name: prune_stats_ledger(before)$
+-- The ledger only deduplicates events of days that can still receive them.
+WITH gone AS (DELETE FROM stats_ledger WHERE stat_date < :before RETURNING 1) SELECT count(*) FROM gone;

@@ -1,0 +1,46 @@
+"""A migrated database of its own and a bucket of its own, on the session's real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from rmbg.stack import StackEndpoints
+from rmbg.stack.postgres import LOCAL_ADMIN_DSN, drop_database, ensure_database, with_database
+from shared.config import PostgresSettings, S3Settings
+from shared.database import Database, open_database
+from shared.db.migrate import upgrade
+from shared.storage import ObjectStore, open_object_store
+
+
+@pytest.fixture
+async def db() -> AsyncIterator[Database]:
+    name = f"rmbg_maint_{secrets.token_hex(5)}"
+    await ensure_database(LOCAL_ADMIN_DSN, name)
+    dsn = with_database(LOCAL_ADMIN_DSN, name)
+    try:
+        await asyncio.to_thread(upgrade, dsn)
+        async with open_database(PostgresSettings(dsn=dsn, max_pool=4)) as database:
+            yield database
+    finally:
+        await drop_database(LOCAL_ADMIN_DSN, name)
+
+
+@pytest.fixture
+async def store(stack: StackEndpoints) -> AsyncIterator[ObjectStore]:
+    settings = S3Settings(
+        endpoint_url=stack.s3_endpoint, access_key=stack.s3_access_key, secret_key=stack.s3_secret_key,
+        bucket=f"maint-{secrets.token_hex(4)}",
+    )
+    async with open_object_store(settings) as s3:
+        await s3.ensure_bucket()
+        yield s3
+
+
+@pytest.fixture
+def executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=2)

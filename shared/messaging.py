@@ -7,11 +7,12 @@ therefore duplicate a record; every consumer is idempotent instead (see design/f
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -100,6 +101,18 @@ async def ensure_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str
 async def publish(producer: AIOKafkaProducer, topic: Topic[M], message: M, *, key: str) -> None:
     """Send one message and wait for the broker's acknowledgement (acks=all)."""
     await producer.send_and_wait(topic.name, topic.serialize(message), key=key.encode(), headers=topic.headers())
+
+
+async def send(producer: AIOKafkaProducer, topic: Topic[M], message: M, *, key: str) -> asyncio.Future[Any]:
+    """Queue one message without waiting; await the returned future for the acknowledgement.
+
+    Lets a handler send a batch's records in one pipelined burst, then wait for all acks before the
+    consume loop commits its offsets.
+    """
+    future: asyncio.Future[Any] = await producer.send(
+        topic.name, topic.serialize(message), key=key.encode(), headers=topic.headers()
+    )
+    return future
 
 
 async def dead_letter(

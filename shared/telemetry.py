@@ -57,6 +57,8 @@ class PipelineMetrics:
     transitions: Counter
     batch_seconds: Histogram
     batches_failed: Counter
+    model_seconds: Histogram
+    batch_images: Histogram
 
     @classmethod
     def create(cls) -> PipelineMetrics:
@@ -83,6 +85,16 @@ class PipelineMetrics:
             ),
             batches_failed=Counter(
                 "rmbg_batches_failed_total", "Batches left uncommitted for redelivery", registry=registry
+            ),
+            # Only inference observes these two; other services expose them empty.
+            model_seconds=Histogram(
+                "rmbg_model_seconds",
+                "One forward pass over a batch, pre- and post-processing included",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            batch_images=Histogram(
+                "rmbg_batch_images", "Images per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64), registry=registry
             ),
         )
 

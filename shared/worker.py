@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
+from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,21 @@ class LoopOptions:
 
 
 class ConsumeLoop:
-    def __init__(self, consumer: AIOKafkaConsumer, handler: BatchHandler, *, name: str, options: LoopOptions) -> None:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        handler: BatchHandler,
+        *,
+        name: str,
+        options: LoopOptions,
+        failed_batches: Counter | None = None,
+    ) -> None:
         self._consumer = consumer
         self._handler = handler
         self._name = name
         self._options = options
         self.batches_failed = 0
+        self._failed_metric = failed_batches
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self._options.backoff_initial_s
@@ -56,6 +66,8 @@ class ConsumeLoop:
                 backoff = self._options.backoff_initial_s
             else:
                 self.batches_failed += 1
+                if self._failed_metric is not None:
+                    self._failed_metric.inc()
                 self._rewind(batch)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, self._options.backoff_max_s)

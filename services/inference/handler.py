@@ -14,6 +14,7 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -25,7 +26,7 @@ from shared.contracts import JobRequested, ResultEvent, ResultKind, Topics
 from shared.contracts.events import MAX_INLINE_MASK_BYTES
 from shared.exceptions import ContractError, ImageRejected, ModelError, StorageError
 from shared.imaging import apply_threshold, decode_rgb, encode_mask_png
-from shared.messaging import dead_letter, publish
+from shared.messaging import dead_letter, send
 from shared.storage import ObjectKeys, ObjectStore
 from shared.telemetry import PipelineMetrics
 
@@ -62,13 +63,17 @@ class InferenceHandler:
         self._model_executor = model_executor
         self._io_executor = io_executor
         self._fetch_limit = asyncio.Semaphore(options.fetch_concurrency)
+        self._acks: list[asyncio.Future[Any]] = []
 
     async def __call__(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        self._acks = []
         with self._metrics.batch_seconds.time():
             work = [w for w in await asyncio.gather(*(self._admit(r) for r in records)) if w is not None]
             to_compute = [w for w in work if w.image is not None]
             for start in range(0, len(to_compute), self._options.batch_size):
                 await self._compute(to_compute[start : start + self._options.batch_size])
+            # Every result acknowledged (acks=all) before the loop commits the batch's offsets.
+            await asyncio.gather(*self._acks)
 
     async def _admit(self, record: ConsumerRecord[bytes, bytes]) -> _Work | None:
         """Parse one record and prepare it; returns None when it is already answered."""
@@ -125,7 +130,10 @@ class InferenceHandler:
             for w in chunk:
                 await self._compute([w])
             return
-        per_image_ms = int((time.perf_counter() - started) * 1000 / max(1, len(chunk)))
+        elapsed = time.perf_counter() - started
+        self._metrics.model_seconds.observe(elapsed)
+        self._metrics.batch_images.observe(len(chunk))
+        per_image_ms = int(elapsed * 1000 / max(1, len(chunk)))
         for w, mask in zip(chunk, masks, strict=True):
             await self._deliver(w, mask, per_image_ms)
 
@@ -171,4 +179,4 @@ class InferenceHandler:
             reused=reused,
             error=error,
         )
-        await publish(self._producer, self._topics.results, result, key=str(job.job_id))
+        self._acks.append(await send(self._producer, self._topics.results, result, key=str(job.job_id)))

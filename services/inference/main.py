@@ -70,6 +70,7 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
         consume = ConsumeLoop(
             consumer,
             handler,
+            failed_batches=metrics.batches_failed,
             name="inference",
             options=LoopOptions(max_records=opts.batch_size, max_wait_ms=opts.batch_wait_ms, grace_s=opts.grace_s),
         )

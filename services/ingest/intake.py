@@ -94,9 +94,7 @@ class Intake:
             async with conn.transaction():
                 # Shared with other intakes, exclusive against retention's reference check + delete.
                 await self._db.jobs.lock_objects_shared(conn)
-                await self._store.put_if_absent(
-                    key, data, content_type=info.content_type, metadata={"sha256": sha}
-                )
+                await self._store.put_if_absent(key, data, content_type=info.content_type, metadata={"sha256": sha})
                 inserted = await self._db.jobs.insert_job(
                     conn,
                     job_id=job_id,

@@ -91,6 +91,7 @@ async def run_upload_consumer(res: IngestResources, stop: asyncio.Event) -> None
         loop = ConsumeLoop(
             consumer,
             UploadHandler(res),
+            failed_batches=res.metrics.batches_failed,
             name="ingest-uploads",
             options=LoopOptions(max_records=res.settings.ingest.concurrency * 4, grace_s=30.0),
         )

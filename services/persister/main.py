@@ -55,6 +55,7 @@ async def run_persister(settings: PersisterSettings, stop: asyncio.Event) -> Non
         consume = ConsumeLoop(
             consumer,
             handler,
+            failed_batches=metrics.batches_failed,
             name="persister",
             options=LoopOptions(max_records=opts.concurrency * 8, grace_s=opts.grace_s),
         )

@@ -37,6 +37,7 @@ async def run_stats(settings: StatsSettings, stop: asyncio.Event) -> None:
         consume = ConsumeLoop(
             consumer,
             handler,
+            failed_batches=metrics.batches_failed,
             name="stats",
             options=LoopOptions(max_records=opts.batch_size, max_wait_ms=opts.batch_wait_ms, grace_s=opts.grace_s),
         )

@@ -1,0 +1,85 @@
+"""Image validation: every kind of bad upload gets a clear reason; good ones pass untouched."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared.contracts import CutoutFormat
+from shared.exceptions import ImageRejected
+from shared.imaging import apply_threshold, encode_mask_png, inspect_image, make_cutout
+from tests.support.images import bomb_png
+
+LIMITS = {"max_bytes": 5_000_000, "max_pixels": 4_000_000}
+
+
+def _png(w: int = 64, h: int = 48) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_valid_png_is_described() -> None:
+    info = inspect_image(_png(), **LIMITS)
+    assert (info.format, info.width, info.height, info.extension, info.content_type) == (
+        "PNG",
+        64,
+        48,
+        "png",
+        "image/png",
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "empty"),
+        (b"hello, not an image", "corrupt"),
+        (_png()[:300], "corrupt"),
+    ],
+)
+def test_bad_bytes_are_refused_with_a_reason(data: bytes, code: str) -> None:
+    with pytest.raises(ImageRejected) as err:
+        inspect_image(data, **LIMITS)
+    assert err.value.code == code and err.value.reason
+
+
+def test_too_many_bytes() -> None:
+    with pytest.raises(ImageRejected) as err:
+        inspect_image(_png(), max_bytes=100, max_pixels=10**9)
+    assert err.value.code == "too_large"
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    with pytest.raises(ImageRejected) as err:
+        inspect_image(bomb_png(60_000), **LIMITS)  # 3.6 gigapixels declared in a 100-byte file
+    assert err.value.code == "too_many_pixels"
+
+
+def test_unsupported_format() -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="GIF")
+    with pytest.raises(ImageRejected) as err:
+        inspect_image(buf.getvalue(), **LIMITS)
+    assert err.value.code == "unsupported_format"
+
+
+def test_threshold_binarises_and_none_keeps_the_soft_matte() -> None:
+    matte = np.array([[0, 100, 128, 255]], dtype=np.uint8)
+    assert apply_threshold(matte, None) is matte
+    assert apply_threshold(matte, 0.5).tolist() == [[0, 0, 255, 255]]
+
+
+@pytest.mark.parametrize("fmt", list(CutoutFormat))
+def test_cutout_alpha_is_the_mask_exactly(fmt: CutoutFormat) -> None:
+    mask = np.random.default_rng(1).integers(0, 256, (48, 64), dtype=np.uint8)
+    out = Image.open(io.BytesIO(make_cutout(_png(), encode_mask_png(mask), fmt, 80)))
+    assert out.mode == "RGBA" and np.array_equal(np.asarray(out.getchannel("A")), mask)
+
+
+def test_mismatched_mask_is_refused() -> None:
+    with pytest.raises(ImageRejected):
+        make_cutout(_png(), encode_mask_png(np.zeros((10, 10), dtype=np.uint8)), CutoutFormat.PNG, 90)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
@@ -76,6 +77,12 @@ def _job_id(raw: str) -> uuid.UUID:
 async def _storage_down(_: Request, exc: StorageError) -> JSONResponse:
     log.error("object storage error: %s", exc)
     return JSONResponse({"detail": "object storage unavailable, retry later"}, status_code=503)
+
+
+async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+    # Nothing was accepted: the client may retry the same upload safely.
+    log.error("database unavailable: %r", exc)
+    return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503)
 
 
 @router.post("/v1/jobs", status_code=202, response_model=JobAccepted)
@@ -231,5 +238,7 @@ def create_app(settings: IngestSettings, *, consume_uploads: bool = True) -> Fas
     app.mount("/metrics", make_asgi_app(registry=metrics.registry))
 
     app.add_exception_handler(StorageError, _storage_down)  # type: ignore[arg-type]
+    for exc_type in (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError, TimeoutError):
+        app.add_exception_handler(exc_type, _database_down)
     app.include_router(router)
     return app

@@ -42,7 +42,6 @@ class RetentionReport:
     jobs_removed: int = 0
     objects_deleted: int = 0
     objects_kept_shared: int = 0
-    ledger_rows_pruned: int = 0
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -51,7 +50,7 @@ class RetentionReport:
             f"retention before {self.cutoff.isoformat()}: {verb} {self.jobs_removed} jobs "
             f"(whole months: {', '.join(self.months_retired) or 'none'}), "
             f"{'would delete' if self.dry_run else 'deleted'} {self.objects_deleted} objects, kept "
-            f"{self.objects_kept_shared} still used by newer jobs, pruned {self.ledger_rows_pruned} ledger rows, "
+            f"{self.objects_kept_shared} still used by newer jobs "
             f"in {self.seconds:.2f} s"
         )
 
@@ -88,11 +87,6 @@ class Retention:
         for month in expired:
             await self._retire(month, report, dry_run=dry_run)
         await self._trim_boundary(cutoff, boundary, report, dry_run=dry_run)
-        if not dry_run:
-            async with self._db.pool.acquire() as conn:
-                report.ledger_rows_pruned = int(
-                    await self._q.fetchval("prune_stats_ledger", conn, before=cutoff.astimezone(UTC).date())
-                )
         report.seconds = time.perf_counter() - started
         log.info(report.summary())
         return report

@@ -186,6 +186,7 @@ class Intake:
                     user_id=user_id,
                     model_name=record.model_name,
                     error=reason[:2000] if kind is JobEventKind.FAILED else None,
+                    params=params if kind is JobEventKind.ACCEPTED else None,
                 )
             )
         return Accepted(job_id=job_id, status=record.status, created=inserted)
@@ -205,6 +206,7 @@ class Intake:
                 occurred_at=datetime.now(UTC),
                 user_id=request.user_id,
                 model_name=request.model,
+                params=request.params,
             )
         )
 

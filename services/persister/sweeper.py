@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, date, datetime, timedelta
-from uuid import UUID
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -20,6 +19,7 @@ from services.persister.settings import PersisterOptions
 from shared.cache import JobCache
 from shared.contracts import JobEvent, JobEventKind, JobRequested, ProcessingParams, Topics
 from shared.database import Database
+from shared.db.models import JobRecord
 from shared.db.partitions import ensure_partitions
 from shared.messaging import publish
 from shared.telemetry import PipelineMetrics
@@ -86,14 +86,7 @@ class Sweeper:
                     failed += 1
                     await self._cache.put_job(job_view(updated))
                     await self._cache.invalidate_user(updated.user_id)
-                    await self._emit(
-                        updated.job_id,
-                        updated.created_at,
-                        updated.user_id,
-                        JobEventKind.FAILED,
-                        updated.error_message,
-                        updated.model_name,
-                    )
+                    await self._emit(updated, JobEventKind.FAILED)
                 continue
             async with self._db.pool.acquire() as conn:
                 attempt = await self._db.jobs.record_retry(conn, job_id=job.job_id)
@@ -118,7 +111,7 @@ class Sweeper:
                     key=str(job.job_id),
                 )
                 # The first `accepted` may have been lost with the first publish; stats count it once.
-                await self._emit(job.job_id, job.created_at, job.user_id, JobEventKind.ACCEPTED, None, job.model_name)
+                await self._emit(job, JobEventKind.ACCEPTED)
                 requeued += 1
             except KafkaError as exc:
                 log.warning("re-queue of %s failed: %s", job.job_id, exc)
@@ -126,22 +119,15 @@ class Sweeper:
             log.info("sweeper re-queued %d and failed %d stuck jobs", requeued, failed)
         return requeued, failed
 
-    async def _emit(
-        self,
-        job_id: UUID,
-        created_at: datetime,
-        user_id: str,
-        kind: JobEventKind,
-        error: str | None,
-        model_name: str,
-    ) -> None:
+    async def _emit(self, job: JobRecord, kind: JobEventKind) -> None:
         event = JobEvent(
-            job_id=job_id,
-            created_at=created_at,
+            job_id=job.job_id,
+            created_at=job.created_at,
             kind=kind,
             occurred_at=datetime.now(UTC),
-            user_id=user_id,
-            error=(error or "")[:2000] or None,
-            model_name=model_name,
+            user_id=job.user_id,
+            error=(job.error_message or "")[:2000] or None,
+            model_name=job.model_name,
+            params=ProcessingParams.model_validate(job.params) if kind is JobEventKind.ACCEPTED else None,
         )
-        await publish(self._producer, self._topics.job_events, event, key=str(job_id))
+        await publish(self._producer, self._topics.job_events, event, key=str(job.job_id))

@@ -10,7 +10,7 @@ retries and replays all leave the counts equal to a count over the jobs table.
 from __future__ import annotations
 
 import logging
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
@@ -33,7 +33,16 @@ _COUNTED = frozenset(_LEDGER_KIND)
 
 
 class StatsHandler:
-    def __init__(self, *, db: Database, producer: AIOKafkaProducer, topics: Topics, metrics: PipelineMetrics) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        producer: AIOKafkaProducer,
+        topics: Topics,
+        metrics: PipelineMetrics,
+        ledger_days: int,
+    ) -> None:
+        self._ledger_days = ledger_days
         self._db = db
         self._producer = producer
         self._topics = topics
@@ -47,7 +56,15 @@ class StatsHandler:
             except ContractError as exc:
                 await dead_letter(self._producer, self._topics.dead_letter, record, reason=str(exc), service="stats")
                 self._metrics.dead_letters.labels(topic=record.topic).inc()
-        counted = [e for e in events if e.kind in _COUNTED]
+        # The ledger remembers `ledger_days` days; an event for an older job could no longer be
+        # deduplicated, so it is not counted (`rmbg stats-reconcile DAY` rebuilds such a day exactly).
+        # Every job ends within minutes (the sweeper's attempts), so only a replay of old records lands here.
+        horizon = datetime.now(UTC).date() - timedelta(days=self._ledger_days)
+        too_old = [e for e in events if e.kind in _COUNTED and e.created_at.astimezone(UTC).date() < horizon]
+        if too_old:
+            log.warning("%d job events older than the %d-day ledger not counted", len(too_old), self._ledger_days)
+            self._metrics.records.labels(topic=self._topics.job_events.name, outcome="too_old").inc(len(too_old))
+        counted = [e for e in events if e.kind in _COUNTED and e.created_at.astimezone(UTC).date() >= horizon]
         if not counted:
             return
         with self._metrics.batch_seconds.time():
@@ -55,15 +72,20 @@ class StatsHandler:
             # One transaction per batch: all of it counts or none of it, and the offsets follow.
             async with self._db.pool.acquire() as conn, conn.transaction():
                 for event in counted:
+                    # A job counts on the UTC day it was accepted, like a GROUP BY over created_at.
+                    day = event.created_at.astimezone(UTC).date()
                     if await self._db.stats.apply_event(
                         conn,
-                        # A job counts on the UTC day it was accepted, like a GROUP BY over created_at.
-                        stat_date=event.created_at.astimezone(UTC).date(),
+                        stat_date=day,
                         job_id=event.job_id,
                         kind=_LEDGER_KIND[event.kind],
                         processing_time_ms=event.processing_time_ms,
                     ):
                         applied += 1
+                        if event.kind is JobEventKind.ACCEPTED and event.params is not None:
+                            await self._db.stats.count_params(
+                                conn, stat_date=day, params_hash=event.params.digest(), params=event.params.canonical()
+                            )
         self._metrics.records.labels(topic=self._topics.job_events.name, outcome="applied").inc(applied)
         self._metrics.records.labels(topic=self._topics.job_events.name, outcome="duplicate").inc(
             len(counted) - applied

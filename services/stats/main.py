@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
 
 from services.stats.handler import StatsHandler
-from services.stats.settings import StatsSettings
+from services.stats.settings import StatsOptions, StatsSettings
 from shared.contracts import Topics
-from shared.database import open_database
+from shared.database import Database, open_database
 from shared.messaging import open_consumer, open_producer
 from shared.runtime import run_service
 from shared.telemetry import PipelineMetrics, configure_logging, serve_metrics
 from shared.worker import ConsumeLoop, LoopOptions
+
+log = logging.getLogger(__name__)
 
 
 async def run_stats(settings: StatsSettings, stop: asyncio.Event) -> None:
@@ -33,7 +37,7 @@ async def run_stats(settings: StatsSettings, stop: asyncio.Event) -> None:
                 max_poll_records=opts.batch_size,
             )
         )
-        handler = StatsHandler(db=db, producer=producer, topics=topics, metrics=metrics)
+        handler = StatsHandler(db=db, producer=producer, topics=topics, metrics=metrics, ledger_days=opts.ledger_days)
         consume = ConsumeLoop(
             consumer,
             handler,
@@ -41,7 +45,24 @@ async def run_stats(settings: StatsSettings, stop: asyncio.Event) -> None:
             name="stats",
             options=LoopOptions(max_records=opts.batch_size, max_wait_ms=opts.batch_wait_ms, grace_s=opts.grace_s),
         )
-        await consume.run(stop)
+        await asyncio.gather(consume.run(stop), prune_ledger(db, opts, stop))
+
+
+async def prune_ledger(db: Database, opts: StatsOptions, stop: asyncio.Event) -> None:
+    """Hourly: forget ledger entries older than the window the handler still counts."""
+    while not stop.is_set():
+        try:
+            async with db.pool.acquire() as conn:
+                before = datetime.now(UTC).date() - timedelta(days=opts.ledger_days)
+                removed = await db.stats.prune_ledger(conn, before=before)
+            if removed:
+                log.info("pruned %d stats ledger rows before %s", removed, before)
+        except Exception:  # pruning is housekeeping: never let it stop the counting
+            log.exception("ledger pruning failed")
+        try:
+            await asyncio.wait_for(stop.wait(), opts.prune_interval_s)
+        except TimeoutError:
+            pass
 
 
 def main() -> None:

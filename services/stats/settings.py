@@ -15,6 +15,10 @@ class StatsOptions(BaseModel):
     batch_size: int = Field(default=500, ge=1, le=10_000)
     batch_wait_ms: int = Field(default=200, ge=1)
     grace_s: float = Field(default=10.0, ge=0)
+    # Days of (job, transition) dedup entries kept: far beyond a job's life (minutes) and a topic's
+    # usual 7-day retention, while bounding the ledger to about 2 rows x 14 days of jobs.
+    ledger_days: int = Field(default=14, ge=2, le=400)
+    prune_interval_s: float = Field(default=3600.0, gt=0)
 
 
 class StatsSettings(BaseServiceSettings):

@@ -138,6 +138,8 @@ class JobEvent(_Message):
     processing_time_ms: int | None = Field(default=None, ge=0)
     model_name: str | None = None
     error: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    # On `accepted` only: what the job asked for, so stats count jobs by parameters per day.
+    params: ProcessingParams | None = None
 
     @property
     def event_id(self) -> str:

@@ -19,6 +19,7 @@ from PIL import Image
 from rmbg.demo import sample_bytes
 from services.ingest.intake import upload_job_id
 from shared.contracts import DeadLetter, Topics, UploadEvent
+from shared.database import open_database
 from shared.messaging import open_producer, publish
 from shared.storage import open_object_store
 from tests.e2e.conftest import TINY_MODEL, Pipeline
@@ -219,3 +220,15 @@ async def test_processing_stats_equal_a_count_over_jobs(pipeline: Pipeline) -> N
         await asyncio.sleep(0.5)
     assert truth, "the earlier tests made jobs"
     assert [tuple(r) for r in stats] == [tuple(r) for r in truth]
+
+
+async def test_params_counts_equal_a_count_over_jobs(pipeline: Pipeline) -> None:
+    """COUNT of a params containment served from per-day counts equals a scan of the jobs."""
+    today = datetime.now(UTC).date()
+    async with open_database(pipeline.settings.postgres) as db, db.pool.acquire() as conn:
+        for contains in ({"threshold": 0.5}, {"cutout_format": "png"}, {}):
+            expected = await db.stats.params_counts_from_jobs(conn, contains=contains, date_from=today, date_to=today)
+            served = await db.stats.params_job_count(conn, contains=contains, date_from=today, date_to=today)
+            assert served == expected, contains
+        assert await db.stats.params_job_count(conn, contains={"threshold": 0.5}, date_from=today, date_to=today) >= 1
+

@@ -58,7 +58,3 @@ SELECT pg_advisory_xact_lock(7262621);
 
 -- name: lock_objects_shared()!
 SELECT pg_advisory_xact_lock_shared(7262621);
-
--- name: prune_stats_ledger(before)$
--- The ledger only deduplicates events of days that can still receive them.
-WITH gone AS (DELETE FROM stats_ledger WHERE stat_date < :before RETURNING 1) SELECT count(*) FROM gone;

@@ -112,3 +112,40 @@ ON CONFLICT (stat_date) DO UPDATE SET
     updated_at = now()
 RETURNING s.stat_date, s.total_jobs, s.completed_jobs, s.failed_jobs, s.sum_processing_time_ms,
           s.avg_processing_time_ms, s.error_rate;
+
+-- name: count_params(stat_date, params_hash, params)!
+-- Called in the same transaction as apply_event, only when it counted an `accepted` event.
+INSERT INTO params_daily_counts AS c (stat_date, params_hash, params, jobs)
+VALUES (:stat_date::date, :params_hash::varchar, :params::jsonb, 1)
+ON CONFLICT (stat_date, params_hash) DO UPDATE SET jobs = c.jobs + 1;
+
+-- name: params_job_count(contains, date_from, date_to)$
+-- COUNT of jobs whose params contain `contains`, over days x parameter combinations, not over jobs.
+SELECT COALESCE(sum(jobs), 0)::bigint FROM params_daily_counts
+WHERE params @> :contains::jsonb AND stat_date >= :date_from::date AND stat_date <= :date_to::date;
+
+-- name: clear_params_day(stat_date)!
+DELETE FROM params_daily_counts WHERE stat_date = :stat_date::date;
+
+-- name: reconcile_params_day(stat_date)!
+-- Rewrite one day of params_daily_counts from the jobs table (after clear_params_day, with reconcile_day).
+INSERT INTO params_daily_counts (stat_date, params_hash, params, jobs)
+SELECT :stat_date::date, params_hash, min(params::text)::jsonb, count(*)
+FROM image_process_jobs
+WHERE created_at >= (:stat_date::date)::timestamp AT TIME ZONE 'UTC'
+  AND created_at < (:stat_date::date + 1)::timestamp AT TIME ZONE 'UTC'
+GROUP BY params_hash;
+
+-- name: params_counts_from_jobs(contains, date_from, date_to)$
+-- The same count straight from the jobs (tests and reconciliation checks only: it scans).
+SELECT count(*) FROM image_process_jobs
+WHERE params @> :contains::jsonb
+  AND created_at >= (:date_from::date)::timestamp AT TIME ZONE 'UTC'
+  AND created_at < (:date_to::date + 1)::timestamp AT TIME ZONE 'UTC';
+
+-- name: prune_ledger(before)$
+-- The ledger only deduplicates events of days that can still receive them (see the stats service).
+WITH gone AS (DELETE FROM stats_ledger WHERE stat_date < :before::date RETURNING 1) SELECT count(*) FROM gone;
+
+-- name: prune_params_counts(before)!
+DELETE FROM params_daily_counts WHERE stat_date < :before::date;

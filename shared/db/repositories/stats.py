@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import get_args
+from typing import Any, get_args
 from uuid import UUID
 
 import asyncpg
@@ -89,6 +89,39 @@ class StatsRepository:
         async with conn.transaction():
             await self._q.execute("lock_stats_ledger", conn)
             row = await self._q.fetchrow("reconcile_day", conn, stat_date=stat_date)
+            await self._q.execute("clear_params_day", conn, stat_date=stat_date)
+            await self._q.execute("reconcile_params_day", conn, stat_date=stat_date)
         if row is None:  # pragma: no cover - INSERT .. ON CONFLICT DO UPDATE always returns the row
             raise RuntimeError("reconcile_day returned no row")
         return DailyStats.from_row(row)
+
+    async def count_params(
+        self, conn: asyncpg.Connection, *, stat_date: date, params_hash: str, params: dict[str, Any]
+    ) -> None:
+        """Count one accepted job under its parameters; call only when apply_event counted it."""
+        await self._q.execute("count_params", conn, stat_date=stat_date, params_hash=params_hash, params=params)
+
+    async def params_job_count(
+        self, conn: asyncpg.Connection, *, contains: dict[str, Any], date_from: date, date_to: date
+    ) -> int:
+        """How many jobs were accepted between the two days (inclusive) whose params contain ``contains``."""
+        return int(
+            await self._q.fetchval(
+                "params_job_count", conn, contains=contains, date_from=date_from, date_to=date_to
+            )
+        )
+
+    async def params_counts_from_jobs(
+        self, conn: asyncpg.Connection, *, contains: dict[str, Any], date_from: date, date_to: date
+    ) -> int:
+        """The same count by scanning the jobs (tests and checks only)."""
+        return int(
+            await self._q.fetchval(
+                "params_counts_from_jobs", conn, contains=contains, date_from=date_from, date_to=date_to
+            )
+        )
+
+    async def prune_ledger(self, conn: asyncpg.Connection, *, before: date) -> int:
+        """Forget the dedup entries of days before ``before``; returns the rows removed."""
+        return int(await self._q.fetchval("prune_ledger", conn, before=before))
+

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from shared.config import PostgresSettings
+from shared.db import default_queries
 from shared.db.pool import create_pool
 from shared.db.repositories import (
     JobsRepository,
@@ -26,6 +27,11 @@ class Database:
     stats: StatsRepository
     tags: TagsRepository
     users: UsersRepository
+
+    async def ping(self) -> None:
+        """One round trip on a pooled connection; raises when PostgreSQL is unreachable."""
+        async with self.pool.acquire() as conn:
+            await default_queries().fetchval("ping", conn)
 
 
 @contextlib.asynccontextmanager

@@ -8,7 +8,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import asyncpg
@@ -187,7 +187,28 @@ async def daily_stats(request: Request, days: Annotated[int, Query(ge=1, le=366)
     res = _resources(request)
     async with res.db.pool.acquire() as conn:
         rows = await res.db.stats.daily_totals(conn, days=days)
-    return {"days": [r.model_dump(mode="json") if hasattr(r, "model_dump") else dict(r) for r in rows]}
+    return {"days": [r.model_dump(mode="json") for r in rows]}
+
+
+@router.get("/v1/stats/params")
+async def params_count(
+    request: Request,
+    contains: Annotated[str, Query(description='JSON object, e.g. {"threshold": 0.9}')],
+    days: Annotated[int, Query(ge=1, le=366)] = 30,
+) -> dict[str, Any]:
+    """Jobs accepted in the last ``days`` days whose params contain ``contains`` (from per-day counts)."""
+    res = _resources(request)
+    try:
+        wanted = json.loads(contains)
+    except json.JSONDecodeError:
+        raise HTTPException(422, "contains must be a JSON object") from None
+    if not isinstance(wanted, dict):
+        raise HTTPException(422, "contains must be a JSON object")
+    today = datetime.now(UTC).date()
+    date_from = today - timedelta(days=days - 1)
+    async with res.db.pool.acquire() as conn:
+        jobs = await res.db.stats.params_job_count(conn, contains=wanted, date_from=date_from, date_to=today)
+    return {"contains": wanted, "from": date_from.isoformat(), "to": today.isoformat(), "jobs": jobs}
 
 
 @router.get("/healthz")
@@ -200,8 +221,7 @@ async def readyz(request: Request) -> JSONResponse:
     res = _resources(request)
     checks: dict[str, str] = {}
     try:
-        async with res.db.pool.acquire() as conn:
-            await conn.fetchval("SELECT 1")
+        await res.db.ping()
         checks["postgres"] = "ok"
     except (OSError, RmbgError, Exception) as exc:
         checks["postgres"] = f"down: {exc.__class__.__name__}"

@@ -1,0 +1,3 @@
+-- name: ping()$
+-- Readiness probe: a round trip that touches no table.
+SELECT 1;

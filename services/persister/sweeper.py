@@ -86,6 +86,9 @@ class Sweeper:
                     failed += 1
                     await self._cache.put_job(job_view(updated))
                     await self._cache.invalidate_user(updated.user_id)
+                    # `accepted` too: if its first publish was lost, the job would be missing from the
+                    # day's total (stats count each transition once, so a repeat costs nothing).
+                    await self._emit(updated, JobEventKind.ACCEPTED)
                     await self._emit(updated, JobEventKind.FAILED)
                 continue
             async with self._db.pool.acquire() as conn:

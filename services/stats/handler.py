@@ -82,6 +82,8 @@ class StatsHandler:
                         processing_time_ms=event.processing_time_ms,
                     ):
                         applied += 1
+                        if event.kind is JobEventKind.ACCEPTED:
+                            await self._db.stats.count_user(conn, user_id=event.user_id)
                         if event.kind is JobEventKind.ACCEPTED and event.params is not None:
                             await self._db.stats.count_params(
                                 conn, stat_date=day, params_hash=event.params.digest(), params=event.params.canonical()

@@ -183,6 +183,13 @@ SELECT user_id, job_count, ntile(4) OVER (ORDER BY job_count, user_id) AS quarti
 FROM counts
 ORDER BY job_count DESC, user_id;
 
+-- name: user_job_quartiles_all()
+-- Design query 6 over all time, from user_job_counts (one row per user, kept by the stats service).
+SELECT user_id, jobs AS job_count, ntile(4) OVER (ORDER BY jobs, user_id) AS quartile
+FROM user_job_counts
+WHERE jobs > 0
+ORDER BY jobs DESC, user_id;
+
 -- name: list_jobs(status, params, created_from, created_to, cursor_created_at, cursor_job_id, limit)
 -- The API's filtered history over all users, newest first; NULL means "no filter". The filters are
 -- written so that a generic plan (asyncpg prepares each statement once per connection, and after 5

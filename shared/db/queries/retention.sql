@@ -21,14 +21,22 @@ SELECT count(*) FROM image_process_jobs WHERE created_at >= :month_from AND crea
 SELECT count(*) FROM image_process_jobs WHERE created_at >= :month_from AND created_at < :month_to;
 
 -- name: delete_before(cutoff, month_from, max_rows)
--- One bounded batch; image_tags rows go with their jobs (ON DELETE CASCADE).
-DELETE FROM image_process_jobs j
-USING (SELECT job_id, created_at FROM image_process_jobs
-       WHERE created_at >= :month_from AND created_at < :cutoff
-       ORDER BY created_at LIMIT :max_rows) old
-WHERE j.job_id = old.job_id AND j.created_at = old.created_at
-RETURNING j.content_sha256,
-          array_remove(ARRAY[j.original_path::text, j.mask_path::text, j.processed_path::text], NULL) AS paths;
+-- One bounded batch; image_tags rows go with their jobs (ON DELETE CASCADE), and the users' job
+-- counts are reduced in the same statement.
+WITH gone AS (
+    DELETE FROM image_process_jobs j
+    USING (SELECT job_id, created_at FROM image_process_jobs
+           WHERE created_at >= :month_from AND created_at < :cutoff
+           ORDER BY created_at LIMIT :max_rows) old
+    WHERE j.job_id = old.job_id AND j.created_at = old.created_at
+    RETURNING j.user_id, j.content_sha256,
+              array_remove(ARRAY[j.original_path::text, j.mask_path::text, j.processed_path::text], NULL) AS paths
+), counted AS (
+    UPDATE user_job_counts u SET jobs = u.jobs - d.n
+    FROM (SELECT user_id, count(*) AS n FROM gone GROUP BY user_id) d
+    WHERE u.user_id = d.user_id
+)
+SELECT content_sha256, paths FROM gone;
 
 -- name: referenced_contents(shas)
 -- Which of these contents a remaining job still uses (ix_jobs_content, one probe per partition).

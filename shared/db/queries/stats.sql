@@ -149,3 +149,17 @@ WITH gone AS (DELETE FROM stats_ledger WHERE stat_date < :before::date RETURNING
 
 -- name: prune_params_counts(before)!
 DELETE FROM params_daily_counts WHERE stat_date < :before::date;
+
+-- name: count_user(user_id)!
+-- Called in the same transaction as apply_event, only when it counted an `accepted` event.
+INSERT INTO user_job_counts AS c (user_id, jobs) VALUES (:user_id::varchar, 1)
+ON CONFLICT (user_id) DO UPDATE SET jobs = c.jobs + 1;
+
+-- name: rebuild_user_counts()!
+-- Recompute every user's count from the jobs (repair; one GROUP BY over the table).
+WITH fresh AS (SELECT user_id, count(*) AS jobs FROM image_process_jobs GROUP BY user_id),
+     upd AS (
+        INSERT INTO user_job_counts AS c (user_id, jobs) SELECT user_id, jobs FROM fresh
+        ON CONFLICT (user_id) DO UPDATE SET jobs = EXCLUDED.jobs
+     )
+UPDATE user_job_counts c SET jobs = 0 WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.user_id = c.user_id);

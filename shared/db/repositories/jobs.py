@@ -282,7 +282,11 @@ class JobsRepository:
         self, conn: asyncpg.Connection, *, since: datetime | None = None
     ) -> list[UserJobCount]:
         """Design query 6: (user_id, job count, quartile 1-4) for jobs created since ``since``."""
-        rows = await self._q.fetch("user_job_quartiles", conn, since=_aware(since) if since is not None else None)
+        if since is None:
+            # All time: one row per user from user_job_counts instead of a GROUP BY over every job.
+            rows = await self._q.fetch("user_job_quartiles_all", conn)
+        else:
+            rows = await self._q.fetch("user_job_quartiles", conn, since=_aware(since))
         return [UserJobCount(str(r["user_id"]), int(r["job_count"]), int(r["quartile"])) for r in rows]
 
     async def list_jobs(

@@ -125,3 +125,10 @@ class StatsRepository:
         """Forget the dedup entries of days before ``before``; returns the rows removed."""
         return int(await self._q.fetchval("prune_ledger", conn, before=before))
 
+    async def count_user(self, conn: asyncpg.Connection, *, user_id: str) -> None:
+        """Count one accepted job for its user; call only when apply_event counted it."""
+        await self._q.execute("count_user", conn, user_id=user_id)
+
+    async def rebuild_user_counts(self, conn: asyncpg.Connection) -> None:
+        """Recompute user_job_counts from the jobs table (a repair; scans every job)."""
+        await self._q.execute("rebuild_user_counts", conn)

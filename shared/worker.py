@@ -19,6 +19,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import Counter
 
+from shared.config import KafkaSettings
+from shared.messaging import open_consumer
+
 log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
@@ -122,3 +125,22 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
     except TimeoutError:
         return
+
+
+async def consume_topic(
+    kafka: KafkaSettings,
+    *,
+    topic: str,
+    group_id: str,
+    client_id: str,
+    handler: BatchHandler,
+    options: LoopOptions,
+    failed_batches: Counter | None,
+    stop: asyncio.Event,
+) -> None:
+    """Join ``group_id`` on ``topic`` and run the consume loop until ``stop``; the consumer is closed last."""
+    async with open_consumer(
+        kafka, topics=[topic], group_id=group_id, client_id=client_id, max_poll_records=options.max_records
+    ) as consumer:
+        loop = ConsumeLoop(consumer, handler, name=client_id, options=options, failed_batches=failed_batches)
+        await loop.run(stop)

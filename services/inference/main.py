@@ -11,11 +11,11 @@ from services.inference.backends.factory import load_backend
 from services.inference.handler import InferenceHandler
 from services.inference.settings import InferenceSettings
 from shared.contracts import Topics
-from shared.messaging import open_consumer, open_producer
+from shared.messaging import open_producer
 from shared.runtime import run_service
 from shared.storage import open_object_store
 from shared.telemetry import PipelineMetrics, configure_logging, serve_metrics
-from shared.worker import ConsumeLoop, LoopOptions
+from shared.worker import LoopOptions, consume_topic
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,6 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
             serve_metrics(metrics.registry, settings.telemetry.metrics_port)
         store = await stack.enter_async_context(open_object_store(settings.s3))
         producer = await stack.enter_async_context(open_producer(settings.kafka, client_id="inference"))
-        consumer = await stack.enter_async_context(
-            open_consumer(
-                settings.kafka,
-                topics=[topics.jobs.name],
-                group_id=opts.group_id,
-                client_id="inference",
-                max_poll_records=opts.batch_size * 4,
-            )
-        )
         handler = InferenceHandler(
             options=opts,
             backend=backend,
@@ -67,14 +58,16 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
             model_executor=model_executor,
             io_executor=io_executor,
         )
-        consume = ConsumeLoop(
-            consumer,
-            handler,
-            failed_batches=metrics.batches_failed,
-            name="inference",
+        await consume_topic(
+            settings.kafka,
+            topic=topics.jobs.name,
+            group_id=opts.group_id,
+            client_id="inference",
+            handler=handler,
             options=LoopOptions(max_records=opts.batch_size, max_wait_ms=opts.batch_wait_ms, grace_s=opts.grace_s),
+            failed_batches=metrics.batches_failed,
+            stop=stop,
         )
-        await consume.run(stop)
 
 
 def main() -> None:

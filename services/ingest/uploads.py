@@ -12,8 +12,8 @@ from services.ingest.intake import upload_job_id
 from services.ingest.resources import IngestResources
 from shared.contracts import UploadEvent
 from shared.exceptions import ContractError, ImageRejected, StorageError
-from shared.messaging import dead_letter, open_consumer
-from shared.worker import ConsumeLoop, LoopOptions
+from shared.messaging import dead_letter
+from shared.worker import LoopOptions, consume_topic
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +81,14 @@ class UploadHandler:
 
 
 async def run_upload_consumer(res: IngestResources, stop: asyncio.Event) -> None:
-    async with open_consumer(
+    opts = res.settings.ingest
+    await consume_topic(
         res.settings.kafka,
-        topics=[res.topics.uploads.name],
-        group_id=res.settings.ingest.group_id,
+        topic=res.topics.uploads.name,
+        group_id=opts.group_id,
         client_id="ingest-uploads",
-        max_poll_records=res.settings.ingest.concurrency * 4,
-    ) as consumer:
-        loop = ConsumeLoop(
-            consumer,
-            UploadHandler(res),
-            failed_batches=res.metrics.batches_failed,
-            name="ingest-uploads",
-            options=LoopOptions(max_records=res.settings.ingest.concurrency * 4, grace_s=30.0),
-        )
-        await loop.run(stop)
+        handler=UploadHandler(res),
+        options=LoopOptions(max_records=opts.concurrency * 4, grace_s=30.0),
+        failed_batches=res.metrics.batches_failed,
+        stop=stop,
+    )

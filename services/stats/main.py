@@ -11,10 +11,10 @@ from services.stats.handler import StatsHandler
 from services.stats.settings import StatsOptions, StatsSettings
 from shared.contracts import Topics
 from shared.database import Database, open_database
-from shared.messaging import open_consumer, open_producer
+from shared.messaging import open_producer
 from shared.runtime import run_service
 from shared.telemetry import PipelineMetrics, configure_logging, serve_metrics
-from shared.worker import ConsumeLoop, LoopOptions
+from shared.worker import LoopOptions, consume_topic
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +28,18 @@ async def run_stats(settings: StatsSettings, stop: asyncio.Event) -> None:
     async with contextlib.AsyncExitStack() as stack:
         db = await stack.enter_async_context(open_database(settings.postgres))
         producer = await stack.enter_async_context(open_producer(settings.kafka, client_id="stats"))
-        consumer = await stack.enter_async_context(
-            open_consumer(
-                settings.kafka,
-                topics=[topics.job_events.name],
-                group_id=opts.group_id,
-                client_id="stats",
-                max_poll_records=opts.batch_size,
-            )
-        )
         handler = StatsHandler(db=db, producer=producer, topics=topics, metrics=metrics, ledger_days=opts.ledger_days)
-        consume = ConsumeLoop(
-            consumer,
-            handler,
-            failed_batches=metrics.batches_failed,
-            name="stats",
+        consume = consume_topic(
+            settings.kafka,
+            topic=topics.job_events.name,
+            group_id=opts.group_id,
+            client_id="stats",
+            handler=handler,
             options=LoopOptions(max_records=opts.batch_size, max_wait_ms=opts.batch_wait_ms, grace_s=opts.grace_s),
+            failed_batches=metrics.batches_failed,
+            stop=stop,
         )
-        await asyncio.gather(consume.run(stop), prune_ledger(db, opts, stop))
+        await asyncio.gather(consume, prune_ledger(db, opts, stop))
 
 
 async def prune_ledger(db: Database, opts: StatsOptions, stop: asyncio.Event) -> None:

@@ -13,27 +13,30 @@ from shared.messaging import ensure_topics, open_consumer
 from shared.worker import ConsumeLoop, LoopOptions
 
 
-async def test_failed_batch_is_redelivered_and_committed_only_after_success(stack: StackEndpoints) -> None:
+async def _topic_with(stack: StackEndpoints, prefix: str, values: list[bytes]) -> tuple[KafkaSettings, str]:
+    """A fresh one-partition topic holding ``values``, and settings tuned for quick group joins."""
     kafka = KafkaSettings(bootstrap_servers=stack.kafka_bootstrap, session_timeout_ms=6000, heartbeat_interval_ms=1000)
-    topic = f"worker-{secrets.token_hex(4)}"
-    await ensure_topics(
-        kafka,
-        TopicSettings(
-            uploads=topic,
-            jobs=f"{topic}-j",
-            results=f"{topic}-r",
-            job_events=f"{topic}-e",
-            dead_letter=f"{topic}-d",
-            partitions=1,
-        ),
-    )
+    topic = f"{prefix}-{secrets.token_hex(4)}"
+    names = {
+        "uploads": topic,
+        "jobs": f"{topic}-j",
+        "results": f"{topic}-r",
+        "job_events": f"{topic}-e",
+        "dead_letter": f"{topic}-d",
+    }
+    await ensure_topics(kafka, TopicSettings(**names, partitions=1))
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
     await producer.start()
     try:
-        for i in range(5):
-            await producer.send_and_wait(topic, f"m{i}".encode())
+        for value in values:
+            await producer.send_and_wait(topic, value)
     finally:
         await producer.stop()
+    return kafka, topic
+
+
+async def test_failed_batch_is_redelivered_and_committed_only_after_success(stack: StackEndpoints) -> None:
+    kafka, topic = await _topic_with(stack, "worker", [f"m{i}".encode() for i in range(5)])
 
     seen: list[bytes] = []
     calls = 0
@@ -59,25 +62,7 @@ async def test_failed_batch_is_redelivered_and_committed_only_after_success(stac
 
 
 async def test_stop_drains_the_batch_in_flight(stack: StackEndpoints) -> None:
-    kafka = KafkaSettings(bootstrap_servers=stack.kafka_bootstrap, session_timeout_ms=6000, heartbeat_interval_ms=1000)
-    topic = f"drain-{secrets.token_hex(4)}"
-    await ensure_topics(
-        kafka,
-        TopicSettings(
-            uploads=topic,
-            jobs=f"{topic}-j",
-            results=f"{topic}-r",
-            job_events=f"{topic}-e",
-            dead_letter=f"{topic}-d",
-            partitions=1,
-        ),
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, b"slow")
-    finally:
-        await producer.stop()
+    kafka, topic = await _topic_with(stack, "drain", [b"slow"])
     stop = asyncio.Event()
     finished: list[bytes] = []
 

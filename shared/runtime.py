@@ -28,3 +28,19 @@ def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
         return
     log.info("received %s: draining in-flight work", sig.name)
     stop.set()
+
+
+async def every(interval_s: float, stop: asyncio.Event, task: Callable[[], Awaitable[object]], *, name: str) -> None:
+    """Run ``task`` now and then every ``interval_s`` until ``stop``.
+
+    Housekeeping must never take its service down: a failing run is logged and retried next interval.
+    """
+    while not stop.is_set():
+        try:
+            await task()
+        except Exception:
+            log.exception("%s failed; retrying in %.0f s", name, interval_s)
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+        except TimeoutError:
+            pass

@@ -22,6 +22,7 @@ from shared.database import Database
 from shared.db.models import JobRecord
 from shared.db.partitions import ensure_partitions
 from shared.messaging import publish
+from shared.runtime import every
 from shared.telemetry import PipelineMetrics
 from shared.views import job_view
 
@@ -50,15 +51,7 @@ class Sweeper:
         self._metrics = metrics
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.sweep_once()
-            except Exception:  # a sweep must never kill the persister; it retries next interval
-                log.exception("sweep failed")
-            try:
-                await asyncio.wait_for(stop.wait(), self._options.sweep_interval_s)
-            except TimeoutError:
-                pass
+        await every(self._options.sweep_interval_s, stop, self.sweep_once, name="stuck-job sweep")
 
     async def sweep_once(self, *, now: datetime | None = None) -> tuple[int, int]:
         """Returns (re-queued, failed)."""

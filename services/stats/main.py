@@ -12,7 +12,7 @@ from services.stats.settings import StatsOptions, StatsSettings
 from shared.contracts import Topics
 from shared.database import Database, open_database
 from shared.messaging import open_producer
-from shared.runtime import run_service
+from shared.runtime import every, run_service
 from shared.telemetry import PipelineMetrics, configure_logging, serve_metrics
 from shared.worker import LoopOptions, consume_topic
 
@@ -44,19 +44,15 @@ async def run_stats(settings: StatsSettings, stop: asyncio.Event) -> None:
 
 async def prune_ledger(db: Database, opts: StatsOptions, stop: asyncio.Event) -> None:
     """Hourly: forget ledger entries older than the window the handler still counts."""
-    while not stop.is_set():
-        try:
-            async with db.pool.acquire() as conn:
-                before = datetime.now(UTC).date() - timedelta(days=opts.ledger_days)
-                removed = await db.stats.prune_ledger(conn, before=before)
-            if removed:
-                log.info("pruned %d stats ledger rows before %s", removed, before)
-        except Exception:  # pruning is housekeeping: never let it stop the counting
-            log.exception("ledger pruning failed")
-        try:
-            await asyncio.wait_for(stop.wait(), opts.prune_interval_s)
-        except TimeoutError:
-            pass
+
+    async def prune() -> None:
+        before = datetime.now(UTC).date() - timedelta(days=opts.ledger_days)
+        async with db.pool.acquire() as conn:
+            removed = await db.stats.prune_ledger(conn, before=before)
+        if removed:
+            log.info("pruned %d stats ledger rows before %s", removed, before)
+
+    await every(opts.prune_interval_s, stop, prune, name="ledger pruning")
 
 
 def main() -> None:

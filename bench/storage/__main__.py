@@ -87,6 +87,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         load_timings = loaded.timings
         del data
     ours, base = await connect(ours_dsn), await connect(base_dsn)
+    generic = await connect(ours_dsn)
+    await generic.execute("SET plan_cache_mode = force_generic_plan")
     try:
         meta["settings"] = await settings(ours)
         info = await describe(ours)
@@ -100,9 +102,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         samples = await qmod.draw_samples(ours, args.seed)
         spec_list = qmod.specs(q, samples)
         t0 = time.perf_counter()
-        proposals = await qmod.build_proposals(ours)
-        timings = await qmod.run_all(ours, base, spec_list, runs=args.runs, warmup=args.warmup,
-                                     budget_s=args.budget_s, plans_dir=results_dir / "plans")
+        await qmod.build_proposals(ours)
+        timings, proposals = await qmod.run_all(
+            {"ours": ours, "baseline": base, "generic": generic}, spec_list, runs=args.runs, warmup=args.warmup,
+            budget_s=args.budget_s, plans_dir=results_dir / "plans")
         checks = await qmod.cross_check(q, ours, base, samples)
         meta["queries_s"] = time.perf_counter() - t0
         log(f"cross-checks: {checks}")
@@ -117,6 +120,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await ours.close()
         await base.close()
+        await generic.close()
     result: dict[str, Any] = {
         "meta": meta, "data": info, "row_width": widths, "sizes": size, "load_timings": load_timings,
         "specs": [{"key": s.key, "title": s.title, "goal_ms": s.goal_ms, "design_figure": s.design_figure,

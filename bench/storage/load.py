@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -32,6 +32,7 @@ from bench.storage.generate import (
     tag_names,
 )
 from bench.storage.log import log
+from services.stats.settings import StatsOptions
 from shared.db.migrate import upgrade
 from shared.db.partitions import ensure_partitions, month_start
 from shared.db.pool import init_connection
@@ -136,13 +137,27 @@ SELECT (created_at AT TIME ZONE 'UTC')::date, count(*),
 FROM image_process_jobs
 GROUP BY 1
 """
+# The ledger holds only the days the stats service still counts (StatsOptions.ledger_days; it prunes
+# older days hourly).
 OURS_LEDGER = """
 INSERT INTO stats_ledger (stat_date, job_id, kind)
 SELECT (created_at AT TIME ZONE 'UTC')::date, job_id, 'accepted' FROM image_process_jobs
+WHERE created_at >= $1
 UNION ALL
 SELECT (created_at AT TIME ZONE 'UTC')::date, job_id, status FROM image_process_jobs
-WHERE status IN ('completed', 'failed')
+WHERE status IN ('completed', 'failed') AND created_at >= $1
 """
+# The stats service's other two aggregates (migrations 0004 and 0005), counted on `accepted`: the same
+# statements as those migrations' backfills.
+OURS_PARAMS_COUNTS = """
+INSERT INTO params_daily_counts (stat_date, params_hash, params, jobs)
+SELECT (created_at AT TIME ZONE 'UTC')::date, params_hash, min(params::text)::jsonb, count(*)
+FROM image_process_jobs
+GROUP BY 1, 2
+"""
+OURS_USER_COUNTS = (
+    "INSERT INTO user_job_counts (user_id, jobs) SELECT user_id, count(*) FROM image_process_jobs GROUP BY 1"
+)
 
 # Bulk-load session settings. Parallel workers off: two loads run side by side on a shared 2-core box.
 LOAD_SETTINGS = (
@@ -320,13 +335,22 @@ async def _timed(conn: asyncpg.Connection, timings: dict[str, float], db: str, l
     return status
 
 
-async def _finish(conn: asyncpg.Connection, db: str, sql_jobs: str, stripped: Stripped, ours: bool,
+def ledger_horizon(end: datetime) -> datetime:
+    """The first instant whose day the stats ledger still holds at ``end``."""
+    day = end.astimezone(UTC).date() - timedelta(days=StatsOptions().ledger_days)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+async def _finish(conn: asyncpg.Connection, db: str, sql_jobs: str, stripped: Stripped, ours: datetime | None,
                   timings: dict[str, float]) -> None:
+    """Expand the staging rows; for ours (``ours`` = the data's end) also fill the stats aggregates."""
     await _timed(conn, timings, db, "analyze staging", "ANALYZE bench_stage")
     await _timed(conn, timings, db, "insert jobs", sql_jobs)
-    if ours:
+    if ours is not None:
         await _timed(conn, timings, db, "fill processing_stats", OURS_STATS)
-        await _timed(conn, timings, db, "fill stats_ledger", OURS_LEDGER)
+        await _timed(conn, timings, db, "fill stats_ledger", OURS_LEDGER, ledger_horizon(ours))
+        await _timed(conn, timings, db, "fill params_daily_counts", OURS_PARAMS_COUNTS)
+        await _timed(conn, timings, db, "fill user_job_counts", OURS_USER_COUNTS)
     await conn.execute("DROP TABLE bench_stage, bench_params, bench_models, bench_errors")
     await restore(conn, stripped, timings, db)
     await _timed(conn, timings, db, "vacuum analyze", "VACUUM (ANALYZE)")
@@ -368,8 +392,8 @@ async def load(admin_dsn: str, data: JobsData) -> LoadResult:
         await _copy_both(ours, base, data)
         timings: dict[str, dict[str, float]] = {"ours": {}, "baseline": {}}
         await asyncio.gather(
-            _finish(ours, "ours", OURS_JOBS, stripped_ours, True, timings["ours"]),
-            _finish(base, "baseline", BASELINE_JOBS, stripped_base, False, timings["baseline"]),
+            _finish(ours, "ours", OURS_JOBS, stripped_ours, data.end, timings["ours"]),
+            _finish(base, "baseline", BASELINE_JOBS, stripped_base, None, timings["baseline"]),
         )
     finally:
         await ours.close()

@@ -51,6 +51,7 @@ class Side:
     sql: str
     args: list[Args]
     source: str  # where the SQL comes from, for the report
+    generic: bool = False  # run on a connection with plan_cache_mode = force_generic_plan
 
 
 @dataclass(frozen=True)
@@ -136,41 +137,45 @@ def _day_bounds(day: date) -> tuple[datetime, datetime]:
 
 
 def specs(q: OurQueries, s: Samples) -> list[Spec]:
-    """The query list: the design's six, its measured weak spots, and two proposals (ours only)."""
+    """The query list: the design's six (and its measured weak spots), variants, and proposals (ours only)."""
     t09 = {"threshold": 0.9}
     since30 = s.end - timedelta(days=30)
-    mix_params = s.params_mix
+    all_days = {"date_from": s.start.date(), "date_to": s.end.date()}
+    mix = s.params_mix
+    recent = Side(q.sql("recent_completed"), [q.args("recent_completed", user_id=u, limit=10) for u in s.users],
+                  "jobs.sql recent_completed (with tag names)")
+    page = Side(q.sql("page_completed_after"),
+                [q.args("page_completed_after", before_created_at=c, before_job_id=j, limit=20) for c, j in s.cursors],
+                "jobs.sql page_completed_after (created_at, job_id)")
+    by_params = Side(q.sql("by_params"), [q.args("by_params", contains=p, limit=20) for p in mix],
+                     "jobs.sql by_params (newest first)")
     return [
-        Spec("q1", "1. a user's 10 latest completed jobs",
-             Side(q.sql("recent_completed"), [q.args("recent_completed", user_id=u, limit=10) for u in s.users],
-                  "jobs.sql recent_completed (with tag names)"),
+        Spec("q1", "1. a user's 10 latest completed jobs", recent,
              Side(baseline.RECENT_COMPLETED, [(u,) for u in s.users], "design"),
              design_figure="p95 about 1 ms"),
+        Spec("q1g", "1. same, ours with a generic plan", _generic(recent), None, goal_ms=None),
         Spec("q2", "2. daily totals, 30 days",
              Side(q.sql("daily_totals"), [q.args("daily_totals", today=d, days=30) for d in s.days],
                   "stats.sql daily_totals (processing_stats)"),
              Side(baseline.DAILY_TOTALS, [_day_bounds(d) for d in s.days], "design: GROUP BY over the jobs"),
              goal_ms=2.0, design_figure="1.9 s median"),
-        Spec("q3", "3. keyset page of completed jobs (20)",
-             Side(q.sql("page_completed_after"),
-                  [q.args("page_completed_after", before_created_at=c, before_job_id=j, limit=20)
-                   for c, j in s.cursors], "jobs.sql page_completed_after (created_at, job_id)"),
+        Spec("q3", "3. keyset page of completed jobs (20)", page,
              Side(baseline.KEYSET_PAGE, [(c,) for c, _ in s.cursors], "design: created_at < cursor"),
              design_figure="p95 about 1 ms"),
+        Spec("q3g", "3. same, ours with a generic plan", _generic(page), None, goal_ms=None),
         Spec("q4", "4. params @> {\"threshold\": 0.9}, 20 rows",
-             Side(q.sql("by_params"), [q.args("by_params", contains=t09, limit=20)],
-                  "jobs.sql by_params (newest first)"),
+             Side(q.sql("by_params"), [q.args("by_params", contains=t09, limit=20)], "jobs.sql by_params"),
              Side(baseline.PARAMS_CONTAINMENT, [(t09,)], "design: LIMIT 20, no order"),
              design_figure="p95 about 1 ms"),
-        Spec("q4m", "4. params @>, 8 values from 10% to 0.02% of jobs, 20 rows",
-             Side(q.sql("by_params"), [q.args("by_params", contains=p, limit=20) for p in mix_params],
-                  "jobs.sql by_params (newest first)"),
-             Side(baseline.PARAMS_CONTAINMENT, [(p,) for p in mix_params], "design: LIMIT 20, no order"),
-             design_figure=""),
-        Spec("q4c", "4. COUNT of params @> {\"threshold\": 0.9} (1M of 10M rows)",
-             Side(baseline.PARAMS_COUNT, [(t09,)], "design SQL (no count statement in ours)"),
+        Spec("q4m", "4. params @>, 8 values from 10% to 0.02% of jobs, 20 rows", by_params,
+             Side(baseline.PARAMS_CONTAINMENT, [(p,) for p in mix], "design: LIMIT 20, no order")),
+        Spec("q4c", "4. COUNT of params @> {\"threshold\": 0.9} (10% of jobs)",
+             Side(q.sql("params_job_count"), [q.args("params_job_count", contains=t09, **all_days)],
+                  "stats.sql params_job_count (params_daily_counts, all days)"),
              Side(baseline.PARAMS_COUNT, [(t09,)], "design"),
              design_figure="2.9 s"),
+        Spec("q4s", "4. the same COUNT scanning our jobs table (design SQL)",
+             Side(baseline.PARAMS_COUNT, [(t09,)], "design SQL on our schema"), None, goal_ms=None),
         Spec("q5", "5. fuzzy tag search 'product' (10 best)",
              Side(q.sql("search_tags"), [q.args("search_tags", query="product", limit=10)],
                   "tags.sql search_tags (GiST, nearest first)"),
@@ -179,69 +184,82 @@ def specs(q: OurQueries, s: Samples) -> list[Spec]:
         Spec("q5m", "5. fuzzy tag search, 16 terms (10 best)",
              Side(q.sql("search_tags"), [q.args("search_tags", query=t, limit=10) for t in s.tag_terms],
                   "tags.sql search_tags"),
-             Side(baseline.FUZZY_TAGS, [(t,) for t in s.tag_terms], "design"),
-             design_figure=""),
-        Spec("q6", "6. per-user counts with NTILE(4), all time",
-             Side(q.sql("user_job_quartiles"), [q.args("user_job_quartiles", since=None)],
-                  "jobs.sql user_job_quartiles(since => NULL)"),
+             Side(baseline.FUZZY_TAGS, [(t,) for t in s.tag_terms], "design")),
+        Spec("q6", "6. per-user counts with NTILE(4), all time (50k rows returned)",
+             Side(q.sql("user_job_quartiles_all"), [()], "jobs.sql user_job_quartiles_all (user_job_counts)"),
              Side(baseline.USER_QUARTILES, [()], "design"),
              design_figure="0.95 s"),
         Spec("q6m", "6. per-user counts with NTILE(4), last 30 days",
              Side(q.sql("user_job_quartiles"), [q.args("user_job_quartiles", since=since30)],
                   "jobs.sql user_job_quartiles(since => 30 days ago)"),
-             Side(baseline.USER_QUARTILES_SINCE, [(since30,)], "design + WHERE created_at >= since"),
-             design_figure=""),
-        Spec("p6", "proposal: NTILE(4) over a per-user counts table (50k rows)",
-             Side(PROPOSAL_NTILE, [()], "prototype, not in the schema: bench temp table"),
-             None, design_figure="",
-             ours_note="what a user_job_counts table kept by the stats path would cost to read"),
-        Spec("p6u", "proposal: one user's quartile from the counts table",
-             Side(PROPOSAL_USER_QUARTILE, [(u,) for u in s.users], "prototype, not in the schema"),
-             None, design_figure=""),
-        Spec("p4c", "proposal: COUNT of params @> from per-day counts by params_hash",
-             Side(PROPOSAL_PARAMS_COUNT, [(t09,)] + [(p,) for p in mix_params], "prototype, not in the schema"),
-             None, design_figure=""),
+             Side(baseline.USER_QUARTILES_SINCE, [(since30,)], "design + WHERE created_at >= since")),
+        Spec("p6u", "proposal: one user's quartile (counts table + index on (jobs, user_id))",
+             Side(PROPOSAL_USER_QUARTILE, [(u,) for u in s.users], "prototype: temp copy of user_job_counts"),
+             None),
+        Spec("p6b", "proposal: the three quartile boundaries from user_job_counts",
+             Side(PROPOSAL_BOUNDARIES, [()], "query on the project's user_job_counts"), None),
+        Spec("p4h", "proposal: params @> via params_hash, 8 values, 20 rows newest first",
+             Side(PROPOSAL_BY_PARAMS_HASH, [(p,) for p in mix],
+                  "prototype: btree (params_hash, created_at DESC, job_id DESC), built for this step only"),
+             None),
     ]
 
 
-# Prototypes of aggregates the project does not have (built per run in temp tables, see build_proposals).
-PROPOSAL_NTILE = """
-SELECT user_id, job_count, ntile(4) OVER (ORDER BY job_count, user_id) AS quartile
-FROM bench_user_job_counts ORDER BY job_count DESC, user_id
-"""
+def _generic(side: Side) -> Side:
+    return Side(side.sql, side.args, side.source + ", plan_cache_mode=force_generic_plan", generic=True)
+
+
+# Prototypes of what the project does not have (temp tables, or an index built and dropped around the step).
 PROPOSAL_USER_QUARTILE = """
-SELECT c.user_id, c.job_count,
+SELECT c.user_id, c.jobs,
        1 + (4 * (SELECT count(*) FROM bench_user_job_counts b
-                 WHERE (b.job_count, b.user_id) < (c.job_count, c.user_id)))
+                 WHERE (b.jobs, b.user_id) < (c.jobs, c.user_id)))
            / (SELECT count(*) FROM bench_user_job_counts) AS quartile
 FROM bench_user_job_counts c WHERE c.user_id = $1
 """
-PROPOSAL_PARAMS_COUNT = "SELECT COALESCE(sum(jobs), 0) FROM bench_params_daily WHERE params @> $1"
+PROPOSAL_BOUNDARIES = """
+SELECT percentile_disc(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY jobs) FROM user_job_counts WHERE jobs > 0
+"""
+PROPOSAL_BY_PARAMS_HASH = """
+SELECT j.*,
+       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
+                 JOIN tags t ON t.tag_id = it.tag_id
+                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+FROM (SELECT DISTINCT params_hash FROM params_daily_counts WHERE params @> $1) h
+CROSS JOIN LATERAL (
+    SELECT * FROM image_process_jobs x WHERE x.params_hash = h.params_hash
+    ORDER BY x.created_at DESC, x.job_id DESC LIMIT 20) j
+ORDER BY j.created_at DESC, j.job_id DESC
+LIMIT 20
+"""
+PROPOSAL_INDEX = (
+    "CREATE INDEX bench_ix_jobs_params_hash ON image_process_jobs (params_hash, created_at DESC, job_id DESC)"
+)
 
 
 async def build_proposals(conn: asyncpg.Connection) -> dict[str, Any]:
-    """Temp tables standing in for aggregates a stats consumer could keep (measured, not proposed as-is)."""
-    t0 = time.perf_counter()
+    """Temp tables for the prototypes that need no change to the schema."""
     await conn.execute(
         """
-        CREATE TEMP TABLE bench_user_job_counts AS
-            SELECT user_id, count(*) AS job_count FROM image_process_jobs GROUP BY user_id;
+        CREATE TEMP TABLE bench_user_job_counts AS SELECT user_id, jobs FROM user_job_counts WHERE jobs > 0;
         ALTER TABLE bench_user_job_counts ADD PRIMARY KEY (user_id);
-        CREATE INDEX ON bench_user_job_counts (job_count, user_id);
-        CREATE TEMP TABLE bench_params_daily AS
-            SELECT (created_at AT TIME ZONE 'UTC')::date AS stat_date, params_hash,
-                   min(params::text)::jsonb AS params, count(*) AS jobs
-            FROM image_process_jobs GROUP BY 1, 2;
-        CREATE INDEX ON bench_params_daily USING gin (params jsonb_path_ops);
-        ANALYZE bench_user_job_counts; ANALYZE bench_params_daily;
+        CREATE INDEX ON bench_user_job_counts (jobs, user_id);
+        ANALYZE bench_user_job_counts;
         """
     )
-    rows = await conn.fetchval("SELECT count(*) FROM bench_params_daily")
-    size = await conn.fetchval("SELECT pg_total_relation_size('bench_params_daily')")
-    users = await conn.fetchval("SELECT count(*) FROM bench_user_job_counts")
-    usize = await conn.fetchval("SELECT pg_total_relation_size('bench_user_job_counts')")
-    return {"params_daily_rows": rows, "params_daily_bytes": size, "user_counts_rows": users,
-            "user_counts_bytes": usize, "build_s": time.perf_counter() - t0}
+    return {}
+
+
+async def with_proposal_index(conn: asyncpg.Connection) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    await conn.execute("SET maintenance_work_mem = '512MB'")
+    await conn.execute(PROPOSAL_INDEX)
+    took = time.perf_counter() - t0
+    await conn.execute("ANALYZE image_process_jobs")
+    size = await conn.fetchval(
+        "SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree('bench_ix_jobs_params_hash')")
+    await conn.execute("RESET maintenance_work_mem")
+    return {"params_hash_index_build_s": took, "params_hash_index_bytes": int(size or 0)}
 
 
 async def run_side(conn: asyncpg.Connection, side: Side, *, runs: int, warmup: int, budget_s: float) -> Timing:
@@ -276,11 +294,31 @@ def _pct(values: Sequence[float], pct: float) -> float:
 
 
 async def explain(conn: asyncpg.Connection, side: Side, path: Path) -> list[str]:
-    rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + side.sql, *side.args[0])
-    lines = [str(r[0]) for r in rows]
+    if side.generic:
+        lines = await _explain_generic(conn, side)
+    else:
+        rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + side.sql, *side.args[0])
+        lines = [str(r[0]) for r in rows]
     text = f"-- {side.source}\n-- args: {side.args[0]!r}\n{side.sql.strip()}\n\n" + "\n".join(lines) + "\n"
     await asyncio.to_thread(path.write_text, text)
     return lines
+
+
+async def _explain_generic(conn: asyncpg.Connection, side: Side) -> list[str]:
+    """EXPLAIN of the generic plan: an SQL-level PREPARE, then EXECUTE with the values as literals.
+
+    (EXPLAIN of a statement with bound parameters plans it for those values, i.e. a custom plan.)
+    """
+    stmt = await conn.prepare(side.sql)
+    types = [t.name if t.schema == "pg_catalog" else f"{t.schema}.{t.name}" for t in stmt.get_parameters()]
+    literals = [await conn.fetchval(f"SELECT quote_nullable($1::{t})", a) + f"::{t}"
+                for t, a in zip(types, side.args[0], strict=True)]
+    await conn.execute(f"PREPARE bench_generic ({', '.join(types)}) AS {side.sql}")
+    try:
+        rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_generic({', '.join(literals)})")
+    finally:
+        await conn.execute("DEALLOCATE bench_generic")
+    return [str(r[0]) for r in rows]
 
 
 _COST = re.compile(r"\s*\(cost=[^)]*\)")
@@ -315,25 +353,37 @@ def summarise_plan(lines: list[str], limit: int = 16) -> list[str]:
 
 
 async def run_all(
-    ours: asyncpg.Connection, base: asyncpg.Connection, spec_list: list[Spec], *, runs: int, warmup: int,
-    budget_s: float, plans_dir: Path,
-) -> dict[str, dict[str, Timing]]:
-    """Each query on ours then the baseline (so both see the same cache state), then the plans."""
+    conns: dict[str, asyncpg.Connection], spec_list: list[Spec], *, runs: int, warmup: int, budget_s: float,
+    plans_dir: Path,
+) -> tuple[dict[str, dict[str, Timing]], dict[str, Any]]:
+    """Each query on ours then the baseline (so both see the same cache state), then the plans.
+
+    ``conns``: "ours", "baseline" and "generic" (ours with plan_cache_mode = force_generic_plan). The
+    p4h prototype's index is built just before it and dropped right after.
+    """
     out: dict[str, dict[str, Timing]] = {}
+    extra: dict[str, Any] = {}
     for spec in spec_list:
         out[spec.key] = {}
-        for name, conn, side in (("ours", ours, spec.ours), ("baseline", base, spec.base)):
-            if side is None:
-                continue
-            timing = await run_side(conn, side, runs=runs, warmup=warmup, budget_s=budget_s)
-            plan_path = plans_dir / f"{spec.key}_{name}.txt"
-            plan = await explain(conn, side, plan_path)
-            timing.plan = summarise_plan(plan)
-            timing.plan_file = str(plan_path)
-            out[spec.key][name] = timing
-            log(f"{spec.key} {name}: p50 {timing.p50:.2f} ms, p95 {timing.p95:.2f} ms, max {timing.max:.2f} ms "
-                f"({timing.runs} runs)")
-    return out
+        if spec.key == "p4h":
+            extra.update(await with_proposal_index(conns["ours"]))
+        try:
+            for name, side in (("ours", spec.ours), ("baseline", spec.base)):
+                if side is None:
+                    continue
+                conn = conns["generic"] if side.generic else conns[name]
+                timing = await run_side(conn, side, runs=runs, warmup=warmup, budget_s=budget_s)
+                plan_path = plans_dir / f"{spec.key}_{name}.txt"
+                plan = await explain(conn, side, plan_path)
+                timing.plan = summarise_plan(plan)
+                timing.plan_file = str(plan_path)
+                out[spec.key][name] = timing
+                log(f"{spec.key} {name}: p50 {timing.p50:.2f} ms, p95 {timing.p95:.2f} ms, max {timing.max:.2f} ms "
+                    f"({timing.runs} runs)")
+        finally:
+            if spec.key == "p4h":
+                await conns["ours"].execute("DROP INDEX IF EXISTS bench_ix_jobs_params_hash")
+    return out, extra
 
 
 async def cross_check(q: OurQueries, ours: asyncpg.Connection, base: asyncpg.Connection, s: Samples
@@ -355,12 +405,18 @@ async def cross_check(q: OurQueries, ours: asyncpg.Connection, base: asyncpg.Con
         same = same and counted is not None and all(
             counted[k] == recount[k] for k in ("total_jobs", "completed_jobs", "failed_jobs", "sum_processing_time_ms"))
     checks["processing_stats == totals_from_jobs (3 days)"] = same
-    sql_count = baseline.PARAMS_COUNT
-    checks["params count equal"] = (await ours.fetchval(sql_count, {"threshold": 0.9})
-                                    == await base.fetchval(sql_count, {"threshold": 0.9}))
-    ours_q = await ours.fetch(q.sql("user_job_quartiles"), *q.args("user_job_quartiles", since=None))
+    t09 = {"threshold": 0.9}
+    counted = await ours.fetchval(q.sql("params_job_count"), *q.args(
+        "params_job_count", contains=t09, date_from=s.start.date(), date_to=s.end.date()))
+    checks["params count (params_daily_counts) == baseline COUNT"] = (
+        counted == await base.fetchval(baseline.PARAMS_COUNT, t09))
+    ours_q = await ours.fetch(q.sql("user_job_quartiles_all"))
     base_q = await base.fetch(baseline.USER_QUARTILES)
-    checks["per-user counts equal"] = sorted(r["job_count"] for r in ours_q) == sorted(r["job_count"] for r in base_q)
+    checks["per-user counts (user_job_counts) == baseline"] = (
+        sorted(r["job_count"] for r in ours_q) == sorted(r["job_count"] for r in base_q))
+    ours_h = await ours.fetch(PROPOSAL_BY_PARAMS_HASH, {"threshold": 0.35})
+    ours_b = await ours.fetch(q.sql("by_params"), *q.args("by_params", contains={"threshold": 0.35}, limit=20))
+    checks["p4h prototype == by_params"] = [r["job_id"] for r in ours_h] == [r["job_id"] for r in ours_b]
     ours_t = await ours.fetch(q.sql("search_tags"), *q.args("search_tags", query="product", limit=10))
     base_t = await base.fetch(baseline.FUZZY_TAGS, "product")
     checks["tag search: same similarities"] = (

@@ -144,26 +144,34 @@ class _NullS3:
         return {}
 
 
-# Which of the project's statements belong to which part of the work.
+# Which of the project's statements belong to which part of the work (anything else: "other").
 _PHASES = {
     "partitions": ("retire_month", "drop_retired", "retired_months", "list_partitions"),
-    "object references": ("retired_objects", "referenced_contents", "lock_objects_exclusive"),
+    "object references": ("retired_objects", "referenced_contents", "lock_objects_exclusive", "paths_for_contents"),
     "cutoff month rows": ("delete_before", "count_before"),
-    "stats ledger": ("prune_stats_ledger",),
 }
+
+
+def _phases(seconds: dict[str, float]) -> dict[str, float]:
+    out = dict.fromkeys([*_PHASES, "other"], 0.0)
+    for name, s in seconds.items():
+        phase = next((p for p, names in _PHASES.items() if name in names), "other")
+        out[phase] += s
+    return out
 
 
 async def ours_retention(conn: asyncpg.Connection, dsn: str, cutoff: date) -> dict[str, Any]:
     """The project's retention (rmbg.maintenance.retention.Retention) with a null object store.
 
-    It retires each whole month (DROP of the image_tags partition, DETACH of the jobs partition), reads
-    the retired month's object keys to check which contents newer jobs still use, drops the detached
-    table, trims the cutoff's own month row by row (nothing here: the cutoff is a month start) and
-    prunes the stats ledger's days. Time is split by the statements each part runs.
+    It retires each whole month (DROP of the image_tags partition, per-user counts reduced, DETACH of
+    the jobs partition), reads the retired month's object keys to check which contents newer jobs still
+    use, drops the detached table, and trims the cutoff's own month row by row (nothing here: the cutoff
+    is a month start). Time is split by the statements each part runs. Then the stats service's hourly
+    ledger prune is measured on its own (one day of rows), since it is the other DELETE of the design.
     """
     await conn.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
     out: dict[str, Any] = {"cutoff": str(cutoff)}
-    tables = ("image_process_jobs", "image_tags", "stats_ledger")
+    tables = ("image_process_jobs", "image_tags")
     out["before"] = {t: await _state(conn, t) for t in tables}
     queries = _TimedQueries()
     s3 = _NullS3()
@@ -181,14 +189,35 @@ async def ours_retention(conn: asyncpg.Connection, dsn: str, cutoff: date) -> di
     out["months"] = report.months_retired
     out["objects_deleted"] = report.objects_deleted
     out["objects_kept_shared"] = report.objects_kept_shared
-    out["ledger_rows_pruned"] = report.ledger_rows_pruned
     out["s3_requests"] = s3.requests
     out["statements"] = {k: {"s": v, "calls": queries.calls[k]} for k, v in queries.seconds.items()}
-    out["phases"] = {phase: sum(queries.seconds.get(n, 0.0) for n in names) for phase, names in _PHASES.items()}
+    out["phases"] = _phases(dict(queries.seconds))
     log(f"ours retention: {report.summary()}; by part: "
         + ", ".join(f"{k} {v:.2f} s" for k, v in out["phases"].items()))
     out["after"] = {t: await _state(conn, t) for t in tables}
-    _, t_vac = await _timed(conn, "VACUUM stats_ledger")
-    out["ledger_vacuum_s"] = t_vac
-    out["ledger_after_vacuum"] = await _state(conn, "stats_ledger")
+    # The aggregates the stats service keeps, after retention.
+    jobs = await conn.fetchval("SELECT count(*) FROM image_process_jobs")
+    t09 = {"threshold": 0.9}
+    out["checks"] = {
+        "user_job_counts total == jobs left": await conn.fetchval("SELECT sum(jobs) FROM user_job_counts") == jobs,
+        "params_job_count(all days) == COUNT over jobs left": (
+            await queries.fetchval("params_job_count", conn, contains=t09, date_from=date(2000, 1, 1),
+                                   date_to=date(2100, 1, 1))
+            == await conn.fetchval(baseline.PARAMS_COUNT, t09)),
+    }
+    out["ledger"] = await _ledger_prune(conn, queries)
+    return out
+
+
+async def _ledger_prune(conn: asyncpg.Connection, queries: Queries) -> dict[str, Any]:
+    """One day of the stats service's hourly prune_ledger (a DELETE), and what it leaves in the file."""
+    first = await conn.fetchval("SELECT min(stat_date) FROM stats_ledger")
+    out: dict[str, Any] = {"before": await _state(conn, "stats_ledger")}
+    t0 = time.perf_counter()
+    out["rows"] = int(await queries.fetchval("prune_ledger", conn, before=first + timedelta(days=1)))
+    out["s"] = time.perf_counter() - t0
+    out["after"] = await _state(conn, "stats_ledger")
+    _, out["vacuum_s"] = await _timed(conn, "VACUUM stats_ledger")
+    out["after_vacuum"] = await _state(conn, "stats_ledger")
+    log(f"ours: prune_ledger of one day: {out['rows']:,} rows in {out['s']:.2f} s")
     return out

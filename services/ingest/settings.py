@@ -21,6 +21,9 @@ class IngestOptions(BaseModel):
     group_id: str = "rmbg-ingest"
     # Upload events handled at once (each fetches, validates and stores one image).
     concurrency: int = Field(default=8, ge=1, le=256)
+    # Buckets upload events may name besides the service's own: the service's keys may reach more
+    # buckets than upstream systems should be able to make it read.
+    upload_buckets: tuple[str, ...] = ()
     # Upload events stamped further ahead than this are refused: clocks drift, but not by days.
     max_clock_skew_s: int = Field(default=300, ge=0)
 

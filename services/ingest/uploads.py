@@ -34,6 +34,7 @@ class UploadHandler:
             try:
                 event = topic.deserialize(record.value)
                 self._check_clock(event)
+                self._check_bucket(event)
             except ContractError as exc:
                 await self._dead_letter(record, str(exc))
                 return
@@ -67,6 +68,11 @@ class UploadHandler:
                     original_path=f"s3://{bucket}/{event.key}",
                 )
                 res.metrics.records.labels(topic=topic.name, outcome=f"rejected_{exc.code}").inc()
+
+    def _check_bucket(self, event: UploadEvent) -> None:
+        allowed = {self._res.store.bucket, *self._res.settings.ingest.upload_buckets}
+        if event.bucket is not None and event.bucket not in allowed:
+            raise ContractError(f"bucket {event.bucket!r} is not an upload bucket (RMBG_INGEST__UPLOAD_BUCKETS)")
 
     def _check_clock(self, event: UploadEvent) -> None:
         skew = timedelta(seconds=self._res.settings.ingest.max_clock_skew_s)

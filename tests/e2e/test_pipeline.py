@@ -159,13 +159,22 @@ async def test_bad_input_ends_in_clear_errors_and_services_keep_running(pipeline
         async with open_producer(settings.kafka, client_id="test") as producer:
             await producer.send_and_wait(topics.uploads.name, b'{"schema_version": 1, "user_id": "x"}', key=b"junk")
             await producer.send_and_wait(topics.uploads.name, b"\xff\xfe not json", key=b"junk2")
+            foreign = UploadEvent(
+                event_id="e-foreign",
+                user_id=user,
+                bucket="someone-elses-bucket",
+                key="x.png",
+                occurred_at=datetime.now(UTC),
+            )
+            await producer.send_and_wait(topics.uploads.name, topics.uploads.serialize(foreign), key=b"foreign")
 
         jobs = await _wait(client, [failed_id], not_yet_accepted=frozenset({failed_id}))
         assert jobs[failed_id]["status"] == "failed"
         assert "corrupt" in jobs[failed_id]["error_message"]
 
-        letters = await _read_dead_letters(pipeline, expect=2)
-        assert {letter.key for letter in letters} >= {"junk", "junk2"}
+        letters = await _read_dead_letters(pipeline, expect=3)
+        assert {letter.key for letter in letters} >= {"junk", "junk2", "foreign"}
+        assert any("not an upload bucket" in letter.reason for letter in letters if letter.key == "foreign")
         assert all("malformed UploadEvent" in letter.reason for letter in letters if letter.key in {"junk", "junk2"})
 
         # Still serving: a good image goes through after all of that.

@@ -59,4 +59,3 @@ async def test_user_counts_equal_a_count_over_jobs(pipeline: Pipeline) -> None:
     finally:
         await conn.close()
     assert [tuple(r) for r in kept] == [tuple(r) for r in truth]
-

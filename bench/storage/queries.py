@@ -51,7 +51,7 @@ class Side:
     sql: str
     args: list[Args]
     source: str  # where the SQL comes from, for the report
-    generic: bool = False  # run on a connection with plan_cache_mode = force_generic_plan
+    conn: str = ""  # "" (ours/baseline), "generic" or "generic_nojit": see run_all
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,11 @@ class Timing:
     rows: int
     plan: list[str] = field(default_factory=list)
     plan_file: str = ""
+    by_arg: list[tuple[str, float, float]] = field(default_factory=list)  # (first argument, p50, max)
 
     def as_dict(self) -> dict[str, Any]:
         return {"runs": self.runs, "p50_ms": self.p50, "p95_ms": self.p95, "max_ms": self.max,
-                "rows": self.rows, "plan": self.plan, "plan_file": self.plan_file}
+                "rows": self.rows, "plan": self.plan, "plan_file": self.plan_file, "by_arg": self.by_arg}
 
 
 @dataclass(frozen=True)
@@ -149,11 +150,14 @@ def specs(q: OurQueries, s: Samples) -> list[Spec]:
                 "jobs.sql page_completed_after (created_at, job_id)")
     by_params = Side(q.sql("by_params"), [q.args("by_params", contains=p, limit=20) for p in mix],
                      "jobs.sql by_params (newest first)")
+    t09_side = Side(q.sql("by_params"), [q.args("by_params", contains=t09, limit=20)], "jobs.sql by_params")
     return [
         Spec("q1", "1. a user's 10 latest completed jobs", recent,
              Side(baseline.RECENT_COMPLETED, [(u,) for u in s.users], "design"),
              design_figure="p95 about 1 ms"),
-        Spec("q1g", "1. same, ours with a generic plan", _generic(recent), None, goal_ms=None),
+        Spec("q1g", "1. same, ours with a generic plan (jit on, the server default)", _generic(recent, True), None,
+             goal_ms=None),
+        Spec("q1n", "1. same, ours with a generic plan and jit off", _generic(recent, False), None, goal_ms=None),
         Spec("q2", "2. daily totals, 30 days",
              Side(q.sql("daily_totals"), [q.args("daily_totals", today=d, days=30) for d in s.days],
                   "stats.sql daily_totals (processing_stats)"),
@@ -162,11 +166,14 @@ def specs(q: OurQueries, s: Samples) -> list[Spec]:
         Spec("q3", "3. keyset page of completed jobs (20)", page,
              Side(baseline.KEYSET_PAGE, [(c,) for c, _ in s.cursors], "design: created_at < cursor"),
              design_figure="p95 about 1 ms"),
-        Spec("q3g", "3. same, ours with a generic plan", _generic(page), None, goal_ms=None),
-        Spec("q4", "4. params @> {\"threshold\": 0.9}, 20 rows",
-             Side(q.sql("by_params"), [q.args("by_params", contains=t09, limit=20)], "jobs.sql by_params"),
+        Spec("q3g", "3. same, ours with a generic plan (jit on)", _generic(page, True), None, goal_ms=None),
+        Spec("q3n", "3. same, ours with a generic plan and jit off", _generic(page, False), None, goal_ms=None),
+        Spec("q4", "4. params @> {\"threshold\": 0.9}, 20 rows", t09_side,
              Side(baseline.PARAMS_CONTAINMENT, [(t09,)], "design: LIMIT 20, no order"),
              design_figure="p95 about 1 ms"),
+        Spec("q4g", "4. same, ours with a generic plan (jit on)", _generic(t09_side, True), None, goal_ms=None),
+        Spec("q4n", "4. same, ours with a generic plan and jit off", _generic(t09_side, False), None,
+             goal_ms=None),
         Spec("q4m", "4. params @>, 8 values from 10% to 0.02% of jobs, 20 rows", by_params,
              Side(baseline.PARAMS_CONTAINMENT, [(p,) for p in mix], "design: LIMIT 20, no order")),
         Spec("q4c", "4. COUNT of params @> {\"threshold\": 0.9} (10% of jobs)",
@@ -205,8 +212,9 @@ def specs(q: OurQueries, s: Samples) -> list[Spec]:
     ]
 
 
-def _generic(side: Side) -> Side:
-    return Side(side.sql, side.args, side.source + ", plan_cache_mode=force_generic_plan", generic=True)
+def _generic(side: Side, jit: bool) -> Side:
+    return Side(side.sql, side.args, side.source + ", plan_cache_mode=force_generic_plan"
+                + ("" if jit else ", jit=off"), conn="generic" if jit else "generic_nojit")
 
 
 # Prototypes of what the project does not have (temp tables, or an index built and dropped around the step).
@@ -271,6 +279,7 @@ async def run_side(conn: asyncpg.Connection, side: Side, *, runs: int, warmup: i
         if time.perf_counter() - t_warm > budget_s / 4:
             break
     times: list[float] = []
+    per_arg: dict[int, list[float]] = {}
     rows = 0
     t_start = time.perf_counter()
     for i in range(runs):
@@ -278,11 +287,16 @@ async def run_side(conn: asyncpg.Connection, side: Side, *, runs: int, warmup: i
         t0 = time.perf_counter()
         result = await conn.fetch(side.sql, *args)
         times.append((time.perf_counter() - t0) * 1000)
+        per_arg.setdefault(i % n_args, []).append(times[-1])
         if i == 0:
             rows = len(result)
         if time.perf_counter() - t_start > budget_s and len(times) >= 5:
             break
-    return Timing(runs=len(times), p50=statistics.median(times), p95=_pct(times, 95), max=max(times), rows=rows)
+    by_arg = []
+    if 1 < n_args <= 16:  # a small fixed set of values (params, tag terms): report each
+        by_arg = [(repr(side.args[k][0]), statistics.median(v), max(v)) for k, v in sorted(per_arg.items())]
+    return Timing(runs=len(times), p50=statistics.median(times), p95=_pct(times, 95), max=max(times), rows=rows,
+                  by_arg=by_arg)
 
 
 def _pct(values: Sequence[float], pct: float) -> float:
@@ -294,7 +308,7 @@ def _pct(values: Sequence[float], pct: float) -> float:
 
 
 async def explain(conn: asyncpg.Connection, side: Side, path: Path) -> list[str]:
-    if side.generic:
+    if side.conn.startswith("generic"):
         lines = await _explain_generic(conn, side)
     else:
         rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + side.sql, *side.args[0])
@@ -358,7 +372,8 @@ async def run_all(
 ) -> tuple[dict[str, dict[str, Timing]], dict[str, Any]]:
     """Each query on ours then the baseline (so both see the same cache state), then the plans.
 
-    ``conns``: "ours", "baseline" and "generic" (ours with plan_cache_mode = force_generic_plan). The
+    ``conns``: "ours", "baseline", "generic" (ours with plan_cache_mode = force_generic_plan) and
+    "generic_nojit" (the same with jit = off). The
     p4h prototype's index is built just before it and dropped right after.
     """
     out: dict[str, dict[str, Timing]] = {}
@@ -371,7 +386,7 @@ async def run_all(
             for name, side in (("ours", spec.ours), ("baseline", spec.base)):
                 if side is None:
                     continue
-                conn = conns["generic"] if side.generic else conns[name]
+                conn = conns[side.conn or name]
                 timing = await run_side(conn, side, runs=runs, warmup=warmup, budget_s=budget_s)
                 plan_path = plans_dir / f"{spec.key}_{name}.txt"
                 plan = await explain(conn, side, plan_path)

@@ -222,6 +222,13 @@ def render(r: dict[str, Any]) -> str:
     ]
     lines += _table(["query", "ours p50 / p95", "baseline p50 / p95", "baseline/ours p50", "runs",
                      "design measured", "goal"], _query_rows(r))
+    lines += ["", "Per value (p50 / max), where a query cycles through a few values:", ""]
+    for spec in r["specs"]:
+        for side in ("ours", "baseline"):
+            t = r["queries"][spec["key"]].get(side)
+            if t and t.get("by_arg"):
+                lines.append(f"- {spec['key']} {side}: " + "; ".join(
+                    f"`{label}` {ms(p50)} / {ms(mx)}" for label, p50, mx in t["by_arg"]))
     lines += ["", "Query sources:", ""]
     for spec in r["specs"]:
         lines.append(f"- {spec['key']}: ours = {spec['ours_source']}; baseline = {spec['baseline_source']}")

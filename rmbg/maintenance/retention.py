@@ -91,6 +91,11 @@ class Retention:
         for month in expired:
             await self._retire(month, report, dry_run=dry_run)
         await self._trim_boundary(cutoff, boundary, report, dry_run=dry_run)
+        if not dry_run:
+            # Per-parameter counts answer "how many jobs" questions, so they follow the jobs: days wholly
+            # before the cutoff go. processing_stats stays as history (one row per day).
+            async with self._db.pool.acquire() as conn:
+                await self._q.execute("prune_params_counts", conn, before=cutoff.astimezone(UTC).date())
         report.seconds = time.perf_counter() - started
         log.info(report.summary())
         return report

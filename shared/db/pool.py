@@ -26,5 +26,9 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, command_timeout
         max_size=max_size,
         command_timeout=command_timeout,
         init=init_connection,
+        # JIT compiles plans whose estimated cost crosses a threshold; on the partitioned jobs table a
+        # generic plan of the keyset page crossed it and took 155 ms instead of 0.29 ms at 10M jobs
+        # (BENCHMARKS.md). Our statements are short OLTP lookups: JIT never pays back here.
+        server_settings={"jit": "off"},
     )
     return cast("asyncpg.Pool", pool)

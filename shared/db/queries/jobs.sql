@@ -108,7 +108,7 @@ ORDER BY j.updated_at
 LIMIT :limit;
 
 -- name: find_reusable_result(content_sha256, model_name, params_hash)^
--- Served by ix_jobs_content; every partition is probed (no time predicate), one index probe each.
+-- Served by ix_jobs_content (content_sha256); every partition is probed (no time predicate), one probe each.
 SELECT j.*,
        COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
                  JOIN tags t ON t.tag_id = it.tag_id
@@ -120,7 +120,7 @@ ORDER BY j.created_at DESC, j.job_id DESC
 LIMIT 1;
 
 -- name: recent_completed(user_id, limit)
--- Design query 1. ix_jobs_user_completed_keyset returns rows in this order; partitions are read
+-- Design query 1. ix_jobs_user_created (user_id, created_at) returns rows in this order; partitions are read
 -- newest first (ordered Append), so LIMIT stops after the first partition that has enough.
 SELECT j.*,
        COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
@@ -145,7 +145,7 @@ LIMIT :limit;
 -- name: page_completed_after(before_created_at, before_job_id, limit)
 -- Design query 3, next pages. The design's `created_at < cursor` skips rows sharing the cursor's
 -- timestamp; the row comparison with job_id as tie-breaker does not, and it is an index condition on
--- ix_jobs_completed_keyset. The redundant `created_at <= ` lets partition pruning drop newer months.
+-- ix_jobs_created_at, newest first. The redundant `created_at <= ` lets partition pruning drop newer months.
 SELECT j.*,
        COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
                  JOIN tags t ON t.tag_id = it.tag_id

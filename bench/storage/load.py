@@ -174,8 +174,10 @@ def dsn_for(dsn: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn, server_settings={"timezone": "UTC"})
+async def connect(dsn: str, *, jit_off: bool = False) -> asyncpg.Connection:
+    """A connection in UTC; ``jit_off`` as the services' pools connect (shared.db.pool.create_pool)."""
+    settings = {"timezone": "UTC", **({"jit": "off"} if jit_off else {})}
+    conn = await asyncpg.connect(dsn, server_settings=settings)
     await init_connection(conn)  # jsonb as Python values, as the services' pool does
     return conn
 

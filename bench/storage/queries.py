@@ -51,7 +51,7 @@ class Side:
     sql: str
     args: list[Args]
     source: str  # where the SQL comes from, for the report
-    conn: str = ""  # "" (ours/baseline), "generic" or "generic_nojit": see run_all
+    conn: str = ""  # "" (ours/baseline) or "generic": see run_all
 
 
 @dataclass(frozen=True)
@@ -155,9 +155,7 @@ def specs(q: OurQueries, s: Samples) -> list[Spec]:
         Spec("q1", "1. a user's 10 latest completed jobs", recent,
              Side(baseline.RECENT_COMPLETED, [(u,) for u in s.users], "design"),
              design_figure="p95 about 1 ms"),
-        Spec("q1g", "1. same, ours with a generic plan (jit on, the server default)", _generic(recent, True), None,
-             goal_ms=None),
-        Spec("q1n", "1. same, ours with a generic plan and jit off", _generic(recent, False), None, goal_ms=None),
+        Spec("q1n", "1. same, ours with a generic plan (jit off)", _generic(recent), None, goal_ms=None),
         Spec("q2", "2. daily totals, 30 days",
              Side(q.sql("daily_totals"), [q.args("daily_totals", today=d, days=30) for d in s.days],
                   "stats.sql daily_totals (processing_stats)"),
@@ -166,14 +164,11 @@ def specs(q: OurQueries, s: Samples) -> list[Spec]:
         Spec("q3", "3. keyset page of completed jobs (20)", page,
              Side(baseline.KEYSET_PAGE, [(c,) for c, _ in s.cursors], "design: created_at < cursor"),
              design_figure="p95 about 1 ms"),
-        Spec("q3g", "3. same, ours with a generic plan (jit on)", _generic(page, True), None, goal_ms=None),
-        Spec("q3n", "3. same, ours with a generic plan and jit off", _generic(page, False), None, goal_ms=None),
+        Spec("q3n", "3. same, ours with a generic plan (jit off)", _generic(page), None, goal_ms=None),
         Spec("q4", "4. params @> {\"threshold\": 0.9}, 20 rows", t09_side,
              Side(baseline.PARAMS_CONTAINMENT, [(t09,)], "design: LIMIT 20, no order"),
              design_figure="p95 about 1 ms"),
-        Spec("q4g", "4. same, ours with a generic plan (jit on)", _generic(t09_side, True), None, goal_ms=None),
-        Spec("q4n", "4. same, ours with a generic plan and jit off", _generic(t09_side, False), None,
-             goal_ms=None),
+        Spec("q4n", "4. same, ours with a generic plan (jit off)", _generic(t09_side), None, goal_ms=None),
         Spec("q4m", "4. params @>, 8 values from 10% to 0.02% of jobs, 20 rows", by_params,
              Side(baseline.PARAMS_CONTAINMENT, [(p,) for p in mix], "design: LIMIT 20, no order")),
         Spec("q4c", "4. COUNT of params @> {\"threshold\": 0.9} (10% of jobs)",
@@ -212,9 +207,8 @@ def specs(q: OurQueries, s: Samples) -> list[Spec]:
     ]
 
 
-def _generic(side: Side, jit: bool) -> Side:
-    return Side(side.sql, side.args, side.source + ", plan_cache_mode=force_generic_plan"
-                + ("" if jit else ", jit=off"), conn="generic" if jit else "generic_nojit")
+def _generic(side: Side) -> Side:
+    return Side(side.sql, side.args, side.source + ", plan_cache_mode=force_generic_plan, jit=off", conn="generic")
 
 
 # Prototypes of what the project does not have (temp tables, or an index built and dropped around the step).
@@ -372,8 +366,8 @@ async def run_all(
 ) -> tuple[dict[str, dict[str, Timing]], dict[str, Any]]:
     """Each query on ours then the baseline (so both see the same cache state), then the plans.
 
-    ``conns``: "ours", "baseline", "generic" (ours with plan_cache_mode = force_generic_plan) and
-    "generic_nojit" (the same with jit = off). The
+    ``conns``: "ours" (jit=off, as the services' pools), "baseline" (the server's defaults) and
+    "generic" (ours with plan_cache_mode = force_generic_plan, jit=off). The
     p4h prototype's index is built just before it and dropped right after.
     """
     out: dict[str, dict[str, Timing]] = {}

@@ -66,11 +66,7 @@ def _month_of(partition: str) -> date:
 
 
 class Retention:
-    def __init__(
-        self, db: Database, store: ObjectStore, queries: Queries | None = None, *, range_scan_min: int = 100
-    ) -> None:
-        # Below this many contents a batch is cheaper to check by probes than by a range scan.
-        self._range_scan_min = range_scan_min
+    def __init__(self, db: Database, store: ObjectStore, queries: Queries | None = None) -> None:
         self._db = db
         self._store = store
         self._q = queries or default_queries()
@@ -126,7 +122,7 @@ class Retention:
                 )
             if not rows:
                 break
-            await self._delete_unreferenced(rows, report, sorted_contents=True)
+            await self._delete_unreferenced(rows, report)
             after = bytes(rows[-1]["content_sha256"])
         async with self._db.pool.acquire() as conn:
             await self._q.execute("drop_retired", conn, month=month)
@@ -149,23 +145,7 @@ class Retention:
             report.jobs_removed += len(rows)
             await self._delete_unreferenced(rows, report)
 
-    async def _used_contents(
-        self, conn: asyncpg.Connection, shas: list[bytes], *, sorted_contents: bool
-    ) -> list[asyncpg.Record]:
-        """Which of ``shas`` a remaining job still uses.
-
-        A retired month is read in content order, so its batch of 5,000 covers about 1/250 of the hash
-        space: one index range scan per partition over that slice (a few tens of thousands of entries)
-        beats 5,000 separate probes into every partition (measured at 10M jobs: 12.6 s for a month
-        with probes). Random batches (the cutoff's month) use the probes.
-        """
-        if sorted_contents and len(shas) >= self._range_scan_min:
-            return await self._q.fetch("contents_in_range", conn, low=shas[0], high=shas[-1])
-        return await self._q.fetch("referenced_contents", conn, shas=shas)
-
-    async def _delete_unreferenced(
-        self, rows: Iterable[asyncpg.Record], report: RetentionReport, *, sorted_contents: bool = False
-    ) -> None:
+    async def _delete_unreferenced(self, rows: Iterable[asyncpg.Record], report: RetentionReport) -> None:
         keys_by_sha: dict[bytes, set[str]] = {}
         for row in rows:
             keys = keys_by_sha.setdefault(bytes(row["content_sha256"]), set())
@@ -175,7 +155,9 @@ class Retention:
             await self._q.execute("lock_objects_exclusive", conn)
             used = {
                 bytes(r["content_sha256"])
-                for r in await self._used_contents(conn, sorted(keys_by_sha), sorted_contents=sorted_contents)
+                # One probe per content and partition. An index range scan over the batch's slice of the
+                # hash space was tried and measured 3x slower at 10M jobs (BENCHMARKS.md).
+                for r in await self._q.fetch("referenced_contents", conn, shas=sorted(keys_by_sha))
             }
             doomed = sorted({k for sha, keys in keys_by_sha.items() if sha not in used for k in keys})
             report.objects_kept_shared += sum(len(keys) for sha, keys in keys_by_sha.items() if sha in used)

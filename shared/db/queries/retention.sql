@@ -42,11 +42,6 @@ SELECT content_sha256, paths FROM gone;
 -- Which of these contents a remaining job still uses (ix_jobs_content, one probe per partition).
 SELECT DISTINCT content_sha256 FROM image_process_jobs WHERE content_sha256 = ANY(:shas::bytea[]);
 
--- name: contents_in_range(low, high)
--- Every content between two hashes that a remaining job uses (index range scan per partition).
-SELECT DISTINCT content_sha256 FROM image_process_jobs
-WHERE content_sha256 >= :low::bytea AND content_sha256 <= :high::bytea;
-
 -- name: paths_for_contents(shas)
 -- Every object key the remaining jobs reference for these contents.
 SELECT original_path::text AS path FROM image_process_jobs WHERE content_sha256 = ANY(:shas::bytea[])

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from rmbg.maintenance.fsck import Fsck
@@ -70,9 +69,8 @@ async def _exists(store: ObjectStore, key: str) -> bool:
     return await store.head(key) is not None
 
 
-@pytest.mark.parametrize("range_scan_min", [1, 10_000], ids=["range-scan", "probes"])
 async def test_retention_drops_months_and_deletes_only_unreferenced_objects(
-    db: Database, store: ObjectStore, executor: ThreadPoolExecutor, range_scan_min: int
+    db: Database, store: ObjectStore, executor: ThreadPoolExecutor
 ) -> None:
     now = datetime.now(UTC)
     cutoff = now - timedelta(days=180)
@@ -88,13 +86,13 @@ async def test_retention_drops_months_and_deletes_only_unreferenced_objects(
     expired = [old_shared, old_only, older, before_cut]
     kept = [after_cut, recent_shared, recent]
 
-    dry = await Retention(db, store, range_scan_min=range_scan_min).run(cutoff=cutoff, dry_run=True)
+    dry = await Retention(db, store).run(cutoff=cutoff, dry_run=True)
     assert dry.jobs_removed == len(expired) and dry.objects_deleted == 0
     for made in expired:
         async with db.pool.acquire() as conn:
             assert await db.jobs.get_job(conn, job_id=made.job_id) is not None
 
-    report = await Retention(db, store, range_scan_min=range_scan_min).run(cutoff=cutoff)
+    report = await Retention(db, store).run(cutoff=cutoff)
     assert report.jobs_removed == len(expired)
     async with db.pool.acquire() as conn:
         for made in expired:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,14 +20,15 @@ app = typer.Typer(
 )
 
 
-def _run_until_signal(coro_factory: object) -> int:
+def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
+    """Run ``main(stop)``; Ctrl+C and SIGTERM only set ``stop``, so everything closes in order."""
+
     async def runner() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        result: int = await coro_factory(stop)  # type: ignore[operator]
-        return result
+        return await main(stop)
 
     return asyncio.run(runner())
 

@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.contracts.events import CutoutFormat
 from shared.exceptions import ImageRejected
@@ -77,8 +77,6 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
 
 def decode_rgb(data: bytes) -> Image.Image:
     """Decode to RGB, applying the EXIF orientation so the mask lines up with what a viewer shows."""
-    from PIL import ImageOps
-
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()

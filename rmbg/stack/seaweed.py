@@ -17,8 +17,11 @@ from pathlib import Path
 
 from aiobotocore.session import get_session
 from botocore.config import Config
+from pydantic import SecretStr
 
 from rmbg.stack.processes import ChildProcess, PortBook, StackError, listens_on
+from shared.config import S3Settings
+from shared.storage import open_object_store
 
 logger = logging.getLogger(__name__)
 
@@ -133,25 +136,12 @@ async def s3_answers(endpoint: str, access_key: str, secret_key: str, region: st
 async def ensure_bucket(
     endpoint: str, access_key: str, secret_key: str, bucket: str, region: str = "us-east-1"
 ) -> None:
-    session = get_session()
-    async with session.create_client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        region_name=region,
-        config=s3_client_config(),
-    ) as client:
-        try:
-            await client.head_bucket(Bucket=bucket)
-        except client.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
-                raise
-            logger.info("creating bucket %s at %s", bucket, endpoint)
-            try:
-                await client.create_bucket(Bucket=bucket)
-            except client.exceptions.BucketAlreadyOwnedByYou:
-                pass
+    """Create ``bucket`` unless it exists, through the services' own S3 client code."""
+    settings = S3Settings(
+        endpoint_url=endpoint, access_key=access_key, secret_key=SecretStr(secret_key), region=region, bucket=bucket
+    )
+    async with open_object_store(settings) as store:
+        await store.ensure_bucket()
 
 
 async def start_seaweed(
@@ -174,16 +164,10 @@ async def start_seaweed(
         child = ChildProcess("seaweedfs", weed_argv(weed, data_dir, s3_config, chosen), log_path=log_path)
         await child.start()
 
-        async def ready(
-            child: ChildProcess = child, port: int = chosen["s3.port"], endpoint: str = endpoint
-        ) -> bool:
+        async def ready(child: ChildProcess = child, port: int = chosen["s3.port"], endpoint: str = endpoint) -> bool:
             # Our own process must hold the port we asked for: weed may have moved elsewhere.
             pid = child.pid
-            return (
-                pid is not None
-                and listens_on(pid, port)
-                and await s3_answers(endpoint, access_key, secret_key)
-            )
+            return pid is not None and listens_on(pid, port) and await s3_answers(endpoint, access_key, secret_key)
 
         try:
             waited = await child.wait_ready(ready, timeout_s=timeout_s)

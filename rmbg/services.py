@@ -5,16 +5,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import sys
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from rmbg.stack.processes import ChildProcess, PortBook
+from rmbg.stack.processes import ChildProcess, PortBook, StackError
+
+logger = logging.getLogger(__name__)
 
 SERVICES = ("stats", "persister", "inference", "ingest")
+
+
+# A dead service is restarted after 1 s, doubling to 30 s while it keeps dying, and the delay resets once
+# it has run for a minute: a crash loop neither spins the CPU nor waits long after one crash.
+_RESTART_INITIAL_S = 1.0
+_RESTART_MAX_S = 30.0
+_HEALTHY_AFTER_S = 60.0
+
+
+@dataclass
+class _Supervised:
+    child: ChildProcess
+    probe: Callable[[], Awaitable[bool]]
+    started_at: float = 0.0
+    delay_s: float = _RESTART_INITIAL_S
+    restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -22,6 +42,50 @@ class RunningServices:
     api_url: str
     metrics_urls: dict[str, str]
     logs: dict[str, Path]
+    supervisor: Supervisor
+
+
+class Supervisor:
+    """Restarts a service that died (SIGKILL, OOM, a crash) with backoff, and logs each restart."""
+
+    def __init__(self, *, ready_timeout_s: float, on_restart: Callable[[str, int, int | None], None]) -> None:
+        self._children: dict[str, _Supervised] = {}
+        self._ready_timeout_s = ready_timeout_s
+        self._on_restart = on_restart
+
+    def watch(self, child: ChildProcess, probe: Callable[[], Awaitable[bool]]) -> None:
+        self._children[child.name] = _Supervised(child, probe, started_at=time.monotonic())
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        return {name: s.restarts for name, s in self._children.items()}
+
+    async def run(self, stop: asyncio.Event, *, interval_s: float = 0.5) -> None:
+        while not stop.is_set():
+            for item in self._children.values():
+                if item.child.returncode is not None and not stop.is_set():
+                    await self._restart(item, stop)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
+
+    async def _restart(self, item: _Supervised, stop: asyncio.Event) -> None:
+        code = item.child.returncode
+        if time.monotonic() - item.started_at >= _HEALTHY_AFTER_S:
+            item.delay_s = _RESTART_INITIAL_S
+        logger.warning("%s exited with code %s; restarting in %.0f s", item.child.name, code, item.delay_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), item.delay_s)
+        if stop.is_set():
+            return
+        item.delay_s = min(item.delay_s * 2, _RESTART_MAX_S)
+        item.restarts += 1
+        await item.child.start()
+        item.started_at = time.monotonic()
+        self._on_restart(item.child.name, item.restarts, code)
+        try:
+            await item.child.wait_ready(item.probe, timeout_s=self._ready_timeout_s, interval_s=0.25)
+        except StackError as exc:  # it died again while starting: the next round restarts it later
+            logger.warning("%s did not come back: %s", item.child.name, exc)
 
 
 async def _http_ok(url: str) -> bool:
@@ -31,7 +95,12 @@ async def _http_ok(url: str) -> bool:
 
 @contextlib.asynccontextmanager
 async def run_services(
-    *, env: Mapping[str, str], state_dir: Path, api_port: int | None, ready_timeout_s: float = 180.0
+    *,
+    env: Mapping[str, str],
+    state_dir: Path,
+    api_port: int | None,
+    ready_timeout_s: float = 180.0,
+    on_restart: Callable[[str, int, int | None], None] | None = None,
 ) -> AsyncIterator[RunningServices]:
     """Start stats, persister, inference, ingest (downstream first, so nothing queues unheard);
     stop them in reverse: ingest stops taking work first, inference drains, persister writes last."""
@@ -40,6 +109,7 @@ async def run_services(
     metrics = {name: ports.get(f"{name}-metrics") for name in SERVICES if name != "ingest"}
     ports.save()
     logs: dict[str, Path] = {}
+    supervisor = Supervisor(ready_timeout_s=ready_timeout_s, on_restart=on_restart or _log_restart)
     async with contextlib.AsyncExitStack() as stack:
         for name in SERVICES:
             child_env = dict(env)
@@ -59,7 +129,9 @@ async def run_services(
             # Services drain in-flight work on SIGTERM; inference may hold a batch for a while.
             stack.push_async_callback(child.stop, 60.0)
             probe_url = f"http://127.0.0.1:{api}/healthz" if name == "ingest" else metrics_url
-            await child.wait_ready(functools.partial(_http_ok, probe_url), timeout_s=ready_timeout_s, interval_s=0.25)
+            probe = functools.partial(_http_ok, probe_url)
+            await child.wait_ready(probe, timeout_s=ready_timeout_s, interval_s=0.25)
+            supervisor.watch(child, probe)
             logs[name] = child.log_path
         yield RunningServices(
             api_url=f"http://127.0.0.1:{api}",
@@ -68,5 +140,10 @@ async def run_services(
                 for n in SERVICES
             },
             logs=logs,
+            supervisor=supervisor,
         )
         await asyncio.sleep(0)
+
+
+def _log_restart(name: str, restarts: int, code: int | None) -> None:
+    logger.warning("%s restarted (restart %d; it had exited with code %s)", name, restarts, code)

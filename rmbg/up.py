@@ -74,7 +74,13 @@ async def run_up(opts: UpOptions, stop: asyncio.Event, console: Console) -> int:
         created = await provision(settings)
         if created:
             console.print(f"created topics: {', '.join(created)}")
-        async with run_services(env=dict(os.environ), state_dir=endpoints.state_dir, api_port=opts.api_port) as svc:
+        def restarted(name: str, restarts: int, code: int | None) -> None:
+            console.print(f"[yellow]{name} exited (code {code}) and was restarted (restart {restarts})[/]")
+
+        async with run_services(
+            env=dict(os.environ), state_dir=endpoints.state_dir, api_port=opts.api_port, on_restart=restarted
+        ) as svc:
+            supervising = asyncio.create_task(svc.supervisor.run(stop), name="supervisor")
             table = Table(title="rmbg-pipeline is up", show_header=False)
             table.add_row("API", f"{svc.api_url}  (POST /v1/jobs, GET /v1/jobs/{{id}}, docs at /docs)")
             for name, url in svc.metrics_urls.items():
@@ -98,6 +104,7 @@ async def run_up(opts: UpOptions, stop: asyncio.Event, console: Console) -> int:
                 )
             console.print("serving; press Ctrl+C to stop")
             await stop.wait()
+            await supervising
             console.print("stopping services and servers...")
     return 0
 

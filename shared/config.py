@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.exceptions import ConfigError
 
+# Consumer groups, named once: the persister's sweeper reads the inference group's committed offsets.
+INFERENCE_GROUP_ID = "rmbg-inference"
+
 DEV_S3_ACCESS_KEY = "rmbg-dev"
 DEV_S3_SECRET_KEY = "rmbg-dev-secret-change-me"  # noqa: S105 - the documented dev default, refused outside dev
 

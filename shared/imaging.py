@@ -5,8 +5,11 @@ All functions are CPU-bound and synchronous: callers run them in an executor, ne
 
 from __future__ import annotations
 
+import contextlib
 import io
+import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,8 +19,14 @@ from shared.contracts.events import CutoutFormat
 from shared.exceptions import ImageRejected
 
 # Formats a catalogue upload plausibly arrives in; anything else is refused before it is queued.
-ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF"})
-FORMAT_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}
+# MPO is how Pillow names a JPEG with extra frames (phones and 3D cameras write them): its first frame is
+# the photo. Multi-frame files (animated WebP, multi-page TIFF, MPO) are cut out from their first frame.
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF"})
+FORMAT_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}
+_CONTENT_TYPES = {"MPO": "image/jpeg"}
+# The longest side every later stage can process: WebP (the default cut-out) stores at most 16383 pixels
+# per side, so intake refuses longer sides instead of accepting a job whose cut-out cannot be encoded.
+MAX_SIDE = 16383
 CUTOUT_CONTENT_TYPES = {
     CutoutFormat.PNG: ("png", "image/png"),
     CutoutFormat.WEBP_LOSSLESS: ("webp", "image/webp"),
@@ -38,52 +47,85 @@ class ImageInfo:
 
 
 def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
-    """Validate an upload fully (header, size, pixel count, and a complete decode).
+    """Validate an upload fully: header, size, pixel count, and the same decode inference will run.
 
-    The pixel count is checked from the header *before* decoding, so a decompression bomb (a small file
-    that inflates to gigabytes) is refused without allocating its pixels.
+    The pixel count and sides are checked from the header *before* decoding, so a decompression bomb (a
+    small file that inflates to gigabytes) is refused without allocating its pixels. The width and height
+    returned are those of the upright image (after its EXIF orientation), as the mask will have them.
     """
     if not data:
         raise ImageRejected("empty file", code="empty")
     if len(data) > max_bytes:
         raise ImageRejected(f"file of {len(data)} bytes exceeds the limit of {max_bytes}", code="too_large")
+    with _opened(data) as img:
+        fmt = img.format or ""
+        if fmt not in ALLOWED_FORMATS:
+            raise ImageRejected(f"unsupported image format {fmt or 'unknown'}", code="unsupported_format")
+        _check_size(img.size, max_pixels)
+        upright = _to_rgb(img)  # decodes every pixel: truncated or corrupt data fails here
+    content_type = _CONTENT_TYPES.get(fmt) or Image.MIME.get(fmt, "application/octet-stream")
+    return ImageInfo(format=fmt, width=upright.width, height=upright.height, content_type=content_type)
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """Decode to 8-bit RGB, applying the EXIF orientation so the mask lines up with what a viewer shows."""
+    with _opened(data) as img:
+        return _to_rgb(img)
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageRejected("image has no pixels", code="corrupt")
+    if width * height > max_pixels:
+        raise ImageRejected(
+            f"image of {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
+            code="too_many_pixels",
+        )
+    if max(width, height) > MAX_SIDE:
+        raise ImageRejected(
+            f"image of {width}x{height} has a side longer than {MAX_SIDE} pixels (the cut-out's WebP limit)",
+            code="too_large_dimensions",
+        )
+
+
+@contextlib.contextmanager
+def _opened(data: bytes) -> Iterator[Image.Image]:
+    """Open ``data`` with Pillow, turning every decoder complaint into a classified ImageRejected."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
-                fmt = img.format or ""
-                width, height = img.size
-                if fmt not in ALLOWED_FORMATS:
-                    raise ImageRejected(f"unsupported image format {fmt or 'unknown'}", code="unsupported_format")
-                if width < 1 or height < 1:
-                    raise ImageRejected("image has no pixels", code="corrupt")
-                if width * height > max_pixels:
-                    raise ImageRejected(
-                        f"image of {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
-                        code="too_many_pixels",
-                    )
-                img.load()  # decodes every pixel: truncated or corrupt data fails here
-                content_type = Image.MIME.get(fmt, "application/octet-stream")
+                yield img
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected(f"decompression bomb refused: {exc}", code="too_many_pixels") from None
     except UnidentifiedImageError:
         raise ImageRejected("not a recognised image file", code="corrupt") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, TypeError, struct.error, EOFError, MemoryError) as exc:
         raise ImageRejected(f"corrupt image: {exc}", code="corrupt") from None
-    return ImageInfo(format=fmt, width=width, height=height, content_type=content_type)
 
 
-def decode_rgb(data: bytes) -> Image.Image:
-    """Decode to RGB, applying the EXIF orientation so the mask lines up with what a viewer shows."""
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """The first frame, upright, as 8-bit RGB; deeper modes are scaled, not clipped."""
+    img.load()
+    oriented = ImageOps.exif_transpose(img)
+    mode = oriented.mode
+    if mode == "RGB":
+        return oriented.copy() if oriented is img else oriented
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # 16-bit and 32-bit grey: Pillow's convert("RGB") clips at 255 (a 16-bit photo turns white).
+        values = np.asarray(oriented, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        if mode == "F" and values.max(initial=0) <= 1.0:
+            top = 1.0
+        grey = np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            oriented = ImageOps.exif_transpose(img)
-            return oriented.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageRejected(f"corrupt image: {exc}", code="corrupt") from None
+        return oriented.convert("RGB")
+    except ValueError as exc:  # e.g. LAB or an exotic TIFF mode Pillow cannot convert
+        raise ImageRejected(f"unsupported colour mode {mode}: {exc}", code="unsupported_format") from None
 
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
@@ -97,7 +139,7 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
 
 
 def decode_mask_png(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
+    with _opened(data) as img:
         if img.mode != "L":
             raise ImageRejected(f"mask must be 8-bit grayscale, got mode {img.mode}", code="corrupt")
         return np.asarray(img, dtype=np.uint8).copy()
@@ -120,6 +162,14 @@ def compose_cutout(original: Image.Image, mask: np.ndarray) -> Image.Image:
 
 
 def encode_cutout(image: Image.Image, *, fmt: CutoutFormat, webp_quality: int) -> bytes:
+    """Encode the cut-out; an encoder limit is a classified ImageRejected, not a crash."""
+    try:
+        return _encode_cutout(image, fmt=fmt, webp_quality=webp_quality)
+    except (OSError, ValueError) as exc:
+        raise ImageRejected(f"cut-out cannot be encoded as {fmt.value}: {exc}", code="encode_failed") from None
+
+
+def _encode_cutout(image: Image.Image, *, fmt: CutoutFormat, webp_quality: int) -> bytes:
     buf = io.BytesIO()
     if fmt is CutoutFormat.PNG:
         image.save(buf, format="PNG", compress_level=6)

@@ -11,24 +11,27 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import RecordMetadata
+from prometheus_client import Counter
 from pydantic import BaseModel
 
 from shared.config import KafkaSettings, TopicSettings
 from shared.contracts import DeadLetter, Topic
+from shared.contracts.events import MAX_DEAD_LETTER_PAYLOAD
 from shared.exceptions import RmbgError
+from shared.failures import FailureClass, clean_text
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
 _TOPIC_ALREADY_EXISTS = 36
-# Dead letters keep at most this much of the offending record, so the dead letter stays small.
-_DEAD_LETTER_EXCERPT = 64 * 1024
 
 
 @contextlib.asynccontextmanager
@@ -98,9 +101,38 @@ async def ensure_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str
         await admin.close()
 
 
-async def publish(producer: AIOKafkaProducer, topic: Topic[M], message: M, *, key: str) -> None:
-    """Send one message and wait for the broker's acknowledgement (acks=all)."""
-    await producer.send_and_wait(topic.name, topic.serialize(message), key=key.encode(), headers=topic.headers())
+async def publish(producer: AIOKafkaProducer, topic: Topic[M], message: M, *, key: str) -> RecordMetadata:
+    """Send one message and wait for the broker's acknowledgement (acks=all); returns where it landed."""
+    metadata: RecordMetadata = await producer.send_and_wait(
+        topic.name, topic.serialize(message), key=key.encode(), headers=topic.headers()
+    )
+    return metadata
+
+
+async def committed_offsets(kafka: KafkaSettings, *, group_id: str, topic: str) -> dict[int, int]:
+    """The offsets ``group_id`` committed on ``topic``, by partition (partitions never committed are absent).
+
+    Read with OffsetFetch through a consumer that never joins the group (it subscribes to nothing), so
+    the group's members are not disturbed.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        client_id=f"{kafka.client_id}-offsets",
+        group_id=group_id,
+        enable_auto_commit=False,
+        request_timeout_ms=kafka.request_timeout_ms,
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # metadata, so the topic's partitions are known
+        offsets: dict[int, int] = {}
+        for partition in sorted(consumer.partitions_for_topic(topic) or ()):
+            committed = await consumer.committed(TopicPartition(topic, partition))
+            if committed is not None and committed >= 0:
+                offsets[partition] = committed
+        return offsets
+    finally:
+        await consumer.stop()
 
 
 async def send(producer: AIOKafkaProducer, topic: Topic[M], message: M, *, key: str) -> asyncio.Future[Any]:
@@ -115,23 +147,38 @@ async def send(producer: AIOKafkaProducer, topic: Topic[M], message: M, *, key: 
     return future
 
 
-async def dead_letter(
-    producer: AIOKafkaProducer,
-    topic: Topic[DeadLetter],
-    record: ConsumerRecord[bytes, bytes],
-    *,
-    reason: str,
-    service: str,
-) -> None:
-    letter = DeadLetter(
-        source_topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key.decode(errors="replace") if record.key else None,
-        reason=reason[:4000],
-        service=service,
-        failed_at=datetime.now(UTC),
-        payload=(record.value or b"")[:_DEAD_LETTER_EXCERPT],
-    )
-    log.warning("dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason[:300])
-    await publish(producer, topic, letter, key=letter.key or f"{record.topic}:{record.partition}")
+@dataclass(frozen=True)
+class DeadLetters:
+    """Where a service sends the records it gives up on, with the reason and its failure class."""
+
+    producer: AIOKafkaProducer
+    topic: Topic[DeadLetter]
+    service: str
+    counter: Counter  # rmbg_dead_letters_total{topic, failure_class}
+
+    async def send(
+        self, record: ConsumerRecord[bytes, bytes], reason: str, *, failure_class: FailureClass = FailureClass.PERMANENT
+    ) -> None:
+        value = record.value or b""
+        letter = DeadLetter(
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key.decode(errors="replace") if record.key else None,
+            reason=clean_text(reason, limit=4000),
+            failure_class="unknown" if failure_class is FailureClass.UNKNOWN else "permanent",
+            service=self.service,
+            failed_at=datetime.now(UTC),
+            payload=value[:MAX_DEAD_LETTER_PAYLOAD],
+            payload_truncated=len(value) > MAX_DEAD_LETTER_PAYLOAD,
+        )
+        log.warning(
+            "dead-lettered %s[%d]@%d (%s): %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            letter.failure_class,
+            letter.reason[:300],
+        )
+        await publish(self.producer, self.topic, letter, key=letter.key or f"{record.topic}:{record.partition}")
+        self.counter.labels(topic=record.topic, failure_class=letter.failure_class).inc()

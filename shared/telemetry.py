@@ -16,6 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from shared.config import TelemetrySettings
+from shared.worker import LoopMetrics
 
 # Inference on a CPU takes seconds; on a GPU tens of milliseconds: buckets span both.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -54,6 +55,7 @@ class PipelineMetrics:
     registry: CollectorRegistry
     records: Counter
     dead_letters: Counter
+    records_failed: Counter
     transitions: Counter
     batch_seconds: Histogram
     batches_failed: Counter
@@ -73,8 +75,15 @@ class PipelineMetrics:
             ),
             dead_letters=Counter(
                 "rmbg_dead_letters_total",
-                "Records sent to the dead-letter topic",
-                ["topic"],
+                "Records sent to the dead-letter topic, by source topic and failure class",
+                ["topic", "failure_class"],
+                registry=registry,
+            ),
+            records_failed=Counter(
+                "rmbg_record_failures_total",
+                "Record failures seen by the consume loop, by topic and failure class (a retried record counts "
+                "once per try)",
+                ["topic", "failure_class"],
                 registry=registry,
             ),
             transitions=Counter(
@@ -97,6 +106,10 @@ class PipelineMetrics:
                 "rmbg_batch_images", "Images per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64), registry=registry
             ),
         )
+
+
+    def loop_metrics(self) -> LoopMetrics:
+        return LoopMetrics(batches_failed=self.batches_failed, records_failed=self.records_failed)
 
 
 def serve_metrics(registry: CollectorRegistry, port: int, *, addr: str = "127.0.0.1") -> int:

@@ -1,9 +1,13 @@
-"""The consume loop every Kafka-driven service runs.
+"""The consume loop every Kafka-driven service runs, with the failure taxonomy applied per record.
 
-- A batch is handed to the service's handler; offsets are committed only after the handler returns,
-  i.e. after its side effects (PostgreSQL rows, S3 objects, produced records) are durable.
-- A handler error that is not about one record (a dead dependency) leaves the offsets uncommitted and
-  rewinds to them, so the batch is delivered again after a backoff: nothing is lost.
+- A batch is handed to the service's handler, which works on each record and reports the records that
+  failed, each with its exception (:class:`RecordFailure`); one record's error never fails the others.
+- Each failure is classified (shared/failures.py): permanent → the handler's ``give_up`` ends that record
+  (fails its job or dead-letters it) and the line goes on; transient → the record is retried after a
+  backoff, nothing is skipped; unknown → retried up to ``max_record_attempts`` times, then permanent.
+- Offsets are committed only after the side effects they cover are durable: per partition up to the
+  first record still to retry. Records after it that already succeeded are remembered and skipped
+  when the rewind delivers them again, so a retried batch does not repeat their effects.
 - SIGTERM only sets the stop event; the batch in flight drains within ``grace_s`` and is then
   cancelled, uncommitted, for redelivery (every handler is idempotent).
 """
@@ -12,19 +16,64 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import Counter
 
 from shared.config import KafkaSettings
+from shared.failures import FailureClass, classify, describe
 from shared.messaging import open_consumer
 
 log = logging.getLogger(__name__)
 
-BatchHandler = Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+RecordId: TypeAlias = tuple[str, int, int]  # topic, partition, offset
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RecordFailure:
+    """One record of a batch that did not succeed, with what it raised."""
+
+    record: Record
+    error: BaseException
+
+
+class BatchHandler(Protocol):
+    async def __call__(self, records: list[Record]) -> Sequence[RecordFailure]:
+        """Handle every record; return the ones that failed (an empty list: all durable)."""
+
+    async def give_up(self, record: Record, error: BaseException, reason: str) -> None:
+        """End a record that can never succeed: fail its job with ``reason`` or dead-letter it."""
+
+
+def record_id(record: Record) -> RecordId:
+    return (record.topic, record.partition, record.offset)
+
+
+async def each_record(
+    records: Iterable[T], work: Callable[[T], Awaitable[object]], *, limit: asyncio.Semaphore | None = None
+) -> list[tuple[T, BaseException]]:
+    """Run ``work`` on every item concurrently (at most ``limit`` at once); returns the items that raised."""
+
+    async def one(item: T) -> tuple[T, BaseException] | None:
+        try:
+            if limit is None:
+                await work(item)
+            else:
+                async with limit:
+                    await work(item)
+        except Exception as exc:
+            return item, exc
+        return None
+
+    results = await asyncio.gather(*(one(item) for item in records))
+    return [r for r in results if r is not None]
 
 
 @dataclass(frozen=True)
@@ -32,9 +81,18 @@ class LoopOptions:
     max_records: int = 100
     max_wait_ms: int = 200
     grace_s: float = 30.0
-    # Backoff after a failed batch: 0.5 s doubling to 30 s, so a dead database is not hammered.
+    # Backoff after a batch with records to retry: 0.5 s doubling to 30 s, so a dead database is not hammered.
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
+    # An error of unknown class gets this many tries per record (about 1 minute with the backoff above),
+    # then counts as permanent: never an endless loop on one record.
+    max_record_attempts: int = 5
+
+
+@dataclass(frozen=True)
+class LoopMetrics:
+    batches_failed: Counter | None = None
+    records_failed: Counter | None = None  # labels: topic, failure_class
 
 
 class ConsumeLoop:
@@ -45,14 +103,19 @@ class ConsumeLoop:
         *,
         name: str,
         options: LoopOptions,
-        failed_batches: Counter | None = None,
+        metrics: LoopMetrics | None = None,
     ) -> None:
         self._consumer = consumer
         self._handler = handler
         self._name = name
         self._options = options
+        self._metrics = metrics or LoopMetrics()
         self.batches_failed = 0
-        self._failed_metric = failed_batches
+        self.records_given_up = 0
+        # Records that succeeded in a batch whose other records are being retried (skipped on redelivery).
+        self._done: dict[TopicPartition, set[int]] = defaultdict(set)
+        # Tries so far of records whose errors are of unknown class.
+        self._attempts: dict[RecordId, int] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self._options.backoff_initial_s
@@ -60,23 +123,28 @@ class ConsumeLoop:
             batch = await self._consumer.getmany(
                 timeout_ms=self._options.max_wait_ms, max_records=self._options.max_records
             )
-            records = [r for part in batch.values() for r in part]
-            if not records:
+            if not any(batch.values()):
                 continue
-            ok = await self._handle(records, stop)
-            if ok:
-                await self._commit(batch)
+            todo = [r for tp, recs in batch.items() for r in recs if r.offset not in self._done.get(tp, ())]
+            failures = await self._handle(todo, stop) if todo else []
+            if failures is None:  # stopped before the batch drained: all of it comes again
+                self._rewind({tp: recs[0].offset for tp, recs in batch.items() if recs})
+                return
+            retry = await self._settle(failures)
+            if not retry:
+                await self._commit({tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs})
                 backoff = self._options.backoff_initial_s
-            else:
-                self.batches_failed += 1
-                if self._failed_metric is not None:
-                    self._failed_metric.inc()
-                self._rewind(batch)
-                await _sleep_or_stop(stop, backoff)
-                backoff = min(backoff * 2, self._options.backoff_max_s)
+                continue
+            self.batches_failed += 1
+            if self._metrics.batches_failed is not None:
+                self._metrics.batches_failed.inc()
+            await self._partial_commit(batch, retry)
+            await _sleep_or_stop(stop, backoff)
+            backoff = min(backoff * 2, self._options.backoff_max_s)
 
-    async def _handle(self, records: list[ConsumerRecord[bytes, bytes]], stop: asyncio.Event) -> bool:
-        task = asyncio.ensure_future(self._handler(records))
+    async def _handle(self, records: list[Record], stop: asyncio.Event) -> list[RecordFailure] | None:
+        """The handler's failures; None when stopping cancelled the batch."""
+        task = asyncio.ensure_future(self._run_handler(records))
         stop_wait = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -93,17 +161,86 @@ class ConsumeLoop:
                     )
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
-                    return False
-            task.result()
-            return True
-        except Exception:
-            log.exception("%s: batch of %d records failed; will retry", self._name, len(records))
-            return False
+                    return None
+            return task.result()
         finally:
             stop_wait.cancel()
 
-    async def _commit(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}
+    async def _run_handler(self, records: list[Record]) -> list[RecordFailure]:
+        try:
+            return list(await self._handler(records))
+        except Exception as exc:
+            if classify(exc) is FailureClass.TRANSIENT or len(records) == 1:
+                log.warning("%s: batch of %d failed (%s)", self._name, len(records), describe(exc, limit=300))
+                return [RecordFailure(r, exc) for r in records]
+        # A handler that let a non-transient error escape its batch: find the record to blame by
+        # handling each alone, so the others are not held up by it.
+        log.warning("%s: batch of %d failed; handling its records one by one", self._name, len(records))
+        failures: list[RecordFailure] = []
+        for record in records:
+            try:
+                failures.extend(await self._handler([record]))
+            except Exception as exc:
+                failures.append(RecordFailure(record, exc))
+        return failures
+
+    async def _settle(self, failures: list[RecordFailure]) -> list[Record]:
+        """Give up on permanent failures; returns the records to retry."""
+        retry: list[Record] = []
+        for failure in failures:
+            record, error = failure.record, failure.error
+            rid = record_id(record)
+            cls = classify(error)
+            if self._metrics.records_failed is not None:
+                self._metrics.records_failed.labels(topic=record.topic, failure_class=cls.value).inc()
+            reason = describe(error)
+            if cls is FailureClass.UNKNOWN:
+                tries = self._attempts[rid] = self._attempts.get(rid, 0) + 1
+                if tries < self._options.max_record_attempts:
+                    log.warning("%s: %s@%d try %d failed: %s", self._name, record.topic, record.offset, tries, reason)
+                    retry.append(record)
+                    continue
+                reason = f"{reason} (unclassified error, given up after {tries} tries)"
+            if cls is FailureClass.TRANSIENT:
+                retry.append(record)
+                continue
+            try:
+                await self._handler.give_up(record, error, reason)
+            except Exception as exc:  # e.g. the producer is down: try again with the next delivery
+                log.warning("%s: could not give up on %s@%d: %s", self._name, record.topic, record.offset, exc)
+                retry.append(record)
+                continue
+            self._attempts.pop(rid, None)
+            self.records_given_up += 1
+        return retry
+
+    async def _partial_commit(self, batch: dict[TopicPartition, list[Record]], retry: list[Record]) -> None:
+        first_retry: dict[TopicPartition, int] = {}
+        for record in retry:
+            tp = TopicPartition(record.topic, record.partition)
+            first_retry[tp] = min(first_retry.get(tp, record.offset), record.offset)
+        offsets: dict[TopicPartition, int] = {}
+        for tp, recs in batch.items():
+            if not recs:
+                continue
+            if tp not in first_retry:
+                offsets[tp] = recs[-1].offset + 1
+                continue
+            offsets[tp] = first_retry[tp]
+            retrying = {r.offset for r in retry if r.partition == tp.partition and r.topic == tp.topic}
+            self._done[tp] |= {r.offset for r in recs if r.offset > first_retry[tp] and r.offset not in retrying}
+        await self._commit({tp: o for tp, o in offsets.items() if o > batch[tp][0].offset})
+        self._rewind(first_retry)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        for tp, offset in offsets.items():  # what is committed will not come again: forget it
+            kept = {o for o in self._done.get(tp, ()) if o >= offset}
+            if kept:
+                self._done[tp] = kept
+            else:
+                self._done.pop(tp, None)
         try:
             await self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
@@ -111,13 +248,13 @@ class ConsumeLoop:
             # idempotent handlers make the repeat harmless.
             log.warning("%s: commit failed (%s); records may be redelivered", self._name, exc)
 
-    def _rewind(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        for tp, recs in batch.items():
-            if recs:
-                try:
-                    self._consumer.seek(tp, recs[0].offset)
-                except (KafkaError, AssertionError, ValueError) as exc:  # partition revoked meanwhile
-                    log.info("%s: cannot rewind %s: %s", self._name, tp, exc)
+    def _rewind(self, positions: dict[TopicPartition, int]) -> None:
+        for tp, offset in positions.items():
+            try:
+                self._consumer.seek(tp, offset)
+            except (KafkaError, AssertionError, ValueError) as exc:  # partition revoked meanwhile
+                log.info("%s: cannot rewind %s: %s", self._name, tp, exc)
+                self._done.pop(tp, None)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -135,12 +272,12 @@ async def consume_topic(
     client_id: str,
     handler: BatchHandler,
     options: LoopOptions,
-    failed_batches: Counter | None,
+    metrics: LoopMetrics | None,
     stop: asyncio.Event,
 ) -> None:
     """Join ``group_id`` on ``topic`` and run the consume loop until ``stop``; the consumer is closed last."""
     async with open_consumer(
         kafka, topics=[topic], group_id=group_id, client_id=client_id, max_poll_records=options.max_records
     ) as consumer:
-        loop = ConsumeLoop(consumer, handler, name=client_id, options=options, failed_batches=failed_batches)
+        loop = ConsumeLoop(consumer, handler, name=client_id, options=options, metrics=metrics)
         await loop.run(stop)

@@ -4,6 +4,10 @@ Per batch: parse (malformed → dead letter), refuse jobs for a model this worke
 mask already stored for the same (content, model, threshold), fetch and decode the rest concurrently,
 run the model once per chunk of ``batch_size`` images in the dedicated model thread, then publish one
 result per job. The consume loop commits offsets only after every result is acknowledged.
+
+Each job's errors stay with that job (``_Work.error``) and are reported per record: a missing original,
+an undecodable image or a model error on that image alone fail that job (``give_up``), an S3 or broker
+outage retries it, and the other jobs of the batch go on.
 """
 
 from __future__ import annotations
@@ -11,33 +15,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer
 from PIL import Image
 
 from services.inference.backends.base import SegmentationBackend
 from services.inference.settings import InferenceOptions
 from shared.contracts import JobRequested, ResultEvent, ResultKind, Topics
 from shared.contracts.events import MAX_INLINE_MASK_BYTES
-from shared.exceptions import ContractError, ImageRejected, ModelError, StorageError
+from shared.exceptions import ContractError, ModelError, ModelFailed
+from shared.failures import classify
 from shared.imaging import apply_threshold, decode_rgb, encode_mask_png
-from shared.messaging import dead_letter, send
+from shared.messaging import DeadLetters, publish, send
 from shared.storage import ObjectKeys, ObjectStore
 from shared.telemetry import PipelineMetrics
+from shared.worker import Record, RecordFailure
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Work:
+    """One job request on its way through a batch, with what happened to it."""
+
+    record: Record
     job: JobRequested
-    mask_key: str
+    mask_key: str = ""
     image: Image.Image | None = None
+    error: BaseException | None = None
+    acks: list[asyncio.Future[Any]] = field(default_factory=list)
 
 
 class InferenceHandler:
@@ -63,59 +75,82 @@ class InferenceHandler:
         self._model_executor = model_executor
         self._io_executor = io_executor
         self._fetch_limit = asyncio.Semaphore(options.fetch_concurrency)
-        self._acks: list[asyncio.Future[Any]] = []
+        self._dead_letters = DeadLetters(producer, topics.dead_letter, "inference", metrics.dead_letters)
 
-    async def __call__(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        self._acks = []
+    async def __call__(self, records: list[Record]) -> list[RecordFailure]:
+        failures: list[RecordFailure] = []
+        work: list[_Work] = []
+        for record in records:
+            try:
+                work.append(_Work(record=record, job=self._topics.jobs.deserialize(record.value)))
+            except ContractError as exc:
+                failures.append(RecordFailure(record, exc))  # permanent: the loop dead-letters it
         with self._metrics.batch_seconds.time():
-            work = [w for w in await asyncio.gather(*(self._admit(r) for r in records)) if w is not None]
-            to_compute = [w for w in work if w.image is not None]
+            await asyncio.gather(*(self._step(w, self._admit(w)) for w in work))
+            to_compute = [w for w in work if w.image is not None and w.error is None]
             for start in range(0, len(to_compute), self._options.batch_size):
                 await self._compute(to_compute[start : start + self._options.batch_size])
             # Every result acknowledged (acks=all) before the loop commits the batch's offsets.
-            await asyncio.gather(*self._acks)
+            await asyncio.gather(*(self._step(w, self._acknowledged(w)) for w in work if w.error is None))
+        failures.extend(RecordFailure(w.record, w.error) for w in work if w.error is not None)
+        return failures
 
-    async def _admit(self, record: ConsumerRecord[bytes, bytes]) -> _Work | None:
-        """Parse one record and prepare it; returns None when it is already answered."""
+    async def give_up(self, record: Record, error: BaseException, reason: str) -> None:
+        """A job that can never be segmented gets a failed result with the reason (unreadable: dead letter)."""
         try:
             job = self._topics.jobs.deserialize(record.value)
-        except ContractError as exc:
-            await dead_letter(self._producer, self._topics.dead_letter, record, reason=str(exc), service="inference")
-            self._metrics.dead_letters.labels(topic=record.topic).inc()
-            return None
+        except ContractError:
+            await self._dead_letters.send(record, reason, failure_class=classify(error))
+            return
+        self._metrics.records.labels(topic=self._topics.jobs.name, outcome="failed").inc()
+        log.info("job %s failed: %s", job.job_id, reason)
+        await publish(
+            self._producer,
+            self._topics.results,
+            self._result(job, ResultKind.FAILED, error=reason),
+            key=str(job.job_id),
+        )
+
+    @staticmethod
+    async def _step(w: _Work, step: Awaitable[None]) -> None:
+        try:
+            await step
+        except Exception as exc:
+            w.error = exc
+
+    @staticmethod
+    async def _acknowledged(w: _Work) -> None:
+        await asyncio.gather(*w.acks)
+
+    async def _admit(self, w: _Work) -> None:
+        """Check and prepare one job; leaves ``w.image`` unset when it is already answered."""
+        job = w.job
         if job.model != self.model_name:
-            await self._fail(job, f"model {job.model!r} is not served by this worker (it serves {self.model_name!r})")
-            return None
-        mask_key = ObjectKeys.mask(
+            await self._fail(w, f"model {job.model!r} is not served by this worker (it serves {self.model_name!r})")
+            return
+        w.mask_key = ObjectKeys.mask(
             job.content_sha256,
             model_name=self.model_name,
             model_revision=self._backend.revision,
             threshold_tag=ObjectKeys.threshold_tag(job.params.threshold),
         )
-        if await self._store.head(mask_key) is not None:
+        if await self._store.head(w.mask_key) is not None:
             # Same content, model and threshold were segmented before: reuse, do not compute again.
-            await self._emit(job, ResultKind.COMPLETED, mask_key=mask_key, reused=True, inference_ms=0)
-            self._metrics.records.labels(topic=record.topic, outcome="reused").inc()
-            return None
+            await self._emit(w, ResultKind.COMPLETED, mask_key=w.mask_key, reused=True, inference_ms=0)
+            self._metrics.records.labels(topic=w.record.topic, outcome="reused").inc()
+            return
         async with self._fetch_limit:
-            try:
-                data = await self._store.get(job.original_key, max_bytes=self._options.max_image_bytes)
-            except StorageError as exc:
-                if "not found" in str(exc):
-                    await self._fail(job, f"original {job.original_key} is missing from object storage")
-                    return None
-                raise
+            # A missing original (ObjectMissing) is permanent: the loop fails the job through give_up.
+            data = await self._store.get(job.original_key, max_bytes=self._options.max_image_bytes)
         loop = asyncio.get_running_loop()
-        try:
-            image = await loop.run_in_executor(self._io_executor, decode_rgb, data)
-        except ImageRejected as exc:
-            await self._fail(job, exc.reason)
-            return None
-        return _Work(job=job, mask_key=mask_key, image=image)
+        w.image = await loop.run_in_executor(self._io_executor, decode_rgb, data)
 
     async def _compute(self, chunk: list[_Work]) -> None:
         for w in chunk:
-            await self._emit(w.job, ResultKind.STARTED)
+            await self._step(w, self._emit(w, ResultKind.STARTED))
+        chunk = [w for w in chunk if w.error is None]
+        if not chunk:
+            return
         images = [w.image for w in chunk if w.image is not None]
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
@@ -123,38 +158,67 @@ class InferenceHandler:
             masks = await loop.run_in_executor(self._model_executor, self._backend.predict, images)
         except ModelError as exc:
             if len(chunk) == 1:
-                await self._fail(chunk[0].job, f"model failed: {exc}")
+                chunk[0].error = ModelFailed(f"model failed on this image: {exc}")
                 return
             # Isolate the image that breaks the batch: retry one by one.
             log.warning("batch of %d failed (%s); retrying one by one", len(chunk), exc)
             for w in chunk:
-                await self._compute([w])
+                await self._compute_one(w)
             return
         elapsed = time.perf_counter() - started
         self._metrics.model_seconds.observe(elapsed)
         self._metrics.batch_images.observe(len(chunk))
         per_image_ms = int(elapsed * 1000 / max(1, len(chunk)))
-        for w, mask in zip(chunk, masks, strict=True):
-            await self._deliver(w, mask, per_image_ms)
+        await asyncio.gather(
+            *(self._step(w, self._deliver(w, mask, per_image_ms)) for w, mask in zip(chunk, masks, strict=True))
+        )
+
+    async def _compute_one(self, w: _Work) -> None:
+        if w.image is None:
+            return
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            masks = await loop.run_in_executor(self._model_executor, self._backend.predict, [w.image])
+        except ModelError as exc:
+            w.error = ModelFailed(f"model failed on this image: {exc}")
+            return
+        await self._step(w, self._deliver(w, masks[0], int((time.perf_counter() - started) * 1000)))
 
     async def _deliver(self, w: _Work, mask: np.ndarray, inference_ms: int) -> None:
         loop = asyncio.get_running_loop()
         final = apply_threshold(mask, w.job.params.threshold)
         png = await loop.run_in_executor(self._io_executor, encode_mask_png, final)
         if len(png) <= MAX_INLINE_MASK_BYTES:
-            await self._emit(w.job, ResultKind.COMPLETED, mask_png=png, inference_ms=inference_ms)
+            await self._emit(w, ResultKind.COMPLETED, mask_png=png, inference_ms=inference_ms)
         else:
             # Claim-check: a large mask goes to object storage first and travels by key.
             await self._store.put_if_absent(w.mask_key, png, content_type="image/png")
-            await self._emit(w.job, ResultKind.COMPLETED, mask_key=w.mask_key, inference_ms=inference_ms)
+            await self._emit(w, ResultKind.COMPLETED, mask_key=w.mask_key, inference_ms=inference_ms)
         self._metrics.records.labels(topic=self._topics.jobs.name, outcome="completed").inc()
 
-    async def _fail(self, job: JobRequested, reason: str) -> None:
-        log.info("job %s failed: %s", job.job_id, reason)
+    async def _fail(self, w: _Work, reason: str) -> None:
+        log.info("job %s failed: %s", w.job.job_id, reason)
         self._metrics.records.labels(topic=self._topics.jobs.name, outcome="failed").inc()
-        await self._emit(job, ResultKind.FAILED, error=reason[:2000])
+        await self._emit(w, ResultKind.FAILED, error=reason[:2000])
 
     async def _emit(
+        self,
+        w: _Work,
+        kind: ResultKind,
+        *,
+        mask_png: bytes | None = None,
+        mask_key: str | None = None,
+        inference_ms: int | None = None,
+        reused: bool = False,
+        error: str | None = None,
+    ) -> None:
+        result = self._result(
+            w.job, kind, mask_png=mask_png, mask_key=mask_key, inference_ms=inference_ms, reused=reused, error=error
+        )
+        w.acks.append(await send(self._producer, self._topics.results, result, key=str(w.job.job_id)))
+
+    def _result(
         self,
         job: JobRequested,
         kind: ResultKind,
@@ -164,8 +228,8 @@ class InferenceHandler:
         inference_ms: int | None = None,
         reused: bool = False,
         error: str | None = None,
-    ) -> None:
-        result = ResultEvent(
+    ) -> ResultEvent:
+        return ResultEvent(
             kind=kind,
             job_id=job.job_id,
             created_at=job.created_at,
@@ -179,4 +243,3 @@ class InferenceHandler:
             reused=reused,
             error=error,
         )
-        self._acks.append(await send(self._producer, self._topics.results, result, key=str(job.job_id)))

@@ -65,7 +65,7 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
             client_id="inference",
             handler=handler,
             options=LoopOptions(max_records=opts.batch_size, max_wait_ms=opts.batch_wait_ms, grace_s=opts.grace_s),
-            failed_batches=metrics.batches_failed,
+            metrics=metrics.loop_metrics(),
             stop=stop,
         )
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.config import BaseServiceSettings
+from shared.config import INFERENCE_GROUP_ID, BaseServiceSettings
 
 
 class InferenceOptions(BaseModel):
@@ -29,7 +29,7 @@ class InferenceOptions(BaseModel):
     # Originals fetched from S3 at once while the model works on the previous batch.
     fetch_concurrency: int = Field(default=8, ge=1, le=64)
     max_image_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
-    group_id: str = "rmbg-inference"
+    group_id: str = INFERENCE_GROUP_ID
     grace_s: float = Field(default=60.0, ge=0)
 
 

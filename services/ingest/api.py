@@ -7,11 +7,13 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import asyncpg
+from aiokafka.errors import KafkaError
+from botocore.exceptions import BotoCoreError
 from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
@@ -20,8 +22,9 @@ from pydantic import BaseModel, ValidationError
 from services.ingest.resources import IngestResources, open_ingest
 from services.ingest.settings import IngestSettings
 from services.ingest.uploads import run_upload_consumer
-from shared.contracts import ProcessingParams
-from shared.exceptions import ImageRejected, RmbgError, StorageError
+from shared.contracts import ProcessingParams, parse_tags
+from shared.exceptions import ContractError, ImageRejected, Overloaded, RmbgError
+from shared.failures import FailureClass, classify, describe
 from shared.ids import uuid7_time
 from shared.telemetry import PipelineMetrics
 from shared.views import job_view
@@ -29,7 +32,14 @@ from shared.views import job_view
 log = logging.getLogger(__name__)
 
 # HTTP status for each reason an image is refused.
-_REJECT_STATUS = {"too_large": 413, "unsupported_format": 415, "too_many_pixels": 422, "corrupt": 422, "empty": 422}
+_REJECT_STATUS = {
+    "too_large": 413,
+    "unsupported_format": 415,
+    "too_many_pixels": 422,
+    "too_large_dimensions": 422,
+    "corrupt": 422,
+    "empty": 422,
+}
 
 
 class JobAccepted(BaseModel):
@@ -47,12 +57,10 @@ def _resources(request: Request) -> IngestResources:
 
 
 def _parse_tags(raw: str | None) -> list[str]:
-    if not raw:
-        return []
-    tags = [t.strip().lower() for t in raw.split(",") if t.strip()]
-    if len(tags) > 32 or any(len(t) > 64 for t in tags):
-        raise HTTPException(422, "at most 32 tags of at most 64 characters each")
-    return sorted(set(tags))
+    try:
+        return parse_tags(raw.split(",")) if raw else []
+    except ContractError as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 def _parse_params(raw: str | None) -> ProcessingParams:
@@ -74,15 +82,33 @@ def _job_id(raw: str) -> uuid.UUID:
     return job_id
 
 
-async def _storage_down(_: Request, exc: StorageError) -> JSONResponse:
-    log.error("object storage error: %s", exc)
-    return JSONResponse({"detail": "object storage unavailable, retry later"}, status_code=503)
+# Seconds a client is told to wait when a dependency is down: long enough not to hammer a restarting
+# database, short enough that a blip costs little.
+_RETRY_AFTER_S = 5
 
 
-async def _database_down(_: Request, exc: Exception) -> JSONResponse:
-    # Nothing was accepted: the client may retry the same upload safely.
-    log.error("database unavailable: %r", exc)
-    return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503)
+async def _classified(_: Request, exc: Exception) -> JSONResponse:
+    """Errors that escaped a handler, answered by the failure taxonomy (docs/failures.md).
+
+    Transient (a dependency down): 503 with Retry-After; nothing was accepted, so the same upload may be
+    retried safely. Permanent (the request itself can never succeed, e.g. a value PostgreSQL refuses):
+    422 with the reason. Anything else is a bug: 500, logged with its traceback.
+    """
+    if isinstance(exc, Overloaded):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return JSONResponse({"detail": exc.reason}, status_code=503, headers=headers)
+    cls = classify(exc)
+    if cls is FailureClass.TRANSIENT:
+        log.error("dependency unavailable: %s", describe(exc, limit=300))
+        return JSONResponse(
+            {"detail": "a dependency is unavailable, retry later"},
+            status_code=503,
+            headers={"Retry-After": str(_RETRY_AFTER_S)},
+        )
+    if cls is FailureClass.PERMANENT:
+        return JSONResponse({"detail": f"invalid request: {describe(exc, limit=500)}"}, status_code=422)
+    log.exception("unexpected error", exc_info=exc)
+    return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
 @router.post("/v1/jobs", status_code=202, response_model=JobAccepted)
@@ -94,6 +120,7 @@ async def submit_job(
     params: Annotated[str | None, Form(description='JSON, e.g. {"threshold": 0.5}')] = None,
 ) -> JobAccepted:
     res = _resources(request)
+    await res.backpressure.check()  # before reading the upload: refusing costs the client nothing
     limit = res.settings.ingest.max_image_bytes
     data = await image.read(limit + 1)
     if len(data) > limit:
@@ -218,20 +245,25 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
+    """Ready when PostgreSQL and the object store answer, each within the readiness timeout."""
     res = _resources(request)
-    checks: dict[str, str] = {}
-    try:
-        await res.db.ping()
-        checks["postgres"] = "ok"
-    except (OSError, RmbgError, Exception) as exc:
-        checks["postgres"] = f"down: {exc.__class__.__name__}"
-    try:
-        await res.store.ensure_bucket()
-        checks["s3"] = "ok"
-    except StorageError as exc:
-        checks["s3"] = f"down: {exc}"
+    timeout = res.settings.ingest.ready_timeout_s
+    checks = {
+        "postgres": await _check(res.db.ping(), timeout),
+        "s3": await _check(res.store.ensure_bucket(), timeout),
+    }
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+
+async def _check(probe: Awaitable[None], timeout_s: float) -> str:
+    try:
+        await asyncio.wait_for(probe, timeout_s)
+    except TimeoutError:
+        return f"down: no answer within {timeout_s:g} s"
+    except Exception as exc:
+        return f"down: {describe(exc, limit=200)}"
+    return "ok"
 
 
 def create_app(settings: IngestSettings, *, consume_uploads: bool = True) -> FastAPI:
@@ -257,8 +289,7 @@ def create_app(settings: IngestSettings, *, consume_uploads: bool = True) -> Fas
     app = FastAPI(title="rmbg-pipeline ingest", version="1", lifespan=lifespan)
     app.mount("/metrics", make_asgi_app(registry=metrics.registry))
 
-    app.add_exception_handler(StorageError, _storage_down)  # type: ignore[arg-type]
-    for exc_type in (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError, TimeoutError):
-        app.add_exception_handler(exc_type, _database_down)
+    for exc_type in (RmbgError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError, BotoCoreError, OSError):
+        app.add_exception_handler(exc_type, _classified)
     app.include_router(router)
     return app

@@ -1,11 +1,13 @@
 """Accepting a job: the one path both the HTTP endpoint and the upload topic go through.
 
-Order matters for the invariants in design/flow.md:
-1. validate the image fully (nothing invalid is queued);
-2. store the original under its content key (claim-check; the same bytes are stored once);
+Order matters for the invariants in docs/life-of-a-job.md:
+1. validate the image fully, with the decode inference will run (nothing invalid is queued);
+2. store the original under its content key (claim-check; the same bytes are stored once), holding no
+   database connection while the object store answers;
 3. insert the job row, so a client polling the id never gets "not found" for an accepted job;
-4. publish the job request and the ``accepted`` event. If publishing fails after the row is written,
-   the job is still pending in PostgreSQL and the persister's sweeper re-publishes it.
+4. publish the job request and the ``accepted`` event, then record where the request landed. If
+   publishing fails after the row is written, the job is still pending in PostgreSQL with no queue
+   position, and the persister's sweeper re-publishes it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from shared.exceptions import ImageRejected
 from shared.ids import uuid7, uuid7_time
 from shared.imaging import ImageInfo, inspect_image
 from shared.messaging import publish
+from shared.queueing import record_queue_position
 from shared.storage import ObjectKeys, ObjectStore
 from shared.telemetry import PipelineMetrics
 from shared.views import job_view
@@ -91,10 +94,15 @@ class Intake:
         key = ObjectKeys.original(sha, info.extension)
         job_id = job_id or uuid7()
         async with self._db.pool.acquire() as conn:
+            epoch = await self._db.jobs.object_deletion_epoch(conn)
+        # The upload runs with no database connection or lock held, so a slow object store stalls this
+        # request only, not the pool or retention (which waits on the lock below).
+        await self._store.put_if_absent(key, data, content_type=info.content_type, metadata={"sha256": sha})
+        async with self._db.pool.acquire() as conn:
             async with conn.transaction():
                 # Shared with other intakes, exclusive against retention's reference check + delete.
                 await self._db.jobs.lock_objects_shared(conn)
-                await self._store.put_if_absent(key, data, content_type=info.content_type, metadata={"sha256": sha})
+                deleted_meanwhile = await self._db.jobs.object_deletion_epoch(conn) != epoch
                 inserted = await self._db.jobs.insert_job(
                     conn,
                     job_id=job_id,
@@ -111,6 +119,10 @@ class Intake:
                     tags=list(tags),
                 )
             record = await self._db.jobs.get_job(conn, job_id=job_id)
+        if deleted_meanwhile:
+            # Retention may have deleted this content between the upload and the lock; the committed row
+            # now protects it from the next run, so one more upload makes the pair whole.
+            await self._store.put(key, data, content_type=info.content_type, metadata={"sha256": sha})
         if record is None:  # pragma: no cover - the insert above guarantees a row
             raise RuntimeError(f"job {job_id} vanished after insert")
         if inserted:
@@ -194,10 +206,11 @@ class Intake:
     async def queue(self, request: JobRequested) -> None:
         """Publish the job and its ``accepted`` event; a broker outage leaves it to the sweeper."""
         try:
-            await publish(self._producer, self._topics.jobs, request, key=str(request.job_id))
+            landed = await publish(self._producer, self._topics.jobs, request, key=str(request.job_id))
         except KafkaError as exc:
             log.error("job %s stored but not queued (%s); the sweeper will re-queue it", request.job_id, exc)
             return
+        await record_queue_position(self._db, request.job_id, landed)
         await self._emit(
             JobEvent(
                 job_id=request.job_id,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 
+from services.ingest.backpressure import Backpressure
 from services.ingest.intake import Intake
 from services.ingest.settings import IngestSettings
 from shared.cache import JobCache, open_cache
@@ -29,6 +30,7 @@ class IngestResources:
     topics: Topics
     metrics: PipelineMetrics
     intake: Intake
+    backpressure: Backpressure
 
 
 @contextlib.asynccontextmanager
@@ -61,4 +63,5 @@ async def open_ingest(settings: IngestSettings, metrics: PipelineMetrics) -> Asy
             topics=topics,
             metrics=metrics,
             intake=intake,
+            backpressure=Backpressure(options=settings.ingest, db=db),
         )

@@ -26,6 +26,16 @@ class IngestOptions(BaseModel):
     upload_buckets: tuple[str, ...] = ()
     # Upload events stamped further ahead than this are refused: clocks drift, but not by days.
     max_clock_skew_s: int = Field(default=300, ge=0)
+    # Backpressure (docs/failures.md): new work is refused with 503 + Retry-After, and the upload consumer
+    # backs off, while the oldest unfinished job has waited longer than max_queue_wait_s or more than
+    # max_backlog_jobs are unfinished. 300 s is what a catalogue upload may reasonably wait; 2,000 jobs is
+    # about 7 minutes of work at the 4.4 jobs/s measured on 2 CPU cores (issue figures, BENCHMARKS.md).
+    max_queue_wait_s: float = Field(default=300.0, gt=0)
+    max_backlog_jobs: int = Field(default=2000, ge=1)
+    # The backlog is read from PostgreSQL at most this often (one index scan of the unfinished jobs).
+    backlog_check_interval_s: float = Field(default=1.0, ge=0)
+    # Each readiness check (PostgreSQL, object store) answers within this or counts as down.
+    ready_timeout_s: float = Field(default=2.0, gt=0)
 
 
 class IngestSettings(BaseServiceSettings):

@@ -14,7 +14,7 @@ from collections import defaultdict
 from concurrent.futures import Executor
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer
 
 from services.persister.settings import PersisterOptions
 from shared.cache import JobCache
@@ -29,12 +29,14 @@ from shared.contracts import (
 )
 from shared.database import Database
 from shared.db.models import JobRecord
-from shared.exceptions import ContractError, ImageRejected, StorageError
+from shared.exceptions import ContractError, Deferred, StorageError
+from shared.failures import classify
 from shared.imaging import CUTOUT_CONTENT_TYPES, make_cutout
-from shared.messaging import dead_letter, publish
+from shared.messaging import DeadLetters, publish
 from shared.storage import ObjectKeys, ObjectStore
 from shared.telemetry import PipelineMetrics
 from shared.views import job_view
+from shared.worker import Record, RecordFailure
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +65,58 @@ class PersistHandler:
         self._metrics = metrics
         self._executor = executor
         self._limit = asyncio.Semaphore(options.concurrency)
+        self._dead_letters = DeadLetters(producer, topics.dead_letter, "persister", metrics.dead_letters)
 
-    async def __call__(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def __call__(self, records: list[Record]) -> list[RecordFailure]:
+        failures: list[RecordFailure] = []
         with self._metrics.batch_seconds.time():
-            by_job: dict[str, list[ResultEvent]] = defaultdict(list)
+            by_job: dict[str, list[tuple[Record, ResultEvent]]] = defaultdict(list)
             for record in records:
                 try:
                     result = self._topics.results.deserialize(record.value)
                 except ContractError as exc:
-                    await dead_letter(
-                        self._producer, self._topics.dead_letter, record, reason=str(exc), service="persister"
-                    )
-                    self._metrics.dead_letters.labels(topic=record.topic).inc()
+                    failures.append(RecordFailure(record, exc))  # permanent: the loop dead-letters it
                     continue
-                by_job[str(result.job_id)].append(result)
+                by_job[str(result.job_id)].append((record, result))
             # One job's results in order (they share a partition); different jobs concurrently.
-            await asyncio.gather(*(self._job_results(results) for results in by_job.values()))
+            for job_failures in await asyncio.gather(*(self._job_results(items) for items in by_job.values())):
+                failures.extend(job_failures)
+        return failures
 
-    async def _job_results(self, results: list[ResultEvent]) -> None:
+    async def _job_results(self, items: list[tuple[Record, ResultEvent]]) -> list[RecordFailure]:
         async with self._limit:
-            for result in results:
-                await self._apply(result)
+            for i, (record, result) in enumerate(items):
+                try:
+                    await self._apply(result)
+                except Exception as exc:
+                    # The job's later results wait for this one, so they apply in order on the retry.
+                    waiting = Deferred(f"waits for result {record.offset} of job {result.job_id}")
+                    return [RecordFailure(record, exc)] + [RecordFailure(r, waiting) for r, _ in items[i + 1 :]]
+        return []
+
+    async def give_up(self, record: Record, error: BaseException, reason: str) -> None:
+        """A result that can never be applied ends its job as failed (or is dead-lettered if unreadable)."""
+        try:
+            result = self._topics.results.deserialize(record.value)
+        except ContractError:
+            await self._dead_letters.send(record, reason, failure_class=classify(error))
+            return
+        async with self._db.pool.acquire() as conn:
+            job = await self._db.jobs.get_job(conn, job_id=result.job_id)
+        if job is None:
+            await self._dead_letters.send(record, f"no job {result.job_id}: {reason}", failure_class=classify(error))
+            return
+        log.warning("job %s failed permanently in the persister: %s", job.job_id, reason)
+        await self._failed(job, f"result not usable: {reason}")
+        if result.mask_key is not None:
+            await self._discard_unused_mask(job, result.mask_key)
+
+    async def _discard_unused_mask(self, job: JobRecord, mask_key: str) -> None:
+        """Inference stored a large mask for a job that then failed: delete it unless a completed job uses it."""
+        async with self._db.pool.acquire() as conn:
+            in_use = await self._db.jobs.mask_in_use(conn, content_sha256=job.content_sha256, mask_path=mask_key)
+        if not in_use:
+            await self._store.delete_many([mask_key])
 
     async def _apply(self, result: ResultEvent) -> None:
         async with self._db.pool.acquire() as conn:
@@ -136,22 +169,20 @@ class PersistHandler:
             params_hash=f"{record.params_hash}-{fmt.value}",
             extension=extension,
         )
-        try:
-            mask_png = (
-                result.mask_png if result.mask_png is not None else await self._store.get(result.mask_key or mask_key)
-            )
-            mask_bytes, processed_bytes = await self._store_results(
-                record,
-                mask_png,
-                mask_key=mask_key,
-                processed_key=processed_key,
-                fmt=fmt,
-                quality=params.webp_quality or self._options.webp_quality,
-                content_type=content_type,
-            )
-        except ImageRejected as exc:
-            await self._failed(record, f"result not usable: {exc.reason}")
-            return
+        mask_png = (
+            result.mask_png if result.mask_png is not None else await self._store.get(result.mask_key or mask_key)
+        )
+        # Permanent errors (a cut-out that cannot be encoded) propagate to the consume loop, which ends
+        # the job through give_up; transient ones (S3 down) retry the record.
+        mask_bytes, processed_bytes = await self._store_results(
+            record,
+            mask_png,
+            mask_key=mask_key,
+            processed_key=processed_key,
+            fmt=fmt,
+            quality=params.webp_quality or self._options.webp_quality,
+            content_type=content_type,
+        )
         completed_at = datetime.now(UTC)
         async with self._db.pool.acquire() as conn:
             updated = await self._db.jobs.mark_completed(
@@ -182,14 +213,19 @@ class PersistHandler:
         quality: int,
         content_type: str,
     ) -> tuple[int, int]:
-        await self._store.put_if_absent(mask_key, mask_png, content_type="image/png")
         existing = await self._store.head(processed_key)
         if existing is not None and existing.size > 0:
-            return len(mask_png), existing.size  # the same cut-out was made for an earlier job
+            # The same cut-out was made for an earlier job.
+            await self._store.put_if_absent(mask_key, mask_png, content_type="image/png")
+            return len(mask_png), existing.size
         original = await self._store.get(record.original_path, max_bytes=self._options.max_image_bytes)
         loop = asyncio.get_running_loop()
+        # Encode before writing anything: a cut-out that cannot be made leaves no object behind.
         cutout = await loop.run_in_executor(self._executor, make_cutout, original, mask_png, fmt, quality)
-        await self._store.put(processed_key, cutout, content_type=content_type)
+        await asyncio.gather(
+            self._store.put_if_absent(mask_key, mask_png, content_type="image/png"),
+            self._store.put(processed_key, cutout, content_type=content_type),
+        )
         return len(mask_png), len(cutout)
 
     async def _announce(self, record: JobRecord) -> None:

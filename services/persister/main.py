@@ -42,7 +42,9 @@ async def run_persister(settings: PersisterSettings, stop: asyncio.Event) -> Non
             metrics=metrics,
             executor=executor,
         )
-        sweeper = Sweeper(options=opts, db=db, producer=producer, topics=topics, cache=cache, metrics=metrics)
+        sweeper = Sweeper(
+            options=opts, kafka=settings.kafka, db=db, producer=producer, topics=topics, cache=cache, metrics=metrics
+        )
         consume = consume_topic(
             settings.kafka,
             topic=topics.results.name,
@@ -50,7 +52,7 @@ async def run_persister(settings: PersisterSettings, stop: asyncio.Event) -> Non
             client_id="persister",
             handler=handler,
             options=LoopOptions(max_records=opts.concurrency * 8, grace_s=opts.grace_s),
-            failed_batches=metrics.batches_failed,
+            metrics=metrics.loop_metrics(),
             stop=stop,
         )
         await asyncio.gather(consume, sweeper.run(stop))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.config import BaseServiceSettings
+from shared.config import INFERENCE_GROUP_ID, BaseServiceSettings
 from shared.contracts import CutoutFormat
 
 
@@ -20,10 +20,20 @@ class PersisterOptions(BaseModel):
     cutout_format: CutoutFormat = CutoutFormat.WEBP
     webp_quality: int = Field(default=90, ge=1, le=100)
     max_image_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
-    # A job that has not moved for this long is re-queued, up to max_attempts, then failed.
+    # The sweeper judges a job lost only when it really is (docs/failures.md), never for waiting in a queue:
+    # - its request was never acknowledged by the broker and the row is older than this. Intake publishes
+    #   within milliseconds of the insert and the producer gives up after 15 s (request_timeout_ms), so
+    #   60 s means the publish failed or ingest died in between;
+    unqueued_after_s: int = Field(default=60, ge=1)
+    # - or inference consumed and committed its request (results are acknowledged before that commit) and
+    #   no result has moved the job for this long. Only a lost result (a broker that lost data) gets here;
+    #   the window stays well above a persister backlog, which would otherwise look the same.
     stuck_after_s: int = Field(default=600, ge=1)
+    # Re-queues of a lost job before it is failed with the reason.
     max_attempts: int = Field(default=3, ge=1, le=20)
     sweep_interval_s: float = Field(default=30.0, gt=0)
+    # Whose committed offsets tell that a request was consumed.
+    inference_group_id: str = INFERENCE_GROUP_ID
     grace_s: float = Field(default=30.0, ge=0)
 
 

@@ -1,9 +1,15 @@
-"""Finds jobs that stopped moving (a lost message, a dead worker) and drives them to an end.
+"""Finds jobs that are really lost and drives them to an end.
 
-A job untouched for ``stuck_after_s`` is re-queued with its attempt count raised; after
-``max_attempts`` it is failed with the reason. Every step is idempotent, so two persister replicas
-sweeping at once only duplicate harmless re-queues. The sweeper also keeps monthly partitions created
-ahead of time, so inserts never meet a missing partition at a month boundary.
+A job is lost only when (docs/failures.md):
+- its request was never acknowledged by the broker (no queue position) for ``unqueued_after_s``: the
+  publish failed after the row was written, or ingest died in between; or
+- inference consumed and committed its request (the group's committed offset on that partition is past
+  the job's queue offset) and no result has moved the job for ``stuck_after_s``.
+A job whose request still waits in the topic is never touched, however long the queue: Kafka keeps it, and
+a dead inference worker's uncommitted requests go to the group's next member. A lost job is re-queued
+with its attempt count raised; after ``max_attempts`` it is failed with the reason. Every step is
+idempotent, so two persister replicas sweeping at once only duplicate harmless re-queues. The sweeper
+also keeps monthly partitions created ahead of time, so inserts never meet a missing partition.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from aiokafka.errors import KafkaError
 
 from services.persister.settings import PersisterOptions
 from shared.cache import JobCache
+from shared.config import KafkaSettings
 from shared.contracts import JobEvent, JobEventKind, JobRequested, ProcessingParams, Topics
 from shared.database import Database
 from shared.db.models import JobRecord
 from shared.db.partitions import ensure_partitions
-from shared.messaging import publish
+from shared.messaging import committed_offsets, publish
+from shared.queueing import record_queue_position
 from shared.runtime import every
 from shared.telemetry import PipelineMetrics
 from shared.views import job_view
@@ -37,12 +45,14 @@ class Sweeper:
         self,
         *,
         options: PersisterOptions,
+        kafka: KafkaSettings,
         db: Database,
         producer: AIOKafkaProducer,
         topics: Topics,
         cache: JobCache,
         metrics: PipelineMetrics,
     ) -> None:
+        self._kafka = kafka
         self._options = options
         self._db = db
         self._producer = producer
@@ -57,11 +67,16 @@ class Sweeper:
         """Returns (re-queued, failed)."""
         now = now or datetime.now(UTC)
         today = now.date()
+        opts = self._options
         async with self._db.pool.acquire() as conn:
             await ensure_partitions(conn, start=date(today.year, today.month, 1), months=_MONTHS_AHEAD + 1)
-            stuck = await self._db.jobs.find_stuck(
-                conn, updated_before=now - timedelta(seconds=self._options.stuck_after_s), limit=500
+            candidates = await self._db.jobs.find_stuck(
+                conn, updated_before=now - timedelta(seconds=min(opts.unqueued_after_s, opts.stuck_after_s)), limit=500
             )
+        if not candidates:
+            return 0, 0
+        consumed = await committed_offsets(self._kafka, group_id=opts.inference_group_id, topic=self._topics.jobs.name)
+        stuck = [job for job in candidates if self._lost(job, consumed, now)]
         requeued = failed = 0
         for job in stuck:
             if job.attempts >= self._options.max_attempts:
@@ -71,8 +86,8 @@ class Sweeper:
                         job_id=job.job_id,
                         completed_at=now,
                         error_message=(
-                            f"no progress after {job.attempts} attempts "
-                            f"({self._options.stuck_after_s} s each); last state {job.status}"
+                            f"lost {job.attempts} times (no result after its request was consumed, or never "
+                            f"queued); last state {job.status}"
                         ),
                     )
                 if updated is not None:
@@ -89,7 +104,7 @@ class Sweeper:
             if not attempt:
                 continue
             try:
-                await publish(
+                landed = await publish(
                     self._producer,
                     self._topics.jobs,
                     JobRequested(
@@ -106,6 +121,7 @@ class Sweeper:
                     ),
                     key=str(job.job_id),
                 )
+                await record_queue_position(self._db, job.job_id, landed)
                 # The first `accepted` may have been lost with the first publish; stats count it once.
                 await self._emit(job, JobEventKind.ACCEPTED)
                 requeued += 1
@@ -114,6 +130,13 @@ class Sweeper:
         if requeued or failed:
             log.info("sweeper re-queued %d and failed %d stuck jobs", requeued, failed)
         return requeued, failed
+
+    def _lost(self, job: JobRecord, consumed: dict[int, int], now: datetime) -> bool:
+        idle_s = (now - job.updated_at).total_seconds()
+        if job.queue_partition is None or job.queue_offset is None:
+            return idle_s >= self._options.unqueued_after_s
+        request_consumed = consumed.get(job.queue_partition, -1) > job.queue_offset
+        return request_consumed and idle_s >= self._options.stuck_after_s
 
     async def _emit(self, job: JobRecord, kind: JobEventKind) -> None:
         event = JobEvent(

@@ -36,7 +36,7 @@ async def run_stats(settings: StatsSettings, stop: asyncio.Event) -> None:
             client_id="stats",
             handler=handler,
             options=LoopOptions(max_records=opts.batch_size, max_wait_ms=opts.batch_wait_ms, grace_s=opts.grace_s),
-            failed_batches=metrics.batches_failed,
+            metrics=metrics.loop_metrics(),
             stop=stop,
         )
         await asyncio.gather(consume, prune_ledger(db, opts, stop))

@@ -11,6 +11,7 @@ from shared.contracts.events import (
     ResultEvent,
     ResultKind,
     UploadEvent,
+    parse_tags,
 )
 from shared.contracts.topics import Topic, Topics
 
@@ -27,4 +28,5 @@ __all__ = [
     "Topic",
     "Topics",
     "UploadEvent",
+    "parse_tags",
 ]

@@ -10,10 +10,22 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Iterable
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from shared.exceptions import ContractError
 
 SCHEMA_VERSION = 1
 
@@ -21,10 +33,20 @@ SCHEMA_VERSION = 1
 # first and travel by key. 512 KiB leaves room under Kafka's 1 MiB default for base64 (x4/3) and JSON.
 MAX_INLINE_MASK_BYTES = 512 * 1024
 
+# Free text fields refuse control characters: PostgreSQL refuses NUL in text, and the others only ever
+# arrive by mistake or as an attack on logs and terminals.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+MAX_TAGS = 32
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@:-]+$")]
-TagName = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True, to_lower=True)]
-ObjectKey = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+TagName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True, to_lower=True, pattern=_PRINTABLE)
+]
+ObjectKey = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=_PRINTABLE)]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+# A validator built once, like the models below; it holds no runtime state.
+_TAG_LIST: TypeAdapter[list[TagName]] = TypeAdapter(list[TagName])
 
 
 class _Message(BaseModel):
@@ -59,14 +81,34 @@ class ProcessingParams(BaseModel):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def parse_tags(raw: Iterable[str]) -> list[str]:
+    """Tags as every entry point stores them (stripped, lower-case, unique, sorted); ContractError if invalid."""
+    given = [t for t in raw if t.strip()]
+    if len(given) > MAX_TAGS:
+        raise ContractError(f"at most {MAX_TAGS} tags, got {len(given)}")
+    try:
+        tags = _TAG_LIST.validate_python(given)
+    except ValidationError as exc:
+        problems = "; ".join(f"tag {e['loc'][0]}: {_plain(e)}" for e in exc.errors()[:5])
+        raise ContractError(f"invalid tags: {problems}") from None
+    return sorted(set(tags))
+
+
+def _plain(error: Any) -> str:
+    return "contains a control character" if error["type"] == "string_pattern_mismatch" else str(error["msg"])
+
+
 class UploadEvent(_Message):
     """Published by an upstream system whose image already sits in object storage."""
 
-    event_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_PRINTABLE)]
     user_id: UserId
-    bucket: Annotated[str, StringConstraints(min_length=3, max_length=63)] | None = None
-    key: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-    tags: list[TagName] = Field(default_factory=list, max_length=32)
+    # S3's bucket naming rule: 3-63 lower-case letters, digits, dots and hyphens.
+    bucket: Annotated[str, StringConstraints(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+$")] | None = (
+        None
+    )
+    key: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=_PRINTABLE)]
+    tags: list[TagName] = Field(default_factory=list, max_length=MAX_TAGS)
     params: ProcessingParams = ProcessingParams()
     occurred_at: AwareDatetime
 
@@ -147,6 +189,11 @@ class JobEvent(_Message):
         return f"{self.job_id}:{self.kind.value}"
 
 
+# A dead letter keeps the offending record whole up to this size, so `rmbg dlq replay` can send it back;
+# 600 KiB is 800 KiB as base64, under Kafka's 1 MiB default with the letter's other fields.
+MAX_DEAD_LETTER_PAYLOAD = 600 * 1024
+
+
 class DeadLetter(_Message):
     """A record no service could process, kept with the reason for an operator to inspect or replay."""
 
@@ -155,7 +202,10 @@ class DeadLetter(_Message):
     offset: int
     key: str | None
     reason: Annotated[str, StringConstraints(max_length=4000)]
+    # permanent (can never succeed as it is) or unknown (an unclassified error, given up after retries).
+    failure_class: Literal["permanent", "unknown"] = "permanent"
     service: str
     failed_at: AwareDatetime
-    # The first bytes of the offending record (bounded so the dead letter itself stays small).
-    payload: bytes = Field(max_length=256 * 1024)
+    # The offending record, whole unless it was larger than MAX_DEAD_LETTER_PAYLOAD (then its first bytes).
+    payload: bytes = Field(max_length=MAX_DEAD_LETTER_PAYLOAD)
+    payload_truncated: bool = False

@@ -52,6 +52,9 @@ class JobRecord(_Row):
     source: JobSource
     attempts: int
     reused_result: bool
+    # Where the job's latest request sits in the jobs topic, once the broker acknowledged it.
+    queue_partition: int | None = None
+    queue_offset: int | None = None
     tags: tuple[str, ...] = ()
 
     @property

@@ -17,9 +17,23 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.config import S3Settings
-from shared.exceptions import StorageError
+from shared.exceptions import ObjectMissing, ObjectTooLarge, StorageError, StorageRefused, StorageUnavailable
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+# Refusals that the same request will meet again: a malformed key or argument, an object too large for
+# the store. Anything else (5xx, throttling, timeouts, denied credentials an operator must fix) is
+# about the store, not the record: retried, never skipped.
+_REFUSED = {"InvalidArgument", "KeyTooLongError", "EntityTooLarge", "InvalidObjectName", "InvalidRequest"}
+
+
+def _storage_error(what: str, exc: ClientError | BotoCoreError) -> StorageError:
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _NOT_FOUND:
+            return ObjectMissing(f"{what}: not found")
+        if code in _REFUSED:
+            return StorageRefused(f"{what} refused: {exc}")
+    return StorageUnavailable(f"{what} failed: {exc}")
 
 
 @dataclass(frozen=True)
@@ -41,7 +55,7 @@ class ObjectStore:
             await self._client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in _NOT_FOUND | {"NoSuchBucket"}:
-                raise StorageError(f"cannot reach bucket {self.bucket}: {exc}") from exc
+                raise StorageUnavailable(f"cannot reach bucket {self.bucket}: {exc}") from exc
             with contextlib.suppress(ClientError):
                 await self._client.create_bucket(Bucket=self.bucket)
             await self._client.head_bucket(Bucket=self.bucket)
@@ -52,9 +66,9 @@ class ObjectStore:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
                 return None
-            raise StorageError(f"HEAD {key} failed: {exc}") from exc
+            raise _storage_error(f"HEAD {key}", exc) from exc
         except BotoCoreError as exc:
-            raise StorageError(f"HEAD {key} failed: {exc}") from exc
+            raise _storage_error(f"HEAD {key}", exc) from exc
         return StoredObject(
             key=key,
             size=int(resp["ContentLength"]),
@@ -68,7 +82,7 @@ class ObjectStore:
                 Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {}
             )
         except (ClientError, BotoCoreError) as exc:
-            raise StorageError(f"PUT {key} failed: {exc}") from exc
+            raise _storage_error(f"PUT {key}", exc) from exc
 
     async def put_if_absent(
         self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
@@ -91,17 +105,17 @@ class ObjectStore:
             size = int(resp["ContentLength"])
             if max_bytes is not None and size > max_bytes:
                 resp["Body"].close()
-                raise StorageError(f"object {key} of {size} bytes exceeds the limit of {max_bytes}")
+                raise ObjectTooLarge(f"object {key} of {size} bytes exceeds the limit of {max_bytes}")
             async with resp["Body"] as stream:
                 data: bytes = await stream.read()
                 return data
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
             if code in _NOT_FOUND:
-                raise StorageError(f"object {key} not found in {bucket or self.bucket}") from None
-            raise StorageError(f"GET {key} failed: {exc}") from exc
+                raise ObjectMissing(f"object {key} not found in {bucket or self.bucket}") from None
+            raise _storage_error(f"GET {key}", exc) from exc
         except BotoCoreError as exc:
-            raise StorageError(f"GET {key} failed: {exc}") from exc
+            raise _storage_error(f"GET {key}", exc) from exc
 
     async def delete_many(self, keys: list[str]) -> int:
         """Batch delete (S3 caps one request at 1,000 keys)."""
@@ -113,10 +127,10 @@ class ObjectStore:
                     Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
                 )
             except (ClientError, BotoCoreError) as exc:
-                raise StorageError(f"batch delete failed: {exc}") from exc
+                raise _storage_error("batch delete", exc) from exc
             errors = resp.get("Errors", [])
             if errors:
-                raise StorageError(f"batch delete refused {len(errors)} keys, first: {errors[0]}")
+                raise StorageUnavailable(f"batch delete refused {len(errors)} keys, first: {errors[0]}")
             deleted += len(chunk)
         return deleted
 

@@ -57,7 +57,8 @@ async def _sweep(pipeline: Pipeline, *, max_attempts: int, now: datetime) -> tup
         open_cache(settings.redis) as cache,
     ):
         sweeper = Sweeper(
-            options=PersisterOptions(stuck_after_s=60, max_attempts=max_attempts),
+            options=PersisterOptions(stuck_after_s=60, unqueued_after_s=60, max_attempts=max_attempts),
+            kafka=settings.kafka,
             db=db,
             producer=producer,
             topics=Topics.from_settings(settings.topics, settings.kafka),
@@ -84,7 +85,27 @@ async def test_job_that_never_moves_is_failed_with_its_reason(pipeline: Pipeline
     await _sweep(pipeline, max_attempts=1, now=datetime.now(UTC) + timedelta(minutes=5))
     async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=30) as client:
         job = (await _wait(client, [str(job_id)]))[str(job_id)]
-    assert job["status"] == "failed" and "no progress after 1 attempts" in job["error_message"]
+    assert job["status"] == "failed" and "lost 1 times" in job["error_message"]
+
+
+async def test_job_waiting_in_the_queue_is_never_taken_for_lost(pipeline: Pipeline) -> None:
+    """However long a request waits in the topic, the sweeper leaves it alone: only position counts."""
+    user = f"queued-{uuid.uuid4().hex[:6]}"
+    job_id = await _insert_unqueued_job(pipeline, b"\x89PNG" + uuid.uuid4().bytes * 10, user)
+    async with open_database(pipeline.settings.postgres) as db, db.pool.acquire() as conn:
+        # A position far beyond anything inference has committed: the request is still waiting.
+        await db.jobs.mark_queued(conn, job_id=job_id, partition=0, offset=10**12)
+    assert await _sweep(pipeline, max_attempts=1, now=datetime.now(UTC) + timedelta(days=1)) == (0, 0)
+    async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=30) as client:
+        assert (await client.get(f"/v1/jobs/{job_id}")).json()["status"] == "pending"
+    # Leave the database consistent for the other tests: forget the position, and let the sweeper end it.
+    async with open_database(pipeline.settings.postgres) as db, db.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE image_process_jobs SET queue_partition = NULL, queue_offset = NULL WHERE job_id = $1", job_id
+        )
+    await _sweep(pipeline, max_attempts=1, now=datetime.now(UTC) + timedelta(minutes=5))
+    async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=30) as client:
+        assert (await _wait(client, [str(job_id)]))[str(job_id)]["status"] == "failed"
 
 
 async def test_redelivered_and_late_results_change_nothing(pipeline: Pipeline) -> None:

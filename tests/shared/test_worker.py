@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from rmbg.stack import StackEndpoints
 from shared.config import KafkaSettings, TopicSettings
+from shared.exceptions import ContractError
 from shared.messaging import ensure_topics, open_consumer
-from shared.worker import ConsumeLoop, LoopOptions
+from shared.worker import ConsumeLoop, LoopOptions, Record, RecordFailure
+
+
+class _Handler:
+    """A handler made of one function; records it gives up on are kept for the test to inspect."""
+
+    def __init__(self, fn: Callable[[list[Record]], Awaitable[list[RecordFailure]]]) -> None:
+        self._fn = fn
+        self.given_up: list[tuple[bytes, str]] = []
+
+    async def __call__(self, records: list[Record]) -> list[RecordFailure]:
+        return await self._fn(records)
+
+    async def give_up(self, record: Record, error: BaseException, reason: str) -> None:
+        self.given_up.append((record.value or b"", reason))
 
 
 async def _topic_with(stack: StackEndpoints, prefix: str, values: list[bytes]) -> tuple[KafkaSettings, str]:
@@ -42,7 +58,7 @@ async def test_failed_batch_is_redelivered_and_committed_only_after_success(stac
     calls = 0
     stop = asyncio.Event()
 
-    async def handler(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def handler(records: list[ConsumerRecord[bytes, bytes]]) -> list[RecordFailure]:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -50,10 +66,13 @@ async def test_failed_batch_is_redelivered_and_committed_only_after_success(stac
         seen.extend(r.value or b"" for r in records)
         if len(seen) >= 5:
             stop.set()
+        return []
 
     group = f"g-{secrets.token_hex(4)}"
     async with open_consumer(kafka, topics=[topic], group_id=group, client_id="t") as consumer:
-        loop = ConsumeLoop(consumer, handler, name="test", options=LoopOptions(max_records=10, backoff_initial_s=0.1))
+        loop = ConsumeLoop(
+            consumer, _Handler(handler), name="test", options=LoopOptions(max_records=10, backoff_initial_s=0.1)
+        )
         await asyncio.wait_for(loop.run(stop), 60)
         committed = await consumer.committed(TopicPartition(topic, 0))
     assert seen == [f"m{i}".encode() for i in range(5)]
@@ -66,13 +85,83 @@ async def test_stop_drains_the_batch_in_flight(stack: StackEndpoints) -> None:
     stop = asyncio.Event()
     finished: list[bytes] = []
 
-    async def slow(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def slow(records: list[ConsumerRecord[bytes, bytes]]) -> list[RecordFailure]:
         stop.set()  # SIGTERM arrives while the batch is being handled...
         await asyncio.sleep(0.5)  # ...and the handler still completes within the grace period
         finished.extend(r.value or b"" for r in records)
+        return []
 
     group = f"g-{secrets.token_hex(4)}"
     async with open_consumer(kafka, topics=[topic], group_id=group, client_id="t") as consumer:
-        await asyncio.wait_for(ConsumeLoop(consumer, slow, name="t", options=LoopOptions(grace_s=5)).run(stop), 60)
+        await asyncio.wait_for(
+            ConsumeLoop(consumer, _Handler(slow), name="t", options=LoopOptions(grace_s=5)).run(stop), 60
+        )
         committed = await consumer.committed(TopicPartition(topic, 0))
     assert finished == [b"slow"] and committed == 1
+
+
+async def test_one_bad_record_never_holds_up_the_others(stack: StackEndpoints) -> None:
+    """Per record: permanent → given up at once; unknown → bounded tries, then given up; transient →
+    retried until it succeeds. Records that succeeded are not handled again when the batch is retried."""
+    values = [b"ok0", b"permanent", b"ok1", b"unknown", b"transient", b"ok2"]
+    kafka, topic = await _topic_with(stack, "taxonomy", values)
+    handled: list[bytes] = []
+    transient_left = 3
+    stop = asyncio.Event()
+
+    async def work(records: list[Record]) -> list[RecordFailure]:
+        nonlocal transient_left
+        failures: list[RecordFailure] = []
+        for record in records:
+            value = record.value or b""
+            handled.append(value)
+            if value == b"permanent":
+                failures.append(RecordFailure(record, ContractError("broken contract")))
+            elif value == b"unknown":
+                failures.append(RecordFailure(record, RuntimeError("nobody knows")))
+            elif value == b"transient" and transient_left:
+                transient_left -= 1
+                failures.append(RecordFailure(record, ConnectionError("database is down")))
+        if handled.count(b"transient") == 4:  # its fourth try succeeds
+            stop.set()
+        return failures
+
+    handler = _Handler(work)
+    group = f"g-{secrets.token_hex(4)}"
+    async with open_consumer(kafka, topics=[topic], group_id=group, client_id="t") as consumer:
+        loop = ConsumeLoop(
+            consumer,
+            handler,
+            name="t",
+            options=LoopOptions(max_records=10, backoff_initial_s=0.05, backoff_max_s=0.2, max_record_attempts=3),
+        )
+        await asyncio.wait_for(loop.run(stop), 60)
+        committed = await consumer.committed(TopicPartition(topic, 0))
+    assert [v for v, _ in handler.given_up] == [b"permanent", b"unknown"]
+    assert "unclassified error, given up after 3 tries" in handler.given_up[1][1]
+    # Each good record was handled exactly once although its batch was retried four times.
+    assert handled.count(b"ok0") == handled.count(b"ok1") == handled.count(b"ok2") == 1
+    assert handled.count(b"permanent") == 1 and handled.count(b"unknown") == 3 and handled.count(b"transient") == 4
+    assert committed == len(values)
+
+
+async def test_a_handler_that_raises_for_its_batch_is_split_to_find_the_record(stack: StackEndpoints) -> None:
+    kafka, topic = await _topic_with(stack, "split", [b"a", b"poison", b"b"])
+    done: list[bytes] = []
+    stop = asyncio.Event()
+
+    async def work(records: list[Record]) -> list[RecordFailure]:
+        if any(r.value == b"poison" for r in records):
+            raise ContractError("poison in this batch")  # a handler that does not isolate its records
+        done.extend(r.value or b"" for r in records)
+        if b"b" in done:
+            stop.set()
+        return []
+
+    handler = _Handler(work)
+    group = f"g-{secrets.token_hex(4)}"
+    async with open_consumer(kafka, topics=[topic], group_id=group, client_id="t") as consumer:
+        loop = ConsumeLoop(consumer, handler, name="t", options=LoopOptions(max_records=10, backoff_initial_s=0.05))
+        await asyncio.wait_for(loop.run(stop), 60)
+        committed = await consumer.committed(TopicPartition(topic, 0))
+    assert done == [b"a", b"b"] and [v for v, _ in handler.given_up] == [b"poison"] and committed == 3

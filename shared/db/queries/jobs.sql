@@ -253,3 +253,30 @@ WHERE t.name >= :tag::varchar AND t.name <= :tag::varchar
        OR (it.created_at, it.job_id) < (:cursor_created_at::timestamptz, :cursor_job_id::uuid))
 ORDER BY it.created_at DESC, it.job_id DESC
 LIMIT :limit;
+
+-- name: mask_in_use(content_sha256, mask_path)$
+-- Whether a completed job still points at this mask (before a failed job's mask is deleted).
+-- Served by ix_jobs_content: one probe per partition, a handful of rows each.
+SELECT EXISTS (
+    SELECT 1 FROM image_process_jobs j
+    WHERE j.content_sha256 = :content_sha256 AND j.mask_path = :mask_path AND j.status = 'completed'
+);
+
+-- name: mark_queued(job_id, created_at, queue_partition, queue_offset)!
+-- The broker acknowledged the job's request at this position. updated_at is left alone: being queued
+-- is not progress, and the position is what the sweeper judges a waiting job by.
+UPDATE image_process_jobs AS j
+SET queue_partition = :queue_partition, queue_offset = :queue_offset
+WHERE j.job_id = :job_id AND j.created_at = :created_at AND j.status IN ('pending', 'processing');
+
+-- name: object_deletion_epoch()$
+-- Moves on every time retention deletes objects (migration 0007); last_value alone repeats after the
+-- sequence's first nextval, is_called tells the two apart.
+SELECT last_value + is_called::int FROM object_deletion_epoch;
+
+-- name: backlog()^
+-- Unfinished jobs and when the longest-waiting of them last moved, for ingest's backpressure.
+-- Both come from ix_jobs_active_updated (partial: only pending/processing rows, a small index).
+SELECT count(*) AS jobs, min(j.updated_at) AS oldest_updated_at
+FROM image_process_jobs j
+WHERE j.status IN ('pending', 'processing');

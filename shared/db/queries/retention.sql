@@ -66,3 +66,8 @@ SELECT pg_advisory_xact_lock(7262621);
 
 -- name: lock_objects_shared()!
 SELECT pg_advisory_xact_lock_shared(7262621);
+
+-- name: bump_object_deletion_epoch()$
+-- Drawn under lock_objects_exclusive before objects are deleted: intakes that stored an original
+-- meanwhile see the change and store it again.
+SELECT nextval('object_deletion_epoch');

@@ -22,6 +22,7 @@ from shared.db import Queries, default_queries
 from shared.db.models import JobRecord, JobSource, UserJobCount
 from shared.db.partitions import ensure_partitions, month_start
 from shared.exceptions import RmbgError
+from shared.failures import clean_text
 from shared.ids import uuid7_time
 
 MAX_PAGE = 1000  # a larger page is a scan in disguise; callers page with the cursor instead
@@ -103,7 +104,7 @@ class JobsRepository:
             "user_id": user_id,
             "original_path": original_path,
             "status": status,
-            "error_message": error_message,
+            "error_message": clean_text(error_message) if error_message else None,
             "image_width": image_width,
             "image_height": image_height,
             "file_size_kb": math.ceil(original_bytes / 1024),
@@ -141,11 +142,33 @@ class JobsRepository:
 
     async def lock_objects_shared(self, conn: asyncpg.Connection) -> None:
         """Hold (until the caller's transaction ends) the lock retention takes exclusively while it
-        checks content references and deletes objects: call before storing an original and
-        inserting its row, so the pair is never split by a retention run."""
+        checks content references and deletes objects: call before inserting a job row whose original
+        was stored since :meth:`object_deletion_epoch` was read, then compare the epoch again."""
         if not conn.is_in_transaction():
             raise RuntimeError("lock_objects_shared must run inside a transaction")
         await self._q.execute("lock_objects_shared", conn)
+
+    async def backlog(self, conn: asyncpg.Connection) -> tuple[int, datetime | None]:
+        """(unfinished jobs, the oldest one's last update) over every partition."""
+        row = await self._q.fetchrow("backlog", conn)
+        if row is None:
+            return 0, None
+        return int(row["jobs"]), row["oldest_updated_at"]
+
+    async def object_deletion_epoch(self, conn: asyncpg.Connection) -> int:
+        """A number that changes whenever retention deletes objects (migration 0007)."""
+        return int(await self._q.fetchval("object_deletion_epoch", conn))
+
+    async def mark_queued(self, conn: asyncpg.Connection, *, job_id: UUID, partition: int, offset: int) -> None:
+        """Record where the broker acknowledged the job's latest request (the sweeper judges by it)."""
+        await self._q.execute(
+            "mark_queued",
+            conn,
+            job_id=job_id,
+            created_at=uuid7_time(job_id),
+            queue_partition=partition,
+            queue_offset=offset,
+        )
 
     # -- reads by id ------------------------------------------------------------------------------
 
@@ -216,10 +239,19 @@ class JobsRepository:
             conn,
             job_id=job_id,
             created_at=uuid7_time(job_id),
-            error_message=error_message,
+            # Reasons quote what was sent (a tag, a file name): PostgreSQL refuses NUL in text.
+            error_message=clean_text(error_message),
             completed_at=completed_at,
         )
         return JobRecord.from_row(row) if row is not None else None
+
+    async def mask_in_use(self, conn: asyncpg.Connection, *, content_sha256: str, mask_path: str) -> bool:
+        """Whether a completed job references ``mask_path`` (a content-derived key shared by equal images)."""
+        return bool(
+            await self._q.fetchval(
+                "mask_in_use", conn, content_sha256=sha256_bytes(content_sha256), mask_path=mask_path
+            )
+        )
 
     async def record_retry(self, conn: asyncpg.Connection, *, job_id: UUID) -> int | None:
         """One more attempt for an unfinished job; the new attempt count, or None if finished/unknown."""

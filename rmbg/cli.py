@@ -129,6 +129,69 @@ def fsck_cmd(
     raise typer.Exit(0 if report.clean or repair else 1)
 
 
+dlq_app = typer.Typer(help="Dead letters: records a service gave up on, with the reason.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    source: Annotated[str | None, typer.Option(help="only letters from this source topic")] = None,
+    limit: Annotated[int, typer.Option(help="show at most this many, newest last")] = 100,
+) -> None:
+    """List dead letters: reference (partition:offset), age, source, service, failure class and reason."""
+    from datetime import UTC, datetime
+
+    from rmbg.maintenance.dlq import read_dead_letters
+    from shared.contracts import Topics
+
+    configure_logging(TelemetrySettings(log_level="WARNING"))
+    settings = BaseServiceSettings()
+    letters = asyncio.run(
+        read_dead_letters(settings.kafka, Topics.from_settings(settings.topics, settings.kafka), source=source)
+    )
+    now = datetime.now(UTC)
+    for stored in letters[-limit:]:
+        letter = stored.letter
+        typer.echo(
+            f"{stored.ref:>10}  {_age(stored.age_s(now)):>6}  {letter.source_topic}[{letter.partition}]@{letter.offset}"
+            f"  {letter.service}  {letter.failure_class}  {letter.reason}"
+        )
+    typer.echo(f"{len(letters)} dead letters" + (f" from {source}" if source else ""))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    refs: Annotated[list[str], typer.Argument(help="letters to replay, as partition:offset from `rmbg dlq list`")],
+) -> None:
+    """Send the chosen dead letters' records back to their source topics (after fixing the cause)."""
+    from rmbg.maintenance.dlq import ReplayRefused, read_dead_letters, replay
+    from shared.contracts import Topics
+
+    configure_logging(TelemetrySettings(log_level="WARNING"))
+    settings = BaseServiceSettings()
+    topics = Topics.from_settings(settings.topics, settings.kafka)
+
+    async def run() -> int:
+        letters = await read_dead_letters(settings.kafka, topics)
+        try:
+            sent = await replay(settings.kafka, topics, letters, refs)
+        except ReplayRefused as exc:
+            typer.echo(f"refused: {exc}", err=True)
+            return 1
+        for stored in sent:
+            typer.echo(f"replayed {stored.ref} to {stored.letter.source_topic}")
+        return 0
+
+    raise typer.Exit(asyncio.run(run()))
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def main() -> None:
     logging.captureWarnings(True)
     app()

@@ -2,7 +2,7 @@
 
 Producers use acks=all and no idempotence: the broker available here rejects aiokafka's InitProducerId,
 and on real Kafka an idempotent producer would still not make consumers exactly-once. A retried send may
-therefore duplicate a record; every consumer is idempotent instead (see design/flow.md).
+therefore duplicate a record; every consumer is idempotent instead (see docs/life-of-a-job.md).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from rmbg.demo import sample_bytes
-from shared.contracts import JobRequested, ProcessingParams, Topics
+from shared.contracts import JobEvent, JobEventKind, JobRequested, ProcessingParams, Topics
 from shared.database import open_database
 from shared.ids import uuid7, uuid7_time
 from shared.messaging import open_producer, publish
@@ -68,8 +68,19 @@ async def _queue_past_intake(pipeline: Pipeline, data: bytes, user: str) -> tupl
         params=ProcessingParams(),
         model=TINY_MODEL,
     )
+    accepted = JobEvent(
+        job_id=job_id,
+        created_at=request.created_at,
+        kind=JobEventKind.ACCEPTED,
+        occurred_at=datetime.now(UTC),
+        user_id=user,
+        model_name=TINY_MODEL,
+        params=request.params,
+    )
+    topics = Topics.from_settings(settings.topics, settings.kafka)
     async with open_producer(settings.kafka, client_id="test-poison") as producer:
-        await publish(producer, Topics.from_settings(settings.topics, settings.kafka).jobs, request, key=str(job_id))
+        await publish(producer, topics.jobs, request, key=str(job_id))
+        await publish(producer, topics.job_events, accepted, key=str(job_id))  # as intake does
     return job_id, sha
 
 

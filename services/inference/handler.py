@@ -136,7 +136,9 @@ class InferenceHandler:
         )
         if await self._store.head(w.mask_key) is not None:
             # Same content, model and threshold were segmented before: reuse, do not compute again.
-            await self._emit(w, ResultKind.COMPLETED, mask_key=w.mask_key, reused=True, inference_ms=0)
+            await self._emit(
+                w, self._result(w.job, ResultKind.COMPLETED, mask_key=w.mask_key, reused=True, inference_ms=0)
+            )
             self._metrics.records.labels(topic=w.record.topic, outcome="reused").inc()
             return
         async with self._fetch_limit:
@@ -147,7 +149,7 @@ class InferenceHandler:
 
     async def _compute(self, chunk: list[_Work]) -> None:
         for w in chunk:
-            await self._step(w, self._emit(w, ResultKind.STARTED))
+            await self._step(w, self._emit(w, self._result(w.job, ResultKind.STARTED)))
         chunk = [w for w in chunk if w.error is None]
         if not chunk:
             return
@@ -190,32 +192,22 @@ class InferenceHandler:
         final = apply_threshold(mask, w.job.params.threshold)
         png = await loop.run_in_executor(self._io_executor, encode_mask_png, final)
         if len(png) <= MAX_INLINE_MASK_BYTES:
-            await self._emit(w, ResultKind.COMPLETED, mask_png=png, inference_ms=inference_ms)
+            await self._emit(w, self._result(w.job, ResultKind.COMPLETED, mask_png=png, inference_ms=inference_ms))
         else:
             # Claim-check: a large mask goes to object storage first and travels by key.
             await self._store.put_if_absent(w.mask_key, png, content_type="image/png")
-            await self._emit(w, ResultKind.COMPLETED, mask_key=w.mask_key, inference_ms=inference_ms)
+            await self._emit(
+                w, self._result(w.job, ResultKind.COMPLETED, mask_key=w.mask_key, inference_ms=inference_ms)
+            )
         self._metrics.records.labels(topic=self._topics.jobs.name, outcome="completed").inc()
 
     async def _fail(self, w: _Work, reason: str) -> None:
         log.info("job %s failed: %s", w.job.job_id, reason)
         self._metrics.records.labels(topic=self._topics.jobs.name, outcome="failed").inc()
-        await self._emit(w, ResultKind.FAILED, error=reason[:2000])
+        await self._emit(w, self._result(w.job, ResultKind.FAILED, error=reason[:2000]))
 
-    async def _emit(
-        self,
-        w: _Work,
-        kind: ResultKind,
-        *,
-        mask_png: bytes | None = None,
-        mask_key: str | None = None,
-        inference_ms: int | None = None,
-        reused: bool = False,
-        error: str | None = None,
-    ) -> None:
-        result = self._result(
-            w.job, kind, mask_png=mask_png, mask_key=mask_key, inference_ms=inference_ms, reused=reused, error=error
-        )
+    async def _emit(self, w: _Work, result: ResultEvent) -> None:
+        """Queue one result for ``w``; its acknowledgement is awaited before the batch's commit."""
         w.acks.append(await send(self._producer, self._topics.results, result, key=str(w.job.job_id)))
 
     def _result(

@@ -19,12 +19,12 @@ from PIL import Image
 
 from rmbg.demo import sample_bytes
 from shared.contracts import JobEvent, JobEventKind, JobRequested, ProcessingParams, Topics
-from shared.database import open_database
-from shared.ids import uuid7, uuid7_time
+from shared.ids import uuid7_time
 from shared.messaging import open_producer, publish
 from shared.storage import ObjectKeys, open_object_store
 from tests.e2e.conftest import TINY_MODEL, Pipeline
 from tests.e2e.test_pipeline import _submit, _wait
+from tests.e2e.test_recovery import _insert_unqueued_job
 
 
 def _too_wide_png() -> bytes:
@@ -38,25 +38,7 @@ async def _queue_past_intake(pipeline: Pipeline, data: bytes, user: str) -> tupl
     settings = pipeline.settings
     sha = hashlib.sha256(data).hexdigest()
     key = ObjectKeys.original(sha, "png")
-    async with open_object_store(settings.s3) as store:
-        await store.put(key, data, content_type="image/png")
-    job_id = uuid7()
-    async with open_database(settings.postgres) as db, db.pool.acquire() as conn:
-        await db.jobs.insert_job(
-            conn,
-            job_id=job_id,
-            user_id=user,
-            original_path=key,
-            content_sha256=sha,
-            original_bytes=len(data),
-            image_width=17_000,
-            image_height=2,
-            params={},
-            params_hash=ProcessingParams().digest(),
-            model_name=TINY_MODEL,
-            source="http",
-            tags=[],
-        )
+    job_id = await _insert_unqueued_job(pipeline, data, user, width=17_000, height=2)
     request = JobRequested(
         job_id=job_id,
         created_at=uuid7_time(job_id),

@@ -23,7 +23,9 @@ from tests.e2e.conftest import TINY_MODEL, Pipeline
 from tests.e2e.test_pipeline import _submit, _wait
 
 
-async def _insert_unqueued_job(pipeline: Pipeline, data: bytes, user: str) -> uuid.UUID:
+async def _insert_unqueued_job(
+    pipeline: Pipeline, data: bytes, user: str, *, width: int = 512, height: int = 512
+) -> uuid.UUID:
     """A job whose row and original exist but whose message was lost (ingest died after the insert)."""
     sha = hashlib.sha256(data).hexdigest()
     key = ObjectKeys.original(sha, "png")
@@ -38,8 +40,8 @@ async def _insert_unqueued_job(pipeline: Pipeline, data: bytes, user: str) -> uu
             original_path=key,
             content_sha256=sha,
             original_bytes=len(data),
-            image_width=512,
-            image_height=512,
+            image_width=width,
+            image_height=height,
             params={},
             params_hash=ProcessingParams().digest(),
             model_name=TINY_MODEL,

@@ -29,6 +29,10 @@ class PersisterOptions(BaseModel):
     #   no result has moved the job for this long. Only a lost result (a broker that lost data) gets here;
     #   the window stays well above a persister backlog, which would otherwise look the same.
     stuck_after_s: int = Field(default=600, ge=1)
+    # - or nothing moved it for this long, wherever its request is: the last resort for a queue that was
+    #   itself lost (a topic deleted and re-created resets offsets, so stored positions look "waiting").
+    #   A day outlasts any outage worth waiting out; backpressure keeps a healthy queue far shorter.
+    max_idle_s: int = Field(default=86_400, ge=1)
     # Re-queues of a lost job before it is failed with the reason.
     max_attempts: int = Field(default=3, ge=1, le=20)
     sweep_interval_s: float = Field(default=30.0, gt=0)

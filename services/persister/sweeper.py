@@ -4,7 +4,9 @@ A job is lost only when (docs/failures.md):
 - its request was never acknowledged by the broker (no queue position) for ``unqueued_after_s``: the
   publish failed after the row was written, or ingest died in between; or
 - inference consumed and committed its request (the group's committed offset on that partition is past
-  the job's queue offset) and no result has moved the job for ``stuck_after_s``.
+  the job's queue offset) and no result has moved the job for ``stuck_after_s``; or
+- nothing has moved it for ``max_idle_s`` (a day), wherever its request is: the last resort for a topic
+  that was lost or re-created, whose reset offsets would make every stored position look "waiting".
 A job whose request still waits in the topic is never touched, however long the queue: Kafka keeps it, and
 a dead inference worker's uncommitted requests go to the group's next member. A lost job is re-queued
 with its attempt count raised; after ``max_attempts`` it is failed with the reason. Every step is
@@ -133,6 +135,8 @@ class Sweeper:
 
     def _lost(self, job: JobRecord, consumed: dict[int, int], now: datetime) -> bool:
         idle_s = (now - job.updated_at).total_seconds()
+        if idle_s >= self._options.max_idle_s:
+            return True
         if job.queue_partition is None or job.queue_offset is None:
             return idle_s >= self._options.unqueued_after_s
         request_consumed = consumed.get(job.queue_partition, -1) > job.queue_offset

@@ -17,7 +17,7 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -61,7 +61,9 @@ def _header_only_png(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _image(mode: str, width: int, height: int, seed: int) -> Image.Image:
@@ -134,7 +136,9 @@ def _run_stages(
     mode=st.sampled_from(MODES),
     fmt=st.sampled_from(FORMATS),
     orientation=st.integers(1, 8),
-    threshold=st.one_of(st.none(), st.floats(0.0, 1.0)),
+    # From 1/255 up: the gradient's 0 at (0, 0) then always stays transparent. A mask with no transparent
+    # pixel at all is the explicit test below (its WebP cut-outs lose their alpha channel).
+    threshold=st.one_of(st.none(), st.floats(1 / 255, 1.0)),
     quality=st.integers(1, 100),
     seed=st.integers(0, 2**32 - 1),
 )
@@ -160,6 +164,7 @@ def test_every_image_ends_as_a_cutout_or_a_permanent_rejection(
         data = encoded
 
     outcome = _run_stages(data, threshold, quality)
+    event(f"rejected: {outcome.code}" if isinstance(outcome, ImageRejected) else f"cut out: {mode} as {fmt}")
 
     if isinstance(outcome, ImageRejected):
         assert classify(outcome) is FailureClass.PERMANENT
@@ -182,6 +187,23 @@ def test_every_image_ends_as_a_cutout_or_a_permanent_rejection(
             assert out.size == upright, cut_fmt
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("mode", MODES)
+def test_every_writable_mode_and_format_is_cut_out(mode: str, fmt: str) -> None:
+    """Each pair once, deterministically (the property above draws them at random)."""
+    data = _encode(_image(mode, 37, 23, seed=3), fmt, orientation=8 if fmt in EXIF_FORMATS else 1)
+    if data is None:
+        pytest.skip(f"Pillow cannot write mode {mode} as {fmt}")
+    outcome = _run_stages(data, None, 80)
+    assert not isinstance(outcome, ImageRejected), f"{outcome.code}: {outcome.reason}"
+    size, cutouts = outcome
+    expected = (23, 37) if fmt in EXIF_FORMATS else (37, 23)
+    assert size == expected
+    for blob in cutouts.values():
+        with Image.open(io.BytesIO(blob)) as out:
+            assert out.mode == "RGBA" and out.size == expected
+
+
 def test_exif_rotated_jpeg_is_upright_at_intake_and_inference() -> None:
     """Orientation 6 (rotate 90° clockwise to view): the stored 64x48 pixels are shown as 48x64."""
     img = Image.frombytes("RGB", (64, 48), np.random.default_rng(7).bytes(64 * 48 * 3))
@@ -200,3 +222,20 @@ def test_exif_rotated_jpeg_is_upright_at_intake_and_inference() -> None:
     cut = make_cutout(data, encode_mask_png(_gradient(48, 64)), CutoutFormat.PNG, 80)
     with Image.open(io.BytesIO(cut)) as out:
         assert out.mode == "RGBA" and out.size == (48, 64)
+
+
+@pytest.mark.parametrize("fmt", list(CutoutFormat))
+def test_fully_opaque_mask_gives_an_opaque_cutout(fmt: CutoutFormat) -> None:
+    """threshold 0.0 is a valid parameter (ge=0.0): every pixel of the mask becomes 255.
+
+    WebP stores no alpha plane when every alpha is 255 (libwebp leaves it out by the format's rule), so
+    such a WebP cut-out decodes as RGB: read as RGBA it is the same opaque image (README, cut-out format).
+    """
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, format="PNG")
+    mask = apply_threshold(_gradient(40, 30), 0.0)
+    assert int(mask.min()) == 255
+    with Image.open(io.BytesIO(make_cutout(buf.getvalue(), encode_mask_png(mask), fmt, 80))) as out:
+        assert out.size == (40, 30)
+        assert out.mode == ("RGBA" if fmt is CutoutFormat.PNG else "RGB")
+        assert int(np.asarray(out.convert("RGBA").getchannel("A")).min()) == 255

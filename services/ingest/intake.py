@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from aiokafka import AIOKafkaProducer
@@ -27,8 +27,9 @@ from aiokafka.errors import KafkaError
 
 from services.ingest.settings import IngestOptions
 from shared.cache import JobCache
-from shared.contracts import JobEvent, JobEventKind, JobRequested, ProcessingParams, Topics
+from shared.contracts import JobEvent, JobEventKind, ProcessingParams, Topics
 from shared.database import Database
+from shared.db.models import JobRecord
 from shared.exceptions import ImageRejected
 from shared.ids import uuid7, uuid7_time
 from shared.imaging import ImageInfo, inspect_image
@@ -36,7 +37,7 @@ from shared.messaging import publish
 from shared.queueing import record_queue_position
 from shared.storage import ObjectKeys, ObjectStore
 from shared.telemetry import PipelineMetrics
-from shared.views import job_view
+from shared.views import job_event, job_request, job_view
 
 log = logging.getLogger(__name__)
 
@@ -130,20 +131,7 @@ class Intake:
         if record.status == "pending":
             await self._cache.put_job(job_view(record))
             await self._cache.invalidate_user(user_id)
-            await self.queue(
-                JobRequested(
-                    job_id=job_id,
-                    created_at=record.created_at,
-                    user_id=user_id,
-                    original_key=key,
-                    content_sha256=sha,
-                    width=info.width,
-                    height=info.height,
-                    params=params,
-                    model=record.model_name,
-                    attempt=record.attempts,
-                )
-            )
+            await self.queue(record)
         return Accepted(job_id=job_id, status=record.status, created=inserted)
 
     async def reject(
@@ -187,41 +175,19 @@ class Intake:
             self._metrics.transitions.labels(status="failed").inc()
         await self._cache.put_job(job_view(record))
         await self._cache.invalidate_user(user_id)
-        now = datetime.now(UTC)
         for kind in (JobEventKind.ACCEPTED, JobEventKind.FAILED):
-            await self._emit(
-                JobEvent(
-                    job_id=job_id,
-                    created_at=record.created_at,
-                    kind=kind,
-                    occurred_at=now,
-                    user_id=user_id,
-                    model_name=record.model_name,
-                    error=reason[:2000] if kind is JobEventKind.FAILED else None,
-                    params=params if kind is JobEventKind.ACCEPTED else None,
-                )
-            )
+            await self._emit(job_event(record, kind))
         return Accepted(job_id=job_id, status=record.status, created=inserted)
 
-    async def queue(self, request: JobRequested) -> None:
+    async def queue(self, record: JobRecord) -> None:
         """Publish the job and its ``accepted`` event; a broker outage leaves it to the sweeper."""
         try:
-            landed = await publish(self._producer, self._topics.jobs, request, key=str(request.job_id))
+            landed = await publish(self._producer, self._topics.jobs, job_request(record), key=str(record.job_id))
         except KafkaError as exc:
-            log.error("job %s stored but not queued (%s); the sweeper will re-queue it", request.job_id, exc)
+            log.error("job %s stored but not queued (%s); the sweeper will re-queue it", record.job_id, exc)
             return
-        await record_queue_position(self._db, request.job_id, landed)
-        await self._emit(
-            JobEvent(
-                job_id=request.job_id,
-                created_at=request.created_at,
-                kind=JobEventKind.ACCEPTED,
-                occurred_at=datetime.now(UTC),
-                user_id=request.user_id,
-                model_name=request.model,
-                params=request.params,
-            )
-        )
+        await record_queue_position(self._db, record.job_id, landed)
+        await self._emit(job_event(record, JobEventKind.ACCEPTED))
 
     async def _emit(self, event: JobEvent) -> None:
         try:

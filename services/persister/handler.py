@@ -20,8 +20,6 @@ from services.persister.settings import PersisterOptions
 from shared.cache import JobCache
 from shared.contracts import (
     CutoutFormat,
-    JobEvent,
-    JobEventKind,
     ProcessingParams,
     ResultEvent,
     ResultKind,
@@ -35,7 +33,7 @@ from shared.imaging import CUTOUT_CONTENT_TYPES, make_cutout
 from shared.messaging import DeadLetters, publish
 from shared.storage import ObjectKeys, ObjectStore
 from shared.telemetry import PipelineMetrics
-from shared.views import job_view
+from shared.views import job_event, job_view
 from shared.worker import Record, RecordFailure
 
 log = logging.getLogger(__name__)
@@ -233,17 +231,7 @@ class PersistHandler:
         self._metrics.transitions.labels(status=record.status).inc()
         await self._cache.put_job(job_view(record))
         await self._cache.invalidate_user(record.user_id)
-        event = JobEvent(
-            job_id=record.job_id,
-            created_at=record.created_at,
-            kind=JobEventKind(record.status),
-            occurred_at=datetime.now(UTC),
-            user_id=record.user_id,
-            processing_time_ms=record.processing_time_ms,
-            model_name=record.model_name,
-            error=(record.error_message or "")[:2000] or None,
-        )
-        await publish(self._producer, self._topics.job_events, event, key=str(record.job_id))
+        await publish(self._producer, self._topics.job_events, job_event(record), key=str(record.job_id))
 
 
 __all__ = ["PersistHandler", "StorageError"]

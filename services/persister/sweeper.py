@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError
 from services.persister.settings import PersisterOptions
 from shared.cache import JobCache
 from shared.config import KafkaSettings
-from shared.contracts import JobEvent, JobEventKind, JobRequested, ProcessingParams, Topics
+from shared.contracts import JobEventKind, Topics
 from shared.database import Database
 from shared.db.models import JobRecord
 from shared.db.partitions import ensure_partitions
@@ -34,7 +34,7 @@ from shared.messaging import committed_offsets, publish
 from shared.queueing import record_queue_position
 from shared.runtime import every
 from shared.telemetry import PipelineMetrics
-from shared.views import job_view
+from shared.views import job_event, job_request, job_view
 
 log = logging.getLogger(__name__)
 
@@ -107,21 +107,7 @@ class Sweeper:
                 continue
             try:
                 landed = await publish(
-                    self._producer,
-                    self._topics.jobs,
-                    JobRequested(
-                        job_id=job.job_id,
-                        created_at=job.created_at,
-                        user_id=job.user_id,
-                        original_key=job.original_path,
-                        content_sha256=job.content_sha256,
-                        width=job.image_width or 1,
-                        height=job.image_height or 1,
-                        params=ProcessingParams.model_validate(job.params),
-                        model=job.model_name,
-                        attempt=attempt,
-                    ),
-                    key=str(job.job_id),
+                    self._producer, self._topics.jobs, job_request(job, attempt=attempt), key=str(job.job_id)
                 )
                 await record_queue_position(self._db, job.job_id, landed)
                 # The first `accepted` may have been lost with the first publish; stats count it once.
@@ -143,14 +129,4 @@ class Sweeper:
         return request_consumed and idle_s >= self._options.stuck_after_s
 
     async def _emit(self, job: JobRecord, kind: JobEventKind) -> None:
-        event = JobEvent(
-            job_id=job.job_id,
-            created_at=job.created_at,
-            kind=kind,
-            occurred_at=datetime.now(UTC),
-            user_id=job.user_id,
-            error=(job.error_message or "")[:2000] or None,
-            model_name=job.model_name,
-            params=ProcessingParams.model_validate(job.params) if kind is JobEventKind.ACCEPTED else None,
-        )
-        await publish(self._producer, self._topics.job_events, event, key=str(job.job_id))
+        await publish(self._producer, self._topics.job_events, job_event(job, kind), key=str(job.job_id))

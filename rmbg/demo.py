@@ -19,11 +19,12 @@ from rich.table import Table
 
 from shared.config import BaseServiceSettings
 from shared.contracts import ProcessingParams, Topics, UploadEvent
+from shared.db.models import TERMINAL_STATUSES
 from shared.messaging import open_producer, publish
 from shared.storage import open_object_store
 
 SAMPLES = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
-TERMINAL = {"completed", "failed"}
+TERMINAL = {str(s) for s in TERMINAL_STATUSES}
 
 
 def sample_bytes(name: str) -> bytes:

@@ -22,10 +22,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from shared.config import RedisSettings
+from shared.db.models import STATUS_RANK, JobStatus
 
 log = logging.getLogger(__name__)
 
-STATUS_RANK = {"pending": 0, "processing": 1, "completed": 2, "failed": 2}
 
 # KEYS[1] = job key; ARGV = payload, rank, ttl. Replace unless the cached rank is higher.
 _PUT_IF_NEWER = """
@@ -78,7 +78,7 @@ class JobCache:
             1,
             self._job_key(str(job["job_id"])),
             payload,
-            STATUS_RANK[job["status"]],
+            STATUS_RANK[JobStatus(job["status"])],
             self._ttl,
         )
 
@@ -107,7 +107,7 @@ class JobCache:
 
     @staticmethod
     def _encode(job: dict[str, Any]) -> str:
-        return json.dumps({**job, "_rank": STATUS_RANK[job["status"]]}, default=str)
+        return json.dumps({**job, "_rank": STATUS_RANK[JobStatus(job["status"])]}, default=str)
 
     async def _call(self, *args: Any) -> Any:
         if self._client is None:

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from shared.contracts import JobEvent, JobEventKind, JobRequested, ProcessingParams
-from shared.db.models import JobRecord
+from shared.db.models import JobRecord, JobStatus
 
 
 class JobView(BaseModel):
@@ -68,7 +68,7 @@ def job_request(record: JobRecord, *, attempt: int | None = None) -> JobRequeste
 def job_event(record: JobRecord, kind: JobEventKind | None = None) -> JobEvent:
     """The transition into the row's status (pending is ``accepted``), or into ``kind`` when the caller
     re-announces an earlier one (the sweeper and intake's rejects announce ``accepted`` too)."""
-    kind = kind or (JobEventKind.ACCEPTED if record.status == "pending" else JobEventKind(record.status))
+    kind = kind or (JobEventKind.ACCEPTED if record.status == JobStatus.PENDING else JobEventKind(record.status))
     return JobEvent(
         job_id=record.job_id,
         created_at=record.created_at,

@@ -23,6 +23,7 @@ from services.ingest.resources import IngestResources, open_ingest
 from services.ingest.settings import IngestSettings
 from services.ingest.uploads import run_upload_consumer
 from shared.contracts import ProcessingParams, parse_tags
+from shared.db.models import JobStatus
 from shared.exceptions import ContractError, ImageRejected, Overloaded, RmbgError
 from shared.failures import FailureClass, classify, describe
 from shared.ids import uuid7_time
@@ -158,7 +159,7 @@ async def get_job(request: Request, job_id: str) -> dict[str, Any]:
 async def list_jobs(
     request: Request,
     user_id: str | None = None,
-    status: Annotated[str | None, Query(pattern="^(pending|processing|completed|failed)$")] = None,
+    status: JobStatus | None = None,
     tag: str | None = None,
     params: Annotated[str | None, Query(description="JSON containment filter")] = None,
     created_from: datetime | None = None,

@@ -29,7 +29,7 @@ from services.ingest.settings import IngestOptions
 from shared.cache import JobCache
 from shared.contracts import JobEvent, JobEventKind, ProcessingParams, Topics
 from shared.database import Database
-from shared.db.models import JobRecord
+from shared.db.models import JobRecord, JobStatus
 from shared.exceptions import ImageRejected
 from shared.ids import uuid7, uuid7_time
 from shared.imaging import ImageInfo, inspect_image
@@ -127,8 +127,8 @@ class Intake:
         if record is None:  # pragma: no cover - the insert above guarantees a row
             raise RuntimeError(f"job {job_id} vanished after insert")
         if inserted:
-            self._metrics.transitions.labels(status="pending").inc()
-        if record.status == "pending":
+            self._metrics.transitions.labels(status=JobStatus.PENDING).inc()
+        if record.status == JobStatus.PENDING:
             await self._cache.put_job(job_view(record))
             await self._cache.invalidate_user(user_id)
             await self.queue(record)
@@ -165,14 +165,14 @@ class Intake:
                 model_name=self._options.model,
                 source="upload",
                 tags=list(tags),
-                status="failed",
+                status=JobStatus.FAILED,
                 error_message=reason,
             )
             record = await self._db.jobs.get_job(conn, job_id=job_id)
         if record is None:  # pragma: no cover
             raise RuntimeError(f"job {job_id} vanished after insert")
         if inserted:
-            self._metrics.transitions.labels(status="failed").inc()
+            self._metrics.transitions.labels(status=JobStatus.FAILED).inc()
         await self._cache.put_job(job_view(record))
         await self._cache.invalidate_user(user_id)
         for kind in (JobEventKind.ACCEPTED, JobEventKind.FAILED):

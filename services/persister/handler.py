@@ -38,9 +38,6 @@ from shared.worker import Record, RecordFailure
 
 log = logging.getLogger(__name__)
 
-TERMINAL = frozenset({"completed", "failed"})
-
-
 class PersistHandler:
     def __init__(
         self,
@@ -123,7 +120,7 @@ class PersistHandler:
             # Jobs are inserted before they are queued, so this is a result for a job removed by retention.
             log.warning("result for unknown job %s ignored", result.job_id)
             return
-        if record.status in TERMINAL:
+        if record.is_terminal:
             await self._announce(record)
             return
         if result.kind is ResultKind.STARTED:

@@ -5,17 +5,35 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
-JobStatus = Literal["pending", "processing", "completed", "failed"]
+
+class JobStatus(StrEnum):
+    """A job's status, the one vocabulary for it: forward only, pending → processing → completed | failed
+    (the trigger of migration 0001 enforces it)."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
 JobSource = Literal["http", "upload"]
 StatKind = Literal["accepted", "completed", "failed"]
 
-TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed"})
-ACTIVE_STATUSES: frozenset[str] = frozenset({"pending", "processing"})
+TERMINAL_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+ACTIVE_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.PENDING, JobStatus.PROCESSING})
+# Order for the cache's "never replace a later state with an earlier one" (shared/cache.py).
+STATUS_RANK: dict[JobStatus, int] = {
+    JobStatus.PENDING: 0,
+    JobStatus.PROCESSING: 1,
+    JobStatus.COMPLETED: 2,
+    JobStatus.FAILED: 2,
+}
 
 
 class _Row(BaseModel):

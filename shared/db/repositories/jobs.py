@@ -19,14 +19,13 @@ from uuid import UUID
 import asyncpg
 
 from shared.db import Queries, default_queries
-from shared.db.models import JobRecord, JobSource, UserJobCount
+from shared.db.models import JobRecord, JobSource, JobStatus, UserJobCount
 from shared.db.partitions import ensure_partitions, month_start
 from shared.exceptions import RmbgError
 from shared.failures import clean_text
 from shared.ids import uuid7_time
 
 MAX_PAGE = 1000  # a larger page is a scan in disguise; callers page with the cursor instead
-_STATUSES = frozenset({"pending", "processing", "completed", "failed"})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CURSOR_V1 = struct.Struct(">Bq16s")  # version, microseconds since epoch, job id: 25 bytes, 34 chars
 
@@ -80,7 +79,7 @@ class JobsRepository:
         model_name: str,
         source: JobSource,
         tags: list[str],
-        status: Literal["pending", "failed"] = "pending",
+        status: Literal[JobStatus.PENDING, JobStatus.FAILED] = JobStatus.PENDING,
         error_message: str | None = None,
     ) -> bool:
         """Insert the job once; True when this call inserted it, False when the id already existed.
@@ -90,9 +89,9 @@ class JobsRepository:
         ``error_message`` is required. Only 'pending' and 'failed' can be inserted: a completed row
         needs its results, which mark_completed writes.
         """
-        if status not in ("pending", "failed"):
+        if status not in (JobStatus.PENDING, JobStatus.FAILED):
             raise ValueError(f"a job is inserted pending or failed, not {status!r}")
-        if status == "failed" and not error_message:
+        if status == JobStatus.FAILED and not error_message:
             raise ValueError("a failed job needs its error_message")
         if original_bytes < 0:
             raise ValueError("original_bytes must be >= 0")
@@ -339,7 +338,7 @@ class JobsRepository:
         ``created_from`` is inclusive, ``created_to`` exclusive; naive datetimes are taken as UTC.
         Raises ValueError (InvalidCursor for a bad cursor) on invalid arguments.
         """
-        if status is not None and status not in _STATUSES:
+        if status is not None and status not in JobStatus.__members__.values():
             raise ValueError(f"unknown status {status!r}")
         limit = _check_limit(limit)
         position = decode_cursor(cursor) if cursor else None

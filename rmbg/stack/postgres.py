@@ -133,6 +133,12 @@ class EmbeddedPostgres:
                 self.log_link.unlink(missing_ok=True)
                 self.log_link.symlink_to(self.pgdata / "log")
 
+    async def restart(self, *, down_s: float, timeout_s: float) -> str:
+        """Stop the server (``pg_ctl stop``: sessions are terminated), stay down ``down_s``, start it again."""
+        await self.stop()
+        await asyncio.sleep(down_s)
+        return await self.start(timeout_s)
+
     async def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:

@@ -199,6 +199,15 @@ class ChildProcess:
                 raise self.failure(f"was not ready within {timeout_s:.0f} s")
             await asyncio.sleep(interval_s)
 
+    async def kill(self) -> None:
+        """SIGKILL the child (a crash, for fault drills) and reap it; a later ``start`` runs it again."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
     async def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``grace_s``; always reaps the child."""
         proc = self._proc

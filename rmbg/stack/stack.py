@@ -14,10 +14,13 @@ reverse (SIGTERM, then SIGKILL after ``stop_grace_s``). Everything lives under `
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -29,10 +32,10 @@ from rmbg.stack.postgres import (
     postgres_answers,
     with_database,
 )
-from rmbg.stack.processes import PortBook, StackError
+from rmbg.stack.processes import ChildProcess, PortBook, StackError, listens_on
 from rmbg.stack.redis import LOCAL_URL, redis_answers, start_redis
-from rmbg.stack.seaweed import ensure_bucket, start_seaweed, write_s3_config
-from rmbg.stack.tansu import start_tansu
+from rmbg.stack.seaweed import ensure_bucket, s3_answers, start_seaweed, write_s3_config
+from rmbg.stack.tansu import kafka_answers, start_tansu
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +105,43 @@ class EmbeddedStack:
         self.ready_timeout_s = ready_timeout_s
         self.stop_grace_s = stop_grace_s
         self._exit: contextlib.AsyncExitStack | None = None
+        # What we started, for fault drills (`rmbg.chaos`): the children and how to tell each is ready.
+        self._children: dict[str, tuple[ChildProcess, Callable[[], Awaitable[bool]]]] = {}
+        self._postgres_server: EmbeddedPostgres | None = None
 
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    def child(self, name: str) -> ChildProcess:
+        """A server process this stack started: ``seaweedfs``, ``tansu`` or ``redis``."""
+        try:
+            return self._children[name][0]
+        except KeyError:
+            raise StackError(f"{name} was not started by this stack") from None
+
+    async def kill_and_restart(self, name: str, *, down_s: float = 0.0) -> float:
+        """SIGKILL a server we started, wait ``down_s``, start it again with the same command and port.
+
+        Returns the seconds from the kill until it answered again.
+        """
+        child, probe = self._children.get(name) or (None, None)
+        if child is None or probe is None:
+            raise StackError(f"{name} was not started by this stack")
+        began = time.monotonic()
+        await child.kill()
+        await asyncio.sleep(down_s)
+        await child.start()
+        await child.wait_ready(probe, timeout_s=self.ready_timeout_s)
+        return time.monotonic() - began
+
+    async def restart_postgres(self, *, down_s: float = 0.0) -> float:
+        """Stop the embedded PostgreSQL (sessions terminated), wait ``down_s``, start it again; seconds taken."""
+        if self._postgres_server is None:
+            raise StackError("PostgreSQL was not started by this stack")
+        began = time.monotonic()
+        await self._postgres_server.restart(down_s=down_s, timeout_s=self.ready_timeout_s)
+        return time.monotonic() - began
 
     async def __aenter__(self) -> StackEndpoints:
         if self._exit is not None:
@@ -128,6 +164,8 @@ class EmbeddedStack:
     async def aclose(self) -> None:
         """Stop what we started, newest first."""
         exit_stack, self._exit = self._exit, None
+        self._children.clear()
+        self._postgres_server = None
         if exit_stack is not None:
             await exit_stack.aclose()
 
@@ -178,6 +216,10 @@ class EmbeddedStack:
         )
         exit_stack.push_async_callback(child.stop, self.stop_grace_s)
         started.append("seaweedfs")
+        self._children["seaweedfs"] = (
+            child,
+            functools.partial(s3_answers, endpoint, self.s3_access_key, self.s3_secret_key, self.s3_region),
+        )
         return endpoint
 
     async def _kafka(
@@ -199,6 +241,7 @@ class EmbeddedStack:
         )
         exit_stack.push_async_callback(child.stop, self.stop_grace_s)
         started.append("tansu")
+        self._children["tansu"] = (child, functools.partial(_own_port_answers, child, bootstrap, kafka_answers))
         return bootstrap
 
     async def _postgres(self, exit_stack: contextlib.AsyncExitStack, started: list[str]) -> str:
@@ -212,6 +255,7 @@ class EmbeddedStack:
         admin_dsn = await server.start(self.ready_timeout_s)
         exit_stack.push_async_callback(server.stop)
         started.append("postgres")
+        self._postgres_server = server
         await ensure_database(admin_dsn, self.database)
         return with_database(admin_dsn, self.database)
 
@@ -230,4 +274,14 @@ class EmbeddedStack:
         )
         exit_stack.push_async_callback(child.stop, self.stop_grace_s)
         started.append("redis")
+        self._children["redis"] = (child, functools.partial(redis_answers, url))
         return url
+
+
+async def _own_port_answers(
+    child: ChildProcess, address: str, answers: Callable[[str], Awaitable[bool]]
+) -> bool:
+    """The restarted child itself listens on the address's port, and a client gets an answer there."""
+    pid = child.pid
+    port = int(address.rsplit(":", 1)[1])
+    return pid is not None and listens_on(pid, port) and await answers(address)

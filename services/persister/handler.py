@@ -20,6 +20,7 @@ from services.persister.settings import PersisterOptions
 from shared.cache import JobCache
 from shared.contracts import (
     CutoutFormat,
+    JobEventKind,
     ProcessingParams,
     ResultEvent,
     ResultKind,
@@ -228,6 +229,17 @@ class PersistHandler:
         self._metrics.transitions.labels(status=record.status).inc()
         await self._cache.put_job(job_view(record))
         await self._cache.invalidate_user(record.user_id)
+        if record.is_terminal:
+            # `accepted` again with every ending: intake's own may be lost (a publish that timed out but
+            # landed, ingest killed between the request and the event, a redelivered upload whose job had
+            # already finished). Stats count each (job, transition) once, so the repeat costs one ledger
+            # probe; without it those jobs were missing from the day's total (seen in `make chaos`).
+            await publish(
+                self._producer,
+                self._topics.job_events,
+                job_event(record, JobEventKind.ACCEPTED),
+                key=str(record.job_id),
+            )
         await publish(self._producer, self._topics.job_events, job_event(record), key=str(record.job_id))
 
 

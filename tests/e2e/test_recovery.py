@@ -19,6 +19,7 @@ from shared.ids import uuid7
 from shared.messaging import open_producer, publish
 from shared.storage import ObjectKeys, open_object_store
 from shared.telemetry import PipelineMetrics
+from shared.views import job_request
 from tests.e2e.conftest import TINY_MODEL, Pipeline
 from tests.e2e.test_pipeline import _submit, _wait
 
@@ -145,3 +146,31 @@ async def test_redelivered_and_late_results_change_nothing(pipeline: Pipeline) -
         await asyncio.sleep(1.0)
         after = (await client.get(f"/v1/jobs/{job_id}")).json()
     assert after == before
+
+
+async def test_a_job_whose_accepted_event_was_lost_is_still_counted(pipeline: Pipeline) -> None:
+    """Intake's `accepted` can be lost (a publish that timed out but landed, ingest killed right after the
+    request): the persister announces it again with the job's end, and stats count it once."""
+    user = f"unannounced-{uuid.uuid4().hex[:6]}"
+    job_id = await _insert_unqueued_job(pipeline, sample_bytes("chelsea.png"), user)
+    settings = pipeline.settings
+    async with open_database(settings.postgres) as db:
+        async with db.pool.acquire() as conn:
+            record = await db.jobs.get_job(conn, job_id=job_id)
+        assert record is not None
+        async with open_producer(settings.kafka, client_id="test-unannounced") as producer:
+            topics = Topics.from_settings(settings.topics, settings.kafka)
+            await publish(producer, topics.jobs, job_request(record), key=str(job_id))  # no `accepted` event
+        async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=30) as client:
+            assert (await _wait(client, [str(job_id)]))[str(job_id)]["status"] == "completed"
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            async with db.pool.acquire() as conn:
+                kinds = await conn.fetchval(
+                    "SELECT array_agg(kind::text ORDER BY kind) FROM stats_ledger WHERE job_id = $1", job_id
+                )
+                counted = await conn.fetchval("SELECT jobs FROM user_job_counts WHERE user_id = $1", user)
+            if (kinds and "accepted" in kinds and counted == 1) or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.3)
+    assert sorted(kinds) == ["accepted", "completed"] and counted == 1

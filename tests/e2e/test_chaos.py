@@ -1,0 +1,49 @@
+"""The chaos drill, short: ~200 jobs over HTTP and the upload topic while each service and the broker is
+SIGKILLed once; afterwards every accepted job has one terminal row, its objects, and the stats agree.
+
+The same code as `make chaos` (rmbg/chaos.py), on its own embedded stack (PostgreSQL included), so the
+restarts disturb no other test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from rmbg.chaos import ChaosOptions, ChaosPlan, fault_schedule, run_chaos
+from tests.support.tiny_rmbg import build_tiny_rmbg
+
+pytestmark = pytest.mark.slow
+
+
+def test_short_plan_kills_each_service_and_the_broker_once() -> None:
+    kinds = [(f.kind, f.target) for f in fault_schedule(ChaosPlan.short())]
+    assert sorted(kinds) == sorted(
+        [("kill-service", s) for s in ("ingest", "inference", "persister", "stats")] + [("kill-broker", "tansu")]
+    )
+
+
+def test_full_plan_covers_every_fault() -> None:
+    plan = ChaosPlan()
+    targets = [f.target for f in fault_schedule(plan)]
+    assert plan.jobs >= 2000
+    assert {t: targets.count(t) for t in set(targets)} == {
+        "ingest": 3, "inference": 3, "persister": 3, "stats": 3, "tansu": 2, "postgres": 1, "seaweedfs": 1,
+    }  # fmt: skip
+
+
+@pytest.mark.timeout(900)
+async def test_every_accepted_job_ends_once_under_kills(tmp_path: Path) -> None:
+    model = build_tiny_rmbg(tmp_path / "tiny_rmbg")
+    opts = ChaosOptions(plan=ChaosPlan.short(), state_dir=tmp_path / "chaos", model_source=str(model))
+    console = Console(width=200)
+    report = await run_chaos(opts, console)
+    lines = report.lines()
+    for line in lines:
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+    t = report.tally
+    assert len(t.accepted) >= 0.95 * opts.plan.jobs, "\n".join(lines)
+    assert all(report.faults.restarts[p] == 1 for p in ("ingest", "inference", "persister", "stats", "tansu")), lines
+    assert report.ok, "\n".join(lines)

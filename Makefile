@@ -34,8 +34,8 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache
 
-# Fault drill (rmbg/chaos.py): >= 2,000 jobs while every process is killed; bounded, loopback only.
+# Fault drill (rmbg/drills/chaos.py): >= 2,000 jobs while every process is killed; bounded, loopback only.
 .PHONY: chaos
 chaos: $(STAMP)
 	$(BIN)/python -c 'from pathlib import Path; from tests.support.tiny_rmbg import build_tiny_rmbg as b; b(Path(".state/chaos-model/tiny_rmbg"))'
-	timeout 1500 $(BIN)/python -m rmbg.chaos --model-source .state/chaos-model/tiny_rmbg --state-dir .state/chaos
+	timeout 1500 $(BIN)/python -m rmbg.drills.chaos --model-source .state/chaos-model/tiny_rmbg --state-dir .state/chaos

@@ -1,7 +1,7 @@
 """The chaos drill, short: ~200 jobs over HTTP and the upload topic while each service and the broker is
 SIGKILLed once; afterwards every accepted job has one terminal row, its objects, and the stats agree.
 
-The same code as `make chaos` (rmbg/chaos.py), on its own embedded stack (PostgreSQL included), so the
+The same code as `make chaos` (rmbg/drills/chaos.py), on its own embedded stack (PostgreSQL included), so the
 restarts disturb no other test.
 """
 
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from rmbg.chaos import ChaosOptions, ChaosPlan, fault_schedule, run_chaos
+from rmbg.drills.chaos import ChaosPlan, fault_schedule, run_chaos
+from rmbg.drills.pipeline import DrillOptions
 from tests.support.tiny_rmbg import build_tiny_rmbg
 
 pytestmark = pytest.mark.slow
@@ -37,13 +38,14 @@ def test_full_plan_covers_every_fault() -> None:
 @pytest.mark.timeout(900)
 async def test_every_accepted_job_ends_once_under_kills(tmp_path: Path) -> None:
     model = build_tiny_rmbg(tmp_path / "tiny_rmbg")
-    opts = ChaosOptions(plan=ChaosPlan.short(), state_dir=tmp_path / "chaos", model_source=str(model))
+    opts = DrillOptions(state_dir=tmp_path / "chaos", model_source=str(model))
+    plan = ChaosPlan.short()
     console = Console(width=200)
-    report = await run_chaos(opts, console)
+    report = await run_chaos(opts, plan, console)
     lines = report.lines()
     for line in lines:
         console.print(line, soft_wrap=True, markup=False, highlight=False)
     t = report.tally
-    assert len(t.accepted) >= 0.95 * opts.plan.jobs, "\n".join(lines)
+    assert len(t.accepted) >= 0.95 * plan.jobs, "\n".join(lines)
     assert all(report.faults.restarts[p] == 1 for p in ("ingest", "inference", "persister", "stats", "tansu")), lines
     assert report.ok, "\n".join(lines)

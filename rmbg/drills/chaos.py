@@ -1,0 +1,301 @@
+"""`make chaos`: jobs in over HTTP and the upload topic while every process of the pipeline is killed.
+
+On loopback only, on a fresh embedded stack (SeaweedFS, Tansu, embedded PostgreSQL, Redis) and the four
+services as supervised child processes, bounded in jobs and time:
+
+- jobs are submitted at a steady rate with bounded concurrency: POST /v1/jobs (retrying 429/503 after
+  Retry-After, and connection errors while ingest is down) and upload events (the image put in the
+  bucket, then published on the uploads topic until the broker acknowledges it);
+- meanwhile each service is SIGKILLed (its supervisor restarts it), the broker is SIGKILLed and
+  restarted, PostgreSQL is restarted and SeaweedFS is frozen with SIGSTOP, then SIGCONT;
+- then it waits for every accepted job to end and checks PostgreSQL and S3 directly (not the API):
+  exactly one terminal row per accepted job, a completed job's three objects with the sizes its row
+  records, processing_stats and user_job_counts equal to counts over the rows, and fsck clean.
+
+    python -m rmbg.drills.chaos --model-source DIR [--jobs 2000] [--short]
+
+Exit status 0 when every check held. The state folder (logs of every process) is kept for inspection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from rich.console import Console
+
+from rmbg.drills.metrics import MetricsWatch
+from rmbg.drills.pipeline import DrillOptions, answers, open_pipeline, service_pid, until
+from rmbg.drills.submit import Submitter, Tally
+from rmbg.drills.verify import Verdict, drain, verify
+from rmbg.services import RunningServices
+from rmbg.stack.stack import EmbeddedStack
+
+FaultKind = Literal["kill-service", "kill-broker", "restart-postgres", "pause-s3"]
+
+
+@dataclass(frozen=True)
+class ChaosPlan:
+    """How many jobs, how fast, and which faults; ``short()`` is the test-suite variant."""
+
+    jobs: int = 2000
+    upload_share: float = 0.2  # the rest go over HTTP
+    rate_per_s: float = 3.0
+    concurrency: int = 8
+    service_kills: int = 3  # of each of the four services
+    broker_kills: int = 2
+    postgres_restarts: int = 1
+    s3_pauses: int = 1
+    s3_pause_s: float = 15.0
+    broker_down_s: float = 2.0
+    postgres_down_s: float = 3.0
+    first_fault_s: float = 10.0
+    fault_gap_s: float = 35.0  # after a fault has recovered, before the next
+    recover_timeout_s: float = 180.0
+    drain_timeout_s: float = 300.0
+    deadline_s: float = 1200.0  # the whole run, start to report
+    image_side: int = 256
+    seed: int = 0
+
+    @classmethod
+    def short(cls) -> ChaosPlan:
+        return cls(
+            jobs=200,
+            rate_per_s=2.0,
+            service_kills=1,
+            broker_kills=1,
+            postgres_restarts=0,
+            s3_pauses=0,
+            first_fault_s=8.0,
+            fault_gap_s=12.0,
+            drain_timeout_s=300.0,
+            deadline_s=720.0,
+        )
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: FaultKind
+    target: str
+
+
+def fault_schedule(plan: ChaosPlan) -> list[Fault]:
+    """Faults interleaved round by round, so one process's restarts are spread over the run."""
+    faults: list[Fault] = []
+    rounds = max(plan.service_kills, plan.broker_kills, plan.postgres_restarts, plan.s3_pauses)
+    for r in range(rounds):
+        if r < plan.service_kills:
+            faults += [Fault("kill-service", s) for s in ("ingest", "inference", "persister", "stats")]
+        if r < plan.broker_kills:
+            faults.append(Fault("kill-broker", "tansu"))
+        if r < plan.postgres_restarts:
+            faults.append(Fault("restart-postgres", "postgres"))
+        if r < plan.s3_pauses:
+            faults.append(Fault("pause-s3", "seaweedfs"))
+    return faults
+
+
+@dataclass
+class FaultLog:
+    kills: Counter[str] = field(default_factory=Counter)  # SIGKILLs, restarts of postgres, SIGSTOPs
+    restarts: Counter[str] = field(default_factory=Counter)  # came back and answered
+    recovery_s: dict[str, list[float]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    last_fault_end: float = 0.0
+
+
+@dataclass
+class ChaosReport:
+    plan: ChaosPlan
+    tally: Tally
+    faults: FaultLog
+    metrics: dict[str, float]
+    verdict: Verdict
+    drain_s: float | None
+    elapsed_s: float
+    state_dir: Path
+
+    @property
+    def ok(self) -> bool:
+        return not self.verdict.problems and not self.faults.errors and self.drain_s is not None
+
+    def lines(self) -> list[str]:
+        t, v = self.tally, self.verdict
+        statuses = Counter(v.rows.values())
+        procs = sorted(set(self.faults.kills) | set(self.faults.restarts))
+        m = self.metrics
+        out = [
+            f"jobs: submitted {t.submitted_http + t.submitted_upload} (http {t.submitted_http}, "
+            f"upload {t.submitted_upload}); accepted {len(t.accepted)} (http {len(t.accepted_http)}, "
+            f"upload {len(t.accepted_upload)}); completed {statuses['completed']}; failed {statuses['failed']}; "
+            f"not terminal {len(t.accepted) - statuses['completed'] - statuses['failed']}; "
+            f"given up by the submitter {t.gave_up}; rows without a known id {v.unknown_rows}",
+            "faults (kills / restarts): "
+            + ", ".join(f"{p} {self.faults.kills[p]}/{self.faults.restarts[p]}" for p in procs),
+            "recovery s: " + ", ".join(f"{p} max {max(s):.1f}" for p, s in sorted(self.faults.recovery_s.items()) if s),
+            "retries: "
+            + (", ".join(f"{k} {n}" for k, n in sorted(t.retries.items())) or "none")
+            + (f"; refused without retry: {dict(t.refused)}" if t.refused else ""),
+            f"duplicates: stats absorbed {m.get('stats.duplicate', 0):.0f} of "
+            f"{m.get('stats.duplicate', 0) + m.get('stats.applied', 0):.0f} job events (at least; counters "
+            f"scraped every 2 s); inference reused {m.get('inference.reused', 0):.0f}; dead letters "
+            f"{m.get('dead_letters', 0):.0f}; record failures (retried) {m.get('record_failures', 0):.0f}"
+            + "".join(f", {k[16:]} {n:.0f}" for k, n in sorted(m.items()) if k.startswith("record_failures.") and n),
+            "drain after the last fault: " + (f"{self.drain_s:.1f} s" if self.drain_s is not None else "did not drain"),
+            f"checks: {v.fsck_summary}",
+            f"elapsed {self.elapsed_s:.0f} s; state and logs in {self.state_dir}",
+        ]
+        out += [f"PROBLEM: {p}" for p in v.problems + self.faults.errors]
+        return out
+
+
+class FaultInjector:
+    def __init__(self, plan: ChaosPlan, stack: EmbeddedStack, svc: RunningServices) -> None:
+        self.plan = plan
+        self.stack = stack
+        self.svc = svc
+        self.log = FaultLog()
+
+    async def run(self, faults: list[Fault], deadline: float) -> None:
+        await asyncio.sleep(self.plan.first_fault_s)
+        for i, fault in enumerate(faults):
+            if time.monotonic() > deadline:
+                self.log.errors.append(f"out of time: {len(faults) - i} faults not injected")
+                return
+            began = time.monotonic()
+            try:
+                ok = await self._inject(fault)
+            except Exception as exc:
+                ok = False
+                self.log.errors.append(f"{fault.kind} {fault.target}: {exc!r}")
+            self.log.last_fault_end = time.monotonic()
+            if ok:
+                self.log.restarts[fault.target] += 1
+                self.log.recovery_s.setdefault(fault.target, []).append(self.log.last_fault_end - began)
+            if i + 1 < len(faults):
+                await asyncio.sleep(self.plan.fault_gap_s)
+
+    async def _inject(self, fault: Fault) -> bool:
+        self.log.kills[fault.target] += 1
+        if fault.kind == "kill-service":
+            return await self._kill_service(fault.target)
+        if fault.kind == "kill-broker":
+            await self.stack.kill_and_restart("tansu", down_s=self.plan.broker_down_s)
+            return True
+        if fault.kind == "restart-postgres":
+            await self.stack.restart_postgres(down_s=self.plan.postgres_down_s)
+            return True
+        await self._pause_s3()
+        return True
+
+    async def _kill_service(self, name: str) -> bool:
+        pid = service_pid(name)
+        if pid is None:
+            self.log.errors.append(f"no running {name} to kill")
+            return False
+        before = self.svc.supervisor.restarts[name]
+        os.kill(pid, signal.SIGKILL)
+
+        async def back() -> bool:
+            return self.svc.supervisor.restarts[name] > before and await answers(self._probe_url(name))
+
+        if not await until(back, self.plan.recover_timeout_s):
+            self.log.errors.append(f"{name} did not come back within {self.plan.recover_timeout_s:.0f} s of SIGKILL")
+            return False
+        return True
+
+    def _probe_url(self, name: str) -> str:
+        return f"{self.svc.api_url}/healthz" if name == "ingest" else self.svc.metrics_urls[name]
+
+    async def _pause_s3(self) -> None:
+        pid = self.stack.child("seaweedfs").pid
+        if pid is None:
+            raise RuntimeError("seaweedfs is not running")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(self.plan.s3_pause_s)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+async def run_chaos(opts: DrillOptions, plan: ChaosPlan, console: Console) -> ChaosReport:
+    """The whole drill; returns the figures and every problem found (``report.ok`` when none)."""
+    began = time.monotonic()
+    deadline = began + plan.deadline_s
+    async with open_pipeline(opts, console) as (stack, settings, svc):
+        console.print(f"pipeline up in {time.monotonic() - began:.0f} s; state in {opts.state_dir}")
+        # Submitting stops in time to leave the drain and the checks their share of the run's bound.
+        submit_deadline = deadline - plan.drain_timeout_s - 60.0
+        submitter = Submitter(plan, settings, svc.api_url, submit_deadline)
+        injector = FaultInjector(plan, stack, svc)
+        watch = MetricsWatch(svc.metrics_urls)
+        stop_watch = asyncio.Event()
+        watching = asyncio.create_task(watch.run(stop_watch), name="drill-metrics")
+        faults = fault_schedule(plan)
+        console.print(f"submitting {plan.jobs} jobs at {plan.rate_per_s}/s; {len(faults)} faults")
+        await asyncio.gather(submitter.run(), injector.run(faults, submit_deadline))
+        console.print(f"submitted; {len(submitter.tally.accepted)} accepted; draining...")
+        dsn = settings.postgres.dsn.get_secret_value()
+        remaining = max(10.0, min(plan.drain_timeout_s, deadline - time.monotonic()))
+        drained = await drain(dsn, submitter.tally.accepted, remaining)
+        drain_s = time.monotonic() - max(injector.log.last_fault_end, submitter.tally.last_accept) if drained else None
+        stop_watch.set()
+        await watching
+        verdict = await verify(settings, submitter.tally.accepted)
+    return ChaosReport(
+        plan=plan,
+        tally=submitter.tally,
+        faults=injector.log,
+        metrics=watch.totals(),
+        verdict=verdict,
+        drain_s=drain_s,
+        elapsed_s=time.monotonic() - began,
+        state_dir=opts.state_dir,
+    )
+
+
+def _parse(argv: list[str] | None) -> tuple[DrillOptions, ChaosPlan]:
+    p = argparse.ArgumentParser(
+        prog="python -m rmbg.drills.chaos", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    p.add_argument("--model-source", required=True, help="folder of an RMBG-layout model (e.g. the tiny test model)")
+    p.add_argument("--backend", choices=("rmbg", "classic"), default="rmbg")
+    p.add_argument("--state-dir", type=Path, default=Path(".state/chaos"), help="a fresh run-* folder is made in it")
+    p.add_argument("--short", action="store_true", help="the test-suite variant: ~200 jobs, one kill of each")
+    p.add_argument("--jobs", type=int)
+    p.add_argument("--rate", type=float, help="jobs per second")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    plan = ChaosPlan.short() if args.short else ChaosPlan()
+    plan = replace(plan, seed=args.seed)
+    if args.jobs is not None:
+        plan = replace(plan, jobs=args.jobs)
+    if args.rate is not None:
+        plan = replace(plan, rate_per_s=args.rate)
+    state_dir = (args.state_dir / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
+    return DrillOptions(state_dir=state_dir, model_source=args.model_source, backend=args.backend), plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    opts, plan = _parse(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the submitter's producer while the broker is down
+    console = Console()
+    report = asyncio.run(run_chaos(opts, plan, console))
+    for line in report.lines():
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+    console.print("chaos: every check held" if report.ok else "chaos: FAILED", style="green" if report.ok else "red")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

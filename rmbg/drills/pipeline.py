@@ -1,0 +1,143 @@
+"""The pipeline a drill runs on: a fresh embedded stack on loopback and the four services as supervised
+child processes, with settings the drill sees exactly as the children get them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import httpx
+import psutil
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+from rich.console import Console
+
+from rmbg.services import RunningServices, run_services
+from rmbg.stack.stack import EmbeddedStack, StackEndpoints
+from rmbg.up import provision
+from shared.config import (
+    DEV_S3_ACCESS_KEY,
+    DEV_S3_SECRET_KEY,
+    BaseServiceSettings,
+    KafkaSettings,
+    PostgresSettings,
+    RedisSettings,
+    S3Settings,
+)
+
+DRILL_MODEL = "tiny-rmbg-drill"
+
+
+@dataclass(frozen=True)
+class DrillOptions:
+    state_dir: Path
+    model_source: str
+    backend: Literal["rmbg", "classic"] = "rmbg"
+
+
+class _ExplicitSettings(BaseServiceSettings):
+    """Settings from the arguments only: the harness must see exactly what the children are given."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def harness_settings(endpoints: StackEndpoints) -> BaseServiceSettings:
+    return _ExplicitSettings(
+        postgres=PostgresSettings(dsn=SecretStr(endpoints.postgres_dsn), max_pool=4),
+        redis=RedisSettings(url=endpoints.redis_url),
+        kafka=KafkaSettings(
+            bootstrap_servers=endpoints.kafka_bootstrap, session_timeout_ms=6000, heartbeat_interval_ms=1000
+        ),
+        s3=S3Settings(
+            endpoint_url=endpoints.s3_endpoint,
+            access_key=endpoints.s3_access_key,
+            secret_key=SecretStr(endpoints.s3_secret_key),
+        ),
+    )
+
+
+def service_env(endpoints: StackEndpoints, model_source: str, backend: str) -> dict[str, str]:
+    """The children's environment: no inherited RMBG_* variable, only what this run chose."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RMBG_")}
+    model = "classic-grabcut" if backend == "classic" else DRILL_MODEL
+    env.update(endpoints.as_env())
+    env.update(
+        {
+            "RMBG_INFERENCE__BACKEND": backend,
+            "RMBG_INFERENCE__MODEL_SOURCE": model_source,
+            "RMBG_INFERENCE__MODEL_NAME": model,
+            "RMBG_INGEST__MODEL": model,
+            "RMBG_KAFKA__SESSION_TIMEOUT_MS": "6000",
+            "RMBG_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+            "RMBG_PERSISTER__SWEEP_INTERVAL_S": "5",
+        }
+    )
+    return env
+
+
+def service_pid(name: str) -> int | None:
+    """The live child process running ``services.<name>.main``."""
+    for proc in psutil.Process().children(recursive=False):
+        with contextlib.suppress(psutil.Error):
+            if proc.status() != psutil.STATUS_ZOMBIE and f"services.{name}.main" in proc.cmdline():
+                return int(proc.pid)
+    return None
+
+
+async def answers(url: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            return (await client.get(url)).status_code == 200
+    return False
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout_s: float, interval_s: float = 0.25) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(interval_s)
+    return False
+
+
+@contextlib.asynccontextmanager
+async def open_pipeline(
+    opts: DrillOptions, console: Console
+) -> AsyncIterator[tuple[EmbeddedStack, BaseServiceSettings, RunningServices]]:
+    stack = EmbeddedStack(
+        opts.state_dir,
+        s3_access_key=DEV_S3_ACCESS_KEY,
+        s3_secret_key=DEV_S3_SECRET_KEY,
+        use_local_servers=False,  # embedded PostgreSQL and Redis: restarting them disturbs nobody else
+        ready_timeout_s=60.0,
+    )
+    async with stack as endpoints:
+        settings = harness_settings(endpoints)
+        await provision(settings)
+
+        def restarted(name: str, restarts: int, code: int | None) -> None:
+            console.print(f"[yellow]{name} exited (code {code}); supervisor restart {restarts}[/]")
+
+        env = service_env(endpoints, opts.model_source, opts.backend)
+        async with run_services(env=env, state_dir=endpoints.state_dir, api_port=None, on_restart=restarted) as svc:
+            stop = asyncio.Event()
+            supervising = asyncio.create_task(svc.supervisor.run(stop), name="drill-supervisor")
+            try:
+                yield stack, settings, svc
+            finally:
+                stop.set()
+                await supervising

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check bench clean
+.PHONY: run test lint typecheck check bench clean chaos load
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,12 @@ clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache
 
 # Fault drill (rmbg/drills/chaos.py): >= 2,000 jobs while every process is killed; bounded, loopback only.
-.PHONY: chaos
 chaos: $(STAMP)
-	$(BIN)/python -c 'from pathlib import Path; from tests.support.tiny_rmbg import build_tiny_rmbg as b; b(Path(".state/chaos-model/tiny_rmbg"))'
-	timeout 1500 $(BIN)/python -m rmbg.drills.chaos --model-source .state/chaos-model/tiny_rmbg --state-dir .state/chaos
+	$(BIN)/python -c 'from pathlib import Path; from tests.support.tiny_rmbg import build_tiny_rmbg as b; b(Path(".state/drill-model/tiny_rmbg"))'
+	timeout 1500 $(BIN)/python -m rmbg.drills.chaos --model-source .state/drill-model/tiny_rmbg --state-dir .state/chaos
+
+# Load drill (rmbg/drills/load.py): a steady rate for 10 minutes; throughput, latency p50/p95/p99 and
+# every service's memory at warm-up and at the end. Bounded, loopback only.
+load: $(STAMP)
+	$(BIN)/python -c 'from pathlib import Path; from tests.support.tiny_rmbg import build_tiny_rmbg as b; b(Path(".state/drill-model/tiny_rmbg"))'
+	timeout 1800 $(BIN)/python -m rmbg.drills.load --model-source .state/drill-model/tiny_rmbg --state-dir .state/load

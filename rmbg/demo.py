@@ -44,7 +44,7 @@ async def submit_http(client: httpx.AsyncClient, name: str, *, user_id: str, tag
 
 async def submit_upload_event(settings: BaseServiceSettings, name: str, *, user_id: str) -> str:
     """Put the photo where an upstream system would, then publish its upload event."""
-    from services.ingest.intake import upload_job_id
+    from shared.ids import upload_job_id
 
     key = f"uploads/demo/{uuid.uuid4()}/{name}"
     async with open_object_store(settings.s3) as store:

@@ -38,3 +38,8 @@ def uuid7_time(job_id: uuid.UUID) -> datetime:
         raise ValueError(f"{job_id} is not a UUIDv7")
     ms = job_id.int >> 80
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def upload_job_id(event_id: str, occurred_at: datetime) -> uuid.UUID:
+    """The same upload event always maps to the same job id: redelivery creates no second job."""
+    return uuid7(occurred_at, entropy=f"upload-event:{event_id}".encode())

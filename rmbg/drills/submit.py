@@ -19,9 +19,9 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from PIL import Image
 
-from services.ingest.intake import upload_job_id
 from shared.config import BaseServiceSettings
 from shared.contracts import Topics, UploadEvent
+from shared.ids import upload_job_id
 from shared.messaging import open_producer, publish
 from shared.storage import ObjectStore, open_object_store
 

@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Literal
 
 from aiokafka import AIOKafkaProducer
@@ -31,7 +30,7 @@ from shared.contracts import JobEvent, JobEventKind, ProcessingParams, Topics
 from shared.database import Database
 from shared.db.models import JobRecord, JobStatus
 from shared.exceptions import ImageRejected
-from shared.ids import uuid7, uuid7_time
+from shared.ids import uuid7
 from shared.imaging import ImageInfo, inspect_image
 from shared.messaging import publish
 from shared.queueing import record_queue_position
@@ -197,9 +196,4 @@ class Intake:
             log.error("job event %s not published: %s", event.event_id, exc)
 
 
-def upload_job_id(event_id: str, occurred_at: datetime) -> uuid.UUID:
-    """The same upload event always maps to the same job id: redelivery creates no second job."""
-    return uuid7(occurred_at, entropy=f"upload-event:{event_id}".encode())
-
-
-__all__ = ["Accepted", "ImageRejected", "Intake", "upload_job_id", "uuid7_time"]
+__all__ = ["Accepted", "ImageRejected", "Intake"]

@@ -6,11 +6,11 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
-from services.ingest.intake import upload_job_id
 from services.ingest.resources import IngestResources
 from shared.contracts import UploadEvent
 from shared.exceptions import ContractError, ImageRejected, Overloaded, PermanentError
 from shared.failures import classify
+from shared.ids import upload_job_id
 from shared.messaging import DeadLetters
 from shared.worker import LoopOptions, Record, RecordFailure, consume_topic, each_record
 

@@ -29,8 +29,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from PIL import Image
 
 from rmbg.demo import sample_bytes
-from services.ingest.intake import upload_job_id
 from shared.contracts import DeadLetter, Topics
+from shared.ids import upload_job_id
 from shared.storage import open_object_store
 from tests.e2e.conftest import Pipeline
 from tests.support.images import bomb_png

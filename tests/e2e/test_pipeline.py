@@ -16,8 +16,8 @@ from aiokafka import AIOKafkaConsumer
 from PIL import Image
 
 from rmbg.demo import sample_bytes
-from services.ingest.intake import upload_job_id
 from shared.contracts import DeadLetter, Topics, UploadEvent
+from shared.ids import upload_job_id
 from shared.messaging import open_producer, publish
 from shared.storage import open_object_store
 from tests.e2e.conftest import TINY_MODEL, Pipeline

@@ -227,6 +227,9 @@ def _parse(argv: list[str] | None) -> tuple[DrillOptions, LoadPlan]:
     p.add_argument("--duration", type=float, help="seconds of steady load")
     p.add_argument("--rate", type=float, help="jobs per second")
     p.add_argument("--side", type=int, help="image side in pixels")
+    p.add_argument(
+        "--max-queue-wait", type=float, help="ingest's backpressure limit in seconds (an overload run sets it low)"
+    )
     args = p.parse_args(argv)
     plan = LoadPlan.short() if args.short else LoadPlan()
     if args.duration is not None:
@@ -236,7 +239,11 @@ def _parse(argv: list[str] | None) -> tuple[DrillOptions, LoadPlan]:
     if args.side is not None:
         plan = replace(plan, image_side=args.side)
     state_dir = (args.state_dir / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
-    return DrillOptions(state_dir=state_dir, model_source=args.model_source, backend=args.backend), plan
+    extra = (("RMBG_INGEST__MAX_QUEUE_WAIT_S", str(args.max_queue_wait)),) if args.max_queue_wait else ()
+    opts = DrillOptions(
+        state_dir=state_dir, model_source=args.model_source, backend=args.backend, service_settings=extra
+    )
+    return opts, plan
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,8 @@ class DrillOptions:
     state_dir: Path
     model_source: str
     backend: Literal["rmbg", "classic"] = "rmbg"
+    # Service settings for this run, as RMBG_* variables (e.g. a lower RMBG_INGEST__MAX_QUEUE_WAIT_S).
+    service_settings: tuple[tuple[str, str], ...] = ()
 
 
 class _ExplicitSettings(BaseServiceSettings):
@@ -132,7 +134,7 @@ async def open_pipeline(
         def restarted(name: str, restarts: int, code: int | None) -> None:
             console.print(f"[yellow]{name} exited (code {code}); supervisor restart {restarts}[/]")
 
-        env = service_env(endpoints, opts.model_source, opts.backend)
+        env = service_env(endpoints, opts.model_source, opts.backend) | dict(opts.service_settings)
         async with run_services(env=env, state_dir=endpoints.state_dir, api_port=None, on_restart=restarted) as svc:
             stop = asyncio.Event()
             supervising = asyncio.create_task(svc.supervisor.run(stop), name="drill-supervisor")

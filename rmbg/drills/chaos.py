@@ -32,7 +32,7 @@ from typing import Literal
 from rich.console import Console
 
 from rmbg.drills.metrics import MetricsWatch
-from rmbg.drills.pipeline import DrillOptions, answers, open_pipeline, service_pid, until
+from rmbg.drills.pipeline import DrillOptions, answers, open_pipeline, run_drill, service_pid, until
 from rmbg.drills.submit import Submitter, Tally
 from rmbg.drills.verify import Verdict, drain, verify
 from rmbg.services import RunningServices
@@ -284,17 +284,8 @@ def _parse(argv: list[str] | None) -> tuple[DrillOptions, ChaosPlan]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-
     opts, plan = _parse(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the submitter's producer while the broker is down
-    console = Console()
-    report = asyncio.run(run_chaos(opts, plan, console))
-    for line in report.lines():
-        console.print(line, soft_wrap=True, markup=False, highlight=False)
-    console.print("chaos: every check held" if report.ok else "chaos: FAILED", style="green" if report.ok else "red")
-    return 0 if report.ok else 1
+    return run_drill("chaos", lambda console: run_chaos(opts, plan, console))
 
 
 if __name__ == "__main__":

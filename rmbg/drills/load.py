@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -30,7 +29,7 @@ import asyncpg
 import psutil
 from rich.console import Console
 
-from rmbg.drills.pipeline import DrillOptions, open_pipeline, service_pid
+from rmbg.drills.pipeline import DrillOptions, open_pipeline, run_drill, service_pid
 from rmbg.drills.submit import Submitter, Tally
 from rmbg.drills.verify import Verdict, drain, verify
 from rmbg.services import SERVICES
@@ -248,14 +247,7 @@ def _parse(argv: list[str] | None) -> tuple[DrillOptions, LoadPlan]:
 
 def main(argv: list[str] | None = None) -> int:
     opts, plan = _parse(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    console = Console()
-    report = asyncio.run(run_load(opts, plan, console))
-    for line in report.lines():
-        console.print(line, soft_wrap=True, markup=False, highlight=False)
-    console.print("load: every check held" if report.ok else "load: FAILED", style="green" if report.ok else "red")
-    return 0 if report.ok else 1
+    return run_drill("load", lambda console: run_load(opts, plan, console))
 
 
 if __name__ == "__main__":

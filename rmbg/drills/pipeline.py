@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 import psutil
@@ -143,3 +144,23 @@ async def open_pipeline(
             finally:
                 stop.set()
                 await supervising
+
+
+class DrillReport(Protocol):
+    @property
+    def ok(self) -> bool: ...
+    def lines(self) -> list[str]: ...
+
+
+def run_drill(name: str, drill: Callable[[Console], Coroutine[Any, Any, DrillReport]]) -> int:
+    """Run a drill from the command line: quiet logs, the report's lines, exit status 0 when it held."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the submitter's producer while the broker is down
+    console = Console()
+    report: DrillReport = asyncio.run(drill(console))
+    for line in report.lines():
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+    console.print(
+        f"{name}: every check held" if report.ok else f"{name}: FAILED", style="green" if report.ok else "red"
+    )
+    return 0 if report.ok else 1

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from PIL import Image
 
 from rmbg.demo import sample_bytes
@@ -33,6 +33,7 @@ from shared.contracts import DeadLetter, Topics
 from shared.ids import upload_job_id
 from shared.storage import open_object_store
 from tests.e2e.conftest import Pipeline
+from tests.e2e.test_pipeline import _read_dead_letters
 from tests.support.images import bomb_png
 
 pytestmark = pytest.mark.slow
@@ -525,28 +526,8 @@ async def _poll_jobs(client: httpx.AsyncClient, job_ids: set[str], deadline: flo
 
 async def _dead_letters(pipeline: Pipeline, keys: set[str], deadline: float) -> dict[str, DeadLetter]:
     """The dead letters whose record key is one of ``keys`` (the topic also holds other tests' letters)."""
-    settings = pipeline.settings
-    topics = Topics.from_settings(settings.topics, settings.kafka)
-    consumer = AIOKafkaConsumer(
-        topics.dead_letter.name,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        group_id=None,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=2 * 1024 * 1024,
-    )
-    await consumer.start()
-    found: dict[str, DeadLetter] = {}
-    try:
-        while not keys <= found.keys() and asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for recs in batch.values():
-                for rec in recs:
-                    letter = topics.dead_letter.deserialize(rec.value)
-                    if letter.key in keys:
-                        found[letter.key] = letter
-    finally:
-        await consumer.stop()
-    return found
+    timeout_s = max(1.0, deadline - asyncio.get_running_loop().time())
+    return {letter.key or "": letter for letter in await _read_dead_letters(pipeline, keys=keys, timeout_s=timeout_s)}
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from rmbg.demo import run_demo
-from rmbg.services import run_services
-from rmbg.stack.stack import EmbeddedStack
+from rmbg.services import RunningServices, run_services
+from rmbg.stack.stack import EmbeddedStack, StackEndpoints
 from shared.config import BaseServiceSettings
 from shared.db.migrate import upgrade
 from shared.messaging import ensure_topics
@@ -81,32 +81,48 @@ async def run_up(opts: UpOptions, stop: asyncio.Event, console: Console) -> int:
             env=dict(os.environ), state_dir=endpoints.state_dir, api_port=opts.api_port, on_restart=restarted
         ) as svc:
             supervising = asyncio.create_task(svc.supervisor.run(stop), name="supervisor")
-            table = Table(title="rmbg-pipeline is up", show_header=False)
-            table.add_row("API", f"{svc.api_url}  (POST /v1/jobs, GET /v1/jobs/{{id}}, docs at /docs)")
-            for name, url in svc.metrics_urls.items():
-                table.add_row(f"metrics {name}", url)
-            table.add_row("PostgreSQL", _redact(endpoints.postgres_dsn))
-            table.add_row("Redis", endpoints.redis_url)
-            table.add_row("Kafka", endpoints.kafka_bootstrap)
-            table.add_row("S3", f"{endpoints.s3_endpoint} bucket {settings.s3.bucket}")
-            table.add_row("model", f"{model_name} ({opts.backend} backend)")
-            table.add_row("logs", str(endpoints.state_dir / "logs"))
-            console.print(table)
-            if opts.backend == "classic":
-                console.print(
-                    "[yellow]backend: classic GrabCut (weights-free). RMBG-2.0 weights are gated and not on this "
-                    "machine; run with --backend rmbg --model-source <hub id or folder> to use the model.[/]"
-                )
-            if opts.demo:
-                ok = await run_demo(svc.api_url, settings, console)
-                console.print(
-                    "[green]demo: every job completed[/]" if ok else "[red]demo: some jobs did not complete[/]"
-                )
-            console.print("serving; press Ctrl+C to stop")
-            await stop.wait()
-            await supervising
+            try:
+                await _serve(opts, settings, svc, model_name, endpoints, console, stop)
+            finally:
+                stop.set()  # also when the demo failed: no restart while the services are being stopped
+                await supervising
             console.print("stopping services and servers...")
     return 0
+
+
+async def _serve(
+    opts: UpOptions,
+    settings: BaseServiceSettings,
+    svc: RunningServices,
+    model_name: str,
+    endpoints: StackEndpoints,
+    console: Console,
+    stop: asyncio.Event,
+) -> None:
+    """The table of endpoints, the demo if asked for, then serve until ``stop``."""
+    table = Table(title="rmbg-pipeline is up", show_header=False)
+    table.add_row("API", f"{svc.api_url}  (POST /v1/jobs, GET /v1/jobs/{{id}}, docs at /docs)")
+    for name, url in svc.metrics_urls.items():
+        table.add_row(f"metrics {name}", url)
+    table.add_row("PostgreSQL", _redact(endpoints.postgres_dsn))
+    table.add_row("Redis", endpoints.redis_url)
+    table.add_row("Kafka", endpoints.kafka_bootstrap)
+    table.add_row("S3", f"{endpoints.s3_endpoint} bucket {settings.s3.bucket}")
+    table.add_row("model", f"{model_name} ({opts.backend} backend)")
+    table.add_row("logs", str(endpoints.state_dir / "logs"))
+    console.print(table)
+    if opts.backend == "classic":
+        console.print(
+            "[yellow]backend: classic GrabCut (weights-free). RMBG-2.0 weights are gated and not on this "
+            "machine; run with --backend rmbg --model-source <hub id or folder> to use the model.[/]"
+        )
+    if opts.demo:
+        ok = await run_demo(svc.api_url, settings, console)
+        console.print(
+            "[green]demo: every job completed[/]" if ok else "[red]demo: some jobs did not complete[/]"
+        )
+    console.print("serving; press Ctrl+C to stop")
+    await stop.wait()
 
 
 def _redact(dsn: str) -> str:

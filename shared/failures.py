@@ -11,6 +11,7 @@ import asyncio
 import re
 from enum import StrEnum
 
+import aiohttp
 import asyncpg
 from aiokafka import errors as kafka_errors
 from botocore import exceptions as boto_errors
@@ -25,8 +26,10 @@ class FailureClass(StrEnum):
 
 
 # SQLSTATE classes (the first two characters) that say "try again": connection exceptions, resources,
-# operator intervention (shutdown, restart), transaction rollbacks (serialization, deadlock), system errors.
-_PG_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+# operator intervention (shutdown, restart), transaction rollbacks (serialization, deadlock), system errors,
+# and those that fail every record alike because the deployment is wrong (a missing table or column from a
+# migration not yet run, a missing database or schema, a permission): stall and alert, skip nothing.
+_PG_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58", "42", "3D", "3F"})
 # ...and those that say "this statement with these values will never work": data exceptions (a NUL byte,
 # a value out of range), integrity violations, and syntax or access rule violations in a given record.
 _PG_PERMANENT_CLASSES = frozenset({"22", "23"})
@@ -61,6 +64,9 @@ def classify(exc: BaseException) -> FailureClass:
         return FailureClass.TRANSIENT
     if isinstance(exc, kafka_errors.KafkaError):
         return FailureClass.PERMANENT if isinstance(exc, _KAFKA_PERMANENT) else FailureClass.TRANSIENT
+    if isinstance(exc, aiohttp.ClientError):
+        # aiobotocore reads bodies through aiohttp: a store that closes mid-body raises ClientPayloadError.
+        return FailureClass.TRANSIENT
     if isinstance(exc, boto_errors.BotoCoreError):
         # Endpoint unreachable, read/connect timeouts, closed connections: all about the server.
         return FailureClass.TRANSIENT

@@ -103,7 +103,8 @@ def _opened(data: bytes) -> Iterator[Image.Image]:
         raise ImageRejected(f"decompression bomb refused: {exc}", code="too_many_pixels") from None
     except UnidentifiedImageError:
         raise ImageRejected("not a recognised image file", code="corrupt") from None
-    except (OSError, SyntaxError, ValueError, TypeError, struct.error, EOFError, MemoryError) as exc:
+    # MemoryError is not caught: running out of memory says nothing about the image (it is retried).
+    except (OSError, SyntaxError, ValueError, TypeError, struct.error, EOFError) as exc:
         raise ImageRejected(f"corrupt image: {exc}", code="corrupt") from None
 
 

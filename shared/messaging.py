@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -25,7 +25,7 @@ from shared.config import KafkaSettings, TopicSettings
 from shared.contracts import DeadLetter, Topic
 from shared.contracts.events import MAX_DEAD_LETTER_PAYLOAD
 from shared.exceptions import RmbgError
-from shared.failures import FailureClass, clean_text
+from shared.failures import FailureClass, classify, clean_text, describe
 
 log = logging.getLogger(__name__)
 
@@ -182,3 +182,16 @@ class DeadLetters:
         )
         await publish(self.producer, self.topic, letter, key=letter.key or f"{record.topic}:{record.partition}")
         self.counter.labels(topic=record.topic, failure_class=letter.failure_class).inc()
+
+    async def or_send(
+        self, record: ConsumerRecord[bytes, bytes], reason: str, error: BaseException, ending: Awaitable[None]
+    ) -> None:
+        """Run ``ending`` (failing the record's job); should it fail for anything but an outage, dead-letter
+        the record instead. Giving up on a record therefore always ends, never loops."""
+        try:
+            await ending
+        except Exception as exc:
+            if classify(exc) is FailureClass.TRANSIENT:
+                raise
+            why = f"{reason}; its job could not be failed: {describe(exc, limit=500)}"
+            await self.send(record, why, failure_class=classify(error))

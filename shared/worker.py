@@ -4,7 +4,8 @@
   failed, each with its exception (:class:`RecordFailure`); one record's error never fails the others.
 - Each failure is classified (shared/failures.py): permanent → the handler's ``give_up`` ends that record
   (fails its job or dead-letters it) and the line goes on; transient → the record is retried after a
-  backoff, nothing is skipped; unknown → retried up to ``max_record_attempts`` times, then permanent.
+  backoff, nothing is skipped; unknown → retried ``max_record_attempts`` times and for at least
+  ``min_unknown_retry_s``, then permanent.
 - Offsets are committed only after the side effects they cover are durable: per partition up to the
   first record still to retry. Records after it that already succeeded are remembered and skipped
   when the rewind delivers them again, so a retried batch does not repeat their effects.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import Counter
 
 from shared.config import KafkaSettings
-from shared.failures import FailureClass, classify, describe
+from shared.failures import FailureClass, classify, clean_text, describe
 from shared.messaging import open_consumer
 
 log = logging.getLogger(__name__)
@@ -84,9 +86,11 @@ class LoopOptions:
     # Backoff after a batch with records to retry: 0.5 s doubling to 30 s, so a dead database is not hammered.
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
-    # An error of unknown class gets this many tries per record (about 1 minute with the backoff above),
-    # then counts as permanent: never an endless loop on one record.
+    # An error of unknown class gets this many tries per record, and at least this long from its first
+    # failure (the backoff resets whenever a batch succeeds, so a count alone could be spent in seconds
+    # during an outage nobody classified), then counts as permanent: never an endless loop on one record.
     max_record_attempts: int = 5
+    min_unknown_retry_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ class ConsumeLoop:
         # Records that succeeded in a batch whose other records are being retried (skipped on redelivery).
         self._done: dict[TopicPartition, set[int]] = defaultdict(set)
         # Tries so far of records whose errors are of unknown class.
-        self._attempts: dict[RecordId, int] = {}
+        self._attempts: dict[RecordId, tuple[int, float]] = {}  # tries, monotonic time of the first
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self._options.backoff_initial_s
@@ -195,18 +199,24 @@ class ConsumeLoop:
                 self._metrics.records_failed.labels(topic=record.topic, failure_class=cls.value).inc()
             reason = describe(error)
             if cls is FailureClass.UNKNOWN:
-                tries = self._attempts[rid] = self._attempts.get(rid, 0) + 1
-                if tries < self._options.max_record_attempts:
+                tries, first = self._attempts.get(rid, (0, time.monotonic()))
+                tries += 1
+                self._attempts[rid] = (tries, first)
+                waited = time.monotonic() - first
+                if tries < self._options.max_record_attempts or waited < self._options.min_unknown_retry_s:
                     log.warning("%s: %s@%d try %d failed: %s", self._name, record.topic, record.offset, tries, reason)
                     retry.append(record)
                     continue
-                reason = f"{reason} (unclassified error, given up after {tries} tries)"
+                # The reason stays within what a job's error_message and a result's error hold (2,000).
+                suffix = f" (unclassified error, given up after {tries} tries in {waited:.0f} s)"
+                reason = clean_text(reason, limit=2000 - len(suffix)) + suffix
             if cls is FailureClass.TRANSIENT:
                 retry.append(record)
                 continue
             try:
                 await self._handler.give_up(record, error, reason)
             except Exception as exc:  # e.g. the producer is down: try again with the next delivery
+                # (handlers fall back to a dead letter for anything but an outage, so this ends)
                 log.warning("%s: could not give up on %s@%d: %s", self._name, record.topic, record.offset, exc)
                 retry.append(record)
                 continue

@@ -8,7 +8,7 @@ Create Date: 2026-12-01
   a job lost only when its request was never acknowledged, or was consumed and committed by inference and
   still no result arrived; a job merely waiting in a long queue is never re-queued or failed
   (docs/failures.md). Both NULL-able columns without defaults: adding them rewrites nothing.
-- object_deletion_epoch: retention draws a value before it deletes objects (under the objects lock).
+- object_deletion_epoch: retention draws a value after it deletes objects (under the objects lock).
   Intake stores an original without holding a database connection, then compares the epoch under the
   shared lock: if retention deleted objects in between, it stores the original again.
 """

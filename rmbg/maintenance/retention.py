@@ -161,11 +161,14 @@ class Retention:
             }
             doomed = sorted({k for sha, keys in keys_by_sha.items() if sha not in used for k in keys})
             report.objects_kept_shared += sum(len(keys) for sha, keys in keys_by_sha.items() if sha in used)
-            # Deleted while the lock is held: an intake of the same content waits, then stores again
-            # (the epoch tells an intake that stored its original before this lock to store it again).
-            if doomed:
-                await self._q.fetchval("bump_object_deletion_epoch", conn)
-            report.objects_deleted += await self._store.delete_many(doomed)
+            # Deleted while the lock is held: an intake of the same content waits, then stores again.
+            # The epoch moves *after* the delete (also when it fails half-way): an intake that read it
+            # before then, and may have found the object still there, sees the change and stores it again.
+            try:
+                report.objects_deleted += await self._store.delete_many(doomed)
+            finally:
+                if doomed:
+                    await self._q.fetchval("bump_object_deletion_epoch", conn)
 
 
 def _utc(day: date) -> datetime:

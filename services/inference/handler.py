@@ -104,12 +104,9 @@ class InferenceHandler:
             return
         self._metrics.records.labels(topic=self._topics.jobs.name, outcome="failed").inc()
         log.info("job %s failed: %s", job.job_id, reason)
-        await publish(
-            self._producer,
-            self._topics.results,
-            self._result(job, ResultKind.FAILED, error=reason),
-            key=str(job.job_id),
-        )
+        failed = self._result(job, ResultKind.FAILED, error=reason[:2000])
+        ending = publish(self._producer, self._topics.results, failed, key=str(job.job_id))
+        await self._dead_letters.or_send(record, reason, error, ending)
 
     @staticmethod
     async def _step(w: _Work, step: Awaitable[None]) -> None:

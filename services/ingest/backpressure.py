@@ -47,7 +47,7 @@ class Backpressure:
             )
         if backlog.oldest_wait_s > opts.max_queue_wait_s:
             raise Overloaded(
-                f"the oldest waiting job has waited {backlog.oldest_wait_s:.0f} s "
+                f"waiting jobs have waited {backlog.oldest_wait_s:.0f} s "
                 f"(limit {opts.max_queue_wait_s:.0f} s); retry later",
                 retry_after_s=_retry_after(backlog.oldest_wait_s - opts.max_queue_wait_s),
             )
@@ -57,7 +57,7 @@ class Backpressure:
             now = time.monotonic()
             if self._reading is None or now - self._read_at >= self._options.backlog_check_interval_s:
                 async with self._db.pool.acquire() as conn:
-                    jobs, oldest = await self._db.jobs.backlog(conn)
+                    jobs, oldest = await self._db.jobs.backlog(conn, rank=self._options.backlog_wait_rank)
                 wait = max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest is not None else 0.0
                 self._reading = Backlog(jobs=jobs, oldest_wait_s=wait)
                 self._read_at = now

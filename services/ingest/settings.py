@@ -27,10 +27,13 @@ class IngestOptions(BaseModel):
     # Upload events stamped further ahead than this are refused: clocks drift, but not by days.
     max_clock_skew_s: int = Field(default=300, ge=0)
     # Backpressure (docs/failures.md): new work is refused with 503 + Retry-After, and the upload consumer
-    # backs off, while the oldest unfinished job has waited longer than max_queue_wait_s or more than
+    # backs off, while the unfinished jobs have waited longer than max_queue_wait_s or more than
     # max_backlog_jobs are unfinished. 300 s is what a catalogue upload may reasonably wait; 2,000 jobs is
     # about 7 minutes of work at the 4.4 jobs/s measured on 2 CPU cores (issue figures, BENCHMARKS.md).
     max_queue_wait_s: float = Field(default=300.0, gt=0)
+    # The wait judged is that of the 20th longest-waiting unfinished job, not the oldest: a few stuck jobs
+    # (lost ones, which the sweeper re-queues) must not close intake for everybody.
+    backlog_wait_rank: int = Field(default=20, ge=1)
     max_backlog_jobs: int = Field(default=2000, ge=1)
     # The backlog is read from PostgreSQL at most this often (one index scan of the unfinished jobs).
     backlog_check_interval_s: float = Field(default=1.0, ge=0)

@@ -39,6 +39,7 @@ from shared.worker import Record, RecordFailure
 
 log = logging.getLogger(__name__)
 
+
 class PersistHandler:
     def __init__(
         self,
@@ -103,16 +104,26 @@ class PersistHandler:
             await self._dead_letters.send(record, f"no job {result.job_id}: {reason}", failure_class=classify(error))
             return
         log.warning("job %s failed permanently in the persister: %s", job.job_id, reason)
+        await self._dead_letters.or_send(record, reason, error, self._end_failed(job, result, reason))
+
+    async def _end_failed(self, job: JobRecord, result: ResultEvent, reason: str) -> None:
         await self._failed(job, f"result not usable: {reason}")
         if result.mask_key is not None:
-            await self._discard_unused_mask(job, result.mask_key)
+            await self._discard_unwanted_mask(job, result.mask_key)
 
-    async def _discard_unused_mask(self, job: JobRecord, mask_key: str) -> None:
-        """Inference stored a large mask for a job that then failed: delete it unless a completed job uses it."""
-        async with self._db.pool.acquire() as conn:
-            in_use = await self._db.jobs.mask_in_use(conn, content_sha256=job.content_sha256, mask_path=mask_key)
-        if not in_use:
-            await self._store.delete_many([mask_key])
+    async def _discard_unwanted_mask(self, job: JobRecord, mask_key: str) -> None:
+        """Inference stored a large mask for a job that then failed: delete it unless another job may use it.
+
+        Masks are content-addressed, so another job of the same image may reuse it: one that completed with
+        it, or one still under way. Checked and deleted under the objects lock (retention's), so an intake
+        of the same content waits and then finds the mask gone (and inference makes it again)."""
+        async with self._db.pool.acquire() as conn, conn.transaction():
+            await self._db.jobs.lock_objects_exclusive(conn)
+            wanted = await self._db.jobs.mask_wanted(
+                conn, content_sha256=job.content_sha256, mask_path=mask_key, except_job_id=job.job_id
+            )
+            if not wanted:
+                await self._store.delete_many([mask_key])
 
     async def _apply(self, result: ResultEvent) -> None:
         async with self._db.pool.acquire() as conn:

@@ -102,7 +102,7 @@ class Sweeper:
                     await self._emit(updated, JobEventKind.FAILED)
                 continue
             async with self._db.pool.acquire() as conn:
-                attempt = await self._db.jobs.record_retry(conn, job_id=job.job_id)
+                attempt = await self._db.jobs.record_retry(conn, job_id=job.job_id, seen_updated_at=job.updated_at)
             if not attempt:
                 continue
             try:

@@ -20,10 +20,11 @@ from shared.config import S3Settings
 from shared.exceptions import ObjectMissing, ObjectTooLarge, StorageError, StorageRefused, StorageUnavailable
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
-# Refusals that the same request will meet again: a malformed key or argument, an object too large for
-# the store. Anything else (5xx, throttling, timeouts, denied credentials an operator must fix) is
-# about the store, not the record: retried, never skipped.
-_REFUSED = {"InvalidArgument", "KeyTooLongError", "EntityTooLarge", "InvalidObjectName", "InvalidRequest"}
+# Refusals that only this record meets: a key the store will never accept, an object too large for it.
+# Anything else (5xx, throttling, timeouts, denied credentials, and InvalidRequest / InvalidArgument,
+# which stores also answer for their own configuration: Object Lock wanting Content-MD5, a signature or
+# region mismatch, SSE settings) is about the store, not the record: retried, never skipped.
+_REFUSED = {"KeyTooLongError", "EntityTooLarge", "InvalidObjectName"}
 
 
 def _storage_error(what: str, exc: ClientError | BotoCoreError) -> StorageError:

@@ -133,7 +133,9 @@ async def test_one_bad_record_never_holds_up_the_others(stack: StackEndpoints) -
             consumer,
             handler,
             name="t",
-            options=LoopOptions(max_records=10, backoff_initial_s=0.05, backoff_max_s=0.2, max_record_attempts=3),
+            options=LoopOptions(
+                max_records=10, backoff_initial_s=0.05, backoff_max_s=0.2, max_record_attempts=3, min_unknown_retry_s=0
+            ),
         )
         await asyncio.wait_for(loop.run(stop), 60)
         committed = await consumer.committed(TopicPartition(topic, 0))

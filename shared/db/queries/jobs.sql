@@ -89,11 +89,14 @@ RETURNING j.*,
                  JOIN tags t ON t.tag_id = it.tag_id
                  WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags;
 
--- name: record_retry(job_id, created_at)$
--- The sweeper's re-queue: one more attempt, and the stuck clock restarts. Not for finished jobs.
+-- name: record_retry(job_id, created_at, seen_updated_at)$
+-- The sweeper's re-queue: one more attempt, and the stuck clock restarts. Not for finished jobs, and only
+-- if the row is as the sweeper saw it (compare-and-set on updated_at): two persister replicas sweeping at
+-- once spend one attempt, not two, and a job that moved meanwhile is left alone.
 UPDATE image_process_jobs AS j
 SET attempts = j.attempts + 1, updated_at = now()
 WHERE j.job_id = :job_id AND j.created_at = :created_at AND j.status IN ('pending', 'processing')
+  AND j.updated_at = :seen_updated_at
 RETURNING j.attempts;
 
 -- name: find_stuck(updated_before, limit)
@@ -254,12 +257,14 @@ WHERE t.name >= :tag::varchar AND t.name <= :tag::varchar
 ORDER BY it.created_at DESC, it.job_id DESC
 LIMIT :limit;
 
--- name: mask_in_use(content_sha256, mask_path)$
--- Whether a completed job still points at this mask (before a failed job's mask is deleted).
--- Served by ix_jobs_content: one probe per partition, a handful of rows each.
+-- name: mask_wanted(content_sha256, mask_path, except_job_id)$
+-- Whether another job of the same image may use this mask (before a failed job's mask is deleted): one
+-- that completed with it, or one still under way (it may reuse it). Served by ix_jobs_content: one probe
+-- per partition, a handful of rows each.
 SELECT EXISTS (
     SELECT 1 FROM image_process_jobs j
-    WHERE j.content_sha256 = :content_sha256 AND j.mask_path = :mask_path AND j.status = 'completed'
+    WHERE j.content_sha256 = :content_sha256 AND j.job_id <> :except_job_id
+      AND (j.status IN ('pending', 'processing') OR (j.status = 'completed' AND j.mask_path = :mask_path))
 );
 
 -- name: mark_queued(job_id, created_at, queue_partition, queue_offset)!
@@ -274,9 +279,10 @@ WHERE j.job_id = :job_id AND j.created_at = :created_at AND j.status IN ('pendin
 -- sequence's first nextval, is_called tells the two apart.
 SELECT last_value + is_called::int FROM object_deletion_epoch;
 
--- name: backlog()^
--- Unfinished jobs and when the longest-waiting of them last moved, for ingest's backpressure.
--- Both come from ix_jobs_active_updated (partial: only pending/processing rows, a small index).
-SELECT count(*) AS jobs, min(j.updated_at) AS oldest_updated_at
-FROM image_process_jobs j
-WHERE j.status IN ('pending', 'processing');
+-- name: backlog(rank)^
+-- Unfinished jobs, and when the rank-th longest-waiting of them last moved, for ingest's backpressure.
+-- Not the oldest: a few stuck jobs (the sweeper's business) must not close intake; a real queue has many
+-- old jobs. Both from ix_jobs_active_updated (partial: only pending/processing rows, in updated_at order).
+SELECT (SELECT count(*) FROM image_process_jobs j WHERE j.status IN ('pending', 'processing')) AS jobs,
+       (SELECT j.updated_at FROM image_process_jobs j WHERE j.status IN ('pending', 'processing')
+        ORDER BY j.updated_at OFFSET :rank - 1 LIMIT 1) AS waiting_since;

@@ -68,6 +68,6 @@ SELECT pg_advisory_xact_lock(7262621);
 SELECT pg_advisory_xact_lock_shared(7262621);
 
 -- name: bump_object_deletion_epoch()$
--- Drawn under lock_objects_exclusive before objects are deleted: intakes that stored an original
--- meanwhile see the change and store it again.
+-- Drawn under lock_objects_exclusive after objects were deleted: an intake that read the epoch before
+-- (and may have found its original still there) sees the change and stores it again.
 SELECT nextval('object_deletion_epoch');

@@ -147,12 +147,12 @@ class JobsRepository:
             raise RuntimeError("lock_objects_shared must run inside a transaction")
         await self._q.execute("lock_objects_shared", conn)
 
-    async def backlog(self, conn: asyncpg.Connection) -> tuple[int, datetime | None]:
-        """(unfinished jobs, the oldest one's last update) over every partition."""
-        row = await self._q.fetchrow("backlog", conn)
+    async def backlog(self, conn: asyncpg.Connection, *, rank: int) -> tuple[int, datetime | None]:
+        """(unfinished jobs, the last update of the ``rank``-th longest-waiting one, None if fewer)."""
+        row = await self._q.fetchrow("backlog", conn, rank=max(1, rank))
         if row is None:
             return 0, None
-        return int(row["jobs"]), row["oldest_updated_at"]
+        return int(row["jobs"]), row["waiting_since"]
 
     async def object_deletion_epoch(self, conn: asyncpg.Connection) -> int:
         """A number that changes whenever retention deletes objects (migration 0007)."""
@@ -244,17 +244,31 @@ class JobsRepository:
         )
         return JobRecord.from_row(row) if row is not None else None
 
-    async def mask_in_use(self, conn: asyncpg.Connection, *, content_sha256: str, mask_path: str) -> bool:
-        """Whether a completed job references ``mask_path`` (a content-derived key shared by equal images)."""
+    async def mask_wanted(
+        self, conn: asyncpg.Connection, *, content_sha256: str, mask_path: str, except_job_id: UUID
+    ) -> bool:
+        """Whether a job other than ``except_job_id`` completed with ``mask_path`` or may still use it."""
         return bool(
             await self._q.fetchval(
-                "mask_in_use", conn, content_sha256=sha256_bytes(content_sha256), mask_path=mask_path
+                "mask_wanted",
+                conn,
+                content_sha256=sha256_bytes(content_sha256),
+                mask_path=mask_path,
+                except_job_id=except_job_id,
             )
         )
 
-    async def record_retry(self, conn: asyncpg.Connection, *, job_id: UUID) -> int | None:
+    async def lock_objects_exclusive(self, conn: asyncpg.Connection) -> None:
+        """Hold (until the transaction ends) the objects lock alone, as retention does to delete objects."""
+        if not conn.is_in_transaction():
+            raise RuntimeError("lock_objects_exclusive must run inside a transaction")
+        await self._q.execute("lock_objects_exclusive", conn)
+
+    async def record_retry(self, conn: asyncpg.Connection, *, job_id: UUID, seen_updated_at: datetime) -> int | None:
         """One more attempt for an unfinished job; the new attempt count, or None if finished/unknown."""
-        value = await self._q.fetchval("record_retry", conn, job_id=job_id, created_at=uuid7_time(job_id))
+        value = await self._q.fetchval(
+            "record_retry", conn, job_id=job_id, created_at=uuid7_time(job_id), seen_updated_at=seen_updated_at
+        )
         return int(value) if value is not None else None
 
     async def find_stuck(self, conn: asyncpg.Connection, *, updated_before: datetime, limit: int) -> list[JobRecord]:

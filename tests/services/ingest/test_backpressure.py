@@ -38,7 +38,9 @@ async def settings(stack: StackEndpoints) -> AsyncIterator[IngestSettings]:
     try:
         await asyncio.to_thread(upgrade, dsn)
         common = {**base_settings(stack), "postgres": PostgresSettings(dsn=dsn, max_pool=4)}
-        opts = IngestOptions(port=_free_port(), max_backlog_jobs=2, max_queue_wait_s=60, backlog_check_interval_s=0)
+        opts = IngestOptions(
+            port=_free_port(), max_backlog_jobs=2, max_queue_wait_s=60, backlog_wait_rank=2, backlog_check_interval_s=0
+        )
         yield IngestSettings(**common, ingest=opts)  # type: ignore[arg-type]
     finally:
         await drop_database(LOCAL_ADMIN_DSN, name)
@@ -69,13 +71,17 @@ async def test_backlog_over_either_limit_is_overloaded(settings: IngestSettings)
     async with open_database(settings.postgres) as db:
         gate = Backpressure(options=settings.ingest, db=db)
         await gate.check()  # empty: fine
-        await _pending(db, 2)
-        await gate.check()  # at the limit, not over it
+        await _pending(db, 1)
+        async with db.pool.acquire() as conn:
+            await conn.execute("UPDATE image_process_jobs SET updated_at = now() - interval '1 hour'")
+        await gate.check()  # one stuck job (the sweeper's business) does not close intake
+        await _pending(db, 1)
+        await gate.check()  # at the count limit, not over it; the second job has not waited
         async with db.pool.acquire() as conn:
             await conn.execute("UPDATE image_process_jobs SET updated_at = now() - interval '90 seconds'")
         with pytest.raises(Overloaded) as waited:
             await gate.check()
-        assert "has waited 90 s" in waited.value.reason and 30 <= waited.value.retry_after_s <= 31
+        assert "have waited 90 s" in waited.value.reason and 30 <= waited.value.retry_after_s <= 31
         await _pending(db, 1)
         with pytest.raises(Overloaded) as many:
             await gate.check()

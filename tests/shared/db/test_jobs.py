@@ -137,7 +137,7 @@ async def test_transitions_move_forward_once(conn: asyncpg.Connection, repos: Re
         await repos.jobs.mark_failed(conn, job_id=job_id, error_message="late", completed_at=datetime.now(UTC)) is None
     )
     assert await repos.jobs.mark_processing(conn, job_id=job_id, started_at=started, attempt=9) is None
-    assert await repos.jobs.record_retry(conn, job_id=job_id) is None
+    assert await repos.jobs.record_retry(conn, job_id=job_id, seen_updated_at=done.updated_at) is None
     assert await repos.jobs.get_job(conn, job_id=job_id) == done
 
 
@@ -158,7 +158,7 @@ async def test_unknown_job_transitions_return_none(conn: asyncpg.Connection, rep
     ghost = uuid7()
     assert await repos.jobs.mark_processing(conn, job_id=ghost, started_at=datetime.now(UTC), attempt=1) is None
     assert await repos.jobs.mark_completed(conn, job_id=ghost, **completion()) is None
-    assert await repos.jobs.record_retry(conn, job_id=ghost) is None
+    assert await repos.jobs.record_retry(conn, job_id=ghost, seen_updated_at=datetime.now(UTC)) is None
 
 
 async def test_trigger_refuses_backwards_and_sideways(conn: asyncpg.Connection, repos: Repositories) -> None:
@@ -236,9 +236,16 @@ async def test_record_retry_and_find_stuck(clean_conn: asyncpg.Connection, repos
     stuck = await repos.jobs.find_stuck(conn, updated_before=cutoff, limit=10)
     assert {j.job_id for j in stuck} == {pending["job_id"], processing["job_id"]}
 
-    assert await repos.jobs.record_retry(conn, job_id=pending["job_id"]) == 2
-    assert await repos.jobs.record_retry(conn, job_id=processing["job_id"]) == 2
-    assert await repos.jobs.record_retry(conn, job_id=pending["job_id"]) == 3
+    seen = {j.job_id: j.updated_at for j in stuck}
+    assert await repos.jobs.record_retry(conn, job_id=pending["job_id"], seen_updated_at=seen[pending["job_id"]]) == 2
+    assert (
+        await repos.jobs.record_retry(conn, job_id=processing["job_id"], seen_updated_at=seen[processing["job_id"]])
+        == 2
+    )
+    # A second sweeper acting on the same, now stale, view spends no attempt (compare-and-set).
+    assert (
+        await repos.jobs.record_retry(conn, job_id=pending["job_id"], seen_updated_at=seen[pending["job_id"]]) is None
+    )
     # The retry restarted their clocks.
     assert await repos.jobs.find_stuck(conn, updated_before=cutoff, limit=10) == []
     assert len(await repos.jobs.find_stuck(conn, updated_before=datetime.now(UTC) + timedelta(hours=1), limit=1)) == 1

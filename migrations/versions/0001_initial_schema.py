@@ -106,7 +106,7 @@ _JOBS = [
         CONSTRAINT ck_jobs_pending_open CHECK (status <> 'pending' OR completed_at IS NULL)
     ) PARTITION BY RANGE (created_at)
     """,
-    # A job moves only forward (shared/design/flow.md). The repository's UPDATEs are guarded by
+    # A job moves only forward (docs/life-of-a-job.md). The repository's UPDATEs are guarded by
     # status in their WHERE clause and so never reach this; the trigger catches everything else
     # (a bug, a manual UPDATE). A terminal row is immutable; an operator who must repair one sets
     # `SET LOCAL rmbg.allow_terminal_update = on` in the repairing transaction, which still cannot

@@ -1,7 +1,7 @@
 """Applies job events to ``processing_stats``.
 
 Runs on aiokafka and PostgreSQL, not on Faust tables: Faust rebuilds tables from a changelog using end
-offsets, which the broker available here misreports (it lost counts in measurements, see shared/infra.md),
+offsets, which the broker available here misreports (it lost counts in measurements, see README, "Libraries, and why"),
 and a table held in a worker is not the truth anyway. Here each (job, transition) is applied at most
 once by a ledger row inserted in the same transaction as the counter update, so redelivery, producer
 retries and replays all leave the counts equal to a count over the jobs table.

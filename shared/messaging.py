@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import RecordMetadata
 from prometheus_client import Counter
@@ -56,10 +56,15 @@ async def open_producer(kafka: KafkaSettings, *, client_id: str) -> AsyncIterato
 
 @contextlib.asynccontextmanager
 async def open_consumer(
-    kafka: KafkaSettings, *, topics: list[str], group_id: str, client_id: str, max_poll_records: int = 500
+    kafka: KafkaSettings,
+    *,
+    topics: list[str],
+    group_id: str,
+    client_id: str,
+    max_poll_records: int = 500,
+    listener: ConsumerRebalanceListener | None = None,
 ) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(
-        *topics,
         bootstrap_servers=kafka.bootstrap_servers,
         client_id=f"{kafka.client_id}-{client_id}",
         group_id=group_id,
@@ -74,6 +79,7 @@ async def open_consumer(
         max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024,
         request_timeout_ms=max(kafka.request_timeout_ms, kafka.session_timeout_ms + 5000),
     )
+    consumer.subscribe(topics=topics, listener=listener)
     await consumer.start()
     try:
         yield consumer

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias, TypeVar
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import Counter
 
@@ -258,6 +258,14 @@ class ConsumeLoop:
             # idempotent handlers make the repeat harmless.
             log.warning("%s: commit failed (%s); records may be redelivered", self._name, exc)
 
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Forget succeeded offsets and tries of partitions this consumer no longer owns (a rebalance, or a
+        topic re-created with reused offsets would otherwise skip records that never succeeded)."""
+        for tp in partitions:
+            self._done.pop(tp, None)
+            for rid in [r for r in self._attempts if r[0] == tp.topic and r[1] == tp.partition]:
+                del self._attempts[rid]
+
     def _rewind(self, positions: dict[TopicPartition, int]) -> None:
         for tp, offset in positions.items():
             try:
@@ -265,6 +273,20 @@ class ConsumeLoop:
             except (KafkaError, AssertionError, ValueError) as exc:  # partition revoked meanwhile
                 log.info("%s: cannot rewind %s: %s", self._name, tp, exc)
                 self._done.pop(tp, None)
+
+
+class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Drops a loop's memory of partitions taken away: their next owner starts from the committed offset."""
+
+    def __init__(self) -> None:
+        self.loop: ConsumeLoop | None = None
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if self.loop is not None:
+            self.loop.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        return None
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -286,8 +308,15 @@ async def consume_topic(
     stop: asyncio.Event,
 ) -> None:
     """Join ``group_id`` on ``topic`` and run the consume loop until ``stop``; the consumer is closed last."""
+    listener = _ForgetRevoked()
     async with open_consumer(
-        kafka, topics=[topic], group_id=group_id, client_id=client_id, max_poll_records=options.max_records
+        kafka,
+        topics=[topic],
+        group_id=group_id,
+        client_id=client_id,
+        max_poll_records=options.max_records,
+        listener=listener,
     ) as consumer:
         loop = ConsumeLoop(consumer, handler, name=client_id, options=options, metrics=metrics)
+        listener.loop = loop
         await loop.run(stop)

@@ -118,7 +118,9 @@ class Intake:
                     source=source,
                     tags=list(tags),
                 )
-            record = await self._db.jobs.get_job(conn, job_id=job_id)
+                # Read inside the transaction: should it fail, the insert is rolled back too, so the 503 the
+                # client gets ("nothing was accepted, retry") is true.
+                record = await self._db.jobs.get_job(conn, job_id=job_id)
         if deleted_meanwhile:
             # Retention may have deleted this content between the upload and the lock; the committed row
             # now protects it from the next run, so one more upload makes the pair whole.

@@ -114,7 +114,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     oriented = ImageOps.exif_transpose(img)
     mode = oriented.mode
     if mode == "RGB":
-        return oriented.copy() if oriented is img else oriented
+        return oriented  # exif_transpose returns a new image, detached from the file
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         # 16-bit and 32-bit grey: Pillow's convert("RGB") clips at 255 (a 16-bit photo turns white).
         values = np.asarray(oriented, dtype=np.float64)

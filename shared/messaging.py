@@ -163,8 +163,10 @@ class DeadLetters:
     counter: Counter  # rmbg_dead_letters_total{topic, failure_class}
 
     async def send(
-        self, record: ConsumerRecord[bytes, bytes], reason: str, *, failure_class: FailureClass = FailureClass.PERMANENT
+        self, record: ConsumerRecord[bytes, bytes], reason: str, *, error: BaseException | None = None
     ) -> None:
+        """Dead-letter ``record``; ``error`` (what made the service give up) gives the failure class."""
+        unknown = error is not None and classify(error) is FailureClass.UNKNOWN
         value = record.value or b""
         letter = DeadLetter(
             source_topic=record.topic,
@@ -172,7 +174,7 @@ class DeadLetters:
             offset=record.offset,
             key=record.key.decode(errors="replace") if record.key else None,
             reason=clean_text(reason, limit=4000),
-            failure_class="unknown" if failure_class is FailureClass.UNKNOWN else "permanent",
+            failure_class="unknown" if unknown else "permanent",
             service=self.service,
             failed_at=datetime.now(UTC),
             payload=value[:MAX_DEAD_LETTER_PAYLOAD],
@@ -200,4 +202,4 @@ class DeadLetters:
             if classify(exc) is FailureClass.TRANSIENT:
                 raise
             why = f"{reason}; its job could not be failed: {describe(exc, limit=500)}"
-            await self.send(record, why, failure_class=classify(error))
+            await self.send(record, why, error=error)

@@ -115,7 +115,6 @@ class ConsumeLoop:
         self._options = options
         self._metrics = metrics or LoopMetrics()
         self.batches_failed = 0
-        self.records_given_up = 0
         # Records that succeeded in a batch whose other records are being retried (skipped on redelivery).
         self._done: dict[TopicPartition, set[int]] = defaultdict(set)
         # Tries so far of records whose errors are of unknown class.
@@ -221,7 +220,6 @@ class ConsumeLoop:
                 retry.append(record)
                 continue
             self._attempts.pop(rid, None)
-            self.records_given_up += 1
         return retry
 
     async def _partial_commit(self, batch: dict[TopicPartition, list[Record]], retry: list[Record]) -> None:

@@ -19,7 +19,6 @@ Exit status 0 when every check held. The state folder (logs of every process) is
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
@@ -32,7 +31,16 @@ from typing import Literal
 from rich.console import Console
 
 from rmbg.drills.metrics import MetricsWatch
-from rmbg.drills.pipeline import DrillOptions, answers, open_pipeline, run_drill, service_pid, until
+from rmbg.drills.pipeline import (
+    DrillOptions,
+    answers,
+    drill_arguments,
+    drill_options,
+    open_pipeline,
+    run_drill,
+    service_pid,
+    until,
+)
 from rmbg.drills.submit import Submitter, Tally
 from rmbg.drills.verify import Verdict, drain, verify
 from rmbg.services import RunningServices
@@ -262,13 +270,12 @@ async def run_chaos(opts: DrillOptions, plan: ChaosPlan, console: Console) -> Ch
 
 
 def _parse(argv: list[str] | None) -> tuple[DrillOptions, ChaosPlan]:
-    p = argparse.ArgumentParser(
-        prog="python -m rmbg.drills.chaos", description=__doc__.split("\n\n")[0] if __doc__ else None
+    p = drill_arguments(
+        "python -m rmbg.drills.chaos",
+        __doc__,
+        state_dir=".state/chaos",
+        short_help="the test-suite variant: ~200 jobs, one kill of each",
     )
-    p.add_argument("--model-source", required=True, help="folder of an RMBG-layout model (e.g. the tiny test model)")
-    p.add_argument("--backend", choices=("rmbg", "classic"), default="rmbg")
-    p.add_argument("--state-dir", type=Path, default=Path(".state/chaos"), help="a fresh run-* folder is made in it")
-    p.add_argument("--short", action="store_true", help="the test-suite variant: ~200 jobs, one kill of each")
     p.add_argument("--jobs", type=int)
     p.add_argument("--rate", type=float, help="jobs per second")
     p.add_argument("--seed", type=int, default=0)
@@ -279,8 +286,7 @@ def _parse(argv: list[str] | None) -> tuple[DrillOptions, ChaosPlan]:
         plan = replace(plan, jobs=args.jobs)
     if args.rate is not None:
         plan = replace(plan, rate_per_s=args.rate)
-    state_dir = (args.state_dir / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
-    return DrillOptions(state_dir=state_dir, model_source=args.model_source, backend=args.backend), plan
+    return drill_options(args), plan
 
 
 def main(argv: list[str] | None = None) -> int:

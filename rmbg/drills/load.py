@@ -17,7 +17,6 @@ more than ``max_rss_growth`` between the baseline and the end.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import time
@@ -29,7 +28,7 @@ import asyncpg
 import psutil
 from rich.console import Console
 
-from rmbg.drills.pipeline import DrillOptions, open_pipeline, run_drill, service_pid
+from rmbg.drills.pipeline import DrillOptions, drill_arguments, drill_options, open_pipeline, run_drill, service_pid
 from rmbg.drills.submit import Submitter, Tally
 from rmbg.drills.verify import Verdict, drain, verify
 from rmbg.services import SERVICES
@@ -217,12 +216,12 @@ async def run_load(opts: DrillOptions, plan: LoadPlan, console: Console) -> Load
 
 
 def _parse(argv: list[str] | None) -> tuple[DrillOptions, LoadPlan]:
-    summary = __doc__.split("\n\n")[0] if __doc__ else None
-    p = argparse.ArgumentParser(prog="python -m rmbg.drills.load", description=summary)
-    p.add_argument("--model-source", required=True, help="folder of an RMBG-layout model (e.g. the tiny test model)")
-    p.add_argument("--backend", choices=("rmbg", "classic"), default="rmbg")
-    p.add_argument("--state-dir", type=Path, default=Path(".state/load"), help="a fresh run-* folder is made in it")
-    p.add_argument("--short", action="store_true", help="the test-suite variant: 30 s at 2 jobs/s, 256 px")
+    p = drill_arguments(
+        "python -m rmbg.drills.load",
+        __doc__,
+        state_dir=".state/load",
+        short_help="the test-suite variant: 30 s at 2 jobs/s, 256 px",
+    )
     p.add_argument("--duration", type=float, help="seconds of steady load")
     p.add_argument("--rate", type=float, help="jobs per second")
     p.add_argument("--side", type=int, help="image side in pixels")
@@ -237,12 +236,8 @@ def _parse(argv: list[str] | None) -> tuple[DrillOptions, LoadPlan]:
         plan = replace(plan, rate_per_s=args.rate)
     if args.side is not None:
         plan = replace(plan, image_side=args.side)
-    state_dir = (args.state_dir / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
     extra = (("RMBG_INGEST__MAX_QUEUE_WAIT_S", str(args.max_queue_wait)),) if args.max_queue_wait else ()
-    opts = DrillOptions(
-        state_dir=state_dir, model_source=args.model_source, backend=args.backend, service_settings=extra
-    )
-    return opts, plan
+    return drill_options(args, extra), plan
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,10 +3,12 @@ child processes, with settings the drill sees exactly as the children get them."
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +146,24 @@ async def open_pipeline(
             finally:
                 stop.set()
                 await supervising
+
+
+def drill_arguments(prog: str, doc: str | None, *, state_dir: str, short_help: str) -> argparse.ArgumentParser:
+    """The options every drill takes; the drill adds its own."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0] if doc else None)
+    p.add_argument("--model-source", required=True, help="folder of an RMBG-layout model (e.g. the tiny test model)")
+    p.add_argument("--backend", choices=("rmbg", "classic"), default="rmbg")
+    p.add_argument("--state-dir", type=Path, default=Path(state_dir), help="a fresh run-* folder is made in it")
+    p.add_argument("--short", action="store_true", help=short_help)
+    return p
+
+
+def drill_options(args: argparse.Namespace, service_settings: tuple[tuple[str, str], ...] = ()) -> DrillOptions:
+    """The options of a run, in a fresh run-<time> folder of --state-dir."""
+    state_dir = (args.state_dir / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
+    return DrillOptions(
+        state_dir=state_dir, model_source=args.model_source, backend=args.backend, service_settings=service_settings
+    )
 
 
 class DrillReport(Protocol):

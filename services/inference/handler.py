@@ -30,7 +30,6 @@ from services.inference.settings import InferenceOptions
 from shared.contracts import JobRequested, ResultEvent, ResultKind, Topics
 from shared.contracts.events import MAX_INLINE_MASK_BYTES
 from shared.exceptions import ContractError, ModelError, ModelFailed
-from shared.failures import classify
 from shared.imaging import apply_threshold, decode_rgb, encode_mask_png
 from shared.messaging import DeadLetters, publish, send
 from shared.storage import ObjectKeys, ObjectStore
@@ -100,7 +99,7 @@ class InferenceHandler:
         try:
             job = self._topics.jobs.deserialize(record.value)
         except ContractError:
-            await self._dead_letters.send(record, reason, failure_class=classify(error))
+            await self._dead_letters.send(record, reason, error=error)
             return
         self._metrics.records.labels(topic=self._topics.jobs.name, outcome="failed").inc()
         log.info("job %s failed: %s", job.job_id, reason)
@@ -147,7 +146,10 @@ class InferenceHandler:
     async def _compute(self, chunk: list[_Work]) -> None:
         for w in chunk:
             await self._step(w, self._emit(w, self._result(w.job, ResultKind.STARTED)))
-        chunk = [w for w in chunk if w.error is None]
+        await self._predict([w for w in chunk if w.error is None and w.image is not None])
+
+    async def _predict(self, chunk: list[_Work]) -> None:
+        """One forward pass over ``chunk``; a batch the model fails on is split to find the image to blame."""
         if not chunk:
             return
         images = [w.image for w in chunk if w.image is not None]
@@ -159,10 +161,9 @@ class InferenceHandler:
             if len(chunk) == 1:
                 chunk[0].error = ModelFailed(f"model failed on this image: {exc}")
                 return
-            # Isolate the image that breaks the batch: retry one by one.
             log.warning("batch of %d failed (%s); retrying one by one", len(chunk), exc)
             for w in chunk:
-                await self._compute_one(w)
+                await self._predict([w])
             return
         elapsed = time.perf_counter() - started
         self._metrics.model_seconds.observe(elapsed)
@@ -171,18 +172,6 @@ class InferenceHandler:
         await asyncio.gather(
             *(self._step(w, self._deliver(w, mask, per_image_ms)) for w, mask in zip(chunk, masks, strict=True))
         )
-
-    async def _compute_one(self, w: _Work) -> None:
-        if w.image is None:
-            return
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        try:
-            masks = await loop.run_in_executor(self._model_executor, self._backend.predict, [w.image])
-        except ModelError as exc:
-            w.error = ModelFailed(f"model failed on this image: {exc}")
-            return
-        await self._step(w, self._deliver(w, masks[0], int((time.perf_counter() - started) * 1000)))
 
     async def _deliver(self, w: _Work, mask: np.ndarray, inference_ms: int) -> None:
         loop = asyncio.get_running_loop()

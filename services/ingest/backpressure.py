@@ -1,7 +1,8 @@
 """Backpressure: ingest refuses work the pipeline cannot finish in time (docs/failures.md).
 
 The signal is read from PostgreSQL, where the truth about jobs lives, not from consumer lag (which a
-broker may misreport, see README): how many jobs are unfinished, and how long the oldest has waited.
+broker may misreport, see README): how many jobs are unfinished, and how long they have waited (judged
+by the ``backlog_wait_rank``-th longest wait, so a few stuck jobs do not count as a queue).
 A reading is reused for ``backlog_check_interval_s`` so a burst of requests costs one query a second.
 """
 
@@ -25,7 +26,7 @@ _MAX_RETRY_S = 120
 @dataclass(frozen=True)
 class Backlog:
     jobs: int
-    oldest_wait_s: float
+    wait_s: float  # of the backlog_wait_rank-th longest-waiting unfinished job
 
 
 class Backpressure:
@@ -43,13 +44,12 @@ class Backpressure:
         if backlog.jobs > opts.max_backlog_jobs:
             raise Overloaded(
                 f"{backlog.jobs} jobs are waiting (limit {opts.max_backlog_jobs}); retry later",
-                retry_after_s=_retry_after(backlog.oldest_wait_s / 2),
+                retry_after_s=_retry_after(backlog.wait_s / 2),
             )
-        if backlog.oldest_wait_s > opts.max_queue_wait_s:
+        if backlog.wait_s > opts.max_queue_wait_s:
             raise Overloaded(
-                f"waiting jobs have waited {backlog.oldest_wait_s:.0f} s "
-                f"(limit {opts.max_queue_wait_s:.0f} s); retry later",
-                retry_after_s=_retry_after(backlog.oldest_wait_s - opts.max_queue_wait_s),
+                f"waiting jobs have waited {backlog.wait_s:.0f} s (limit {opts.max_queue_wait_s:.0f} s); retry later",
+                retry_after_s=_retry_after(backlog.wait_s - opts.max_queue_wait_s),
             )
 
     async def reading(self) -> Backlog:
@@ -57,9 +57,9 @@ class Backpressure:
             now = time.monotonic()
             if self._reading is None or now - self._read_at >= self._options.backlog_check_interval_s:
                 async with self._db.pool.acquire() as conn:
-                    jobs, oldest = await self._db.jobs.backlog(conn, rank=self._options.backlog_wait_rank)
-                wait = max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest is not None else 0.0
-                self._reading = Backlog(jobs=jobs, oldest_wait_s=wait)
+                    jobs, since = await self._db.jobs.backlog(conn, rank=self._options.backlog_wait_rank)
+                wait = max(0.0, (datetime.now(UTC) - since).total_seconds()) if since is not None else 0.0
+                self._reading = Backlog(jobs=jobs, wait_s=wait)
                 self._read_at = now
             return self._reading
 

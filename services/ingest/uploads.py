@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from services.ingest.resources import IngestResources
 from shared.contracts import UploadEvent
 from shared.exceptions import ContractError, ImageRejected, Overloaded, PermanentError
-from shared.failures import classify
 from shared.ids import upload_job_id
 from shared.messaging import DeadLetters
 from shared.worker import LoopOptions, Record, RecordFailure, consume_topic, each_record
@@ -35,7 +34,7 @@ class UploadHandler:
 
     async def give_up(self, record: Record, error: BaseException, reason: str) -> None:
         self._res.metrics.records.labels(topic=record.topic, outcome="dead_letter").inc()
-        await self._dead_letters.send(record, reason, failure_class=classify(error))
+        await self._dead_letters.send(record, reason, error=error)
 
     async def _one(self, record: Record) -> None:
         """Accept one upload event. Permanent errors (a malformed event, a missing or oversized object)

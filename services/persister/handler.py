@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 
+from services.persister.announce import Announcer
 from services.persister.settings import PersisterOptions
 from shared.cache import JobCache
 from shared.contracts import (
     CutoutFormat,
-    JobEventKind,
     ProcessingParams,
     ResultEvent,
     ResultKind,
@@ -29,12 +29,10 @@ from shared.contracts import (
 from shared.database import Database
 from shared.db.models import JobRecord
 from shared.exceptions import ContractError, Deferred, StorageError
-from shared.failures import classify
 from shared.imaging import CUTOUT_CONTENT_TYPES, make_cutout
-from shared.messaging import DeadLetters, publish
+from shared.messaging import DeadLetters
 from shared.storage import ObjectKeys, ObjectStore
 from shared.telemetry import PipelineMetrics
-from shared.views import job_event, job_view
 from shared.worker import Record, RecordFailure
 
 log = logging.getLogger(__name__)
@@ -63,6 +61,7 @@ class PersistHandler:
         self._executor = executor
         self._limit = asyncio.Semaphore(options.concurrency)
         self._dead_letters = DeadLetters(producer, topics.dead_letter, "persister", metrics.dead_letters)
+        self._announcer = Announcer(producer, topics, cache, metrics)
 
     async def __call__(self, records: list[Record]) -> list[RecordFailure]:
         failures: list[RecordFailure] = []
@@ -96,12 +95,12 @@ class PersistHandler:
         try:
             result = self._topics.results.deserialize(record.value)
         except ContractError:
-            await self._dead_letters.send(record, reason, failure_class=classify(error))
+            await self._dead_letters.send(record, reason, error=error)
             return
         async with self._db.pool.acquire() as conn:
             job = await self._db.jobs.get_job(conn, job_id=result.job_id)
         if job is None:
-            await self._dead_letters.send(record, f"no job {result.job_id}: {reason}", failure_class=classify(error))
+            await self._dead_letters.send(record, f"no job {result.job_id}: {reason}", error=error)
             return
         log.warning("job %s failed permanently in the persister: %s", job.job_id, reason)
         await self._dead_letters.or_send(record, reason, error, self._end_failed(job, result, reason))
@@ -133,7 +132,7 @@ class PersistHandler:
             log.warning("result for unknown job %s ignored", result.job_id)
             return
         if record.is_terminal:
-            await self._announce(record)
+            await self._announcer.announce(record)
             return
         if result.kind is ResultKind.STARTED:
             await self._started(record, result)
@@ -148,7 +147,7 @@ class PersistHandler:
                 conn, job_id=record.job_id, started_at=result.occurred_at, attempt=result.attempt
             )
         if updated is not None:
-            await self._announce(updated)
+            await self._announcer.announce(updated)
 
     async def _failed(self, record: JobRecord, reason: str) -> None:
         async with self._db.pool.acquire() as conn:
@@ -156,7 +155,7 @@ class PersistHandler:
                 conn, job_id=record.job_id, error_message=reason, completed_at=datetime.now(UTC)
             )
         if updated is not None:
-            await self._announce(updated)
+            await self._announcer.announce(updated)
 
     async def _completed(self, record: JobRecord, result: ResultEvent) -> None:
         params = ProcessingParams.model_validate(record.params)
@@ -207,7 +206,7 @@ class PersistHandler:
                 reused=result.reused,
             )
         if updated is not None:
-            await self._announce(updated)
+            await self._announcer.announce(updated)
 
     async def _store_results(
         self,
@@ -234,24 +233,5 @@ class PersistHandler:
             self._store.put(processed_key, cutout, content_type=content_type),
         )
         return len(mask_png), len(cutout)
-
-    async def _announce(self, record: JobRecord) -> None:
-        """After the commit: refresh the cache, then publish the transition for stats and dashboards."""
-        self._metrics.transitions.labels(status=record.status).inc()
-        await self._cache.put_job(job_view(record))
-        await self._cache.invalidate_user(record.user_id)
-        if record.is_terminal:
-            # `accepted` again with every ending: intake's own may be lost (a publish that timed out but
-            # landed, ingest killed between the request and the event, a redelivered upload whose job had
-            # already finished). Stats count each (job, transition) once, so the repeat costs one ledger
-            # probe; without it those jobs were missing from the day's total (seen in `make chaos`).
-            await publish(
-                self._producer,
-                self._topics.job_events,
-                job_event(record, JobEventKind.ACCEPTED),
-                key=str(record.job_id),
-            )
-        await publish(self._producer, self._topics.job_events, job_event(record), key=str(record.job_id))
-
 
 __all__ = ["PersistHandler", "StorageError"]

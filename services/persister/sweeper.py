@@ -10,7 +10,8 @@ A job is lost only when (docs/failures.md):
 A job whose request still waits in the topic is never touched, however long the queue: Kafka keeps it, and
 a dead inference worker's uncommitted requests go to the group's next member. A lost job is re-queued
 with its attempt count raised; after ``max_attempts`` it is failed with the reason. Every step is
-idempotent, so two persister replicas sweeping at once only duplicate harmless re-queues. The sweeper
+idempotent and the re-queue is compare-and-set, so two persister replicas sweeping at once spend one
+attempt between them. The sweeper
 also keeps monthly partitions created ahead of time, so inserts never meet a missing partition.
 """
 
@@ -23,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from services.persister.announce import Announcer
 from services.persister.settings import PersisterOptions
 from shared.cache import JobCache
 from shared.config import KafkaSettings
@@ -34,7 +36,7 @@ from shared.messaging import committed_offsets, publish
 from shared.queueing import record_queue_position
 from shared.runtime import every
 from shared.telemetry import PipelineMetrics
-from shared.views import job_event, job_request, job_view
+from shared.views import job_request
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,7 @@ class Sweeper:
         self._db = db
         self._producer = producer
         self._topics = topics
-        self._cache = cache
-        self._metrics = metrics
+        self._announcer = Announcer(producer, topics, cache, metrics)
 
     async def run(self, stop: asyncio.Event) -> None:
         await every(self._options.sweep_interval_s, stop, self.sweep_once, name="stuck-job sweep")
@@ -94,12 +95,7 @@ class Sweeper:
                     )
                 if updated is not None:
                     failed += 1
-                    await self._cache.put_job(job_view(updated))
-                    await self._cache.invalidate_user(updated.user_id)
-                    # `accepted` too: if its first publish was lost, the job would be missing from the
-                    # day's total (stats count each transition once, so a repeat costs nothing).
-                    await self._emit(updated, JobEventKind.ACCEPTED)
-                    await self._emit(updated, JobEventKind.FAILED)
+                    await self._announcer.announce(updated)
                 continue
             async with self._db.pool.acquire() as conn:
                 attempt = await self._db.jobs.record_retry(conn, job_id=job.job_id, seen_updated_at=job.updated_at)
@@ -111,7 +107,7 @@ class Sweeper:
                 )
                 await record_queue_position(self._db, job.job_id, landed)
                 # The first `accepted` may have been lost with the first publish; stats count it once.
-                await self._emit(job, JobEventKind.ACCEPTED)
+                await self._announcer.emit(job, JobEventKind.ACCEPTED)
                 requeued += 1
             except KafkaError as exc:
                 log.warning("re-queue of %s failed: %s", job.job_id, exc)
@@ -127,6 +123,3 @@ class Sweeper:
             return idle_s >= self._options.unqueued_after_s
         request_consumed = consumed.get(job.queue_partition, -1) > job.queue_offset
         return request_consumed and idle_s >= self._options.stuck_after_s
-
-    async def _emit(self, job: JobRecord, kind: JobEventKind) -> None:
-        await publish(self._producer, self._topics.job_events, job_event(job, kind), key=str(job.job_id))

@@ -18,7 +18,6 @@ from shared.contracts import JobEvent, JobEventKind, Topics
 from shared.database import Database
 from shared.db.models import StatKind
 from shared.exceptions import ContractError
-from shared.failures import FailureClass, classify
 from shared.messaging import DeadLetters
 from shared.telemetry import PipelineMetrics
 from shared.worker import Record, RecordFailure
@@ -62,19 +61,10 @@ class StatsHandler:
         if not counted:
             return failures
         with self._metrics.batch_seconds.time():
-            try:
-                # One transaction per batch: all of it counts or none of it, and the offsets follow.
-                applied = await self._apply(counted)
-            except Exception as exc:
-                if classify(exc) is FailureClass.TRANSIENT or len(counted) == 1:
-                    return failures + [RecordFailure(record, exc) for record, _ in counted]
-                # One event broke the batch's transaction: apply each in its own, to find it.
-                applied = 0
-                for item in counted:
-                    try:
-                        applied += await self._apply([item])
-                    except Exception as one_exc:
-                        failures.append(RecordFailure(item[0], one_exc))
+            # One transaction per batch: all of it counts or none of it, and the offsets follow. Should it
+            # fail, the error escapes: an outage retries the batch, anything else makes the consume loop
+            # handle each record alone (shared/worker.py), one transaction each, to find the one to blame.
+            applied = await self._apply(counted)
         self._metrics.records.labels(topic=self._topics.job_events.name, outcome="applied").inc(applied)
         self._metrics.records.labels(topic=self._topics.job_events.name, outcome="duplicate").inc(
             len(counted) - applied
@@ -82,7 +72,7 @@ class StatsHandler:
         return failures
 
     async def give_up(self, record: Record, error: BaseException, reason: str) -> None:
-        await self._dead_letters.send(record, reason, failure_class=classify(error))
+        await self._dead_letters.send(record, reason, error=error)
 
     def _countable(self, events: list[tuple[Record, JobEvent]]) -> list[tuple[Record, JobEvent]]:
         # The ledger remembers `ledger_days` days; an event for an older job could no longer be

@@ -15,7 +15,6 @@ from rmbg.maintenance.dlq import read_dead_letters, replay
 from rmbg.stack import StackEndpoints
 from shared.config import KafkaSettings, TopicSettings
 from shared.contracts import Topics
-from shared.failures import FailureClass
 from shared.messaging import DeadLetters, ensure_topics, open_producer
 
 
@@ -53,7 +52,7 @@ async def _setup(stack: StackEndpoints) -> tuple[KafkaSettings, TopicSettings, T
         letters = DeadLetters(producer, topics.dead_letter, "ingest", counter)
         await letters.send(_record(names.uploads, 3, b'{"not": "an upload"}', b"k1"), "malformed UploadEvent")
         await letters.send(
-            _record(names.uploads, 4, b"\x00\x01", b"k2"), "RuntimeError: boom", failure_class=FailureClass.UNKNOWN
+            _record(names.uploads, 4, b"\x00\x01", b"k2"), "RuntimeError: boom", error=RuntimeError("boom")
         )
     return kafka, names, topics
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 
 from shared.config import BaseServiceSettings, TelemetrySettings
@@ -183,6 +184,78 @@ def dlq_replay(
         return 0
 
     raise typer.Exit(asyncio.run(run()))
+
+
+keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option("--user", help="the user the key acts for (created if new)")],
+    admin: Annotated[bool, typer.Option("--admin", help="may read global views (all users' stats)")] = False,
+    name: Annotated[str | None, typer.Option(help="a label for lists, e.g. the client's name")] = None,
+    email: Annotated[str | None, typer.Option(help="the user's email (stored encrypted)")] = None,
+) -> None:
+    """Create a key and print it once: only a hash of it is stored."""
+    from rmbg.access import create_key
+    from shared.contracts import UserId
+    from shared.exceptions import ContractError
+
+    configure_logging(TelemetrySettings(log_level="WARNING"))
+    try:
+        TypeAdapter(UserId).validate_python(user)
+    except ValidationError:
+        raise typer.BadParameter("1-64 characters of A-Z a-z 0-9 . _ @ : -", param_hint="--user") from None
+    try:
+        issued = asyncio.run(create_key(BaseServiceSettings(), user_id=user, admin=admin, name=name, email=email))
+    except ContractError as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(issued.key)
+    kind = "admin key" if admin else "key"
+    typer.echo(f"{kind} {issued.record.key_id} for user {user}: shown once, store it now", err=True)
+
+
+@keys_app.command("list")
+def keys_list(
+    user: Annotated[str | None, typer.Option("--user", help="only this user's keys")] = None,
+) -> None:
+    """List keys (id, user, admin, created, last used, revoked); never the secrets."""
+    from rich.table import Table
+
+    from rmbg.access import list_keys
+
+    configure_logging(TelemetrySettings(log_level="WARNING"))
+    records = asyncio.run(list_keys(BaseServiceSettings(), user_id=user))
+    table = Table("key id", "user", "admin", "name", "created", "last used", "revoked")
+    for k in records:
+        table.add_row(
+            k.key_id,
+            k.user_id,
+            "yes" if k.is_admin else "",
+            k.name or "",
+            f"{k.created_at:%Y-%m-%d %H:%M}",
+            f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "",
+            f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "",
+        )
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key id from `rmbg keys list`")]) -> None:
+    """Revoke a key: the next request with it is refused."""
+    from rmbg.access import revoke_key
+
+    configure_logging(TelemetrySettings(log_level="WARNING"))
+    record, cache_cleared = asyncio.run(revoke_key(BaseServiceSettings(), key_id=key_id))
+    if record is None:
+        typer.echo(f"no key {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id} (user {record.user_id}) at {record.revoked_at:%Y-%m-%d %H:%M:%S}")
+    if not cache_cleared:
+        typer.echo("warning: Redis did not answer; the key may still work until its cache entry lapses", err=True)
+        raise typer.Exit(2)
 
 
 def _age(seconds: float) -> str:

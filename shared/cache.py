@@ -122,9 +122,10 @@ class JobCache:
 
 
 @contextlib.asynccontextmanager
-async def open_cache(settings: RedisSettings) -> AsyncIterator[JobCache]:
+async def open_redis(settings: RedisSettings) -> AsyncIterator[aioredis.Redis | None]:
+    """The one Redis client a process holds (None when ``settings.url`` is empty: Redis is optional)."""
     if not settings.url:
-        yield JobCache(None, ttl_s=settings.job_ttl_s)
+        yield None
         return
     client = aioredis.from_url(
         settings.url,
@@ -134,6 +135,12 @@ async def open_cache(settings: RedisSettings) -> AsyncIterator[JobCache]:
         health_check_interval=30,
     )
     try:
-        yield JobCache(client, ttl_s=settings.job_ttl_s)
+        yield client
     finally:
         await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def open_cache(settings: RedisSettings) -> AsyncIterator[JobCache]:
+    async with open_redis(settings) as client:
+        yield JobCache(client, ttl_s=settings.job_ttl_s)

@@ -20,6 +20,9 @@ from shared.exceptions import ConfigError
 INFERENCE_GROUP_ID = "rmbg-inference"
 
 DEV_S3_ACCESS_KEY = "rmbg-dev"
+# Development-only secrets, refused outside environment=dev|test (BaseServiceSettings below).
+DEV_KEY_PEPPER = "rmbg-dev-pepper-change-me"
+DEV_ENCRYPTION_KEY = "ZGV2LW9ubHktZW5jcnlwdGlvbi1rZXktY2hhbmdlISE="
 DEV_S3_SECRET_KEY = "rmbg-dev-secret-change-me"  # noqa: S105 - the documented dev default, refused outside dev
 
 
@@ -77,6 +80,19 @@ class S3Settings(_Group):
     max_pool_connections: int = Field(default=32, ge=1)
 
 
+class AuthSettings(_Group):
+    """Secrets of access control (docs/access.md); the development defaults are refused outside dev."""
+
+    # HMAC key for API-key hashes: rotating it invalidates every key, so it is set once per deployment.
+    key_pepper: SecretStr = SecretStr(DEV_KEY_PEPPER)
+    # Fernet keys, comma-separated, newest first: the first encrypts, all decrypt (rotation).
+    # Generate one with: python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'
+    encryption_keys: SecretStr = SecretStr(DEV_ENCRYPTION_KEY)
+    # How long a verified key is served from Redis; bounds a revocation's delay only when Redis was down
+    # while revoking (otherwise a revocation is seen by the next request).
+    key_cache_ttl_s: int = Field(default=60, ge=1, le=3600)
+
+
 class TelemetrySettings(_Group):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
@@ -94,6 +110,7 @@ class BaseServiceSettings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     topics: TopicSettings = TopicSettings()
     s3: S3Settings = S3Settings()
+    auth: AuthSettings = AuthSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
 
     @model_validator(mode="after")
@@ -105,6 +122,10 @@ class BaseServiceSettings(BaseSettings):
             unsafe.append("RMBG_S3__ACCESS_KEY")
         if self.s3.secret_key.get_secret_value() == DEV_S3_SECRET_KEY:
             unsafe.append("RMBG_S3__SECRET_KEY")
+        if self.auth.key_pepper.get_secret_value() == DEV_KEY_PEPPER:
+            unsafe.append("RMBG_AUTH__KEY_PEPPER")
+        if DEV_ENCRYPTION_KEY in self.auth.encryption_keys.get_secret_value():
+            unsafe.append("RMBG_AUTH__ENCRYPTION_KEYS")
         # A DSN without a password only works with trust auth, which no shared database should allow.
         if not urlsplit(self.postgres.dsn.get_secret_value()).password:
             unsafe.append("RMBG_POSTGRES__DSN (no password)")

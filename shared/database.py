@@ -13,6 +13,7 @@ from shared.db import default_queries
 from shared.db.pool import create_pool
 from shared.db.repositories import (
     JobsRepository,
+    KeysRepository,
     StatsRepository,
     TagsRepository,
     UsersRepository,
@@ -24,6 +25,7 @@ from shared.db.repositories import (
 class Database:
     pool: asyncpg.Pool
     jobs: JobsRepository
+    keys: KeysRepository
     stats: StatsRepository
     tags: TagsRepository
     users: UsersRepository
@@ -44,6 +46,8 @@ async def open_database(settings: PostgresSettings) -> AsyncIterator[Database]:
     )
     repos = create_repositories()
     try:
-        yield Database(pool=pool, jobs=repos.jobs, stats=repos.stats, tags=repos.tags, users=repos.users)
+        yield Database(
+            pool=pool, jobs=repos.jobs, keys=repos.keys, stats=repos.stats, tags=repos.tags, users=repos.users
+        )
     finally:
         await pool.close()

@@ -86,3 +86,21 @@ class Overloaded(TransientError):
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
+
+
+class Unauthenticated(PermanentError):
+    """No API key, a malformed one, an unknown one or a revoked one (the caller is not told which)."""
+
+
+class RateLimited(TransientError):
+    """A key sent more requests, or more jobs, than its limit allows; retry after ``retry_after_s``."""
+
+    def __init__(self, reason: str, *, retry_after_s: int, code: str = "rate_limited") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        self.code = code
+
+
+class FetchRefused(PermanentError):
+    """An image or webhook URL this service will not contact (scheme, private target, size, time)."""

@@ -12,7 +12,8 @@ from aiokafka import AIOKafkaProducer
 from services.ingest.backpressure import Backpressure
 from services.ingest.intake import Intake
 from services.ingest.settings import IngestSettings
-from shared.cache import JobCache, open_cache
+from shared.auth import ApiKeys, EmailCipher
+from shared.cache import JobCache, open_redis
 from shared.contracts import Topics
 from shared.database import Database, open_database
 from shared.messaging import open_producer
@@ -27,6 +28,8 @@ class IngestResources:
     store: ObjectStore
     producer: AIOKafkaProducer
     cache: JobCache
+    keys: ApiKeys
+    emails: EmailCipher
     topics: Topics
     metrics: PipelineMetrics
     intake: Intake
@@ -42,7 +45,15 @@ async def open_ingest(settings: IngestSettings, metrics: PipelineMetrics) -> Asy
         db = await stack.enter_async_context(open_database(settings.postgres))
         store = await stack.enter_async_context(open_object_store(settings.s3))
         producer = await stack.enter_async_context(open_producer(settings.kafka, client_id="ingest"))
-        cache = await stack.enter_async_context(open_cache(settings.redis))
+        redis = await stack.enter_async_context(open_redis(settings.redis))
+        cache = JobCache(redis, ttl_s=settings.redis.job_ttl_s)
+        keys = ApiKeys(
+            pool=db.pool,
+            repo=db.keys,
+            pepper=settings.auth.key_pepper.get_secret_value().encode(),
+            redis=redis,
+            cache_ttl_s=settings.auth.key_cache_ttl_s,
+        )
         topics = Topics.from_settings(settings.topics, settings.kafka)
         intake = Intake(
             options=settings.ingest,
@@ -60,6 +71,8 @@ async def open_ingest(settings: IngestSettings, metrics: PipelineMetrics) -> Asy
             store=store,
             producer=producer,
             cache=cache,
+            keys=keys,
+            emails=EmailCipher(settings.auth.encryption_keys.get_secret_value()),
             topics=topics,
             metrics=metrics,
             intake=intake,

@@ -11,6 +11,7 @@ from shared.contracts.events import (
     ResultEvent,
     ResultKind,
     UploadEvent,
+    UserId,
     parse_tags,
 )
 from shared.contracts.topics import Topic, Topics
@@ -28,5 +29,6 @@ __all__ = [
     "Topic",
     "Topics",
     "UploadEvent",
+    "UserId",
     "parse_tags",
 ]

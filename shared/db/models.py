@@ -112,13 +112,50 @@ class TagMatch(_Row):
 class UserRecord(_Row):
     user_id: str
     username: str
-    email: str | None
+    # Ciphertext only (shared/auth/crypto.py); decrypt with EmailCipher where a person asked to see it.
+    email_encrypted: bytes | None = None
     created_at: datetime
     last_login: datetime | None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> UserRecord:
         return cls.model_validate(dict(row))
+
+
+class ApiKeyRecord(_Row):
+    """One row of api_keys (migration 0008): the key's hash, never the key."""
+
+    key_id: str
+    user_id: str
+    key_hash: bytes
+    is_admin: bool
+    name: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ApiKeyRecord:
+        return cls.model_validate(dict(row))
+
+
+class IdempotentJob(NamedTuple):
+    """The job an Idempotency-Key produced first, with the fingerprint of the request that made it."""
+
+    job_id: UUID
+    fingerprint: bytes
+    created_at: datetime
+
+
+class UserSummary(_Row):
+    """One user's jobs by status since a time (``GET /v1/stats``)."""
+
+    total_jobs: int
+    pending_jobs: int
+    processing_jobs: int
+    completed_jobs: int
+    failed_jobs: int
+    avg_processing_time_ms: Decimal | None
 
 
 class UserJobCount(NamedTuple):

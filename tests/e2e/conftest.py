@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 
+from rmbg.access import create_key
 from rmbg.stack import StackEndpoints
 from services.inference.main import run_inference
 from services.inference.settings import InferenceOptions, InferenceSettings
@@ -47,6 +49,19 @@ class Pipeline:
     api_url: str
     settings: BaseServiceSettings
     model_dir: Path
+
+    async def key(self, user_id: str, *, admin: bool = False) -> str:
+        """A new API key for ``user_id`` (the user is created if new), as `rmbg keys create` makes it."""
+        return (await create_key(self.settings, user_id=user_id, admin=admin, name="test", email=None)).key
+
+    @contextlib.asynccontextmanager
+    async def client(
+        self, user_id: str, *, admin: bool = False, timeout: float = 60
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        """An HTTP client of the API that authenticates as ``user_id`` with a fresh key."""
+        headers = {"Authorization": f"Bearer {await self.key(user_id, admin=admin)}"}
+        async with httpx.AsyncClient(base_url=self.api_url, timeout=timeout, headers=headers) as client:
+            yield client
 
 
 def _free_port() -> int:

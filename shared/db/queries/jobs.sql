@@ -39,13 +39,20 @@ WHERE NOT EXISTS (SELECT 1 FROM tags t WHERE t.name >= n AND t.name <= n)
 ORDER BY n
 ON CONFLICT (name) DO NOTHING;
 
--- name: link_tags(job_id, created_at, names)!
+-- name: link_tags(job_id, created_at, user_id, names)!
 -- A separate statement from create_tags: its fresh snapshot sees tags another transaction created
--- concurrently (which create_tags skipped on conflict after waiting for that commit).
-INSERT INTO image_tags (job_id, created_at, tag_id)
-SELECT :job_id::uuid, :created_at::timestamptz, t.tag_id
-FROM unnest(:names::varchar[]) AS n
-JOIN tags t ON t.name >= n AND t.name <= n
+-- concurrently (which create_tags skipped on conflict after waiting for that commit). The user's own
+-- vocabulary (user_tags, migration 0008) is kept in the same statement; DO NOTHING, so a tag the user
+-- has used before costs one primary-key probe and no write.
+WITH named AS MATERIALIZED (
+    SELECT t.tag_id FROM unnest(:names::varchar[]) AS n JOIN tags t ON t.name >= n AND t.name <= n
+), linked AS (
+    INSERT INTO image_tags (job_id, created_at, tag_id)
+    SELECT :job_id::uuid, :created_at::timestamptz, tag_id FROM named
+    ON CONFLICT DO NOTHING
+)
+INSERT INTO user_tags (user_id, tag_id)
+SELECT :user_id::varchar, tag_id FROM named
 ON CONFLICT DO NOTHING;
 
 -- name: get_job(job_id, created_at)^

@@ -163,3 +163,15 @@ WITH fresh AS (SELECT user_id, count(*) AS jobs FROM image_process_jobs GROUP BY
         ON CONFLICT (user_id) DO UPDATE SET jobs = EXCLUDED.jobs
      )
 UPDATE user_job_counts c SET jobs = 0 WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.user_id = c.user_id);
+
+-- name: user_summary(user_id, since)^
+-- One user's jobs since `since` by status, and their mean processing time: what `GET /v1/stats` shows
+-- a (non-admin) user. Walks that user's rows of ix_jobs_user_created only.
+SELECT count(*)::int AS total_jobs,
+       (count(*) FILTER (WHERE j.status = 'pending'))::int AS pending_jobs,
+       (count(*) FILTER (WHERE j.status = 'processing'))::int AS processing_jobs,
+       (count(*) FILTER (WHERE j.status = 'completed'))::int AS completed_jobs,
+       (count(*) FILTER (WHERE j.status = 'failed'))::int AS failed_jobs,
+       round(avg(j.processing_time_ms) FILTER (WHERE j.status = 'completed'), 2) AS avg_processing_time_ms
+FROM image_process_jobs j
+WHERE j.user_id = :user_id AND j.created_at >= :since;

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from shared.db import Queries, default_queries
 from shared.db.repositories.jobs import InvalidCursor, JobsRepository, decode_cursor, encode_cursor
+from shared.db.repositories.keys import KeysRepository
 from shared.db.repositories.stats import ReconcileRefused, StatsRepository
 from shared.db.repositories.tags import TagsRepository
 from shared.db.repositories.users import UsersRepository
@@ -19,22 +20,28 @@ from shared.db.repositories.users import UsersRepository
 @dataclass(frozen=True)
 class Repositories:
     jobs: JobsRepository
+    keys: KeysRepository
     stats: StatsRepository
     tags: TagsRepository
     users: UsersRepository
 
 
 def create_repositories(queries: Queries | None = None) -> Repositories:
-    """All four repositories over one query set (parsed once)."""
+    """All repositories over one query set (parsed once)."""
     q = queries or default_queries()
     return Repositories(
-        jobs=JobsRepository(q), stats=StatsRepository(q), tags=TagsRepository(q), users=UsersRepository(q)
+        jobs=JobsRepository(q),
+        keys=KeysRepository(q),
+        stats=StatsRepository(q),
+        tags=TagsRepository(q),
+        users=UsersRepository(q),
     )
 
 
 __all__ = [
     "InvalidCursor",
     "JobsRepository",
+    "KeysRepository",
     "ReconcileRefused",
     "Repositories",
     "StatsRepository",

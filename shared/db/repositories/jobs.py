@@ -135,7 +135,12 @@ class JobsRepository:
             if inserted and names:
                 await self._q.execute("create_tags", conn, names=names)
                 await self._q.execute(
-                    "link_tags", conn, job_id=args["job_id"], created_at=args["created_at"], names=names
+                    "link_tags",
+                    conn,
+                    job_id=args["job_id"],
+                    created_at=args["created_at"],
+                    user_id=args["user_id"],
+                    names=names,
                 )
         return inserted
 

@@ -9,7 +9,7 @@ from uuid import UUID
 import asyncpg
 
 from shared.db import Queries, default_queries
-from shared.db.models import DailyStats, StatKind
+from shared.db.models import DailyStats, StatKind, UserSummary
 from shared.db.partitions import month_start, partition_name
 from shared.exceptions import RmbgError
 
@@ -51,6 +51,12 @@ class StatsRepository:
             processing_time_ms=processing_time_ms,
         )
         return counted is True
+
+    async def user_summary(self, conn: asyncpg.Connection, *, user_id: str, since: datetime) -> UserSummary:
+        row = await self._q.fetchrow("user_summary", conn, user_id=user_id, since=since)
+        if row is None:  # pragma: no cover - an aggregate always returns one row
+            raise RuntimeError("user_summary returned no row")
+        return UserSummary.model_validate(dict(row))
 
     async def daily_totals(
         self, conn: asyncpg.Connection, *, days: int = 30, today: date | None = None

@@ -22,19 +22,32 @@ class UsersRepository:
         *,
         user_id: str,
         username: str | None = None,
-        email: str | None = None,
+        email_encrypted: bytes | None = None,
+        email_digest: bytes | None = None,
     ) -> UserRecord:
         """Create or update a user; a None field keeps the stored value (a new user is named by id).
 
-        Raises asyncpg.UniqueViolationError when ``email`` belongs to another user.
+        The email arrives encrypted with its digest (shared.auth.EmailCipher). Raises
+        asyncpg.UniqueViolationError when the digest belongs to another user.
         """
-        row = await self._q.fetchrow("upsert_user", conn, user_id=user_id, username=username, email=email)
+        row = await self._q.fetchrow(
+            "upsert_user",
+            conn,
+            user_id=user_id,
+            username=username,
+            email_encrypted=email_encrypted,
+            email_digest=email_digest,
+        )
         if row is None:  # pragma: no cover - INSERT .. ON CONFLICT DO UPDATE always returns the row
             raise RuntimeError("upsert_user returned no row")
         return UserRecord.from_row(row)
 
     async def get(self, conn: asyncpg.Connection, *, user_id: str) -> UserRecord | None:
         row = await self._q.fetchrow("get_user", conn, user_id=user_id)
+        return UserRecord.from_row(row) if row is not None else None
+
+    async def find_by_email(self, conn: asyncpg.Connection, *, email_digest: bytes) -> UserRecord | None:
+        row = await self._q.fetchrow("find_user_by_email", conn, email_digest=email_digest)
         return UserRecord.from_row(row) if row is not None else None
 
     async def touch_login(self, conn: asyncpg.Connection, *, user_id: str, at: datetime | None = None) -> bool:

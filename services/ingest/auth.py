@@ -1,0 +1,50 @@
+"""The caller of each request, from its API key (``Authorization: Bearer rk_...``), as FastAPI dependencies.
+
+Every data endpoint takes ``CurrentUser`` (or ``AdminUser``), and scopes every query to
+``principal.user_id``: no endpoint reads a user id from a form field or a query parameter, so no
+request can name another user. A job of another user answers 404, exactly like a job that does not
+exist, so a caller cannot learn which ids exist.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from services.ingest.errors import ApiError
+from services.ingest.resources import IngestResources
+from shared.auth import Principal
+from shared.exceptions import Unauthenticated
+
+# auto_error=False: a missing header is answered by our 401 (the error shape), not FastAPI's 403.
+_bearer = HTTPBearer(auto_error=False, description="an API key from `rmbg keys create`")
+
+
+def resources(request: Request) -> IngestResources:
+    res: IngestResources = request.app.state.resources
+    return res
+
+
+Resources = Annotated[IngestResources, Depends(resources)]
+
+
+async def current_principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthenticated("missing API key")
+    principal = await resources(request).keys.verify(credentials.credentials)
+    request.state.principal = principal
+    return principal
+
+
+async def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    if not principal.is_admin:
+        raise ApiError(403, "forbidden", "this endpoint needs an admin key")
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(current_principal)]
+AdminUser = Annotated[Principal, Depends(admin_principal)]

@@ -1,0 +1,73 @@
+"""Global views for admin keys: every user's stats, per-user counts and quartiles, params counts."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from services.ingest.auth import AdminUser, Resources
+from services.ingest.errors import ERROR_RESPONSES, ApiError, ErrorResponse
+
+router = APIRouter(
+    prefix="/v1/admin",
+    tags=["admin"],
+    responses={**ERROR_RESPONSES, 403: {"model": ErrorResponse, "description": "not an admin key"}},
+)
+
+
+@router.get("/stats/daily")
+async def daily_stats(res: Resources, _: AdminUser, days: Annotated[int, Query(ge=1, le=366)] = 30) -> dict[str, Any]:
+    """All users' jobs per UTC day (processing_stats, kept exact by the stats service), oldest first."""
+    async with res.db.pool.acquire() as conn:
+        rows = await res.db.stats.daily_totals(conn, days=days)
+    return {"days": [r.model_dump(mode="json") for r in rows]}
+
+
+@router.get("/stats/users")
+async def user_counts(
+    res: Resources,
+    _: AdminUser,
+    days: Annotated[int | None, Query(ge=1, le=366, description="jobs of the last N days; all time if unset")] = None,
+    user: Annotated[str | None, Query(max_length=64, description="one user's row")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Per-user job counts and quartiles (design query 6), the busiest first, with the quartiles' bounds."""
+    since = datetime.now(UTC) - timedelta(days=days) if days else None
+    async with res.db.pool.acquire() as conn:
+        rows = await res.db.jobs.user_job_quartiles(conn, since=since)
+    bounds: dict[int, dict[str, int]] = {}
+    for row in rows:
+        b = bounds.setdefault(row.quartile, {"min_jobs": row.job_count, "max_jobs": row.job_count, "users": 0})
+        b["min_jobs"] = min(b["min_jobs"], row.job_count)
+        b["max_jobs"] = max(b["max_jobs"], row.job_count)
+        b["users"] += 1
+    chosen = [r for r in rows if r.user_id == user] if user else rows[:limit]
+    return {
+        "users": len(rows),
+        "quartiles": [{"quartile": q, **bounds[q]} for q in sorted(bounds)],
+        "items": [r._asdict() for r in chosen],
+    }
+
+
+@router.get("/stats/params")
+async def params_count(
+    res: Resources,
+    _: AdminUser,
+    contains: Annotated[str, Query(description='JSON object, e.g. {"threshold": 0.9}')],
+    days: Annotated[int, Query(ge=1, le=366)] = 30,
+) -> dict[str, Any]:
+    """Jobs of all users accepted in the last ``days`` days whose params contain ``contains``."""
+    try:
+        wanted = json.loads(contains)
+    except json.JSONDecodeError:
+        wanted = None
+    if not isinstance(wanted, dict):
+        raise ApiError(422, "invalid_request", "contains must be a JSON object")
+    today = datetime.now(UTC).date()
+    date_from = today - timedelta(days=days - 1)
+    async with res.db.pool.acquire() as conn:
+        jobs = await res.db.stats.params_job_count(conn, contains=wanted, date_from=date_from, date_to=today)
+    return {"contains": wanted, "from": date_from.isoformat(), "to": today.isoformat(), "jobs": jobs}

@@ -1,0 +1,205 @@
+"""Jobs: submit, list, read. Every query is scoped to the caller's user (services/ingest/auth.py)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+from pydantic import BaseModel, ValidationError
+
+from services.ingest.auth import CurrentUser, Resources
+from services.ingest.errors import ERROR_RESPONSES, ApiError, ErrorResponse, not_found
+from shared.auth import Principal
+from shared.contracts import ProcessingParams, parse_tags
+from shared.db.models import JobStatus
+from shared.exceptions import ContractError, ImageRejected
+from shared.ids import uuid7_time
+from shared.views import job_view
+
+router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
+
+# HTTP status for each reason an image is refused.
+_REJECT_STATUS = {
+    "too_large": 413,
+    "unsupported_format": 415,
+    "too_many_pixels": 422,
+    "too_large_dimensions": 422,
+    "corrupt": 422,
+    "empty": 422,
+}
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobStatus
+    status_url: str
+    events_url: str
+    # False when an Idempotency-Key named a job accepted before: this is that job, not a new one.
+    created: bool = True
+
+
+def parse_job_id(raw: str) -> uuid.UUID:
+    try:
+        job_id = uuid.UUID(raw)
+        uuid7_time(job_id)
+    except ValueError:
+        raise not_found(f"job {raw}") from None
+    return job_id
+
+
+async def owned_job(res: Resources, principal: Principal, raw_id: str) -> dict[str, Any]:
+    """The job's view when it exists and belongs to the caller; 404 otherwise (the same answer for both)."""
+    job_id = parse_job_id(raw_id)
+    cached = await res.cache.get_job(str(job_id))
+    if cached is not None:
+        if cached.get("user_id") != principal.user_id:
+            raise not_found(f"job {raw_id}")
+        return cached
+    async with res.db.pool.acquire() as conn:
+        record = await res.db.jobs.get_job(conn, job_id=job_id)
+    if record is None or record.user_id != principal.user_id:
+        raise not_found(f"job {raw_id}")
+    view = job_view(record)
+    await res.cache.fill_job(view)
+    return view
+
+
+def _parse_tags(raw: str | None) -> list[str]:
+    try:
+        return parse_tags(raw.split(",")) if raw else []
+    except ContractError as exc:
+        raise ApiError(422, "invalid_tags", str(exc)) from None
+
+
+def _parse_params(raw: str | None) -> ProcessingParams:
+    if not raw:
+        return ProcessingParams()
+    try:
+        return ProcessingParams.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors()[:5])
+        raise ApiError(422, "invalid_params", f"invalid params: {problems}") from None
+
+
+def _json_object(raw: str, name: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise ApiError(422, "invalid_request", f"{name} must be a JSON object")
+    return value
+
+
+@router.post(
+    "/v1/jobs",
+    status_code=202,
+    response_model=JobAccepted,
+    responses={
+        200: {"model": JobAccepted, "description": "an Idempotency-Key replay: the job the first request made"},
+        413: {"model": ErrorResponse, "description": "the image exceeds the size limit"},
+        415: {"model": ErrorResponse, "description": "not an image format this service reads"},
+        429: {"model": ErrorResponse, "description": "rate limit or daily quota reached; see Retry-After"},
+    },
+)
+async def submit_job(
+    res: Resources,
+    principal: CurrentUser,
+    response: Response,
+    image: Annotated[UploadFile | None, File(description="the image to cut out (or give image_url)")] = None,
+    image_url: Annotated[str | None, Form(max_length=2048, description="http(s) URL to fetch the image from")] = None,
+    tags: Annotated[str | None, Form(description="comma-separated tags")] = None,
+    params: Annotated[str | None, Form(description='JSON, e.g. {"threshold": 0.5}')] = None,
+    callback_url: Annotated[
+        str | None, Form(max_length=2048, description="https URL to POST a signed webhook to when the job ends")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias="Idempotency-Key", min_length=1, max_length=255, description="retry-safe: same key, same job"),
+    ] = None,
+) -> JobAccepted:
+    """Accept one image for background removal; 202 with the job id and where to follow it."""
+    await res.backpressure.check()  # before reading the upload: refusing costs the client nothing
+    if (image is None) == (image_url is None):
+        raise ApiError(422, "invalid_request", "send exactly one of: an image file, or image_url")
+    parsed_tags = _parse_tags(tags)
+    parsed_params = _parse_params(params)
+    limit = res.settings.ingest.max_image_bytes
+    if image is not None:
+        data = await image.read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(413, "too_large", f"image exceeds the limit of {limit} bytes")
+    else:
+        raise ApiError(501, "not_implemented", "image_url is not served yet")
+    try:
+        accepted = await res.intake.accept(
+            data=data, user_id=principal.user_id, tags=parsed_tags, params=parsed_params, source="http"
+        )
+    except ImageRejected as exc:
+        res.metrics.records.labels(topic="http", outcome=f"rejected_{exc.code}").inc()
+        raise ApiError(_REJECT_STATUS.get(exc.code, 422), exc.code, exc.reason) from None
+    res.metrics.records.labels(topic="http", outcome="accepted").inc()
+    return JobAccepted(
+        job_id=str(accepted.job_id),
+        status=JobStatus(accepted.status),
+        status_url=f"/v1/jobs/{accepted.job_id}",
+        events_url=f"/v1/jobs/{accepted.job_id}/events",
+    )
+
+
+@router.get("/v1/jobs")
+async def list_jobs(
+    res: Resources,
+    principal: CurrentUser,
+    status: JobStatus | None = None,
+    tag: str | None = None,
+    params: Annotated[str | None, Query(description="JSON containment filter")] = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    """The caller's jobs, newest first; follow ``next_cursor`` for the next page."""
+    contains = _json_object(params, "params") if params else None
+    try:
+        async with res.db.pool.acquire() as conn:
+            rows, next_cursor = await res.db.jobs.list_jobs(
+                conn,
+                user_id=principal.user_id,
+                status=status,
+                tag=tag,
+                params=contains,
+                created_from=created_from,
+                created_to=created_to,
+                cursor=cursor,
+                limit=limit,
+            )
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
+    return {"items": [job_view(r) for r in rows], "next_cursor": next_cursor}
+
+
+@router.get("/v1/jobs/recent")
+async def recent_completed(
+    res: Resources, principal: CurrentUser, limit: Annotated[int, Query(ge=1, le=50)] = 10
+) -> dict[str, Any]:
+    """The caller's most recently completed jobs (design query 1, cached per user in Redis)."""
+    user_id = principal.user_id
+    variant = f"completed:{limit}"
+    version, cached = await res.cache.get_user_list(user_id, variant)
+    if cached is not None:
+        return {"items": cached}
+    async with res.db.pool.acquire() as conn:
+        rows = await res.db.jobs.recent_completed(conn, user_id=user_id, limit=limit)
+    items = [job_view(r) for r in rows]
+    await res.cache.put_user_list(user_id, version, variant, items)
+    return {"items": items}
+
+
+@router.get("/v1/jobs/{job_id}")
+async def get_job(res: Resources, principal: CurrentUser, job_id: str) -> dict[str, Any]:
+    """One of the caller's jobs."""
+    return await owned_job(res, principal, job_id)

@@ -1,0 +1,47 @@
+"""Emails encrypted at rest, in the application (``cryptography``'s Fernet: AES-128-CBC + HMAC-SHA-256).
+
+Why in the application and not pgcrypto: the embedded PostgreSQL has no pgcrypto, and with pgcrypto the
+key travels in every statement, where ``log_statement`` or ``pg_stat_statements`` can record it. Here the
+database only ever holds ciphertext. Fernet keys rotate with :class:`MultiFernet`: the first key
+encrypts, every key decrypts (``RMBG_AUTH__ENCRYPTION_KEYS`` lists them, newest first).
+
+Uniqueness without decryption: ``digest`` is HMAC-SHA-256 of the normalised email under a key derived
+from the first encryption key, so "is this email taken?" is one indexed equality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from shared.exceptions import ConfigError
+
+
+class EmailCipher:
+    def __init__(self, keys: str) -> None:
+        parts = [k.strip() for k in keys.split(",") if k.strip()]
+        if not parts:
+            raise ConfigError("RMBG_AUTH__ENCRYPTION_KEYS is empty")
+        try:
+            self._fernet = MultiFernet([Fernet(k.encode()) for k in parts])
+        except ValueError as exc:
+            raise ConfigError(f"RMBG_AUTH__ENCRYPTION_KEYS: {exc}") from None
+        self._digest_key = hashlib.sha256(b"rmbg-email-digest:" + parts[0].encode()).digest()
+
+    @staticmethod
+    def normalise(email: str) -> str:
+        return email.strip().lower()
+
+    def encrypt(self, email: str) -> bytes:
+        return self._fernet.encrypt(self.normalise(email).encode())
+
+    def decrypt(self, token: bytes) -> str:
+        try:
+            return self._fernet.decrypt(bytes(token)).decode()
+        except InvalidToken:
+            raise ConfigError("an email does not decrypt with RMBG_AUTH__ENCRYPTION_KEYS (key rotated out?)") from None
+
+    def digest(self, email: str) -> bytes:
+        return hmac.new(self._digest_key, self.normalise(email).encode(), hashlib.sha256).digest()

@@ -93,6 +93,17 @@ class AuthSettings(_Group):
     key_cache_ttl_s: int = Field(default=60, ge=1, le=3600)
 
 
+class OutboundSettings(_Group):
+    """What the services may contact on a user's behalf: image URLs (ingest) and webhooks (persister)."""
+
+    # Loopback, private (RFC 1918, fc00::/7), link-local (169.254/16: the cloud metadata service),
+    # CGNAT and reserved targets are refused: a user-supplied URL must not reach the cluster's insides.
+    # Tests and single-machine setups that call back into localhost turn this on.
+    allow_private_targets: bool = False
+    # Ports a target may name; 80/443 and the common alternates. Empty allows any port.
+    allowed_ports: tuple[int, ...] = (80, 443, 8080, 8443)
+
+
 class TelemetrySettings(_Group):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
@@ -111,6 +122,7 @@ class BaseServiceSettings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     s3: S3Settings = S3Settings()
     auth: AuthSettings = AuthSettings()
+    outbound: OutboundSettings = OutboundSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
 
     @model_validator(mode="after")

@@ -103,4 +103,11 @@ class RateLimited(TransientError):
 
 
 class FetchRefused(PermanentError):
-    """An image or webhook URL this service will not contact (scheme, private target, size, time)."""
+    """An image or webhook URL this service will not contact or could not use (``code`` says which:
+    ``url_refused`` for a scheme or target the policy forbids, ``fetch_failed`` for an answer that is
+    not a usable image: an HTTP error, too large, too slow, too many redirects)."""
+
+    def __init__(self, reason: str, *, code: str = "url_refused") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code

@@ -1,0 +1,145 @@
+"""HTTP requests to addresses users supply (image URLs, webhook targets), refused where they must not go.
+
+The guard sits where the connection is made, not only where the URL is read: the resolver that aiohttp
+connects with drops every non-public address (loopback, RFC 1918, link-local incl. 169.254.169.254,
+CGNAT, reserved, multicast; IPv4-mapped IPv6 judged by its IPv4), so a name that resolves to a public
+address at check time and to 127.0.0.1 at connect time (DNS rebinding) still cannot reach inside.
+Literal IP hosts skip aiohttp's resolver, so :func:`check_url` judges them before any request, and
+redirects are followed by hand, each hop checked again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from shared.config import OutboundSettings
+from shared.exceptions import FetchRefused
+
+
+def _public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def check_url(url: str, policy: OutboundSettings) -> str:
+    """``url`` if the policy lets it be contacted (before DNS: scheme, port, literal IPs); else FetchRefused."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise FetchRefused(f"malformed URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise FetchRefused(f"only http and https URLs are fetched, not {parts.scheme or 'a bare path'!r}")
+    host = parts.hostname
+    if not host:
+        raise FetchRefused("the URL names no host")
+    if parts.username or parts.password:
+        raise FetchRefused("URLs with credentials are refused")
+    port = port or (443 if parts.scheme == "https" else 80)
+    if policy.allowed_ports and port not in policy.allowed_ports:
+        raise FetchRefused(f"port {port} is not allowed (allowed: {', '.join(map(str, policy.allowed_ports))})")
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        if not policy.allow_private_targets and not _public(host):
+            raise FetchRefused(f"{host} is not a public address")
+    return url
+
+
+class _PublicOnlyResolver(AbstractResolver):
+    """aiohttp's threaded resolver, keeping only the addresses the policy allows."""
+
+    def __init__(self, policy: OutboundSettings) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+        self._policy = policy
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        try:
+            found = await self._inner.resolve(host, port, family)
+        except OSError as exc:
+            raise FetchRefused(f"{host} does not resolve: {exc}", code="fetch_failed") from None
+        if self._policy.allow_private_targets:
+            return found
+        kept = [r for r in found if _public(r["host"])]
+        if not kept:
+            raise FetchRefused(f"{host} resolves only to non-public addresses")
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+@contextlib.asynccontextmanager
+async def open_outbound(policy: OutboundSettings, *, limit: int = 32) -> AsyncIterator[aiohttp.ClientSession]:
+    """A session whose connections can reach only what ``policy`` allows (one per process; reuse it)."""
+    connector = aiohttp.TCPConnector(resolver=_PublicOnlyResolver(policy), limit=limit, ttl_dns_cache=None)
+    # trust_env=False: an HTTP(S)_PROXY in the environment would connect on our behalf, past the resolver.
+    async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+        yield session
+
+
+@dataclass(frozen=True)
+class Fetched:
+    data: bytes
+    content_type: str | None
+    url: str  # after redirects
+
+
+async def fetch_bytes(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    policy: OutboundSettings,
+    max_bytes: int,
+    timeout_s: float,
+    max_redirects: int = 3,
+) -> Fetched:
+    """GET ``url`` (redirects followed by hand, each hop checked), at most ``max_bytes`` within ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            for _ in range(max_redirects + 1):
+                check_url(url, policy)
+                async with session.get(url, allow_redirects=False) as resp:
+                    if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                        url = urljoin(url, resp.headers["Location"])
+                        continue
+                    if resp.status != 200:
+                        raise FetchRefused(f"{_short(url)} answered HTTP {resp.status}", code="fetch_failed")
+                    declared = resp.content_length
+                    if declared is not None and declared > max_bytes:
+                        raise FetchRefused(f"the image at the URL exceeds {max_bytes} bytes", code="too_large")
+                    data = await _read_capped(resp, max_bytes)
+                    return Fetched(data=data, content_type=resp.content_type, url=url)
+            raise FetchRefused(f"more than {max_redirects} redirects", code="fetch_failed")
+    except TimeoutError:
+        raise FetchRefused(f"{_short(url)} did not deliver within {timeout_s:g} s", code="fetch_failed") from None
+    except aiohttp.ClientError as exc:
+        raise FetchRefused(f"{_short(url)} could not be fetched: {exc}", code="fetch_failed") from None
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > max_bytes:
+            raise FetchRefused(f"the image at the URL exceeds {max_bytes} bytes", code="too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _short(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path[:80]}"

@@ -91,6 +91,17 @@ def upgrade() -> None:
         )
         """
     )
+    # Jobs create their user on first sight (jobs.sql insert_job), but nothing in the schema holds a job's
+    # user to exist (a hand-filled or bulk-loaded table): create those users first, as intake would have,
+    # so the backfill below cannot fail on user_tags' foreign key.
+    op.execute(
+        """
+        INSERT INTO users (user_id, username)
+        SELECT DISTINCT j.user_id, j.user_id FROM image_process_jobs j
+        JOIN image_tags it ON it.job_id = j.job_id AND it.created_at = j.created_at
+        ON CONFLICT (user_id) DO NOTHING
+        """
+    )
     op.execute(
         """
         INSERT INTO user_tags (user_id, tag_id)

@@ -109,7 +109,7 @@ async def clean_conn(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         tx = c.transaction()
         await tx.start()
         try:
-            await c.execute("TRUNCATE image_tags, image_process_jobs, tags, processing_stats, stats_ledger")
+            await c.execute("TRUNCATE image_tags, user_tags, image_process_jobs, tags, processing_stats, stats_ledger")
             yield c
         finally:
             await tx.rollback()

@@ -39,7 +39,7 @@ async def test_empty_database_upgrades_to_head(scratch_database: ScratchDb) -> N
     dsn = await scratch_database()
     assert await asyncio.to_thread(current, dsn) is None
     await asyncio.to_thread(upgrade, dsn)
-    assert await asyncio.to_thread(current, dsn) == head_revision() == "0007"
+    assert await asyncio.to_thread(current, dsn) == head_revision() == "0008"
     # A second upgrade is a no-op.
     await asyncio.to_thread(upgrade, dsn)
 
@@ -47,6 +47,12 @@ async def test_empty_database_upgrades_to_head(scratch_database: ScratchDb) -> N
     try:
         tables = {r["relname"] for r in await conn.fetch("SELECT relname FROM pg_class WHERE relkind IN ('r', 'p')")}
         assert {"users", "tags", "image_process_jobs", "image_tags", "processing_stats", "stats_ledger"} <= tables
+        assert {"api_keys", "idempotency_keys", "user_tags"} <= tables
+        user_columns = {
+            r["column_name"]
+            for r in await conn.fetch("SELECT column_name FROM information_schema.columns WHERE table_name = 'users'")
+        }
+        assert {"email_encrypted", "email_digest"} <= user_columns and "email" not in user_columns
         extensions = {r["extname"] for r in await conn.fetch("SELECT extname FROM pg_extension")}
         assert "pg_trgm" in extensions
         assert "pgcrypto" not in extensions
@@ -130,6 +136,31 @@ async def test_upgrade_from_0001_keeps_data(scratch_database: ScratchDb) -> None
         assert dict(after) == dict(before)
         assert await conn.fetchval("SELECT count(*) FROM image_tags") == tags_before
         assert await conn.fetchval("SELECT to_regclass('ix_tags_name_trgm_knn') IS NOT NULL")
+        # 0008 backfills each user's tags from their jobs (creating the jobs' users, as intake does).
+        pairs = await conn.fetchval(
+            """
+            SELECT count(*) FROM (SELECT DISTINCT j.user_id, it.tag_id FROM image_tags it
+                                  JOIN image_process_jobs j USING (job_id, created_at)) p
+            """
+        )
+        assert pairs > 0 and await conn.fetchval("SELECT count(*) FROM user_tags") == pairs
+        assert await conn.fetchval("SELECT count(*) FROM users") == 37
+    finally:
+        await conn.close()
+
+
+async def test_upgrade_to_0008_refuses_plaintext_emails(scratch_database: ScratchDb) -> None:
+    dsn = await scratch_database()
+    await asyncio.to_thread(upgrade, dsn, "0007")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("INSERT INTO users (user_id, username, email) VALUES ('u1', 'u1', 'a@example.com')")
+        with pytest.raises(MigrationError, match="plaintext emails"):
+            await asyncio.to_thread(upgrade, dsn)
+        assert await asyncio.to_thread(current, dsn) == "0007"
+        await conn.execute("UPDATE users SET email = NULL")
+        await asyncio.to_thread(upgrade, dsn)
+        assert await asyncio.to_thread(current, dsn) == "0008"
     finally:
         await conn.close()
 
@@ -160,7 +191,7 @@ def test_config_does_not_depend_on_cwd(tmp_path: Path) -> None:
     here = Path.cwd()
     os.chdir(tmp_path)
     try:
-        assert head_revision() == "0007"
+        assert head_revision() == "0008"
         assert (script_location() / "env.py").is_file()
         sql = render_sql(None)
     finally:

@@ -6,20 +6,30 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+from cryptography.fernet import Fernet
 
+from shared.auth import EmailCipher
 from shared.db import Queries, default_queries, load_queries
 from shared.db.repositories import Repositories, create_repositories
+from shared.exceptions import ConfigError
 from tests.shared.db.conftest import unique_user
+from tests.shared.db.test_jobs import job_args
 
 
 async def test_user_upsert_keeps_what_is_not_given(conn: asyncpg.Connection, repos: Repositories) -> None:
     user_id = unique_user()
+    cipher = EmailCipher(Fernet.generate_key().decode())
+    email = f"{user_id}@example.com"
+    encrypted, digest = cipher.encrypt(email), cipher.digest(email)
     created = await repos.users.upsert(conn, user_id=user_id)
-    assert created.username == user_id and created.email is None and created.last_login is None
-    named = await repos.users.upsert(conn, user_id=user_id, username="Ada", email=f"{user_id}@example.com")
-    assert (named.username, named.email) == ("Ada", f"{user_id}@example.com")
+    assert created.username == user_id and created.email_encrypted is None and created.last_login is None
+    named = await repos.users.upsert(
+        conn, user_id=user_id, username="Ada", email_encrypted=encrypted, email_digest=digest
+    )
+    assert named.username == "Ada" and named.email_encrypted is not None
+    assert cipher.decrypt(named.email_encrypted) == email
     again = await repos.users.upsert(conn, user_id=user_id)
-    assert (again.username, again.email, again.created_at) == ("Ada", f"{user_id}@example.com", created.created_at)
+    assert (again.username, again.email_encrypted, again.created_at) == ("Ada", encrypted, created.created_at)
 
     at = datetime(2026, 5, 1, 12, tzinfo=UTC)
     assert await repos.users.touch_login(conn, user_id=user_id, at=at) is True
@@ -28,9 +38,55 @@ async def test_user_upsert_keeps_what_is_not_given(conn: asyncpg.Connection, rep
     assert await repos.users.touch_login(conn, user_id="nobody-" + user_id) is False
     assert await repos.users.get(conn, user_id="nobody-" + user_id) is None
 
+
+async def test_user_email_is_stored_encrypted_and_unique(conn: asyncpg.Connection, repos: Repositories) -> None:
+    user_id = unique_user()
+    cipher = EmailCipher(Fernet.generate_key().decode())
+    email = f"Ada.{user_id}@Example.com "
+    await repos.users.upsert(
+        conn, user_id=user_id, email_encrypted=cipher.encrypt(email), email_digest=cipher.digest(email)
+    )
+
+    # The database holds ciphertext and a 32-byte keyed digest, never the address.
+    row = await conn.fetchrow("SELECT email_encrypted, email_digest FROM users WHERE user_id = $1", user_id)
+    assert row is not None
+    stored, digest = bytes(row["email_encrypted"]), bytes(row["email_digest"])
+    assert user_id.encode() not in stored and b"example.com" not in stored.lower()
+    assert digest == cipher.digest(email) and len(digest) == 32
+    assert cipher.decrypt(stored) == f"ada.{user_id}@example.com"  # normalised: trimmed, lower case
+    # Encryption is randomised (Fernet's IV); the digest is not, so it finds the user.
+    assert cipher.encrypt(email) != stored
+    found = await repos.users.find_by_email(conn, email_digest=cipher.digest(email.strip().upper()))
+    assert found is not None and found.user_id == user_id
+    assert await repos.users.find_by_email(conn, email_digest=cipher.digest("someone@else.example")) is None
+
+    # A second user with the same email (same digest, other ciphertext) is refused.
     other = unique_user()
     with pytest.raises(asyncpg.UniqueViolationError):
-        await repos.users.upsert(conn, user_id=other, email=f"{user_id}@example.com")
+        await repos.users.upsert(
+            conn, user_id=other, email_encrypted=cipher.encrypt(email), email_digest=cipher.digest(email)
+        )
+    assert await repos.users.get(conn, user_id=other) is None
+
+    # Another key cannot read it.
+    with pytest.raises(ConfigError):
+        EmailCipher(Fernet.generate_key().decode()).decrypt(stored)
+
+
+async def test_tags_of_a_job_become_its_users_tags(clean_conn: asyncpg.Connection, repos: Repositories) -> None:
+    user, other = unique_user(), unique_user()
+    for who, tags in ((user, ["shoes", "boots"]), (other, ["shoe", "shoestring"])):
+        assert await repos.jobs.insert_job(clean_conn, **job_args(who, tags=tags)) is True
+    mine = [m.name for m in await repos.tags.search(clean_conn, query="shoe", limit=10, user_id=user)]
+    assert mine == ["shoes"]  # the other user's closer tags are not shown
+    theirs = [m.name for m in await repos.tags.search(clean_conn, query="shoe", limit=10, user_id=other)]
+    assert theirs[0] == "shoe" and set(theirs) <= {"shoe", "shoestring"}
+    everyone = {m.name for m in await repos.tags.search(clean_conn, query="shoe", limit=10)}
+    assert {"shoe", "shoes"} <= everyone
+    linked = await clean_conn.fetch(
+        "SELECT t.name FROM user_tags ut JOIN tags t USING (tag_id) WHERE ut.user_id = $1 ORDER BY t.name", user
+    )
+    assert [r["name"] for r in linked] == ["boots", "shoes"]
 
 
 async def test_tags_ensure_and_search(clean_conn: asyncpg.Connection, repos: Repositories) -> None:
@@ -69,7 +125,12 @@ def test_queries_load_once_and_by_name() -> None:
         "totals_from_jobs",
         "reconcile_day",
         "search_tags",
+        "search_user_tags",
         "upsert_user",
+        "find_user_by_email",
+        "insert_key",
+        "revoke_key",
+        "user_summary",
         "touch_login",
         "ensure_partitions",
     } <= queries.names

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import uvicorn
 
+from rmbg.access import create_key
 from rmbg.demo import sample_bytes
 from rmbg.stack import StackEndpoints
 from rmbg.stack.postgres import LOCAL_ADMIN_DSN, drop_database, ensure_database, with_database
@@ -113,14 +114,13 @@ async def _serve(settings: IngestSettings) -> AsyncIterator[str]:
 async def test_submit_answers_503_with_retry_after_when_overloaded(settings: IngestSettings) -> None:
     async with open_database(settings.postgres) as db:
         await _pending(db, 3)
-    async with _serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
-        resp = await client.post(
-            "/v1/jobs",
-            files={"image": ("a.png", sample_bytes("coffee.png"), "image/png")},
-            data={"user_id": "u1"},
-        )
+    key = (await create_key(settings, user_id="u1", admin=False, name="test", email=None)).key
+    headers = {"Authorization": f"Bearer {key}"}
+    async with _serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=30, headers=headers) as client:
+        resp = await client.post("/v1/jobs", files={"image": ("a.png", sample_bytes("coffee.png"), "image/png")})
         assert resp.status_code == 503
         assert int(resp.headers["Retry-After"]) >= 5
-        assert "3 jobs are waiting (limit 2)" in resp.json()["detail"]
+        error = resp.json()["error"]
+        assert error["code"] == "overloaded" and "3 jobs are waiting (limit 2)" in error["message"]
         ready = await client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"] == {"postgres": "ok", "s3": "ok"}

@@ -77,6 +77,9 @@ class S3Settings(_Group):
     access_key: str = DEV_S3_ACCESS_KEY
     secret_key: SecretStr = SecretStr(DEV_S3_SECRET_KEY)
     bucket: str = "rmbg"
+    # Where clients reach the store, when not at endpoint_url (e.g. https://media.example.com in front of
+    # an in-cluster MinIO): presigned URLs are signed for this host. None: endpoint_url.
+    public_endpoint_url: str | None = None
     max_pool_connections: int = Field(default=32, ge=1)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.config import BaseServiceSettings
@@ -39,6 +41,14 @@ class IngestOptions(BaseModel):
     backlog_check_interval_s: float = Field(default=1.0, ge=0)
     # Each readiness check (PostgreSQL, object store) answers within this or counts as down.
     ready_timeout_s: float = Field(default=2.0, gt=0)
+    # Results: "redirect" answers GET /v1/jobs/{id}/{kind} with 307 to a presigned URL (clients download
+    # from the object store directly; the API moves no bytes); "stream" relays the bytes through the API,
+    # for stores clients cannot reach. 15 minutes outlives a page view and a slow download, and is short
+    # enough that a leaked URL is soon useless.
+    result_delivery: Literal["redirect", "stream"] = "redirect"
+    result_url_ttl_s: int = Field(default=900, ge=1, le=7 * 24 * 3600)  # SigV4 allows at most 7 days
+    # Submitting by URL: the fetch is capped by max_image_bytes and by this time.
+    fetch_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
 
 class IngestSettings(BaseServiceSettings):

@@ -47,9 +47,55 @@ class StoredObject:
 
 
 class ObjectStore:
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: Any, bucket: str, *, signer: Any | None = None) -> None:
         self._client = client
+        # Presigned URLs are signed for the host clients will send them to (SigV4 signs the Host header):
+        # a second client configured with the public endpoint when it differs from the internal one.
+        self._signer = signer or client
         self.bucket = bucket
+
+    async def presigned_get(
+        self, key: str, *, expires_s: int, download_name: str | None = None, content_type: str | None = None
+    ) -> str:
+        """A SigV4 URL that lets whoever holds it GET ``key`` for ``expires_s`` seconds (no request is made).
+
+        ``download_name`` asks the store to answer with ``Content-Disposition: attachment``, so a browser
+        saves the file under that name instead of showing it.
+        """
+        params: dict[str, str] = {"Bucket": self.bucket, "Key": key}
+        if download_name:
+            params["ResponseContentDisposition"] = f'attachment; filename="{download_name}"'
+        if content_type:
+            params["ResponseContentType"] = content_type
+        url: str = await self._signer.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s)
+        return url
+
+    async def open_stream(
+        self, key: str, *, chunk_bytes: int = 256 * 1024
+    ) -> tuple[StoredObject, AsyncIterator[bytes]]:
+        """The object's metadata and an iterator over its bytes, for relaying it without holding it whole."""
+        try:
+            resp = await self._client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                raise ObjectMissing(f"object {key} not found in {self.bucket}") from None
+            raise _storage_error(f"GET {key}", exc) from exc
+        except BotoCoreError as exc:
+            raise _storage_error(f"GET {key}", exc) from exc
+        info = StoredObject(
+            key=key,
+            size=int(resp["ContentLength"]),
+            content_type=resp.get("ContentType"),
+            metadata=dict(resp.get("Metadata", {})),
+            last_modified=resp.get("LastModified"),
+        )
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async with resp["Body"] as stream:
+                while chunk := await stream.read(chunk_bytes):
+                    yield chunk
+
+        return info, chunks()
 
     async def ensure_bucket(self) -> None:
         try:
@@ -159,12 +205,19 @@ async def open_object_store(settings: S3Settings) -> AsyncIterator[ObjectStore]:
         read_timeout=30,
     )
     session = get_session()
-    async with session.create_client(
-        "s3",
-        endpoint_url=settings.endpoint_url,
-        region_name=settings.region,
-        aws_access_key_id=settings.access_key,
-        aws_secret_access_key=settings.secret_key.get_secret_value(),
-        config=config,
-    ) as client:
-        yield ObjectStore(client, settings.bucket)
+    credentials = {
+        "region_name": settings.region,
+        "aws_access_key_id": settings.access_key,
+        "aws_secret_access_key": settings.secret_key.get_secret_value(),
+        "config": config,
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            session.create_client("s3", endpoint_url=settings.endpoint_url, **credentials)
+        )
+        signer = None
+        if settings.public_endpoint_url and settings.public_endpoint_url != settings.endpoint_url:
+            signer = await stack.enter_async_context(
+                session.create_client("s3", endpoint_url=settings.public_endpoint_url, **credentials)
+            )
+        yield ObjectStore(client, settings.bucket, signer=signer)

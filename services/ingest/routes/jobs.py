@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -11,12 +10,11 @@ from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from pydantic import BaseModel, ValidationError
 
 from services.ingest.auth import CurrentUser, Resources
-from services.ingest.errors import ERROR_RESPONSES, ApiError, ErrorResponse, not_found
-from shared.auth import Principal
+from services.ingest.errors import ERROR_RESPONSES, ApiError, ErrorResponse
+from services.ingest.jobviews import job_detail, owned_job
 from shared.contracts import ProcessingParams, parse_tags
 from shared.db.models import JobStatus
 from shared.exceptions import ContractError, ImageRejected
-from shared.ids import uuid7_time
 from shared.views import job_view
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
@@ -39,32 +37,6 @@ class JobAccepted(BaseModel):
     events_url: str
     # False when an Idempotency-Key named a job accepted before: this is that job, not a new one.
     created: bool = True
-
-
-def parse_job_id(raw: str) -> uuid.UUID:
-    try:
-        job_id = uuid.UUID(raw)
-        uuid7_time(job_id)
-    except ValueError:
-        raise not_found(f"job {raw}") from None
-    return job_id
-
-
-async def owned_job(res: Resources, principal: Principal, raw_id: str) -> dict[str, Any]:
-    """The job's view when it exists and belongs to the caller; 404 otherwise (the same answer for both)."""
-    job_id = parse_job_id(raw_id)
-    cached = await res.cache.get_job(str(job_id))
-    if cached is not None:
-        if cached.get("user_id") != principal.user_id:
-            raise not_found(f"job {raw_id}")
-        return cached
-    async with res.db.pool.acquire() as conn:
-        record = await res.db.jobs.get_job(conn, job_id=job_id)
-    if record is None or record.user_id != principal.user_id:
-        raise not_found(f"job {raw_id}")
-    view = job_view(record)
-    await res.cache.fill_job(view)
-    return view
 
 
 def _parse_tags(raw: str | None) -> list[str]:
@@ -179,7 +151,7 @@ async def list_jobs(
             )
     except ValueError as exc:
         raise ApiError(422, "invalid_request", str(exc)) from None
-    return {"items": [job_view(r) for r in rows], "next_cursor": next_cursor}
+    return {"items": [await job_detail(res, job_view(r)) for r in rows], "next_cursor": next_cursor}
 
 
 @router.get("/v1/jobs/recent")
@@ -191,15 +163,15 @@ async def recent_completed(
     variant = f"completed:{limit}"
     version, cached = await res.cache.get_user_list(user_id, variant)
     if cached is not None:
-        return {"items": cached}
+        return {"items": [await job_detail(res, job) for job in cached]}
     async with res.db.pool.acquire() as conn:
         rows = await res.db.jobs.recent_completed(conn, user_id=user_id, limit=limit)
     items = [job_view(r) for r in rows]
     await res.cache.put_user_list(user_id, version, variant, items)
-    return {"items": items}
+    return {"items": [await job_detail(res, job) for job in items]}
 
 
 @router.get("/v1/jobs/{job_id}")
 async def get_job(res: Resources, principal: CurrentUser, job_id: str) -> dict[str, Any]:
-    """One of the caller's jobs."""
-    return await owned_job(res, principal, job_id)
+    """One of the caller's jobs, with short-lived URLs of its original, mask and cut-out."""
+    return await job_detail(res, await owned_job(res, principal, job_id))

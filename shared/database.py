@@ -17,6 +17,7 @@ from shared.db.repositories import (
     StatsRepository,
     TagsRepository,
     UsersRepository,
+    WebhooksRepository,
     create_repositories,
 )
 
@@ -29,6 +30,7 @@ class Database:
     stats: StatsRepository
     tags: TagsRepository
     users: UsersRepository
+    webhooks: WebhooksRepository
 
     async def ping(self) -> None:
         """One round trip on a pooled connection; raises when PostgreSQL is unreachable."""
@@ -47,7 +49,13 @@ async def open_database(settings: PostgresSettings) -> AsyncIterator[Database]:
     repos = create_repositories()
     try:
         yield Database(
-            pool=pool, jobs=repos.jobs, keys=repos.keys, stats=repos.stats, tags=repos.tags, users=repos.users
+            pool=pool,
+            jobs=repos.jobs,
+            keys=repos.keys,
+            stats=repos.stats,
+            tags=repos.tags,
+            users=repos.users,
+            webhooks=repos.webhooks,
         )
     finally:
         await pool.close()

@@ -15,6 +15,7 @@ from shared.db.repositories.keys import KeysRepository
 from shared.db.repositories.stats import ReconcileRefused, StatsRepository
 from shared.db.repositories.tags import TagsRepository
 from shared.db.repositories.users import UsersRepository
+from shared.db.repositories.webhooks import AttemptResult, WebhooksRepository
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Repositories:
     stats: StatsRepository
     tags: TagsRepository
     users: UsersRepository
+    webhooks: WebhooksRepository
 
 
 def create_repositories(queries: Queries | None = None) -> Repositories:
@@ -35,10 +37,12 @@ def create_repositories(queries: Queries | None = None) -> Repositories:
         stats=StatsRepository(q),
         tags=TagsRepository(q),
         users=UsersRepository(q),
+        webhooks=WebhooksRepository(q),
     )
 
 
 __all__ = [
+    "AttemptResult",
     "InvalidCursor",
     "JobsRepository",
     "KeysRepository",
@@ -47,6 +51,7 @@ __all__ = [
     "StatsRepository",
     "TagsRepository",
     "UsersRepository",
+    "WebhooksRepository",
     "create_repositories",
     "decode_cursor",
     "encode_cursor",

@@ -1,0 +1,97 @@
+-- Webhooks (migration 0009): the outbox of job endings with callbacks, their attempts, users' secrets.
+-- Rows move pending -> due (the trigger on image_process_jobs, never this file) -> delivered | gave_up.
+-- Note for editors: aiosql reads a colon followed by a word as a parameter, comments included.
+
+-- name: register_webhook(job_id, created_at, user_id, url)$
+-- In intake's transaction, before or after the job's insert. The job row is read FOR SHARE: an ending
+-- committed by another transaction is waited for and seen (the row is inserted due), and an ending
+-- not yet written waits for this commit, so its trigger sees the row. Without the lock both could miss
+-- each other and the row would stay pending forever. No job row yet: pending, and the insert's own
+-- trigger makes it due if the job is inserted terminal. Returns the state, NULL if already registered.
+WITH job AS (
+    SELECT j.status FROM image_process_jobs j
+    WHERE j.job_id = :job_id AND j.created_at = :created_at
+    FOR SHARE
+), ended AS (
+    SELECT (SELECT status FROM job WHERE status IN ('completed', 'failed')) AS status
+)
+INSERT INTO webhooks (job_id, created_at, user_id, url, state, event_type, due_at, next_attempt_at)
+SELECT :job_id::uuid, :created_at::timestamptz, :user_id::varchar, :url::varchar,
+       CASE WHEN e.status IS NULL THEN 'pending' ELSE 'due' END,
+       'job.' || e.status,
+       CASE WHEN e.status IS NOT NULL THEN now() END,
+       CASE WHEN e.status IS NOT NULL THEN now() END
+FROM ended e
+ON CONFLICT (job_id) DO NOTHING
+RETURNING state;
+
+-- name: get_webhook(job_id)^
+SELECT w.* FROM webhooks w WHERE w.job_id = :job_id;
+
+-- name: claim_due_webhooks(limit, lease_s)
+-- Up to `limit` rows owed an attempt, each leased for `lease_s`: next_attempt_at moves past the lease,
+-- so no other replica claims it meanwhile, and a holder that died frees it when the lease ends.
+-- SKIP LOCKED: two replicas claiming at once take different rows instead of waiting on each other.
+-- The attempt number is drawn here, so each claim owns one number (a crashed claim leaves a gap).
+WITH picked AS (
+    SELECT w.job_id FROM webhooks w
+    WHERE w.state = 'due' AND w.next_attempt_at <= now()
+    ORDER BY w.next_attempt_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE webhooks w
+SET attempts = w.attempts + 1,
+    next_attempt_at = now() + make_interval(secs => :lease_s::double precision),
+    lease_token = gen_random_uuid()
+FROM picked
+WHERE w.job_id = picked.job_id
+RETURNING w.*;
+
+-- name: insert_attempt(job_id, attempt, at, status_code, latency_ms, error)!
+-- Recorded even when the lease was lost meanwhile: the request was sent either way.
+INSERT INTO webhook_attempts (job_id, attempt, at, status_code, latency_ms, error)
+VALUES (:job_id, :attempt, :at, :status_code, :latency_ms, :error)
+ON CONFLICT (job_id, attempt) DO NOTHING;
+
+-- name: finish_attempt(job_id, lease_token, state, next_attempt_at, status_code, error, delivered_at)$
+-- Only the lease holder moves the row on: a holder whose lease lapsed (and whose row another replica
+-- claimed) changes nothing. Returns true when it applied.
+UPDATE webhooks w
+SET state = :state, next_attempt_at = :next_attempt_at, lease_token = NULL,
+    last_status = :status_code, last_error = :error, delivered_at = :delivered_at
+WHERE w.job_id = :job_id AND w.lease_token = :lease_token AND w.state = 'due'
+RETURNING true;
+
+-- name: webhook_for_user(job_id, user_id)^
+-- The caller's own webhook only: another user's job answers nothing, like a missing one.
+SELECT w.* FROM webhooks w WHERE w.job_id = :job_id AND w.user_id = :user_id;
+
+-- name: attempts_of(job_id)
+SELECT a.* FROM webhook_attempts a WHERE a.job_id = :job_id ORDER BY a.attempt;
+
+-- name: prune_webhooks(before)$
+-- With retention: the webhooks (and their attempts) of jobs created before the cutoff.
+WITH gone AS (DELETE FROM webhooks WHERE created_at < :before RETURNING 1)
+SELECT count(*)::int FROM gone;
+
+-- name: get_webhook_secret(user_id)^
+SELECT s.* FROM webhook_secrets s WHERE s.user_id = :user_id;
+
+-- name: create_webhook_secret(user_id, secret_encrypted)^
+-- Get-or-create in one statement pair: of two first calls one inserts, the other waits on the key and
+-- then inserts nothing (NULL); the caller reads the winner's row.
+INSERT INTO webhook_secrets (user_id, secret_encrypted)
+VALUES (:user_id, :secret_encrypted)
+ON CONFLICT (user_id) DO NOTHING
+RETURNING *;
+
+-- name: rotate_webhook_secret(user_id, secret_encrypted, previous_until)^
+-- The current secret becomes the previous one, still signing until previous_until; any older one ends.
+-- Creates the row when the user had none (then there is no previous secret).
+INSERT INTO webhook_secrets AS s (user_id, secret_encrypted)
+VALUES (:user_id, :secret_encrypted)
+ON CONFLICT (user_id) DO UPDATE
+SET previous_encrypted = s.secret_encrypted, previous_until = :previous_until,
+    secret_encrypted = EXCLUDED.secret_encrypted, rotated_at = now()
+RETURNING *;

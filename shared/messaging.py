@@ -87,6 +87,43 @@ async def open_consumer(
         await consumer.stop()
 
 
+@contextlib.asynccontextmanager
+async def open_tail_consumer(kafka: KafkaSettings, *, topic: str, client_id: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer of every partition of ``topic`` from its end, in no consumer group.
+
+    Without a group every holder sees every record (each ingest replica follows all job events), nothing
+    is committed, and a holder that restarts starts at the end again. The end is what the broker says it
+    is; on the stand-in broker used here that answer can lie before the true end (../shared/infra.md:
+    "start of last batch + 1", stale after a restart), so a holder must take a replay of recent records
+    calmly. Positions are resolved before this returns: a record sent after it is seen.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        client_id=f"{kafka.client_id}-{client_id}",
+        group_id=None,
+        enable_auto_commit=False,
+        # A position the broker no longer has (a re-created topic) restarts at the end, not at the start:
+        # a tail reader wants what happens from now on.
+        auto_offset_reset="latest",
+        max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024,
+        request_timeout_ms=kafka.request_timeout_ms,
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # metadata, so the topic's partitions are known
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise RmbgError(f"topic {topic} does not exist (rmbg up creates the pipeline's topics)")
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_end(*assigned)
+        for tp in assigned:
+            await consumer.position(tp)  # asks the broker now rather than at the first fetch
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
 async def ensure_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str]:
     """Create the pipeline's topics that do not exist yet; returns the names created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id=f"{kafka.client_id}-admin")

@@ -51,5 +51,31 @@ class IngestOptions(BaseModel):
     fetch_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
 
+class LiveOptions(BaseModel):
+    """Live job status, ``GET /v1/jobs/{id}/events`` (services/ingest/live.py): ``RMBG_LIVE__*``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Open streams per ingest process. Each costs a connection, a task and a queue of a few events (a few
+    # KiB); 10,000 stays far below the file descriptors and memory of one replica.
+    max_subscribers: int = Field(default=10_000, ge=1)
+    # Events a stream may leave unread before it is dropped. A job sends at most 4 (accepted, processing,
+    # accepted again and its end, see services/persister/announce.py), plus repeats of a replay: 32 is
+    # reached only by a stream that stopped reading.
+    queue_events: int = Field(default=32, ge=1)
+    # A comment line this often keeps proxies (nginx, load balancers: 60 s idle timeouts) from cutting it.
+    keepalive_s: float = Field(default=15.0, gt=0)
+    # No event for this long: the job is read once more, in case its event was missed; each further
+    # quiet period doubles, up to max_quiet_s (a safety net, not polling).
+    quiet_s: float = Field(default=30.0, gt=0)
+    max_quiet_s: float = Field(default=300.0, gt=0)
+    # A stream ends after this with the job's current state; the client reconnects. Bounds how long one
+    # connection pins a replica (deploys, rebalancing of long-lived connections).
+    max_stream_s: float = Field(default=3600.0, gt=0)
+    # A client that reads nothing for this long is cut off (its socket buffer is full).
+    send_timeout_s: float = Field(default=30.0, gt=0)
+
+
 class IngestSettings(BaseServiceSettings):
     ingest: IngestOptions = IngestOptions()
+    live: LiveOptions = LiveOptions()

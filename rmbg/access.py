@@ -31,7 +31,14 @@ async def open_keys(settings: BaseServiceSettings) -> AsyncIterator[tuple[ApiKey
 
 
 async def create_key(
-    settings: BaseServiceSettings, *, user_id: str, admin: bool, name: str | None, email: str | None
+    settings: BaseServiceSettings,
+    *,
+    user_id: str,
+    admin: bool,
+    name: str | None,
+    email: str | None,
+    rate_per_s: float | None = None,
+    daily_quota: int | None = None,
 ) -> IssuedKey:
     """Issue a key for ``user_id`` (creating the user); ``email`` is stored encrypted, never logged."""
     async with open_keys(settings) as (keys, db):
@@ -44,7 +51,9 @@ async def create_key(
                     )
                 except asyncpg.UniqueViolationError:
                     raise ContractError("that email belongs to another user") from None
-        return await keys.issue(user_id=user_id, is_admin=admin, name=name)
+        return await keys.issue(
+            user_id=user_id, is_admin=admin, name=name, rate_per_s=rate_per_s, daily_quota=daily_quota
+        )
 
 
 async def list_keys(settings: BaseServiceSettings, *, user_id: str | None) -> list[ApiKeyRecord]:

@@ -13,12 +13,14 @@ import typer
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 
+from rmbg.client.commands import register as register_client
 from shared.config import BaseServiceSettings, TelemetrySettings
 from shared.telemetry import configure_logging
 
 app = typer.Typer(
     help="rmbg-pipeline: background removal with RMBG-2.0 over Kafka, PostgreSQL and S3.", no_args_is_help=True
 )
+register_client(app)  # submit, jobs, job, download, stats, tags: the API's client (rmbg/client/)
 
 
 def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
@@ -196,6 +198,8 @@ def keys_create(
     admin: Annotated[bool, typer.Option("--admin", help="may read global views (all users' stats)")] = False,
     name: Annotated[str | None, typer.Option(help="a label for lists, e.g. the client's name")] = None,
     email: Annotated[str | None, typer.Option(help="the user's email (stored encrypted)")] = None,
+    rate: Annotated[float | None, typer.Option(help="requests/s for this key (default: the service's)")] = None,
+    daily_quota: Annotated[int | None, typer.Option(help="jobs per UTC day (default: the service's)")] = None,
 ) -> None:
     """Create a key and print it once: only a hash of it is stored."""
     from rmbg.access import create_key
@@ -208,7 +212,17 @@ def keys_create(
     except ValidationError:
         raise typer.BadParameter("1-64 characters of A-Z a-z 0-9 . _ @ : -", param_hint="--user") from None
     try:
-        issued = asyncio.run(create_key(BaseServiceSettings(), user_id=user, admin=admin, name=name, email=email))
+        issued = asyncio.run(
+            create_key(
+                BaseServiceSettings(),
+                user_id=user,
+                admin=admin,
+                name=name,
+                email=email,
+                rate_per_s=rate,
+                daily_quota=daily_quota,
+            )
+        )
     except ContractError as exc:
         typer.echo(f"refused: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -40,6 +40,9 @@ def upgrade() -> None:
             key_hash     bytea        NOT NULL CHECK (length(key_hash) = 32),
             is_admin     boolean      NOT NULL DEFAULT false,
             name         varchar(64),
+            -- Per-key limits (NULL: the service defaults, services/ingest/settings.py).
+            rate_per_s   real         CHECK (rate_per_s > 0),
+            daily_quota  integer      CHECK (daily_quota >= 0),
             created_at   timestamptz  NOT NULL DEFAULT now(),
             last_used_at timestamptz,
             revoked_at   timestamptz

@@ -35,7 +35,9 @@ async def current_principal(
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthenticated("missing API key")
-    principal = await resources(request).keys.verify(credentials.credentials)
+    res = resources(request)
+    principal = await res.keys.verify(credentials.credentials)
+    await res.limits.check_rate(principal)
     request.state.principal = principal
     return principal
 

@@ -116,7 +116,7 @@ async def _classified(_: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, Overloaded):
         return error_response(503, "overloaded", exc.reason, headers={"Retry-After": str(exc.retry_after_s)})
     if isinstance(exc, FetchRefused):
-        return error_response(422, "fetch_refused", str(exc))
+        return error_response(413 if exc.code == "too_large" else 422, exc.code, exc.reason)
     cls = classify(exc)
     if cls is FailureClass.TRANSIENT:
         log.error("dependency unavailable: %s", describe(exc, limit=300))

@@ -29,7 +29,7 @@ from shared.cache import JobCache
 from shared.contracts import JobEvent, JobEventKind, ProcessingParams, Topics
 from shared.database import Database
 from shared.db.models import JobRecord, JobStatus
-from shared.exceptions import ImageRejected
+from shared.exceptions import ContractError, ImageRejected
 from shared.ids import uuid7
 from shared.imaging import ImageInfo, inspect_image
 from shared.messaging import publish
@@ -45,7 +45,23 @@ log = logging.getLogger(__name__)
 class Accepted:
     job_id: uuid.UUID
     status: str
-    created: bool  # False when the same upload event was already accepted earlier
+    created: bool  # False when the same upload event or Idempotency-Key was accepted earlier
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A client's Idempotency-Key and the fingerprint of the request it came with."""
+
+    key: str
+    fingerprint: bytes
+
+
+class IdempotencyConflict(ContractError):
+    """The Idempotency-Key was used before for a different request: refused, never a second job."""
+
+
+class _LostRace(Exception):
+    """A concurrent request with the same Idempotency-Key committed first (rolls this insert back)."""
 
 
 class Intake:
@@ -87,8 +103,20 @@ class Intake:
         params: ProcessingParams,
         source: Literal["http", "upload"],
         job_id: uuid.UUID | None = None,
+        idempotency: Idempotency | None = None,
+        callback_url: str | None = None,
     ) -> Accepted:
-        """Validate, store and queue one image. Raises ImageRejected for the HTTP path to answer 4xx."""
+        """Validate, store and queue one image. Raises ImageRejected for the HTTP path to answer 4xx.
+
+        With ``idempotency``, the key is claimed in the same transaction as the job's row: of two
+        concurrent retries one commits, the other rolls back and returns the first one's job.
+        ``callback_url`` (already checked by shared.outbound.check_url) registers the job's webhook in
+        that transaction too, so a job never ends without its callback on record.
+        """
+        if idempotency is not None:
+            earlier = await self.replay(user_id=user_id, idempotency=idempotency)
+            if earlier is not None:
+                return earlier
         info = await self.inspect(data)
         sha = hashlib.sha256(data).hexdigest()
         key = ObjectKeys.original(sha, info.extension)
@@ -98,6 +126,60 @@ class Intake:
         # The upload runs with no database connection or lock held, so a slow object store stalls this
         # request only, not the pool or retention (which waits on the lock below).
         await self._store.put_if_absent(key, data, content_type=info.content_type, metadata={"sha256": sha})
+        try:
+            return await self._insert(
+                job_id=job_id,
+                user_id=user_id,
+                tags=tags,
+                params=params,
+                source=source,
+                key=key,
+                sha=sha,
+                data=data,
+                info=info,
+                epoch=epoch,
+                idempotency=idempotency,
+                callback_url=callback_url,
+            )
+        except _LostRace:
+            assert idempotency is not None
+            winner = await self.replay(user_id=user_id, idempotency=idempotency)
+            if winner is None:  # pragma: no cover - the winner's row committed before our conflict
+                raise RuntimeError("idempotency key claimed but not found") from None
+            return winner
+
+    async def replay(self, *, user_id: str, idempotency: Idempotency) -> Accepted | None:
+        """The job an earlier request with this key made (IdempotencyConflict if it differed), or None."""
+        async with self._db.pool.acquire() as conn:
+            earlier = await self._db.keys.find_idempotent_job(conn, user_id=user_id, idem_key=idempotency.key)
+            if earlier is None:
+                return None
+            if earlier.fingerprint != idempotency.fingerprint:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {idempotency.key!r} was used for a different request "
+                    f"at {earlier.created_at:%Y-%m-%d %H:%M:%S} UTC"
+                )
+            record = await self._db.jobs.get_job(conn, job_id=earlier.job_id)
+        # The job may since have been removed by retention (keys live a day, jobs months): then it is gone.
+        status = record.status if record is not None else JobStatus.FAILED
+        return Accepted(job_id=earlier.job_id, status=status, created=False)
+
+    async def _insert(
+        self,
+        *,
+        job_id: uuid.UUID,
+        user_id: str,
+        tags: Sequence[str],
+        params: ProcessingParams,
+        source: Literal["http", "upload"],
+        key: str,
+        sha: str,
+        data: bytes,
+        info: ImageInfo,
+        epoch: int,
+        idempotency: Idempotency | None,
+        callback_url: str | None,
+    ) -> Accepted:
         async with self._db.pool.acquire() as conn:
             async with conn.transaction():
                 # Shared with other intakes, exclusive against retention's reference check + delete.
@@ -118,9 +200,17 @@ class Intake:
                     source=source,
                     tags=list(tags),
                 )
+                if idempotency is not None and not await self._db.keys.claim_idempotency_key(
+                    conn, user_id=user_id, idem_key=idempotency.key, fingerprint=idempotency.fingerprint, job_id=job_id
+                ):
+                    raise _LostRace
                 # Read inside the transaction: should it fail, the insert is rolled back too, so the 503 the
                 # client gets ("nothing was accepted, retry") is true.
                 record = await self._db.jobs.get_job(conn, job_id=job_id)
+                if record is not None and callback_url is not None:
+                    await self._db.webhooks.register(
+                        conn, job_id=job_id, created_at=record.created_at, user_id=user_id, url=callback_url
+                    )
         if deleted_meanwhile:
             # Retention may have deleted this content between the upload and the lock; the committed row
             # now protects it from the next run, so one more upload makes the pair whole.
@@ -198,4 +288,4 @@ class Intake:
             log.error("job event %s not published: %s", event.event_id, exc)
 
 
-__all__ = ["Accepted", "ImageRejected", "Intake"]
+__all__ = ["Accepted", "Idempotency", "IdempotencyConflict", "ImageRejected", "Intake"]

@@ -7,16 +7,20 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import aiohttp
 from aiokafka import AIOKafkaProducer
 
 from services.ingest.backpressure import Backpressure
 from services.ingest.intake import Intake
+from services.ingest.limits import Limits
+from services.ingest.live import JobEventHub, open_job_event_hub
 from services.ingest.settings import IngestSettings
 from shared.auth import ApiKeys, EmailCipher
 from shared.cache import JobCache, open_redis
 from shared.contracts import Topics
 from shared.database import Database, open_database
 from shared.messaging import open_producer
+from shared.outbound import open_outbound
 from shared.storage import ObjectStore, open_object_store
 from shared.telemetry import PipelineMetrics
 
@@ -34,6 +38,10 @@ class IngestResources:
     metrics: PipelineMetrics
     intake: Intake
     backpressure: Backpressure
+    limits: Limits
+    # Fetches image URLs: refuses non-public targets at connect time (shared/outbound.py).
+    outbound: aiohttp.ClientSession
+    hub: JobEventHub
 
 
 @contextlib.asynccontextmanager
@@ -54,7 +62,9 @@ async def open_ingest(settings: IngestSettings, metrics: PipelineMetrics) -> Asy
             redis=redis,
             cache_ttl_s=settings.auth.key_cache_ttl_s,
         )
+        outbound = await stack.enter_async_context(open_outbound(settings.outbound))
         topics = Topics.from_settings(settings.topics, settings.kafka)
+        hub = await stack.enter_async_context(open_job_event_hub(settings.kafka, topics.job_events, settings.live))
         intake = Intake(
             options=settings.ingest,
             db=db,
@@ -77,4 +87,13 @@ async def open_ingest(settings: IngestSettings, metrics: PipelineMetrics) -> Asy
             metrics=metrics,
             intake=intake,
             backpressure=Backpressure(options=settings.ingest, db=db),
+            limits=Limits(
+                redis=redis,
+                db=db,
+                rate_per_s=settings.ingest.rate_limit_per_s,
+                burst=settings.ingest.rate_limit_burst,
+                daily_jobs=settings.ingest.daily_job_quota,
+            ),
+            outbound=outbound,
+            hub=hub,
         )

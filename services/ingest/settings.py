@@ -49,6 +49,12 @@ class IngestOptions(BaseModel):
     result_url_ttl_s: int = Field(default=900, ge=1, le=7 * 24 * 3600)  # SigV4 allows at most 7 days
     # Submitting by URL: the fetch is capped by max_image_bytes and by this time.
     fetch_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # Per-key limits (services/ingest/limits.py); a key may carry its own (`rmbg keys create --rate`).
+    # 20 requests/s with bursts of 40 lets a client poll a few hundred jobs and upload at the pace one node
+    # processes (4.4 jobs/s measured on 2 cores, BENCHMARKS.md); the daily quota is a day of one node.
+    rate_limit_per_s: float = Field(default=20.0, gt=0)
+    rate_limit_burst: int = Field(default=40, ge=1)
+    daily_job_quota: int = Field(default=400_000, ge=0)
 
 
 class LiveOptions(BaseModel):

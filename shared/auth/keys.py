@@ -44,6 +44,9 @@ class Principal:
     user_id: str
     key_id: str
     is_admin: bool
+    # The key's own limits; None takes the service defaults (services/ingest/limits.py).
+    rate_per_s: float | None = None
+    daily_quota: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,15 @@ class ApiKeys:
     def _cache_key(self, key_id: str) -> str:
         return f"{self._ns}:apikey:{key_id}"
 
-    async def issue(self, *, user_id: str, is_admin: bool = False, name: str | None = None) -> IssuedKey:
+    async def issue(
+        self,
+        *,
+        user_id: str,
+        is_admin: bool = False,
+        name: str | None = None,
+        rate_per_s: float | None = None,
+        daily_quota: int | None = None,
+    ) -> IssuedKey:
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         async with self._pool.acquire() as conn:
@@ -98,6 +109,8 @@ class ApiKeys:
                 key_hash=hash_secret(self._pepper, secret),
                 is_admin=is_admin,
                 name=name,
+                rate_per_s=rate_per_s,
+                daily_quota=daily_quota,
             )
         return IssuedKey(key=f"rk_{key_id}_{secret}", record=record)
 
@@ -108,7 +121,14 @@ class ApiKeys:
         cached = await self._cached(key_id)
         if cached is not None:
             if not cached.get("revoked") and hmac.compare_digest(bytes.fromhex(str(cached["hash"])), presented):
-                return Principal(user_id=str(cached["user_id"]), key_id=key_id, is_admin=bool(cached["admin"]))
+                rate, quota = cached.get("rate"), cached.get("quota")
+                return Principal(
+                    user_id=str(cached["user_id"]),
+                    key_id=key_id,
+                    is_admin=bool(cached["admin"]),
+                    rate_per_s=float(rate) if isinstance(rate, (int, float)) else None,
+                    daily_quota=int(quota) if isinstance(quota, int) else None,
+                )
             raise Unauthenticated("invalid API key")
         async with self._pool.acquire() as conn:
             record = await self._repo.get(conn, key_id=key_id)
@@ -116,7 +136,13 @@ class ApiKeys:
                 raise Unauthenticated("invalid API key")
             await self._repo.touch(conn, key_id=key_id)
         await self._remember(record)
-        return Principal(user_id=record.user_id, key_id=key_id, is_admin=record.is_admin)
+        return Principal(
+            user_id=record.user_id,
+            key_id=key_id,
+            is_admin=record.is_admin,
+            rate_per_s=record.rate_per_s,
+            daily_quota=record.daily_quota,
+        )
 
     async def list(self, *, user_id: str | None) -> list[ApiKeyRecord]:
         async with self._pool.acquire() as conn:
@@ -146,7 +172,13 @@ class ApiKeys:
     async def _remember(self, record: ApiKeyRecord) -> None:
         if self._redis is None:
             return
-        doc = {"user_id": record.user_id, "admin": record.is_admin, "hash": record.key_hash.hex()}
+        doc = {
+            "user_id": record.user_id,
+            "admin": record.is_admin,
+            "hash": record.key_hash.hex(),
+            "rate": record.rate_per_s,
+            "quota": record.daily_quota,
+        }
         try:
             await self._redis.set(self._cache_key(record.key_id), json.dumps(doc), ex=self._ttl, nx=True)
         except (RedisError, OSError) as exc:

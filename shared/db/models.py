@@ -130,6 +130,8 @@ class ApiKeyRecord(_Row):
     key_hash: bytes
     is_admin: bool
     name: str | None
+    rate_per_s: float | None = None
+    daily_quota: int | None = None
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None

@@ -31,6 +31,7 @@ from services.stats.settings import StatsOptions, StatsSettings
 from shared.config import (
     BaseServiceSettings,
     KafkaSettings,
+    OutboundSettings,
     PostgresSettings,
     RedisSettings,
     S3Settings,
@@ -88,6 +89,9 @@ def base_settings(stack: StackEndpoints) -> dict[str, object]:
             dead_letter=f"t{run}.dead-letter",
             partitions=3,
         ),
+        # Tests fetch images from, and send webhooks to, servers on loopback at random ports; the
+        # refusal of private targets is tested with the default policy (tests/shared/test_outbound.py).
+        "outbound": OutboundSettings(allow_private_targets=True, allowed_ports=()),
         "s3": S3Settings(
             endpoint_url=stack.s3_endpoint,
             access_key=stack.s3_access_key,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime
 from typing import Annotated, Any
@@ -11,10 +12,12 @@ from pydantic import BaseModel, ValidationError
 
 from services.ingest.auth import CurrentUser, Resources
 from services.ingest.errors import ERROR_RESPONSES, ApiError, ErrorResponse
+from services.ingest.intake import Accepted, Idempotency, IdempotencyConflict
 from services.ingest.jobviews import job_detail, owned_job
 from shared.contracts import ProcessingParams, parse_tags
 from shared.db.models import JobStatus
 from shared.exceptions import ContractError, ImageRejected
+from shared.outbound import check_url, fetch_bytes
 from shared.views import job_view
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
@@ -93,33 +96,100 @@ async def submit_job(
         Header(alias="Idempotency-Key", min_length=1, max_length=255, description="retry-safe: same key, same job"),
     ] = None,
 ) -> JobAccepted:
-    """Accept one image for background removal; 202 with the job id and where to follow it."""
+    """Accept one image for background removal; 202 with the job id and where to follow it.
+
+    Send the image as a file or give ``image_url`` (fetched by the service: http/https, public addresses
+    only, capped in size and time). An ``Idempotency-Key`` makes retries safe: the same key with the same
+    request answers 200 with the first job; with a different request, 422.
+    """
     await res.backpressure.check()  # before reading the upload: refusing costs the client nothing
+    await res.limits.check_quota(principal)
     if (image is None) == (image_url is None):
         raise ApiError(422, "invalid_request", "send exactly one of: an image file, or image_url")
     parsed_tags = _parse_tags(tags)
     parsed_params = _parse_params(params)
-    limit = res.settings.ingest.max_image_bytes
-    if image is not None:
-        data = await image.read(limit + 1)
-        if len(data) > limit:
-            raise ApiError(413, "too_large", f"image exceeds the limit of {limit} bytes")
-    else:
-        raise ApiError(501, "not_implemented", "image_url is not served yet")
+    policy = res.settings.outbound
+    if callback_url is not None:
+        check_url(callback_url, policy)
+    options = res.settings.ingest
+    data = await image.read(options.max_image_bytes + 1) if image is not None else None
+    if data is not None and len(data) > options.max_image_bytes:
+        raise ApiError(413, "too_large", f"image exceeds the limit of {options.max_image_bytes} bytes")
+    idempotency = (
+        Idempotency(
+            key=idempotency_key,
+            fingerprint=_fingerprint(data, image_url, parsed_tags, parsed_params, callback_url),
+        )
+        if idempotency_key
+        else None
+    )
+    if idempotency is not None:
+        # Judged before fetching or validating anything: a retry costs one primary-key lookup.
+        try:
+            earlier = await res.intake.replay(user_id=principal.user_id, idempotency=idempotency)
+        except IdempotencyConflict as exc:
+            raise ApiError(422, "idempotency_key_reused", str(exc)) from None
+        if earlier is not None:
+            response.status_code = 200
+            return _accepted(earlier)
+    if data is None:
+        assert image_url is not None
+        fetched = await fetch_bytes(
+            res.outbound,
+            check_url(image_url, policy),
+            policy=policy,
+            max_bytes=options.max_image_bytes,
+            timeout_s=options.fetch_timeout_s,
+        )
+        data = fetched.data
     try:
         accepted = await res.intake.accept(
-            data=data, user_id=principal.user_id, tags=parsed_tags, params=parsed_params, source="http"
+            data=data,
+            user_id=principal.user_id,
+            tags=parsed_tags,
+            params=parsed_params,
+            source="http",
+            idempotency=idempotency,
+            callback_url=callback_url,
         )
     except ImageRejected as exc:
         res.metrics.records.labels(topic="http", outcome=f"rejected_{exc.code}").inc()
         raise ApiError(_REJECT_STATUS.get(exc.code, 422), exc.code, exc.reason) from None
+    except IdempotencyConflict as exc:
+        raise ApiError(422, "idempotency_key_reused", str(exc)) from None
     res.metrics.records.labels(topic="http", outcome="accepted").inc()
+    if accepted.created:
+        await res.limits.count_job(principal)
+    else:
+        response.status_code = 200
+    return _accepted(accepted)
+
+
+def _accepted(accepted: Accepted) -> JobAccepted:
     return JobAccepted(
         job_id=str(accepted.job_id),
         status=JobStatus(accepted.status),
         status_url=f"/v1/jobs/{accepted.job_id}",
         events_url=f"/v1/jobs/{accepted.job_id}/events",
+        created=accepted.created,
     )
+
+
+def _fingerprint(
+    data: bytes | None,
+    image_url: str | None,
+    tags: list[str],
+    params: ProcessingParams,
+    callback_url: str | None,
+) -> bytes:
+    """What makes two submissions "the same request" for an Idempotency-Key: the image (its bytes, or
+    the URL as given: a retry is judged before fetching), tags, params and callback."""
+    digest = hashlib.sha256()
+    image = hashlib.sha256(data).hexdigest() if data is not None else f"url:{image_url}"
+    for part in (image, ",".join(sorted(tags)), params.digest(), callback_url or ""):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.digest()
 
 
 @router.get("/v1/jobs")

@@ -1,8 +1,8 @@
 -- API keys (migration 0008). The secret is never stored: key_hash is HMAC-SHA-256(pepper, secret).
 
--- name: insert_key(key_id, user_id, key_hash, is_admin, name)^
-INSERT INTO api_keys (key_id, user_id, key_hash, is_admin, name)
-VALUES (:key_id, :user_id, :key_hash, :is_admin, :name)
+-- name: insert_key(key_id, user_id, key_hash, is_admin, name, rate_per_s, daily_quota)^
+INSERT INTO api_keys (key_id, user_id, key_hash, is_admin, name, rate_per_s, daily_quota)
+VALUES (:key_id, :user_id, :key_hash, :is_admin, :name, :rate_per_s, :daily_quota)
 RETURNING *;
 
 -- name: get_key(key_id)^

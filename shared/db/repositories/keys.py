@@ -24,6 +24,8 @@ class KeysRepository:
         key_hash: bytes,
         is_admin: bool,
         name: str | None,
+        rate_per_s: float | None = None,
+        daily_quota: int | None = None,
     ) -> ApiKeyRecord:
         """Insert a key for ``user_id``, creating the user on first sight (as a job does)."""
         async with conn.transaction():
@@ -31,7 +33,15 @@ class KeysRepository:
                 "upsert_user", conn, user_id=user_id, username=None, email_encrypted=None, email_digest=None
             )
             row = await self._q.fetchrow(
-                "insert_key", conn, key_id=key_id, user_id=user_id, key_hash=key_hash, is_admin=is_admin, name=name
+                "insert_key",
+                conn,
+                key_id=key_id,
+                user_id=user_id,
+                key_hash=key_hash,
+                is_admin=is_admin,
+                name=name,
+                rate_per_s=rate_per_s,
+                daily_quota=daily_quota,
             )
         if row is None:  # pragma: no cover - INSERT .. RETURNING always returns the row
             raise RuntimeError("insert_key returned no row")

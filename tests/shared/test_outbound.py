@@ -1,0 +1,109 @@
+"""The outbound guard against real sockets: a server on loopback is unreachable under the default
+policy (by literal IP, by a name that resolves to it, and through a redirect), reachable when allowed."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from shared.config import OutboundSettings
+from shared.exceptions import FetchRefused
+from shared.outbound import check_url, fetch_bytes, open_outbound
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"x" * 100
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[str]:
+    async def image(_: web.Request) -> web.Response:
+        return web.Response(body=PNG, content_type="image/png")
+
+    async def big(_: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"y" * 5000, content_type="image/png")
+
+    async def hop(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query.get("to", f"http://127.0.0.1:{request.url.port}/image.png"))
+
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/loop")
+
+    app = web.Application()
+    app.add_routes([web.get("/image.png", image), web.get("/big", big), web.get("/hop", hop), web.get("/loop", loop)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+DEFAULT = OutboundSettings(allowed_ports=())
+OPEN = OutboundSettings(allow_private_targets=True, allowed_ports=())
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/a.png",
+        "file:///etc/passwd",
+        "http://user:pw@example.com/a.png",
+        "http://127.0.0.1/a.png",
+        "http://10.1.2.3/a.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/a.png",
+        "http://[::ffff:127.0.0.1]/a.png",
+        "http://100.64.0.1/a.png",
+        "http:///nohost",
+    ],
+)
+def test_refused_before_any_request(url: str) -> None:
+    with pytest.raises(FetchRefused):
+        check_url(url, DEFAULT)
+
+
+def test_ports_outside_the_allowed_set_are_refused() -> None:
+    policy = OutboundSettings()
+    assert check_url("https://example.com/a.png", policy)
+    with pytest.raises(FetchRefused, match="port 6379"):
+        check_url("http://example.com:6379/", policy)
+
+
+async def test_loopback_is_unreachable_by_ip_by_name_and_by_redirect(server: str) -> None:
+    port = server.split(":")[1]
+    async with open_outbound(DEFAULT) as session:
+        for url in (f"http://{server}/image.png", f"http://localhost:{port}/image.png"):
+            with pytest.raises(FetchRefused):
+                await fetch_bytes(session, url, policy=DEFAULT, max_bytes=10_000, timeout_s=5)
+
+
+async def test_allowed_fetches_are_capped(server: str) -> None:
+    async with open_outbound(OPEN) as session:
+        got = await fetch_bytes(session, f"http://{server}/hop", policy=OPEN, max_bytes=10_000, timeout_s=5)
+        assert got.data == PNG and got.url.endswith("/image.png") and got.content_type == "image/png"
+        with pytest.raises(FetchRefused) as too_big:
+            await fetch_bytes(session, f"http://{server}/big", policy=OPEN, max_bytes=1000, timeout_s=5)
+        assert too_big.value.code == "too_large"
+        with pytest.raises(FetchRefused, match="redirects"):
+            await fetch_bytes(session, f"http://{server}/loop", policy=OPEN, max_bytes=1000, timeout_s=5)
+        with pytest.raises(FetchRefused, match="HTTP 404"):
+            await fetch_bytes(session, f"http://{server}/missing", policy=OPEN, max_bytes=1000, timeout_s=5)
+
+
+async def test_every_redirect_hop_is_checked(server: str) -> None:
+    port = int(server.split(":")[1])
+    # The first hop's port is allowed; the redirect goes to a port that is not (say, Redis on 6379).
+    policy = OutboundSettings(allow_private_targets=True, allowed_ports=(port,))
+    async with open_outbound(policy) as session:
+        assert (await fetch_bytes(session, f"http://{server}/hop", policy=policy, max_bytes=1000, timeout_s=5)).data
+        with pytest.raises(FetchRefused, match="port 6379"):
+            await fetch_bytes(
+                session, f"http://{server}/hop?to=http://127.0.0.1:6379/", policy=policy, max_bytes=1000, timeout_s=5
+            )

@@ -35,7 +35,7 @@ async def _hub_and_producer(
 ) -> AsyncIterator[tuple[JobEventHub, AIOKafkaProducer, Topics]]:
     topics = Topics.from_settings(settings.topics, settings.kafka)
     async with (
-        open_job_event_hub(settings.kafka, topics.job_events, LiveOptions(**options)) as hub,  # type: ignore[arg-type]
+        open_job_event_hub(settings.kafka, topics.job_events, LiveOptions(**options)) as hub,
         open_producer(settings.kafka, client_id="test-live") as producer,
     ):
         yield hub, producer, topics

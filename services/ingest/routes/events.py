@@ -115,7 +115,8 @@ async def follow_job(
 async def job_events(res: Resources, principal: CurrentUser, job_id: str) -> EventSourceResponse:
     """Follow one of the caller's jobs live, as Server-Sent Events, until it completes or fails."""
     # Answered before the stream starts, so they are real statuses: 404 for another user's job as for a
-    # missing one, 503 when this process serves as many streams as it may.
+    # missing one, 503 when this process serves as many streams as it may. The stream reads the job once
+    # more after subscribing (one Redis read): this read decides the status code, that one what is sent.
     await owned_job(res, principal, job_id)
     res.hub.check_capacity()
     canonical = str(parse_job_id(job_id))

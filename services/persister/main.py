@@ -1,4 +1,4 @@
-"""``rmbg serve persister``: results to S3 and PostgreSQL, plus the stuck-job sweeper."""
+"""``rmbg serve persister``: results to S3 and PostgreSQL, the stuck-job sweeper and the webhook dispatcher."""
 
 from __future__ import annotations
 
@@ -9,13 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 from services.persister.handler import PersistHandler
 from services.persister.settings import PersisterSettings
 from services.persister.sweeper import Sweeper
+from services.persister.webhooks import WebhookDispatcher, WebhookMetrics
+from shared.auth import SecretCipher
 from shared.cache import open_cache
 from shared.contracts import Topics
 from shared.database import open_database
 from shared.messaging import open_producer
+from shared.outbound import open_outbound
 from shared.runtime import run_service
 from shared.storage import open_object_store
 from shared.telemetry import PipelineMetrics, configure_logging, serve_metrics
+from shared.webhooks import WebhookSecrets
 from shared.worker import LoopOptions, consume_topic
 
 
@@ -32,6 +36,10 @@ async def run_persister(settings: PersisterSettings, stop: asyncio.Event) -> Non
         store = await stack.enter_async_context(open_object_store(settings.s3))
         producer = await stack.enter_async_context(open_producer(settings.kafka, client_id="persister"))
         cache = await stack.enter_async_context(open_cache(settings.redis))
+        # Webhook targets are users' URLs: only what the outbound policy allows is ever connected to.
+        outbound = await stack.enter_async_context(
+            open_outbound(settings.outbound, limit=settings.webhooks.concurrency)
+        )
         handler = PersistHandler(
             options=opts,
             db=db,
@@ -55,7 +63,22 @@ async def run_persister(settings: PersisterSettings, stop: asyncio.Event) -> Non
             metrics=metrics.loop_metrics(),
             stop=stop,
         )
-        await asyncio.gather(consume, sweeper.run(stop))
+        loops = [consume, sweeper.run(stop)]
+        if settings.webhooks.enabled:
+            dispatcher = WebhookDispatcher(
+                options=settings.webhooks,
+                policy=settings.outbound,
+                db=db,
+                store=store,
+                session=outbound,
+                secrets=WebhookSecrets(
+                    repo=db.webhooks,
+                    cipher=SecretCipher(settings.auth.encryption_keys.get_secret_value(), what="a webhook secret"),
+                ),
+                metrics=WebhookMetrics.create(metrics.registry),
+            )
+            loops.append(dispatcher.run(stop))
+        await asyncio.gather(*loops)
 
 
 def main() -> None:

@@ -45,3 +45,29 @@ class EmailCipher:
 
     def digest(self, email: str) -> bytes:
         return hmac.new(self._digest_key, self.normalise(email).encode(), hashlib.sha256).digest()
+
+
+class SecretCipher:
+    """Other secrets the services must read back (webhook signing secrets), under the same Fernet keys and
+    rotation as emails: ``RMBG_AUTH__ENCRYPTION_KEYS``, newest first; the first encrypts, all decrypt."""
+
+    def __init__(self, keys: str, *, what: str = "a secret") -> None:
+        parts = [k.strip() for k in keys.split(",") if k.strip()]
+        if not parts:
+            raise ConfigError("RMBG_AUTH__ENCRYPTION_KEYS is empty")
+        try:
+            self._fernet = MultiFernet([Fernet(k.encode()) for k in parts])
+        except ValueError as exc:
+            raise ConfigError(f"RMBG_AUTH__ENCRYPTION_KEYS: {exc}") from None
+        self._what = what
+
+    def encrypt(self, secret: str) -> bytes:
+        return self._fernet.encrypt(secret.encode())
+
+    def decrypt(self, token: bytes) -> str:
+        try:
+            return self._fernet.decrypt(bytes(token)).decode()
+        except InvalidToken:
+            raise ConfigError(
+                f"{self._what} does not decrypt with RMBG_AUTH__ENCRYPTION_KEYS (key rotated out?)"
+            ) from None

@@ -28,12 +28,11 @@ from alembic.script import ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
+from shared.db.locks import LOCK_CLASS, AdvisoryLock
 from shared.exceptions import RmbgError
 
 _T = TypeVar("_T")
 
-_LOCK_CLASS = 7270  # shared by every rmbg advisory lock; objid 0 = migrations, 1 = partitions
-_LOCK_MIGRATIONS = 0
 _VERSION_TABLE = "alembic_version"
 
 
@@ -110,7 +109,7 @@ async def _upgrade(dsn: str, revision: str) -> None:
     target = _resolve(revision)
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1, $2)", _LOCK_CLASS, _LOCK_MIGRATIONS)
+        await conn.execute("SELECT pg_advisory_lock($1, $2)", LOCK_CLASS, AdvisoryLock.MIGRATIONS)
         try:
             at = await _read_version(conn)
             if at == target:
@@ -132,7 +131,7 @@ async def _upgrade(dsn: str, revision: str) -> None:
                     await conn.execute("ROLLBACK")
                 raise MigrationError(f"migration {at or 'base'} -> {target} failed: {exc}") from exc
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1, $2)", _LOCK_CLASS, _LOCK_MIGRATIONS)
+            await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_CLASS, AdvisoryLock.MIGRATIONS)
     finally:
         await conn.close()
 

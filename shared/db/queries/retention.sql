@@ -62,10 +62,10 @@ FROM image_process_jobs WHERE content_sha256 >= :low::bytea AND content_sha256 <
 -- Retention holds this while it checks references and deletes objects; intake holds it shared while it
 -- stores an original and inserts its row, so an upload of the same content either lands before the
 -- check (and is seen) or after the delete (and stores the object again).
-SELECT pg_advisory_xact_lock(7262621);
+SELECT pg_advisory_xact_lock(7270, 3);  -- shared/db/locks.py OBJECTS
 
 -- name: lock_objects_shared()!
-SELECT pg_advisory_xact_lock_shared(7262621);
+SELECT pg_advisory_xact_lock_shared(7270, 3);  -- shared/db/locks.py OBJECTS
 
 -- name: bump_object_deletion_epoch()$
 -- Drawn under lock_objects_exclusive after objects were deleted: an intake that read the epoch before

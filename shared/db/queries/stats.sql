@@ -5,7 +5,7 @@
 -- name: apply_event(stat_date, job_id, kind, processing_time_ms)$
 -- One statement: the ledger row and the increment happen together or not at all, and only when the
 -- ledger row is new, so a redelivered event changes nothing. Returns true when counted, else NULL.
--- Stats writers take the transaction-scoped advisory lock (7270, 2) first. They are serialised
+-- Stats writers take the transaction-scoped advisory lock (7270, 2: shared/db/locks.py STATS) first. They are serialised
 -- anyway by today's processing_stats row, which nearly every event updates and whose lock lasts to
 -- the end of the caller's batch transaction; the advisory lock only fixes the order, so two batches
 -- that touch two days (or the same job and kind) in opposite orders wait instead of deadlocking

@@ -25,7 +25,7 @@ from services.inference.settings import InferenceOptions, InferenceSettings
 from services.ingest.api import create_app
 from services.ingest.settings import IngestOptions, IngestSettings
 from services.persister.main import run_persister
-from services.persister.settings import PersisterOptions, PersisterSettings
+from services.persister.settings import PersisterOptions, PersisterSettings, WebhookOptions
 from services.stats.main import run_stats
 from services.stats.settings import StatsOptions, StatsSettings
 from shared.config import (
@@ -119,7 +119,9 @@ async def pipeline(stack: StackEndpoints, tmp_path_factory: pytest.TempPathFacto
             backend="rmbg", model_source=str(model_dir), model_name=TINY_MODEL, batch_size=4, batch_wait_ms=50
         ),
     )
-    persister = PersisterSettings(**common, persister=PersisterOptions(sweep_interval_s=3600))  # type: ignore[arg-type]
+    # Webhooks on a test schedule (waits of 0.2, 0.5 and 1 s, 1 s per attempt) instead of 5 s, 30 s, 2 min...
+    hooks = WebhookOptions(poll_interval_s=0.1, timeout_s=1.0, lease_s=10, retry_delays_s=(0.2, 0.5, 1.0), jitter=0)
+    persister = PersisterSettings(**common, persister=PersisterOptions(sweep_interval_s=3600), webhooks=hooks)  # type: ignore[arg-type]
     stats = StatsSettings(**common, stats=StatsOptions(batch_wait_ms=100))  # type: ignore[arg-type]
 
     stop = asyncio.Event()

@@ -48,7 +48,8 @@ class WebhookView(BaseModel):
     delivered_at: datetime | None
     last_status: int | None
     last_error: str | None
-    attempts: list[AttemptView]
+    # Every attempt, oldest first ("items", as every list this API answers).
+    items: list[AttemptView]
 
     @classmethod
     def of(cls, hook: WebhookRecord, attempts: list[WebhookAttempt]) -> WebhookView:
@@ -66,7 +67,7 @@ class WebhookView(BaseModel):
             delivered_at=hook.delivered_at,
             last_status=hook.last_status,
             last_error=hook.last_error,
-            attempts=[AttemptView.of(a) for a in attempts],
+            items=[AttemptView.of(a) for a in attempts],
         )
 
 

@@ -92,6 +92,8 @@ class Retention:
             # before the cutoff go. processing_stats stays as history (one row per day).
             async with self._db.pool.acquire() as conn:
                 await self._q.execute("prune_params_counts", conn, before=cutoff.astimezone(UTC).date())
+                # Webhooks have no foreign key to their jobs (partitions are detached whole): they go here.
+                await self._db.webhooks.prune(conn, before=cutoff)
         report.seconds = time.perf_counter() - started
         log.info(report.summary())
         return report

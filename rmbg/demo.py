@@ -17,6 +17,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from rmbg.keyring import KeyRing
 from shared.config import BaseServiceSettings
 from shared.contracts import ProcessingParams, Topics, UploadEvent
 from shared.db.models import TERMINAL_STATUSES
@@ -31,11 +32,12 @@ def sample_bytes(name: str) -> bytes:
     return resources.files("skimage.data").joinpath(name).read_bytes()
 
 
-async def submit_http(client: httpx.AsyncClient, name: str, *, user_id: str, tags: str) -> str:
+async def submit_http(client: httpx.AsyncClient, name: str, *, tags: str) -> str:
+    """Submit one sample as the user the client's key belongs to."""
     resp = await client.post(
         "/v1/jobs",
         files={"image": (name, sample_bytes(name), "application/octet-stream")},
-        data={"user_id": user_id, "tags": tags, "params": json.dumps({"threshold": None})},
+        data={"tags": tags, "params": json.dumps({"threshold": None})},
     )
     resp.raise_for_status()
     job_id: str = resp.json()["job_id"]
@@ -105,12 +107,19 @@ def render(jobs: list[dict[str, Any]], console: Console) -> None:
 
 async def run_demo(api_url: str, settings: BaseServiceSettings, console: Console, *, timeout_s: float = 600) -> bool:
     user = "demo-user"
-    async with httpx.AsyncClient(base_url=api_url, timeout=60) as client:
-        job_ids = [await submit_http(client, n, user_id=user, tags="demo,sample") for n in SAMPLES[:-1]]
+    keys = KeyRing(settings, name="demo")
+    # The demo user's key submits and reads its jobs (the upload event's job is the same user's); the
+    # global stats need an admin key.
+    user_headers = await keys.headers(user)
+    admin_headers = await keys.headers("demo-admin", admin=True)
+    async with httpx.AsyncClient(base_url=api_url, timeout=60, headers=user_headers) as client:
+        job_ids = [await submit_http(client, n, tags="demo,sample") for n in SAMPLES[:-1]]
         job_ids.append(await submit_upload_event(settings, SAMPLES[-1], user_id=user))
-        console.print(f"submitted {len(job_ids)} jobs; waiting for results...")
+        console.print(f"submitted {len(job_ids)} jobs as {user}; waiting for results...")
         jobs = await wait_terminal(client, job_ids, timeout_s=timeout_s)
-        stats = (await client.get("/v1/stats/daily", params={"days": 1})).json()
+        resp = await client.get("/v1/admin/stats/daily", params={"days": 1}, headers=admin_headers)
+        stats = resp.json() if resp.status_code == 200 else {}
     render(jobs, console)
     console.print(f"processing_stats today: {stats.get('days')}")
+    console.print(f"more keys: rmbg keys create --user {user}  (then send 'Authorization: Bearer <key>')")
     return all(j.get("status") == "completed" for j in jobs)

@@ -102,6 +102,7 @@ async def _serve(
     """The table of endpoints, the demo if asked for, then serve until ``stop``."""
     table = Table(title="rmbg-pipeline is up", show_header=False)
     table.add_row("API", f"{svc.api_url}  (POST /v1/jobs, GET /v1/jobs/{{id}}, docs at /docs)")
+    table.add_row("API keys", "rmbg keys create --user <user> [--admin]; send 'Authorization: Bearer <key>'")
     for name, url in svc.metrics_urls.items():
         table.add_row(f"metrics {name}", url)
     table.add_row("PostgreSQL", _redact(endpoints.postgres_dsn))

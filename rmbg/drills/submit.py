@@ -19,6 +19,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from PIL import Image
 
+from rmbg.keyring import KeyRing
 from shared.config import BaseServiceSettings
 from shared.contracts import Topics, UploadEvent
 from shared.ids import upload_job_id
@@ -91,6 +92,12 @@ class Submitter:
         self._producer: AIOKafkaProducer | None = None
         self._producer_exit = contextlib.AsyncExitStack()
         self._producer_lock = asyncio.Lock()
+        # One API key per user submitting over HTTP, made before the first job (rmbg/keyring.py).
+        self.keys = KeyRing(settings, name="drill")
+
+    @staticmethod
+    def user_of(index: int) -> str:
+        return f"chaos-{index % 7}"
 
     def is_upload(self, index: int) -> bool:
         share = self.plan.upload_share
@@ -100,6 +107,10 @@ class Submitter:
         sem = asyncio.Semaphore(self.plan.concurrency)
         began = time.monotonic()
         tasks: list[asyncio.Task[None]] = []
+        # Keys first, while the stack is still calm (faults begin later); retried like any other step.
+        http_users = sorted({self.user_of(i) for i in range(self.plan.jobs) if not self.is_upload(i)})
+        if not await self._retrying("keys", lambda: self.keys.prepare(http_users)):
+            return
         async with (
             httpx.AsyncClient(base_url=self.api_url, timeout=30) as client,
             open_object_store(self.settings.s3) as store,
@@ -132,10 +143,13 @@ class Submitter:
 
     async def _http(self, index: int, data: bytes, client: httpx.AsyncClient) -> str | None:
         self.tally.submitted_http += 1
-        form = {"user_id": f"chaos-{index % 7}", "tags": "chaos,http", "params": json.dumps({})}
+        form = {"tags": "chaos,http", "params": json.dumps({})}
+        headers = await self.keys.headers(self.user_of(index))  # made in run(): no I/O here
         while time.monotonic() < self.deadline:
             try:
-                resp = await client.post("/v1/jobs", files={"image": (f"{index}.png", data, "image/png")}, data=form)
+                resp = await client.post(
+                    "/v1/jobs", files={"image": (f"{index}.png", data, "image/png")}, data=form, headers=headers
+                )
             except httpx.TransportError:
                 self.tally.retries["connection"] += 1
                 await asyncio.sleep(1.0)
@@ -159,7 +173,7 @@ class Submitter:
             return None
         event = UploadEvent(
             event_id=f"chaos-{self.run_id}-{index}",
-            user_id=f"chaos-{index % 7}",
+            user_id=self.user_of(index),
             key=key,
             tags=["chaos", "upload"],
             occurred_at=datetime.now(UTC),

@@ -42,6 +42,9 @@ async def _wait(
     while asyncio.get_running_loop().time() < deadline:
         for job_id in job_ids:
             resp = await client.get(f"/v1/jobs/{job_id}")
+            if resp.status_code == 429:  # polled faster than the key's rate limit: wait as told
+                await asyncio.sleep(min(5.0, float(resp.headers.get("Retry-After", "1"))))
+                continue
             if resp.status_code == 404 and job_id in not_yet_accepted and job_id not in jobs:
                 continue
             assert resp.status_code == 200, f"accepted job {job_id} answered {resp.status_code}"
@@ -56,16 +59,22 @@ async def _submit(
     client: httpx.AsyncClient,
     data: bytes,
     *,
-    user: str,
     tags: str = "",
     params: dict[str, Any] | None = None,
     name: str = "image.png",
+    extra: dict[str, str] | None = None,
 ) -> httpx.Response:
+    """Submit as the user of the client's key (the API takes the user from the key, never the form)."""
     return await client.post(
         "/v1/jobs",
         files={"image": (name, data, "application/octet-stream")},
-        data={"user_id": user, "tags": tags, "params": json.dumps(params or {})},
+        data={"tags": tags, "params": json.dumps(params or {}), **(extra or {})},
     )
+
+
+def _error(resp: httpx.Response) -> dict[str, Any]:
+    error: dict[str, Any] = resp.json()["error"]
+    return error
 
 
 async def _publish_upload(pipeline: Pipeline, raw: bytes, *, user: str, key: str | None = None) -> str:
@@ -85,11 +94,13 @@ async def _publish_upload(pipeline: Pipeline, raw: bytes, *, user: str, key: str
 async def test_images_flow_end_to_end(pipeline: Pipeline) -> None:
     user = f"e2e-{uuid.uuid4().hex[:8]}"
     photos = {name: sample_bytes(name) for name in ("astronaut.png", "coffee.png", "rocket.jpg")}
-    async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=60) as client:
+    async with pipeline.client(user) as client:
         submitted: dict[str, bytes] = {}
         for i, (name, data) in enumerate(photos.items()):
             params = {"threshold": 0.5, "cutout_format": "png"} if i == 0 else {}
-            resp = await _submit(client, data, user=user, tags="catalogue,Shoes", params=params, name=name)
+            # A user_id field (the API before keys) is ignored: the job is the key's user's.
+            extra = {"user_id": "someone-else"} if i == 1 else None
+            resp = await _submit(client, data, tags="catalogue,Shoes", params=params, name=name, extra=extra)
             assert resp.status_code == 202, resp.text
             body = resp.json()
             submitted[body["job_id"]] = data
@@ -121,15 +132,16 @@ async def test_images_flow_end_to_end(pipeline: Pipeline) -> None:
         assert values <= {0, 255}
         assert thresholded["processed_path"].endswith(".png")
     assert sorted(jobs[next(iter(submitted))]["tags"]) == ["catalogue", "shoes"]
+    assert {j["user_id"] for j in jobs.values()} == {user}
 
 
 async def test_same_image_twice_is_stored_once_and_reused(pipeline: Pipeline) -> None:
     user = f"dup-{uuid.uuid4().hex[:8]}"
     data = sample_bytes("coffee.png")
-    async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=60) as client:
-        first = (await _submit(client, data, user=user)).json()["job_id"]
+    async with pipeline.client(user) as client:
+        first = (await _submit(client, data)).json()["job_id"]
         await _wait(client, [first])
-        second = (await _submit(client, data, user=user)).json()["job_id"]
+        second = (await _submit(client, data)).json()["job_id"]
         jobs = await _wait(client, [first, second])
     a, b = jobs[first], jobs[second]
     assert first != second and b["status"] == "completed"
@@ -142,16 +154,18 @@ async def test_bad_input_ends_in_clear_errors_and_services_keep_running(pipeline
     user = f"bad-{uuid.uuid4().hex[:8]}"
     good = sample_bytes("astronaut.png")
     corrupt = good[:2000]  # a truncated PNG: valid header, broken data
-    async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=60) as client:
-        resp = await _submit(client, corrupt, user=user)
-        assert resp.status_code == 422 and "corrupt" in resp.json()["detail"]
-        resp = await _submit(client, b"not an image at all", user=user)
+    async with pipeline.client(user) as client:
+        resp = await _submit(client, corrupt)
+        assert resp.status_code == 422 and _error(resp)["code"] == "corrupt", resp.text
+        assert "corrupt" in _error(resp)["message"]
+        resp = await _submit(client, b"not an image at all")
         assert resp.status_code == 422
-        resp = await _submit(client, good, user=user, params={"threshold": 7})
-        assert resp.status_code == 422 and "threshold" in resp.json()["detail"]
+        resp = await _submit(client, good, params={"threshold": 7})
+        assert resp.status_code == 422 and "threshold" in _error(resp)["message"], resp.text
         # A decompression bomb: a 100-byte PNG declaring 100k x 100k pixels.
-        resp = await _submit(client, bomb_png(100_000), user=user)
-        assert resp.status_code == 422 and "pixels" in resp.json()["detail"], resp.text
+        resp = await _submit(client, bomb_png(100_000))
+        assert resp.status_code == 422 and "pixels" in _error(resp)["message"], resp.text
+        assert _error(resp)["code"] == "too_many_pixels"
 
         failed_id = await _publish_upload(pipeline, corrupt, user=user)
         settings = pipeline.settings
@@ -178,7 +192,7 @@ async def test_bad_input_ends_in_clear_errors_and_services_keep_running(pipeline
         assert all("malformed UploadEvent" in letter.reason for letter in letters if letter.key in {"junk", "junk2"})
 
         # Still serving: a good image goes through after all of that.
-        ok = (await _submit(client, good, user=user, tags="after-bad")).json()["job_id"]
+        ok = (await _submit(client, good, tags="after-bad")).json()["job_id"]
         assert (await _wait(client, [ok]))[ok]["status"] == "completed"
 
 

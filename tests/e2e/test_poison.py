@@ -13,7 +13,6 @@ import io
 import uuid
 from datetime import UTC, datetime
 
-import httpx
 import numpy as np
 from PIL import Image
 
@@ -69,9 +68,9 @@ async def _queue_past_intake(pipeline: Pipeline, data: bytes, user: str) -> tupl
 async def test_an_unencodable_result_fails_its_job_and_the_jobs_behind_it_complete(pipeline: Pipeline) -> None:
     user = f"poison-{uuid.uuid4().hex[:6]}"
     bad_id, sha = await _queue_past_intake(pipeline, _too_wide_png(), user)
-    async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=30) as client:
+    async with pipeline.client(user, timeout=30) as client:
         good = [
-            (await _submit(client, sample_bytes(name), user=user)).json()["job_id"]
+            (await _submit(client, sample_bytes(name))).json()["job_id"]
             for name in ("astronaut.png", "coffee.png", "rocket.jpg")
         ]
         jobs = await _wait(client, [str(bad_id), *good], timeout_s=120)

@@ -7,7 +7,6 @@ import asyncio
 from datetime import UTC, datetime
 
 import asyncpg
-import httpx
 import pytest
 
 from rmbg.demo import sample_bytes
@@ -20,8 +19,8 @@ from tests.e2e.test_pipeline import _submit, _wait
 async def own_job(pipeline: Pipeline) -> None:
     """A job of this module's own (with parameters counted below), so each check stands alone and never
     compares two empty results when the file runs by itself."""
-    async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=30) as client:
-        own = (await _submit(client, sample_bytes("coffee.png"), user="consistency", params={"threshold": 0.5})).json()
+    async with pipeline.client("consistency", timeout=30) as client:
+        own = (await _submit(client, sample_bytes("coffee.png"), params={"threshold": 0.5})).json()
         await _wait(client, [own["job_id"]])
 
 

@@ -13,8 +13,10 @@ Create Date: 2026-12-02
   has it) moves the job's row from pending to due when the job becomes completed or failed. Whoever
   writes the ending (the persister's handler, the sweeper, intake's reject, an operator's UPDATE)
   cannot forget the webhook, and ``WHERE state = 'pending'`` makes it due once: the status guard of
-  0001 lets a job end once, and a repeat finds the row no longer pending. The cost on a job without a
-  callback is one primary-key probe of this small table per ending.
+  0001 lets a job end once, and a repeat finds the row no longer pending. The cost is one primary-key
+  probe of this table per ending: not measurable beside the statement itself (5,000 mark_failed in one
+  transaction: 1.06 ms each with the trigger disabled, 0.91 ms enabled without a webhook, 1.00 ms with
+  one; the spread is noise).
 - Delivery (services/persister/webhooks.py) claims due rows with FOR UPDATE SKIP LOCKED and pushes
   next_attempt_at past a lease, so two persister replicas never send the same attempt at once and a
   crashed one's claim lapses; lease_token makes the holder the only one who may schedule the next step.

@@ -93,7 +93,7 @@ async def open_tail_consumer(kafka: KafkaSettings, *, topic: str, client_id: str
 
     Without a group every holder sees every record (each ingest replica follows all job events), nothing
     is committed, and a holder that restarts starts at the end again. The end is what the broker says it
-    is; on the stand-in broker used here that answer can lie before the true end (../shared/infra.md:
+    is; on the stand-in broker used here that answer can lie before the true end (docs/test-servers.md:
     "start of last batch + 1", stale after a restart), so a holder must take a replay of recent records
     calmly. Positions are resolved before this returns: a record sent after it is seen.
     """

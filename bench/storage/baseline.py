@@ -1,4 +1,4 @@
-"""The seed design (shared/design/seed-schema.md) exactly as listed: the benchmark's baseline.
+"""The seed design (docs/storage.md) exactly as listed: the benchmark's baseline.
 
 UUIDv4 keys, no partitioning, the design's eight indexes on image_process_jobs (primary key, status,
 user_id, created_at, the partial completed_at, (user_id, created_at), GIN(params) with the default

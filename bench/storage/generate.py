@@ -1,7 +1,7 @@
 """Synthetic jobs for the storage benchmark, generated once with numpy and loaded into both schemas.
 
 Everything is vectorised over whole columns (10M rows take well under a minute here); nothing loops in
-Python per row. The shape follows shared/design/seed-schema.md's measurement and what this project
+Python per row. The shape follows the seed design's measurement (docs/storage.md) and what this project
 writes in production:
 
 - 50k users with a Zipf-like load (rank^-0.8: the busiest user has about 2.5% of all jobs);

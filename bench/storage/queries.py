@@ -61,7 +61,7 @@ class Spec:
     ours: Side | None
     base: Side | None
     goal_ms: float | None = 5.0  # p95 goal (None: reported only)
-    design_figure: str = ""  # what the design measured for it (seed-schema.md)
+    design_figure: str = ""  # what the design measured for it (docs/storage.md)
     ours_note: str = ""
 
 

@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-27
 
-Differences from the seed design (shared/design/seed-schema.md), each for a measured weakness:
+Differences from the seed design (docs/storage.md), each for a measured weakness:
 - image_process_jobs and image_tags are range-partitioned by month on created_at, so the 6-month
   retention is a DROP/DETACH of a partition instead of a DELETE (62 s per month and bloat as measured).
   The primary key therefore has to include the partition key: (job_id, created_at). created_at is the

@@ -6,7 +6,7 @@ goes to the subscribers of its job only, through a bounded queue per subscriber:
 reading is dropped (its stream re-reads the job and ends) instead of growing memory.
 
 The hub starts at the topic's end and is never trusted to be exact: the stand-in broker may report an end
-before the true one (../shared/infra.md), so a replay of recent events can arrive; subscribers compare
+before the true one (docs/test-servers.md), so a replay of recent events can arrive; subscribers compare
 each event's status rank with the last state they sent and ignore what is not newer. Nor is it the truth:
 a stream starts from the job's stored state and re-reads it for every newer event it hears of.
 """

@@ -1,6 +1,6 @@
 """Build a tiny stand-in for the briaai/RMBG-2.0 hub repository, for tests on machines without the weights.
 
-The folder has the hub repo's layout and loading interface (design/model.md), so it goes through exactly the
+The folder has the hub repo's layout and loading interface (docs/model.md), so it goes through exactly the
 path the real model takes: ``AutoModelForImageSegmentation.from_pretrained(folder, trust_remote_code=True)``
 reads ``config.json``'s ``auto_map``, imports ``BiRefNet_config.py`` and ``birefnet.py`` as remote code and
 loads ``model.safetensors``. The quirks of the hub code that decide whether a transformers version can load

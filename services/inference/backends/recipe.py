@@ -2,7 +2,7 @@
 
 The card uses torchvision (``Resize((1024, 1024))`` + ``ToTensor`` + ``Normalize`` before the model,
 ``ToPILImage`` + ``mask.resize(image.size)`` after it). torchvision cannot be installed beside the CPU torch
-used here (design/model.md), so each step below reproduces what torchvision does on a PIL image:
+used here (docs/model.md), so each step below reproduces what torchvision does on a PIL image:
 
 * ``transforms.Resize((h, w))`` on a PIL image returns the image untouched when it already has that size,
   otherwise calls ``img.resize((w, h), Image.BILINEAR)`` (torchvision ``functional.resize`` ->

@@ -1,4 +1,4 @@
-"""The design's six queries (seed-schema.md) and the API's filtered list, on a small known dataset."""
+"""The design's six queries (docs/storage.md) and the API's filtered list, on a small known dataset."""
 
 from __future__ import annotations
 

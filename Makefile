@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check bench clean chaos load
+.PHONY: run test lint typecheck check bench clean chaos load browsers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,19 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/rmbg up --demo
 
-test: $(STAMP)
+test: $(STAMP) browsers
 	$(BIN)/pytest -q
+
+# The gallery's browser test (tests/e2e/test_gallery.py) drives Debian's chromium: Playwright cannot
+# download its own browsers here. Installed only when missing; the package lists are refreshed only
+# when the install fails, so a machine with fresh lists makes no extra network round trip.
+browsers:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=; if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$$SUDO apt-get install -y --no-install-recommends chromium \
+		|| { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }; \
+	}
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -16,7 +16,7 @@ from prometheus_client import make_asgi_app
 
 from services.ingest.errors import install_error_handlers
 from services.ingest.resources import open_ingest
-from services.ingest.routes import account, admin, events, health, jobs, results, webhooks
+from services.ingest.routes import account, admin, events, gallery, health, jobs, results, webhooks
 from services.ingest.settings import IngestSettings
 from services.ingest.uploads import run_upload_consumer
 from shared.telemetry import PipelineMetrics
@@ -49,6 +49,6 @@ def create_app(settings: IngestSettings, *, consume_uploads: bool = True) -> Fas
     app = FastAPI(title="rmbg-pipeline", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.mount("/metrics", make_asgi_app(registry=metrics.registry))
     install_error_handlers(app)
-    for module in (health, jobs, events, webhooks, results, account, admin):
+    for module in (health, jobs, events, webhooks, results, account, admin, gallery):
         app.include_router(module.router)
     return app

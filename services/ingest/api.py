@@ -9,21 +9,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
 from prometheus_client import make_asgi_app
 
 from services.ingest.errors import install_error_handlers
-from services.ingest.resources import open_ingest
+from services.ingest.resources import IngestResources, open_ingest
 from services.ingest.routes import account, admin, events, gallery, health, jobs, results, webhooks
 from services.ingest.settings import IngestSettings
 from services.ingest.uploads import run_upload_consumer
+from shared.runtime import every
 from shared.telemetry import PipelineMetrics
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """Background removal (RMBG-2.0) as a service: submit an image, follow the job, fetch the
 cut-out. Authenticate with `Authorization: Bearer <key>` (keys come from `rmbg keys create`). Every error
 answers `{"error": {"code": ..., "message": ...}}`."""
+
+
+async def prune_idempotency_keys(res: IngestResources, stop: asyncio.Event) -> None:
+    """Hourly: forget Idempotency-Keys older than their TTL (a retry after that makes a new job)."""
+
+    async def prune() -> None:
+        before = datetime.now(UTC) - timedelta(seconds=res.settings.ingest.idempotency_ttl_s)
+        async with res.db.pool.acquire() as conn:
+            removed = await res.db.keys.prune_idempotency_keys(conn, before=before)
+        if removed:
+            log.info("pruned %d idempotency keys older than %s", removed, before)
+
+    await every(3600, stop, prune, name="idempotency key pruning")
 
 
 def create_app(settings: IngestSettings, *, consume_uploads: bool = True) -> FastAPI:
@@ -34,17 +52,14 @@ def create_app(settings: IngestSettings, *, consume_uploads: bool = True) -> Fas
         async with open_ingest(settings, metrics) as res:
             app.state.resources = res
             stop = asyncio.Event()
-            consumer = (
-                asyncio.create_task(run_upload_consumer(res, stop), name="uploads-consumer")
-                if consume_uploads
-                else None
-            )
+            tasks = [asyncio.create_task(prune_idempotency_keys(res, stop), name="idempotency-pruning")]
+            if consume_uploads:
+                tasks.append(asyncio.create_task(run_upload_consumer(res, stop), name="uploads-consumer"))
             try:
                 yield
             finally:
                 stop.set()
-                if consumer is not None:
-                    await asyncio.gather(consumer, return_exceptions=True)
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     app = FastAPI(title="rmbg-pipeline", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.mount("/metrics", make_asgi_app(registry=metrics.registry))

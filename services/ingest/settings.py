@@ -52,6 +52,9 @@ class IngestOptions(BaseModel):
     # Per-key limits (services/ingest/limits.py); a key may carry its own (`rmbg keys create --rate`).
     # 20 requests/s with bursts of 40 lets a client poll a few hundred jobs and upload at the pace one node
     # processes (4.4 jobs/s measured on 2 cores, BENCHMARKS.md); the daily quota is a day of one node.
+    # Idempotency keys are kept this long (clients retry within minutes; Stripe keeps them 24 h), then
+    # pruned hourly by every ingest replica (a DELETE of expired rows; repeating it is harmless).
+    idempotency_ttl_s: int = Field(default=86_400, ge=60)
     rate_limit_per_s: float = Field(default=20.0, gt=0)
     rate_limit_burst: int = Field(default=40, ge=1)
     daily_job_quota: int = Field(default=400_000, ge=0)

@@ -26,7 +26,9 @@ pytestmark = pytest.mark.slow
 PUBLIC = {"/healthz", "/readyz", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
-async def _completed_job(client: httpx.AsyncClient, name: str = "coffee.png", tags: str = "secret-tag") -> dict[str, Any]:
+async def _completed_job(
+    client: httpx.AsyncClient, name: str = "coffee.png", tags: str = "secret-tag"
+) -> dict[str, Any]:
     resp = await client.post(
         "/v1/jobs", files={"image": (name, sample_bytes(name), "image/png")}, data={"tags": tags}
     )
@@ -59,7 +61,8 @@ async def test_every_endpoint_wants_a_key(pipeline: Pipeline) -> None:
             if path in PUBLIC or path.startswith("/static"):
                 continue
             url = re.sub(r"\{[^}]+\}", "0190d1c4-0000-7000-8000-000000000000", path)
-            for headers in ({}, {"Authorization": "Bearer rk_0123456789ab_" + "x" * 43}, {"Authorization": "Basic eDp5"}):
+            unknown = {"Authorization": "Bearer rk_0123456789ab_" + "x" * 43}
+            for headers in ({}, unknown, {"Authorization": "Basic eDp5"}):
                 resp = await anonymous.request(method, url, headers=headers)
                 assert resp.status_code == 401, f"{method} {path} with {headers}: {resp.status_code} {resp.text[:200]}"
                 body = resp.json()

@@ -57,7 +57,7 @@ class Pipeline:
 
     @contextlib.asynccontextmanager
     async def client(
-        self, user_id: str, *, admin: bool = False, timeout: float = 60
+        self, user_id: str, *, admin: bool = False, timeout: float = 60  # noqa: ASYNC109 - the HTTP client's
     ) -> AsyncIterator[httpx.AsyncClient]:
         """An HTTP client of the API that authenticates as ``user_id`` with a fresh key."""
         headers = {"Authorization": f"Bearer {await self.key(user_id, admin=admin)}"}

@@ -28,7 +28,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
-import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.persister.settings import WebhookOptions
@@ -37,13 +36,16 @@ from shared.database import Database
 from shared.db.models import JobRecord, JobStatus
 from shared.db.repositories.webhooks import AttemptResult, WebhookRecord, WebhookState
 from shared.exceptions import FetchRefused
-from shared.failures import describe
+from shared.failures import FailureClass, classify, describe
 from shared.outbound import check_url
 from shared.storage import ObjectStore
 from shared.telemetry import LATENCY_BUCKETS
 from shared.webhooks import WebhookSecrets, message_id, signed_headers
 
 log = logging.getLogger(__name__)
+
+# The longest wait between failed claims: the consume loop's transient backoff tops out at 30 s too.
+_MAX_BACKOFF_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -127,11 +129,23 @@ class WebhookDispatcher:
             in_flight.discard(task)
             slot_freed.set()
 
+        failures = 0  # consecutive failed claims: the wait doubles, so a database outage is not hammered
         while not stop.is_set():
             free = opts.concurrency - len(in_flight)
             claimed: list[WebhookRecord] = []
             if free > 0:
-                claimed = await self._claim(free)
+                try:
+                    claimed = await self._claim(free)
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    wait_s = min(_MAX_BACKOFF_S, opts.poll_interval_s * 2**failures)
+                    if classify(exc) is FailureClass.TRANSIENT:
+                        log.warning("webhook claim failed (retry in %.1f s): %s", wait_s, describe(exc, limit=300))
+                    else:  # a bug: logged loudly, but the persister's results keep flowing
+                        log.exception("webhook claim failed (retry in %.1f s)", wait_s)
+                    await _wait_any(stop, None, wait_s)
+                    continue
                 for record in claimed:
                     task = asyncio.create_task(self.attempt(record), name=f"webhook-{record.job_id}")
                     in_flight.add(task)
@@ -155,13 +169,9 @@ class WebhookDispatcher:
         return len(claimed)
 
     async def _claim(self, limit: int) -> list[WebhookRecord]:
-        try:
-            async with self._db.pool.acquire() as conn:
-                return await self._db.webhooks.claim_due(conn, limit=limit, lease_s=self._options.lease_s)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            # Transient: nothing was claimed (or a lease was drawn and will lapse); the next poll retries.
-            log.warning("webhook claim failed: %s", describe(exc, limit=300))
-            return []
+        # A claim that fails claimed nothing, or drew leases that lapse: either way the next one retries.
+        async with self._db.pool.acquire() as conn:
+            return await self._db.webhooks.claim_due(conn, limit=limit, lease_s=self._options.lease_s)
 
     async def attempt(self, record: WebhookRecord) -> None:
         """One attempt of one claimed row, recorded; never raises (a failure to record lets the lease

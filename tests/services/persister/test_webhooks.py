@@ -41,16 +41,21 @@ FAST = WebhookOptions(
 
 
 @pytest.fixture(scope="module")
-async def db() -> AsyncIterator[Database]:
+async def dsn() -> AsyncIterator[str]:
     name = f"rmbg_whtest_{secrets.token_hex(5)}"
     await ensure_database(LOCAL_ADMIN_DSN, name)
-    dsn = with_database(LOCAL_ADMIN_DSN, name)
     try:
+        dsn = with_database(LOCAL_ADMIN_DSN, name)
         await asyncio.to_thread(upgrade, dsn)
-        async with open_database(PostgresSettings(dsn=SecretStr(dsn), max_pool=8)) as database:
-            yield database
+        yield dsn
     finally:
         await drop_database(LOCAL_ADMIN_DSN, name)
+
+
+@pytest.fixture(scope="module")
+async def db(dsn: str) -> AsyncIterator[Database]:
+    async with open_database(PostgresSettings(dsn=SecretStr(dsn), max_pool=8)) as database:
+        yield database
 
 
 def webhook_secrets(db: Database) -> WebhookSecrets:
@@ -349,3 +354,29 @@ async def test_a_rotated_secret_signs_beside_the_new_one_for_a_day(
     Webhook(old).verify(body, headers)
     Webhook(new).verify(body, headers)
     assert (await state(db, job_id, user))[0].state == "delivered"
+
+
+async def test_a_database_outage_does_not_end_the_loop(dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Claims against a closed pool fail; the loop backs off (0.1, 0.2, 0.4 s...), keeps going, and stops."""
+    async with open_database(PostgresSettings(dsn=SecretStr(dsn), max_pool=1)) as gone:
+        pass  # closed on exit: every acquire now fails
+    policy = OutboundSettings(allow_private_targets=True)
+    async with open_outbound(policy) as session:
+        d = WebhookDispatcher(
+            options=FAST,
+            policy=policy,
+            db=gone,
+            store=None,
+            session=session,
+            secrets=webhook_secrets(gone),
+            metrics=WebhookMetrics.create(PipelineMetrics.create().registry),
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(d.run(stop))
+        await asyncio.sleep(1.0)
+        assert not task.done()
+        stop.set()
+        await asyncio.wait_for(task, 2)
+    failed = [r for r in caplog.records if r.getMessage().startswith("webhook claim failed")]
+    # 0.05 s poll doubling from 0.1 s: about 4 tries in a second, not 20.
+    assert 2 <= len(failed) <= 6, [r.getMessage() for r in failed]

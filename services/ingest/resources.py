@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import aiohttp
@@ -16,12 +15,11 @@ from services.ingest.limits import Limits
 from services.ingest.live import JobEventHub, open_job_event_hub
 from services.ingest.settings import IngestSettings
 from shared.auth import ApiKeys, EmailCipher
-from shared.cache import JobCache, open_redis
+from shared.cache import JobCache
 from shared.contracts import Topics
-from shared.database import Database, open_database
-from shared.messaging import open_producer
-from shared.outbound import open_outbound
-from shared.storage import ObjectStore, open_object_store
+from shared.database import Database
+from shared.runtime import ServiceRuntime
+from shared.storage import ObjectStore
 from shared.telemetry import PipelineMetrics
 
 
@@ -46,15 +44,15 @@ class IngestResources:
 
 @contextlib.asynccontextmanager
 async def open_ingest(settings: IngestSettings, metrics: PipelineMetrics) -> AsyncIterator[IngestResources]:
-    async with contextlib.AsyncExitStack() as stack:
+    async with ServiceRuntime(settings, name="ingest", metrics=metrics) as rt:
         # Image decoding holds the GIL only partly (Pillow releases it while decoding); 4 threads keep
         # two cores busy without letting a burst of uploads queue unbounded work.
-        executor = stack.enter_context(ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest-img"))
-        db = await stack.enter_async_context(open_database(settings.postgres))
-        store = await stack.enter_async_context(open_object_store(settings.s3))
-        producer = await stack.enter_async_context(open_producer(settings.kafka, client_id="ingest"))
-        redis = await stack.enter_async_context(open_redis(settings.redis))
-        cache = JobCache(redis, ttl_s=settings.redis.job_ttl_s)
+        executor = rt.executor(workers=4, prefix="ingest-img")
+        db = await rt.database()
+        store = await rt.object_store()
+        producer = await rt.producer()
+        redis = await rt.redis()
+        cache = await rt.cache()
         keys = ApiKeys(
             pool=db.pool,
             repo=db.keys,
@@ -62,9 +60,9 @@ async def open_ingest(settings: IngestSettings, metrics: PipelineMetrics) -> Asy
             redis=redis,
             cache_ttl_s=settings.auth.key_cache_ttl_s,
         )
-        outbound = await stack.enter_async_context(open_outbound(settings.outbound))
-        topics = Topics.from_settings(settings.topics, settings.kafka)
-        hub = await stack.enter_async_context(open_job_event_hub(settings.kafka, topics.job_events, settings.live))
+        outbound = await rt.outbound()
+        topics = rt.topics
+        hub = await rt.enter(open_job_event_hub(settings.kafka, topics.job_events, settings.live))
         intake = Intake(
             options=settings.ingest,
             db=db,

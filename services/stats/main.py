@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
 from services.stats.handler import StatsHandler
 from services.stats.settings import StatsOptions, StatsSettings
-from shared.contracts import Topics
-from shared.database import Database, open_database
-from shared.messaging import open_producer
-from shared.runtime import every, run_service
-from shared.telemetry import PipelineMetrics, configure_logging, serve_metrics
+from shared.database import Database
+from shared.runtime import ServiceRuntime, every, run_service
+from shared.telemetry import configure_logging
 from shared.worker import LoopOptions, consume_topic
 
 log = logging.getLogger(__name__)
@@ -21,17 +18,16 @@ log = logging.getLogger(__name__)
 
 async def run_stats(settings: StatsSettings, stop: asyncio.Event) -> None:
     opts = settings.stats
-    metrics = PipelineMetrics.create()
-    if settings.telemetry.metrics_port:
-        serve_metrics(metrics.registry, settings.telemetry.metrics_port)
-    topics = Topics.from_settings(settings.topics, settings.kafka)
-    async with contextlib.AsyncExitStack() as stack:
-        db = await stack.enter_async_context(open_database(settings.postgres))
-        producer = await stack.enter_async_context(open_producer(settings.kafka, client_id="stats"))
-        handler = StatsHandler(db=db, producer=producer, topics=topics, metrics=metrics, ledger_days=opts.ledger_days)
+    async with ServiceRuntime(settings, name="stats") as rt:
+        rt.serve_metrics()
+        db = await rt.database()
+        metrics = rt.metrics
+        handler = StatsHandler(
+            db=db, producer=await rt.producer(), topics=rt.topics, metrics=metrics, ledger_days=opts.ledger_days
+        )
         consume = consume_topic(
             settings.kafka,
-            topic=topics.job_events.name,
+            topic=rt.topics.job_events.name,
             group_id=opts.group_id,
             client_id="stats",
             handler=handler,

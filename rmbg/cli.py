@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,25 +13,13 @@ from rich.console import Console
 
 from rmbg.client.commands import register as register_client
 from shared.config import BaseServiceSettings, TelemetrySettings
+from shared.runtime import run_service
 from shared.telemetry import configure_logging
 
 app = typer.Typer(
     help="rmbg-pipeline: background removal with RMBG-2.0 over Kafka, PostgreSQL and S3.", no_args_is_help=True
 )
 register_client(app)  # submit, jobs, job, download, stats, tags: the API's client (rmbg/client/)
-
-
-def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
-    """Run ``main(stop)``; Ctrl+C and SIGTERM only set ``stop``, so everything closes in order."""
-
-    async def runner() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        return await main(stop)
-
-    return asyncio.run(runner())
 
 
 @app.command()
@@ -62,7 +48,7 @@ def up(
         api_port=api_port,
     )
     console = Console()
-    raise typer.Exit(_run_until_signal(lambda stop: run_up(opts, stop, console)))
+    raise typer.Exit(run_service(lambda stop: run_up(opts, stop, console)))
 
 
 @app.command()

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from rmbg.demo import run_demo
-from rmbg.services import RunningServices, run_services
 from rmbg.stack.stack import EmbeddedStack, StackEndpoints
+from rmbg.supervisor import RunningServices, run_services
 from shared.config import BaseServiceSettings
 from shared.db.migrate import upgrade
 from shared.messaging import ensure_topics

@@ -43,8 +43,8 @@ from rmbg.drills.pipeline import (
 )
 from rmbg.drills.submit import Submitter, Tally
 from rmbg.drills.verify import Verdict, drain, verify
-from rmbg.services import RunningServices
 from rmbg.stack.stack import EmbeddedStack
+from rmbg.supervisor import RunningServices
 
 FaultKind = Literal["kill-service", "kill-broker", "restart-postgres", "pause-s3"]
 

@@ -31,7 +31,7 @@ from rich.console import Console
 from rmbg.drills.pipeline import DrillOptions, drill_arguments, drill_options, open_pipeline, run_drill, service_pid
 from rmbg.drills.submit import Submitter, Tally
 from rmbg.drills.verify import Verdict, drain, verify
-from rmbg.services import SERVICES
+from rmbg.supervisor import SERVICES
 
 _MIB = 1024 * 1024
 

@@ -20,8 +20,8 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from rich.console import Console
 
-from rmbg.services import RunningServices, run_services
 from rmbg.stack.stack import EmbeddedStack, StackEndpoints
+from rmbg.supervisor import RunningServices, run_services
 from rmbg.up import provision
 from shared.config import (
     DEV_S3_ACCESS_KEY,

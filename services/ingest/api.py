@@ -17,10 +17,10 @@ from fastapi import FastAPI
 from prometheus_client import make_asgi_app
 
 from services.ingest.errors import install_error_handlers
+from services.ingest.handler import run_upload_consumer
 from services.ingest.resources import IngestResources, open_ingest
 from services.ingest.routes import account, admin, events, gallery, health, jobs, results, webhooks
 from services.ingest.settings import IngestSettings
-from services.ingest.uploads import run_upload_consumer
 from shared.runtime import every
 from shared.telemetry import PipelineMetrics
 

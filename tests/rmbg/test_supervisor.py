@@ -8,8 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
-from rmbg.services import Supervisor
 from rmbg.stack.processes import ChildProcess
+from rmbg.supervisor import Supervisor
 
 
 async def _always() -> bool:

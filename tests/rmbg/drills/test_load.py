@@ -14,7 +14,7 @@ from rich.console import Console
 
 from rmbg.drills.load import LoadPlan, run_load
 from rmbg.drills.pipeline import DrillOptions
-from rmbg.services import SERVICES
+from rmbg.supervisor import SERVICES
 from tests.support.tiny_rmbg import build_tiny_rmbg
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@
 
 Each service declares one settings class (``services/<name>/settings.py``) that composes these groups;
 all read ``RMBG_``-prefixed variables with ``__`` for nesting, e.g. ``RMBG_POSTGRES__DSN`` or
-``RMBG_INGEST__MAX_IMAGE_BYTES``. Settings are frozen and validated once at start; outside
+``RMBG_IMAGES__MAX_BYTES``. Settings are frozen and validated once at start; outside
 ``environment=dev`` the built-in development credentials are refused.
 """
 
@@ -96,6 +96,16 @@ class AuthSettings(_Group):
     key_cache_ttl_s: int = Field(default=60, ge=1, le=3600)
 
 
+class ImageLimits(_Group):
+    """What an image may be, the same for every service (``RMBG_IMAGES__*``): ingest refuses larger ones,
+    inference and the persister refuse to read larger objects (a row edited by hand cannot OOM them)."""
+
+    # 25 MiB covers a 24 MP JPEG from a camera; larger uploads are refused with 413 before decoding.
+    max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    # 40 MP (e.g. 8000x5000): above it a decode needs >120 MB of RGB and is treated as a bomb.
+    max_pixels: int = Field(default=40_000_000, ge=1)
+
+
 class OutboundSettings(_Group):
     """What the services may contact on a user's behalf: image URLs (ingest) and webhooks (persister)."""
 
@@ -125,6 +135,7 @@ class BaseServiceSettings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     s3: S3Settings = S3Settings()
     auth: AuthSettings = AuthSettings()
+    images: ImageLimits = ImageLimits()
     outbound: OutboundSettings = OutboundSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
 

@@ -127,6 +127,18 @@ SELECT 'u' || lpad(n::text, 6, '0'), 'user' || n, 'user' || n || '@example.com',
 FROM generate_series(1, $3::bigint) AS n
 """
 
+# Ours stores emails encrypted (migration 0008, docs/access.md): a Fernet token of a 20-character address
+# is 120 base64 characters, stored as 120 bytes; the digest is 32. Same users, same sizes as real rows.
+OURS_USERS = """
+INSERT INTO users (user_id, username, email_encrypted, email_digest, created_at, last_login)
+SELECT 'u' || lpad(n::text, 6, '0'), 'user' || n,
+       convert_to(rpad(encode(sha256(('user' || n || '@example.com')::bytea), 'base64'), 120, 'x'), 'UTF8'),
+       sha256(('user' || n || '@example.com')::bytea),
+       $1::timestamptz - make_interval(days => (n * 7919 % 720)::int, secs => n * 104729 % 86400),
+       $2::timestamptz - make_interval(secs => n * 15485863 % (86400 * 30))
+FROM generate_series(1, $3::bigint) AS n
+"""
+
 # What the stats service would have counted: one accepted per job, one completed/failed per finished
 # job, each on the UTC day of created_at (services/stats/handler.py), with its ledger rows.
 OURS_STATS = """
@@ -384,7 +396,7 @@ async def load(admin_dsn: str, data: JobsData) -> LoadResult:
             for stmt in LOAD_SETTINGS:
                 await conn.execute(stmt)
             await _lookups(conn)
-            await conn.execute(USERS, data.start, data.end, data.shape.users)
+            await conn.execute(OURS_USERS if conn is ours else USERS, data.start, data.end, data.shape.users)
             names = tag_names(data.shape.tags, data.shape.seed)
             await conn.copy_records_to_table("tags", records=list(enumerate(names, start=1)),
                                              columns=["tag_id", "name"])

@@ -21,14 +21,12 @@ from datetime import UTC, datetime, timedelta
 from shared.contracts import CutoutFormat, ProcessingParams
 from shared.database import Database
 from shared.db import Queries, default_queries
-from shared.imaging import CUTOUT_CONTENT_TYPES, make_cutout
+from shared.imaging import CUTOUT_CONTENT_TYPES, DEFAULT_WEBP_QUALITY, make_cutout
 from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
 PREFIXES = ("original", "mask", "processed")
-# The persister's default quality when a job did not choose one (services/persister/settings.py).
-_DEFAULT_WEBP_QUALITY = 90
 
 
 @dataclass
@@ -120,7 +118,7 @@ class Fsck:
             return
         params = ProcessingParams.model_validate(record["params"])
         fmt = cutout_format_of(key)
-        quality = params.webp_quality or _DEFAULT_WEBP_QUALITY
+        quality = params.webp_quality or DEFAULT_WEBP_QUALITY
         original_bytes = await self._store.get(original)
         mask_bytes = await self._store.get(mask)
         loop = asyncio.get_running_loop()

@@ -27,6 +27,7 @@ from PIL import Image
 
 from services.inference.backends.base import SegmentationBackend
 from services.inference.settings import InferenceOptions
+from shared.config import ImageLimits
 from shared.contracts import JobRequested, ResultEvent, ResultKind, Topics
 from shared.contracts.events import MAX_INLINE_MASK_BYTES
 from shared.exceptions import ContractError, ModelError, ModelFailed
@@ -56,6 +57,7 @@ class InferenceHandler:
         self,
         *,
         options: InferenceOptions,
+        images: ImageLimits,
         backend: SegmentationBackend,
         store: ObjectStore,
         producer: AIOKafkaProducer,
@@ -65,6 +67,7 @@ class InferenceHandler:
         io_executor: Executor,
     ) -> None:
         self._options = options
+        self._images = images
         self._backend = backend
         self.model_name = options.model_name or backend.name
         self._store = store
@@ -139,7 +142,7 @@ class InferenceHandler:
             return
         async with self._fetch_limit:
             # A missing original (ObjectMissing) is permanent: the loop fails the job through give_up.
-            data = await self._store.get(job.original_key, max_bytes=self._options.max_image_bytes)
+            data = await self._store.get(job.original_key, max_bytes=self._images.max_bytes)
         loop = asyncio.get_running_loop()
         w.image = await loop.run_in_executor(self._io_executor, decode_rgb, data)
 

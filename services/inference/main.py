@@ -40,6 +40,7 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
         rt.serve_metrics()
         handler = InferenceHandler(
             options=opts,
+            images=settings.images,
             backend=backend,
             store=await rt.object_store(),
             producer=await rt.producer(),

@@ -28,7 +28,6 @@ class InferenceOptions(BaseModel):
     batch_wait_ms: int = Field(default=50, ge=1, le=10_000)
     # Originals fetched from S3 at once while the model works on the previous batch.
     fetch_concurrency: int = Field(default=8, ge=1, le=64)
-    max_image_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     group_id: str = INFERENCE_GROUP_ID
     grace_s: float = Field(default=60.0, ge=0)
 

@@ -46,7 +46,7 @@ class UploadHandler:
         self._check_bucket(event)
         bucket = event.bucket or res.store.bucket
         try:
-            data = await res.store.get(event.key, bucket=bucket, max_bytes=res.settings.ingest.max_image_bytes)
+            data = await res.store.get(event.key, bucket=bucket, max_bytes=res.settings.images.max_bytes)
         except PermanentError as exc:
             raise ContractError(f"upload {bucket}/{event.key}: {exc}") from exc
         job_id = upload_job_id(event.event_id, event.occurred_at)

@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 
 from services.ingest.settings import IngestOptions
 from shared.cache import JobCache
+from shared.config import ImageLimits
 from shared.contracts import JobEvent, JobEventKind, ProcessingParams, Topics
 from shared.database import Database
 from shared.db.models import JobRecord, JobStatus
@@ -69,6 +70,7 @@ class Intake:
         self,
         *,
         options: IngestOptions,
+        images: ImageLimits,
         db: Database,
         store: ObjectStore,
         producer: AIOKafkaProducer,
@@ -78,6 +80,7 @@ class Intake:
         executor: Executor,
     ) -> None:
         self._options = options
+        self._images = images
         self._db = db
         self._store = store
         self._producer = producer
@@ -91,7 +94,7 @@ class Intake:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._executor,
-            lambda: inspect_image(data, max_bytes=self._options.max_image_bytes, max_pixels=self._options.max_pixels),
+            lambda: inspect_image(data, max_bytes=self._images.max_bytes, max_pixels=self._images.max_pixels),
         )
 
     async def accept(

@@ -65,6 +65,7 @@ async def open_ingest(settings: IngestSettings, metrics: PipelineMetrics) -> Asy
         hub = await rt.enter(open_job_event_hub(settings.kafka, topics.job_events, settings.live))
         intake = Intake(
             options=settings.ingest,
+            images=settings.images,
             db=db,
             store=store,
             producer=producer,

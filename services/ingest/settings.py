@@ -14,10 +14,6 @@ class IngestOptions(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    # 25 MiB covers a 24 MP JPEG from a camera; larger uploads are refused with 413 before decoding.
-    max_image_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
-    # 40 MP (e.g. 8000x5000): above it a decode needs >120 MB of RGB and is treated as a bomb.
-    max_pixels: int = Field(default=40_000_000, ge=1)
     # The model every new job asks for; inference refuses jobs for a model it does not serve.
     model: str = "briaai/RMBG-2.0"
     group_id: str = "rmbg-ingest"
@@ -47,7 +43,7 @@ class IngestOptions(BaseModel):
     # enough that a leaked URL is soon useless.
     result_delivery: Literal["redirect", "stream"] = "redirect"
     result_url_ttl_s: int = Field(default=900, ge=1, le=7 * 24 * 3600)  # SigV4 allows at most 7 days
-    # Submitting by URL: the fetch is capped by max_image_bytes and by this time.
+    # Submitting by URL: the fetch is capped by RMBG_IMAGES__MAX_BYTES and by this time.
     fetch_timeout_s: float = Field(default=10.0, gt=0, le=120)
     # Per-key limits (services/ingest/limits.py); a key may carry its own (`rmbg keys create --rate`).
     # 20 requests/s with bursts of 40 lets a client poll a few hundred jobs and upload at the pace one node

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from services.persister.announce import Announcer
 from services.persister.settings import PersisterOptions
 from shared.cache import JobCache
+from shared.config import ImageLimits
 from shared.contracts import (
     CutoutFormat,
     ProcessingParams,
@@ -43,6 +44,7 @@ class PersistHandler:
         self,
         *,
         options: PersisterOptions,
+        images: ImageLimits,
         db: Database,
         store: ObjectStore,
         producer: AIOKafkaProducer,
@@ -52,6 +54,7 @@ class PersistHandler:
         executor: Executor,
     ) -> None:
         self._options = options
+        self._images = images
         self._db = db
         self._store = store
         self._producer = producer
@@ -224,7 +227,7 @@ class PersistHandler:
             # The same cut-out was made for an earlier job.
             await self._store.put_if_absent(mask_key, mask_png, content_type="image/png")
             return len(mask_png), existing.size
-        original = await self._store.get(record.original_path, max_bytes=self._options.max_image_bytes)
+        original = await self._store.get(record.original_path, max_bytes=self._images.max_bytes)
         loop = asyncio.get_running_loop()
         # Encode before writing anything: a cut-out that cannot be made leaves no object behind.
         cutout = await loop.run_in_executor(self._executor, make_cutout, original, mask_png, fmt, quality)

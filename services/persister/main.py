@@ -30,6 +30,7 @@ async def run_persister(settings: PersisterSettings, stop: asyncio.Event) -> Non
         outbound = await rt.outbound(limit=settings.webhooks.concurrency)
         handler = PersistHandler(
             options=opts,
+            images=settings.images,
             db=db,
             store=store,
             producer=producer,

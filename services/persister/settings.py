@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.config import INFERENCE_GROUP_ID, BaseServiceSettings
 from shared.contracts import CutoutFormat
+from shared.imaging import DEFAULT_WEBP_QUALITY
 
 
 class PersisterOptions(BaseModel):
@@ -18,8 +19,7 @@ class PersisterOptions(BaseModel):
     # (BENCHMARKS.md): WebP q90 with exact alpha is 71 KiB against 783 KiB lossless WebP and 1,256 KiB PNG,
     # RGB PSNR >= 37.6 dB, and the original and mask stay lossless. Jobs may ask for png or webp_lossless.
     cutout_format: CutoutFormat = CutoutFormat.WEBP
-    webp_quality: int = Field(default=90, ge=1, le=100)
-    max_image_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    webp_quality: int = Field(default=DEFAULT_WEBP_QUALITY, ge=1, le=100)
     # The sweeper judges a job lost only when it really is (docs/failures.md), never for waiting in a queue:
     # - its request was never acknowledged by the broker and the row is older than this. Intake publishes
     #   within milliseconds of the insert and the producer gives up after 15 s (request_timeout_ms), so

@@ -20,6 +20,7 @@ def test_production_refuses_dev_credentials(monkeypatch: pytest.MonkeyPatch) -> 
         BaseServiceSettings()
     message = str(err.value)
     assert "RMBG_S3__ACCESS_KEY" in message and "RMBG_S3__SECRET_KEY" in message and "RMBG_POSTGRES__DSN" in message
+    assert "RMBG_AUTH__KEY_PEPPER" in message and "RMBG_AUTH__ENCRYPTION_KEYS" in message
 
 
 def test_production_with_real_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,9 +28,11 @@ def test_production_with_real_credentials(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("RMBG_S3__ACCESS_KEY", "AKIAEXAMPLE")
     monkeypatch.setenv("RMBG_S3__SECRET_KEY", "a-real-secret")
     monkeypatch.setenv("RMBG_POSTGRES__DSN", "postgresql://rmbg:pw@db:5432/rmbg")
-    monkeypatch.setenv("RMBG_INGEST__MAX_IMAGE_BYTES", "1048576")
+    monkeypatch.setenv("RMBG_AUTH__KEY_PEPPER", "a-real-pepper")
+    monkeypatch.setenv("RMBG_AUTH__ENCRYPTION_KEYS", "dGhpcy1pcy1hLXJlYWwtMzItYnl0ZS1rZXktLS0tLS0=")
+    monkeypatch.setenv("RMBG_IMAGES__MAX_BYTES", "1048576")
     settings = IngestSettings()
-    assert settings.ingest.max_image_bytes == 1_048_576
+    assert settings.images.max_bytes == 1_048_576
     assert settings.postgres.dsn.get_secret_value().endswith("/rmbg")
 
 

@@ -112,9 +112,10 @@ async def submit_job(
     if callback_url is not None:
         check_url(callback_url, policy)
     options = res.settings.ingest
-    data = await image.read(options.max_image_bytes + 1) if image is not None else None
-    if data is not None and len(data) > options.max_image_bytes:
-        raise ApiError(413, "too_large", f"image exceeds the limit of {options.max_image_bytes} bytes")
+    max_bytes = res.settings.images.max_bytes
+    data = await image.read(max_bytes + 1) if image is not None else None
+    if data is not None and len(data) > max_bytes:
+        raise ApiError(413, "too_large", f"image exceeds the limit of {max_bytes} bytes")
     idempotency = (
         Idempotency(
             key=idempotency_key,
@@ -138,7 +139,7 @@ async def submit_job(
             res.outbound,
             check_url(image_url, policy),
             policy=policy,
-            max_bytes=options.max_image_bytes,
+            max_bytes=max_bytes,
             timeout_s=options.fetch_timeout_s,
         )
         data = fetched.data

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from shared.config import PostgresSettings
-from shared.db import default_queries
 from shared.db.pool import create_pool
+from shared.db.queryset import default_queries
 from shared.db.repositories import (
     JobsRepository,
     KeysRepository,
@@ -35,7 +35,7 @@ class Database:
     async def ping(self) -> None:
         """One round trip on a pooled connection; raises when PostgreSQL is unreachable."""
         async with self.pool.acquire() as conn:
-            await default_queries().fetchval("ping", conn)
+            await default_queries().ping(conn)
 
 
 @contextlib.asynccontextmanager

@@ -102,31 +102,33 @@ class _TimedQueries(Queries):
         self.seconds[name] += time.perf_counter() - t0
         self.calls[name] += 1
 
-    async def fetch(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> list[asyncpg.Record]:
+    # The four primitives every typed statement method runs through (shared.db.queryset.Queries).
+
+    async def _rows(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> list[asyncpg.Record]:
         t0 = time.perf_counter()
         try:
-            return await super().fetch(name, conn, **params)
+            return await super()._rows(name, conn, **params)
         finally:
             self._add(name, t0)
 
-    async def fetchrow(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> asyncpg.Record | None:
+    async def _row(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> asyncpg.Record | None:
         t0 = time.perf_counter()
         try:
-            return await super().fetchrow(name, conn, **params)
+            return await super()._row(name, conn, **params)
         finally:
             self._add(name, t0)
 
-    async def fetchval(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> Any:
+    async def _value(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            return await super().fetchval(name, conn, **params)
+            return await super()._value(name, conn, **params)
         finally:
             self._add(name, t0)
 
-    async def execute(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> str:
+    async def _status(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> str:
         t0 = time.perf_counter()
         try:
-            return await super().execute(name, conn, **params)
+            return await super()._status(name, conn, **params)
         finally:
             self._add(name, t0)
 
@@ -203,8 +205,7 @@ async def ours_retention(conn: asyncpg.Connection, dsn: str, cutoff: date) -> di
     out["checks"] = {
         "user_job_counts total == jobs left": await conn.fetchval("SELECT sum(jobs) FROM user_job_counts") == jobs,
         "params_job_count(all days) == COUNT over jobs left": (
-            await queries.fetchval("params_job_count", conn, contains=t09, date_from=date(2000, 1, 1),
-                                   date_to=date(2100, 1, 1))
+            await queries.params_job_count(conn, contains=t09, date_from=date(2000, 1, 1), date_to=date(2100, 1, 1))
             == await conn.fetchval(baseline.PARAMS_COUNT, t09)),
     }
     out["ledger"] = await _ledger_prune(conn, queries)
@@ -216,7 +217,7 @@ async def _ledger_prune(conn: asyncpg.Connection, queries: Queries) -> dict[str,
     first = await conn.fetchval("SELECT min(stat_date) FROM stats_ledger")
     out: dict[str, Any] = {"before": await _state(conn, "stats_ledger")}
     t0 = time.perf_counter()
-    out["rows"] = int(await queries.fetchval("prune_ledger", conn, before=first + timedelta(days=1)))
+    out["rows"] = int(await queries.prune_ledger(conn, before=first + timedelta(days=1)))
     out["s"] = time.perf_counter() - t0
     out["after"] = await _state(conn, "stats_ledger")
     _, out["vacuum_s"] = await _timed(conn, "VACUUM stats_ledger")

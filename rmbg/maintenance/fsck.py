@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from shared.contracts import CutoutFormat, ProcessingParams
 from shared.database import Database
-from shared.db import Queries, default_queries
+from shared.db.queryset import Queries, default_queries
 from shared.imaging import CUTOUT_CONTENT_TYPES, DEFAULT_WEBP_QUALITY, make_cutout
 from shared.storage import ObjectStore
 
@@ -78,7 +78,7 @@ class Fsck:
         low = bytes([shard])
         high = bytes([shard + 1]) if shard < 255 else b"\xff" * 33
         async with self._db.pool.acquire() as conn:
-            rows = await self._q.fetch("jobs_in_shard", conn, low=low, high=high)
+            rows = await self._q.jobs_in_shard(conn, low=low, high=high)
         listed: dict[str, datetime | None] = {}
         for prefix in PREFIXES:
             async for obj in self._store.iter_keys(f"{prefix}/{shard:02x}/"):
@@ -130,10 +130,10 @@ class Fsck:
     async def _delete_orphans(self, orphans: list[str], report: FsckReport) -> None:
         shas = {bytes.fromhex(k.split("/")[2].split(".")[0]) for k in orphans if _sha_of(k)}
         async with self._db.pool.acquire() as conn, conn.transaction():
-            await self._q.execute("lock_objects_exclusive", conn)
+            await self._q.lock_objects_exclusive(conn)
             # Re-check under the lock: a job may have started using one of these keys since the listing.
             still_used = {
-                r["path"] for r in await self._q.fetch("paths_for_contents", conn, shas=sorted(shas))
+                r["path"] for r in await self._q.paths_for_contents(conn, shas=sorted(shas))
             }
             doomed = [k for k in orphans if k not in still_used]
             report.orphans_deleted += await self._store.delete_many(doomed)

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime
 
 import asyncpg
 
-from shared.db import Queries, default_queries
+from shared.db.queryset import Queries, default_queries
 
 PARTITIONED_TABLES: tuple[str, ...] = ("image_process_jobs", "image_tags")
 
@@ -43,7 +43,7 @@ async def ensure_partitions(
         raise ValueError(f"months must be 1..240, got {months}")
     q = queries or default_queries()
     async with conn.transaction():
-        rows = await q.fetch("ensure_partitions", conn, start=start, months=months)
+        rows = await q.ensure_partitions(conn, start=start, months=months)
     return [str(row["name"]) for row in rows]
 
 
@@ -52,5 +52,5 @@ async def list_partitions(conn: asyncpg.Connection, *, table: str, queries: Quer
     if table not in PARTITIONED_TABLES:
         raise ValueError(f"{table} is not a partitioned table of this schema")
     q = queries or default_queries()
-    rows = await q.fetch("list_partitions", conn, parent=table)
+    rows = await q.list_partitions(conn, parent=table)
     return [str(row["name"]) for row in rows]

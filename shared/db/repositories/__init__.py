@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.db import Queries, default_queries
+from shared.db.queryset import Queries, default_queries
 from shared.db.repositories.jobs import InvalidCursor, JobsRepository, decode_cursor, encode_cursor
 from shared.db.repositories.keys import KeysRepository
 from shared.db.repositories.stats import ReconcileRefused, StatsRepository

@@ -13,14 +13,14 @@ import binascii
 import math
 import struct
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 from uuid import UUID
 
 import asyncpg
 
-from shared.db import Queries, default_queries
 from shared.db.models import JobRecord, JobSource, JobStatus, UserJobCount
 from shared.db.partitions import ensure_partitions, month_start
+from shared.db.queryset import Queries, default_queries
 from shared.exceptions import RmbgError
 from shared.failures import clean_text
 from shared.ids import uuid7_time
@@ -28,6 +28,37 @@ from shared.ids import uuid7_time
 MAX_PAGE = 1000  # a larger page is a scan in disguise; callers page with the cursor instead
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CURSOR_V1 = struct.Struct(">Bq16s")  # version, microseconds since epoch, job id: 25 bytes, 34 chars
+
+
+class _NewJob(TypedDict):
+    # insert_job's parameters, built once and sent twice when a month's partition was missing. A TypedDict,
+    # so that mypy checks the keys against the statement's method as it would check keyword arguments.
+    job_id: UUID
+    created_at: datetime
+    user_id: str
+    original_path: str
+    status: JobStatus
+    error_message: str | None
+    image_width: int | None
+    image_height: int | None
+    file_size_kb: int
+    params: dict[str, Any]
+    params_hash: str
+    content_sha256: bytes
+    model_name: str
+    original_bytes: int
+    source: JobSource
+
+
+class _ListFilters(TypedDict):
+    # The filters the three list_jobs statements share (see list_jobs).
+    status: str | None
+    params: dict[str, Any] | None
+    created_from: datetime | None
+    created_to: datetime | None
+    cursor_created_at: datetime | None
+    cursor_job_id: UUID | None
+    limit: int
 
 
 class InvalidCursor(RmbgError, ValueError):
@@ -97,7 +128,7 @@ class JobsRepository:
             raise ValueError("original_bytes must be >= 0")
         created_at = uuid7_time(job_id)  # raises ValueError for an id that is not a UUIDv7
         names = normalise_tags(tags)
-        args: dict[str, Any] = {
+        args: _NewJob = {
             "job_id": job_id,
             "created_at": created_at,
             "user_id": user_id,
@@ -124,18 +155,17 @@ class JobsRepository:
         await ensure_partitions(conn, start=month_start(created_at), months=1, queries=self._q)
         return await self._insert_once(conn, args, names)
 
-    async def _insert_once(self, conn: asyncpg.Connection, args: dict[str, Any], names: list[str]) -> bool:
+    async def _insert_once(self, conn: asyncpg.Connection, args: _NewJob, names: list[str]) -> bool:
         if not names and not conn.is_in_transaction():
             # One statement is atomic by itself: no BEGIN/COMMIT round trips for an untagged job.
-            return bool(await self._q.fetchval("insert_job", conn, **args))
+            return bool(await self._q.insert_job(conn, **args))
         # Inside a caller's transaction this is a savepoint, so a missing-partition failure can be
         # retried without aborting the caller's work.
         async with conn.transaction():
-            inserted = bool(await self._q.fetchval("insert_job", conn, **args))
+            inserted = bool(await self._q.insert_job(conn, **args))
             if inserted and names:
-                await self._q.execute("create_tags", conn, names=names)
-                await self._q.execute(
-                    "link_tags",
+                await self._q.create_tags(conn, names=names)
+                await self._q.link_tags(
                     conn,
                     job_id=args["job_id"],
                     created_at=args["created_at"],
@@ -150,23 +180,22 @@ class JobsRepository:
         was stored since :meth:`object_deletion_epoch` was read, then compare the epoch again."""
         if not conn.is_in_transaction():
             raise RuntimeError("lock_objects_shared must run inside a transaction")
-        await self._q.execute("lock_objects_shared", conn)
+        await self._q.lock_objects_shared(conn)
 
     async def backlog(self, conn: asyncpg.Connection, *, rank: int) -> tuple[int, datetime | None]:
         """(unfinished jobs, the last update of the ``rank``-th longest-waiting one, None if fewer)."""
-        row = await self._q.fetchrow("backlog", conn, rank=max(1, rank))
+        row = await self._q.backlog(conn, rank=max(1, rank))
         if row is None:
             return 0, None
         return int(row["jobs"]), row["waiting_since"]
 
     async def object_deletion_epoch(self, conn: asyncpg.Connection) -> int:
         """A number that changes whenever retention deletes objects (migration 0007)."""
-        return int(await self._q.fetchval("object_deletion_epoch", conn))
+        return int(await self._q.object_deletion_epoch(conn))
 
     async def mark_queued(self, conn: asyncpg.Connection, *, job_id: UUID, partition: int, offset: int) -> None:
         """Record where the broker acknowledged the job's latest request (the sweeper judges by it)."""
-        await self._q.execute(
-            "mark_queued",
+        await self._q.mark_queued(
             conn,
             job_id=job_id,
             created_at=uuid7_time(job_id),
@@ -180,7 +209,7 @@ class JobsRepository:
         """The job with its tags, or None. Probes one partition (created_at comes from the id)."""
         if job_id.version != 7:
             return None  # no job has any other kind of id
-        row = await self._q.fetchrow("get_job", conn, job_id=job_id, created_at=uuid7_time(job_id))
+        row = await self._q.get_job(conn, job_id=job_id, created_at=uuid7_time(job_id))
         return JobRecord.from_row(row) if row is not None else None
 
     # -- transitions ------------------------------------------------------------------------------
@@ -189,8 +218,7 @@ class JobsRepository:
         self, conn: asyncpg.Connection, *, job_id: UUID, started_at: datetime, attempt: int
     ) -> JobRecord | None:
         """pending -> processing; attempts becomes max(attempts, attempt). None when not pending."""
-        row = await self._q.fetchrow(
-            "mark_processing",
+        row = await self._q.mark_processing(
             conn,
             job_id=job_id,
             created_at=uuid7_time(job_id),
@@ -215,8 +243,7 @@ class JobsRepository:
         reused: bool,
     ) -> JobRecord | None:
         """pending|processing -> completed with its results. None when already finished."""
-        row = await self._q.fetchrow(
-            "mark_completed",
+        row = await self._q.mark_completed(
             conn,
             job_id=job_id,
             created_at=uuid7_time(job_id),
@@ -238,8 +265,7 @@ class JobsRepository:
         """pending|processing -> failed with the reason. None when already finished."""
         if not error_message:
             raise ValueError("a failed job needs its error_message")
-        row = await self._q.fetchrow(
-            "mark_failed",
+        row = await self._q.mark_failed(
             conn,
             job_id=job_id,
             created_at=uuid7_time(job_id),
@@ -254,8 +280,7 @@ class JobsRepository:
     ) -> bool:
         """Whether a job other than ``except_job_id`` completed with ``mask_path`` or may still use it."""
         return bool(
-            await self._q.fetchval(
-                "mask_wanted",
+            await self._q.mask_wanted(
                 conn,
                 content_sha256=sha256_bytes(content_sha256),
                 mask_path=mask_path,
@@ -267,26 +292,25 @@ class JobsRepository:
         """Hold (until the transaction ends) the objects lock alone, as retention does to delete objects."""
         if not conn.is_in_transaction():
             raise RuntimeError("lock_objects_exclusive must run inside a transaction")
-        await self._q.execute("lock_objects_exclusive", conn)
+        await self._q.lock_objects_exclusive(conn)
 
     async def record_retry(self, conn: asyncpg.Connection, *, job_id: UUID, seen_updated_at: datetime) -> int | None:
         """One more attempt for an unfinished job; the new attempt count, or None if finished/unknown."""
-        value = await self._q.fetchval(
-            "record_retry", conn, job_id=job_id, created_at=uuid7_time(job_id), seen_updated_at=seen_updated_at
+        value = await self._q.record_retry(
+            conn, job_id=job_id, created_at=uuid7_time(job_id), seen_updated_at=seen_updated_at
         )
         return int(value) if value is not None else None
 
     async def find_stuck(self, conn: asyncpg.Connection, *, updated_before: datetime, limit: int) -> list[JobRecord]:
         """Unfinished jobs not updated since ``updated_before``, longest-waiting first."""
-        rows = await self._q.fetch("find_stuck", conn, updated_before=_aware(updated_before), limit=_check_limit(limit))
+        rows = await self._q.find_stuck(conn, updated_before=_aware(updated_before), limit=_check_limit(limit))
         return [JobRecord.from_row(row) for row in rows]
 
     async def find_reusable_result(
         self, conn: asyncpg.Connection, *, content_sha256: str, model_name: str, params_hash: str
     ) -> JobRecord | None:
         """The newest completed job with the same image bytes, model and parameters, if any."""
-        row = await self._q.fetchrow(
-            "find_reusable_result",
+        row = await self._q.find_reusable_result(
             conn,
             content_sha256=sha256_bytes(content_sha256),
             model_name=model_name,
@@ -298,7 +322,7 @@ class JobsRepository:
 
     async def recent_completed(self, conn: asyncpg.Connection, *, user_id: str, limit: int = 10) -> list[JobRecord]:
         """Design query 1: the user's newest completed jobs."""
-        rows = await self._q.fetch("recent_completed", conn, user_id=user_id, limit=_check_limit(limit))
+        rows = await self._q.recent_completed(conn, user_id=user_id, limit=_check_limit(limit))
         return [JobRecord.from_row(row) for row in rows]
 
     async def page_completed(
@@ -310,10 +334,9 @@ class JobsRepository:
         timestamp are neither skipped nor repeated.
         """
         if before is None:
-            rows = await self._q.fetch("page_completed_first", conn, limit=_check_limit(limit))
+            rows = await self._q.page_completed_first(conn, limit=_check_limit(limit))
         else:
-            rows = await self._q.fetch(
-                "page_completed_after",
+            rows = await self._q.page_completed_after(
                 conn,
                 before_created_at=_aware(before[0]),
                 before_job_id=before[1],
@@ -325,7 +348,7 @@ class JobsRepository:
         self, conn: asyncpg.Connection, *, contains: dict[str, Any], limit: int = 20
     ) -> list[JobRecord]:
         """Design query 4: jobs whose params contain ``contains`` (JSONB @>), newest first."""
-        rows = await self._q.fetch("by_params", conn, contains=contains, limit=_check_limit(limit))
+        rows = await self._q.by_params(conn, contains=contains, limit=_check_limit(limit))
         return [JobRecord.from_row(row) for row in rows]
 
     async def user_job_quartiles(
@@ -334,9 +357,9 @@ class JobsRepository:
         """Design query 6: (user_id, job count, quartile 1-4) for jobs created since ``since``."""
         if since is None:
             # All time: one row per user from user_job_counts instead of a GROUP BY over every job.
-            rows = await self._q.fetch("user_job_quartiles_all", conn)
+            rows = await self._q.user_job_quartiles_all(conn)
         else:
-            rows = await self._q.fetch("user_job_quartiles", conn, since=_aware(since))
+            rows = await self._q.user_job_quartiles(conn, since=_aware(since))
         return [UserJobCount(str(r["user_id"]), int(r["job_count"]), int(r["quartile"])) for r in rows]
 
     async def list_jobs(
@@ -361,7 +384,7 @@ class JobsRepository:
             raise ValueError(f"unknown status {status!r}")
         limit = _check_limit(limit)
         position = decode_cursor(cursor) if cursor else None
-        args: dict[str, Any] = {
+        args: _ListFilters = {
             "status": status,
             "params": params,
             "created_from": _aware(created_from) if created_from is not None else None,
@@ -374,11 +397,11 @@ class JobsRepository:
         tag_name = tag.strip().lower() if tag is not None else ""
         # One statement per shape, so each keeps a plan that uses its index (see jobs.sql).
         if tag_name:
-            rows = await self._q.fetch("list_jobs_by_tag", conn, tag=tag_name, user_id=user_id, **args)
+            rows = await self._q.list_jobs_by_tag(conn, tag=tag_name, user_id=user_id, **args)
         elif user_id is not None:
-            rows = await self._q.fetch("list_jobs_for_user", conn, user_id=user_id, **args)
+            rows = await self._q.list_jobs_for_user(conn, user_id=user_id, **args)
         else:
-            rows = await self._q.fetch("list_jobs", conn, **args)
+            rows = await self._q.list_jobs(conn, **args)
         records = [JobRecord.from_row(row) for row in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:

@@ -8,9 +8,9 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.db import Queries, default_queries
 from shared.db.models import DailyStats, StatKind, UserSummary
 from shared.db.partitions import month_start, partition_name
+from shared.db.queryset import Queries, default_queries
 from shared.exceptions import RmbgError
 
 MAX_DAYS = 3660  # ten years of rows; daily_totals is a primary-key range, this only bounds a typo
@@ -42,8 +42,7 @@ class StatsRepository:
         """
         if kind not in get_args(StatKind):
             raise ValueError(f"unknown stats event kind {kind!r}")
-        counted = await self._q.fetchval(
-            "apply_event",
+        counted = await self._q.apply_event(
             conn,
             stat_date=stat_date,
             job_id=job_id,
@@ -53,7 +52,7 @@ class StatsRepository:
         return counted is True
 
     async def user_summary(self, conn: asyncpg.Connection, *, user_id: str, since: datetime) -> UserSummary:
-        row = await self._q.fetchrow("user_summary", conn, user_id=user_id, since=since)
+        row = await self._q.user_summary(conn, user_id=user_id, since=since)
         if row is None:  # pragma: no cover - an aggregate always returns one row
             raise RuntimeError("user_summary returned no row")
         return UserSummary.model_validate(dict(row))
@@ -68,12 +67,12 @@ class StatsRepository:
         if not 1 <= days <= MAX_DAYS:
             raise ValueError(f"days must be 1..{MAX_DAYS}, got {days}")
         day = today if today is not None else datetime.now(UTC).date()
-        rows = await self._q.fetch("daily_totals", conn, today=day, days=days)
+        rows = await self._q.daily_totals(conn, today=day, days=days)
         return [DailyStats.from_row(row) for row in rows]
 
     async def totals_from_jobs(self, conn: asyncpg.Connection, *, stat_date: date) -> DailyStats:
         """The day's figures computed from the jobs table (what processing_stats should hold)."""
-        row = await self._q.fetchrow("totals_from_jobs", conn, stat_date=stat_date)
+        row = await self._q.totals_from_jobs(conn, stat_date=stat_date)
         if row is None:  # pragma: no cover - an aggregate always returns a row
             raise RuntimeError("totals_from_jobs returned no row")
         return DailyStats.from_row(row)
@@ -87,16 +86,16 @@ class StatsRepository:
         history that processing_stats alone still holds.
         """
         month = month_start(stat_date)
-        if not await self._q.fetchval("partition_exists", conn, relation=partition_name("image_process_jobs", month)):
+        if not await self._q.partition_exists(conn, relation=partition_name("image_process_jobs", month)):
             raise ReconcileRefused(
                 f"no jobs partition for {month:%Y-%m}: the jobs of {stat_date} are gone, "
                 "so processing_stats keeps that day as counted"
             )
         async with conn.transaction():
-            await self._q.execute("lock_stats_ledger", conn)
-            row = await self._q.fetchrow("reconcile_day", conn, stat_date=stat_date)
-            await self._q.execute("clear_params_day", conn, stat_date=stat_date)
-            await self._q.execute("reconcile_params_day", conn, stat_date=stat_date)
+            await self._q.lock_stats_ledger(conn)
+            row = await self._q.reconcile_day(conn, stat_date=stat_date)
+            await self._q.clear_params_day(conn, stat_date=stat_date)
+            await self._q.reconcile_params_day(conn, stat_date=stat_date)
         if row is None:  # pragma: no cover - INSERT .. ON CONFLICT DO UPDATE always returns the row
             raise RuntimeError("reconcile_day returned no row")
         return DailyStats.from_row(row)
@@ -105,16 +104,14 @@ class StatsRepository:
         self, conn: asyncpg.Connection, *, stat_date: date, params_hash: str, params: dict[str, Any]
     ) -> None:
         """Count one accepted job under its parameters; call only when apply_event counted it."""
-        await self._q.execute("count_params", conn, stat_date=stat_date, params_hash=params_hash, params=params)
+        await self._q.count_params(conn, stat_date=stat_date, params_hash=params_hash, params=params)
 
     async def params_job_count(
         self, conn: asyncpg.Connection, *, contains: dict[str, Any], date_from: date, date_to: date
     ) -> int:
         """How many jobs were accepted between the two days (inclusive) whose params contain ``contains``."""
         return int(
-            await self._q.fetchval(
-                "params_job_count", conn, contains=contains, date_from=date_from, date_to=date_to
-            )
+            await self._q.params_job_count(conn, contains=contains, date_from=date_from, date_to=date_to)
         )
 
     async def params_counts_from_jobs(
@@ -122,19 +119,17 @@ class StatsRepository:
     ) -> int:
         """The same count by scanning the jobs (tests and checks only)."""
         return int(
-            await self._q.fetchval(
-                "params_counts_from_jobs", conn, contains=contains, date_from=date_from, date_to=date_to
-            )
+            await self._q.params_counts_from_jobs(conn, contains=contains, date_from=date_from, date_to=date_to)
         )
 
     async def prune_ledger(self, conn: asyncpg.Connection, *, before: date) -> int:
         """Forget the dedup entries of days before ``before``; returns the rows removed."""
-        return int(await self._q.fetchval("prune_ledger", conn, before=before))
+        return int(await self._q.prune_ledger(conn, before=before))
 
     async def count_user(self, conn: asyncpg.Connection, *, user_id: str) -> None:
         """Count one accepted job for its user; call only when apply_event counted it."""
-        await self._q.execute("count_user", conn, user_id=user_id)
+        await self._q.count_user(conn, user_id=user_id)
 
     async def rebuild_user_counts(self, conn: asyncpg.Connection) -> None:
         """Recompute user_job_counts from the jobs table (a repair; scans every job)."""
-        await self._q.execute("rebuild_user_counts", conn)
+        await self._q.rebuild_user_counts(conn)

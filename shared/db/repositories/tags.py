@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from shared.db import Queries, default_queries
 from shared.db.models import TagMatch
+from shared.db.queryset import Queries, default_queries
 from shared.db.repositories.jobs import normalise_tags
 
 MAX_RESULTS = 100
@@ -33,9 +33,9 @@ class TagsRepository:
         if not needle:
             return []
         if user_id is not None:
-            rows = await self._q.fetch("search_user_tags", conn, user_id=user_id, query=needle, limit=limit)
+            rows = await self._q.search_user_tags(conn, user_id=user_id, query=needle, limit=limit)
         else:
-            rows = await self._q.fetch("search_tags", conn, query=needle, limit=limit)
+            rows = await self._q.search_tags(conn, query=needle, limit=limit)
         return [TagMatch(tag_id=r["tag_id"], name=r["name"], similarity=r["similarity"]) for r in rows]
 
     async def ensure(self, conn: asyncpg.Connection, *, names: list[str]) -> dict[str, int]:
@@ -43,6 +43,6 @@ class TagsRepository:
         wanted = normalise_tags(names)
         if not wanted:
             return {}
-        await self._q.execute("create_tags", conn, names=wanted)
-        rows = await self._q.fetch("get_tag_names", conn, names=wanted)
+        await self._q.create_tags(conn, names=wanted)
+        rows = await self._q.get_tag_names(conn, names=wanted)
         return {str(r["name"]): int(r["tag_id"]) for r in rows}

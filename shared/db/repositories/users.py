@@ -6,8 +6,8 @@ from datetime import datetime
 
 import asyncpg
 
-from shared.db import Queries, default_queries
 from shared.db.models import UserRecord
+from shared.db.queryset import Queries, default_queries
 
 
 class UsersRepository:
@@ -30,8 +30,7 @@ class UsersRepository:
         The email arrives encrypted with its digest (shared.auth.EmailCipher). Raises
         asyncpg.UniqueViolationError when the digest belongs to another user.
         """
-        row = await self._q.fetchrow(
-            "upsert_user",
+        row = await self._q.upsert_user(
             conn,
             user_id=user_id,
             username=username,
@@ -43,13 +42,13 @@ class UsersRepository:
         return UserRecord.from_row(row)
 
     async def get(self, conn: asyncpg.Connection, *, user_id: str) -> UserRecord | None:
-        row = await self._q.fetchrow("get_user", conn, user_id=user_id)
+        row = await self._q.get_user(conn, user_id=user_id)
         return UserRecord.from_row(row) if row is not None else None
 
     async def find_by_email(self, conn: asyncpg.Connection, *, email_digest: bytes) -> UserRecord | None:
-        row = await self._q.fetchrow("find_user_by_email", conn, email_digest=email_digest)
+        row = await self._q.find_user_by_email(conn, email_digest=email_digest)
         return UserRecord.from_row(row) if row is not None else None
 
     async def touch_login(self, conn: asyncpg.Connection, *, user_id: str, at: datetime | None = None) -> bool:
         """Set last_login (now by default); False when the user does not exist."""
-        return await self._q.fetchval("touch_login", conn, user_id=user_id, at=at) is True
+        return await self._q.touch_login(conn, user_id=user_id, at=at) is True

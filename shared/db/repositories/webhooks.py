@@ -17,7 +17,7 @@ from uuid import UUID
 import asyncpg
 from pydantic import BaseModel, ConfigDict
 
-from shared.db import Queries, default_queries
+from shared.db.queryset import Queries, default_queries
 from shared.failures import clean_text
 
 # Errors are kept readable, not whole: an exception chain or an HTML error page is cut here.
@@ -109,20 +109,18 @@ class WebhooksRepository:
         """Give the job a callback: ``pending`` (``due`` when the job has ended already); None when the job
         had one already (a retried intake keeps the first). Call it inside intake's transaction, before or
         after the job's insert; ``url`` must have passed ``shared.outbound.check_url``."""
-        state = await self._q.fetchval(
-            "register_webhook", conn, job_id=job_id, created_at=created_at, user_id=user_id, url=url
-        )
+        state = await self._q.register_webhook(conn, job_id=job_id, created_at=created_at, user_id=user_id, url=url)
         return cast(WebhookState | None, state)
 
     async def get(self, conn: asyncpg.Connection, *, job_id: UUID) -> WebhookRecord | None:
-        row = await self._q.fetchrow("get_webhook", conn, job_id=job_id)
+        row = await self._q.get_webhook(conn, job_id=job_id)
         return WebhookRecord.from_row(row) if row is not None else None
 
     async def claim_due(self, conn: asyncpg.Connection, *, limit: int, lease_s: float) -> list[WebhookRecord]:
         """Up to ``limit`` due rows, each leased to this caller for ``lease_s`` with its attempt number drawn
         (``attempts``) and a fresh ``lease_token``. Run it outside a longer transaction: the lease is what
         keeps other replicas off, and it only counts once committed."""
-        rows = await self._q.fetch("claim_due_webhooks", conn, limit=limit, lease_s=float(lease_s))
+        rows = await self._q.claim_due_webhooks(conn, limit=limit, lease_s=float(lease_s))
         return [WebhookRecord.from_row(r) for r in rows]
 
     async def record_attempt(
@@ -141,8 +139,7 @@ class WebhooksRepository:
             raise ValueError("record_attempt needs a row returned by claim_due")
         error = clean_text(result.error, limit=_MAX_ERROR_CHARS) if result.error else None
         async with conn.transaction():
-            await self._q.execute(
-                "insert_attempt",
+            await self._q.insert_attempt(
                 conn,
                 job_id=claimed.job_id,
                 attempt=claimed.attempts,
@@ -151,8 +148,7 @@ class WebhooksRepository:
                 latency_ms=max(0, result.latency_ms),
                 error=error,
             )
-            applied = await self._q.fetchval(
-                "finish_attempt",
+            applied = await self._q.finish_attempt(
                 conn,
                 job_id=claimed.job_id,
                 lease_token=claimed.lease_token,
@@ -169,20 +165,20 @@ class WebhooksRepository:
     ) -> tuple[WebhookRecord, list[WebhookAttempt]] | None:
         """The caller's webhook for the job with every attempt, oldest first; None when the job has no
         webhook or is another user's (the API answers both with the same 404)."""
-        row = await self._q.fetchrow("webhook_for_user", conn, job_id=job_id, user_id=user_id)
+        row = await self._q.webhook_for_user(conn, job_id=job_id, user_id=user_id)
         if row is None:
             return None
-        attempts = await self._q.fetch("attempts_of", conn, job_id=job_id)
+        attempts = await self._q.attempts_of(conn, job_id=job_id)
         return WebhookRecord.from_row(row), [WebhookAttempt.from_row(a) for a in attempts]
 
     async def prune(self, conn: asyncpg.Connection, *, before: datetime) -> int:
         """Delete the webhooks (and attempts) of jobs created before ``before``: retention's cutoff."""
-        return int(await self._q.fetchval("prune_webhooks", conn, before=before))
+        return int(await self._q.prune_webhooks(conn, before=before))
 
     # -- signing secrets ----------------------------------------------------------------------------
 
     async def get_secret(self, conn: asyncpg.Connection, *, user_id: str) -> WebhookSecretRecord | None:
-        row = await self._q.fetchrow("get_webhook_secret", conn, user_id=user_id)
+        row = await self._q.get_webhook_secret(conn, user_id=user_id)
         return WebhookSecretRecord.from_row(row) if row is not None else None
 
     async def get_or_create_secret(
@@ -193,11 +189,9 @@ class WebhooksRepository:
         found = await self.get_secret(conn, user_id=user_id)
         if found is not None:
             return found
-        row = await self._q.fetchrow(
-            "create_webhook_secret", conn, user_id=user_id, secret_encrypted=candidate_encrypted
-        )
+        row = await self._q.create_webhook_secret(conn, user_id=user_id, secret_encrypted=candidate_encrypted)
         if row is None:
-            row = await self._q.fetchrow("get_webhook_secret", conn, user_id=user_id)
+            row = await self._q.get_webhook_secret(conn, user_id=user_id)
         if row is None:  # pragma: no cover - the conflicting row cannot vanish: secrets are never deleted
             raise RuntimeError(f"webhook secret of {user_id} vanished")
         return WebhookSecretRecord.from_row(row)
@@ -206,8 +200,7 @@ class WebhooksRepository:
         self, conn: asyncpg.Connection, *, user_id: str, secret_encrypted: bytes, previous_until: datetime
     ) -> WebhookSecretRecord:
         """Replace the user's secret; the old one keeps signing beside it until ``previous_until``."""
-        row = await self._q.fetchrow(
-            "rotate_webhook_secret",
+        row = await self._q.rotate_webhook_secret(
             conn,
             user_id=user_id,
             secret_encrypted=secret_encrypted,

@@ -10,7 +10,7 @@ import asyncpg
 from shared.auth import ApiKeys, EmailCipher, IssuedKey
 from shared.cache import open_redis
 from shared.config import BaseServiceSettings
-from shared.database import Database, open_database
+from shared.db import Database, open_database
 from shared.db.models import ApiKeyRecord
 from shared.exceptions import ContractError
 

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from rmbg.maintenance.fsck import Fsck, FsckReport
 from rmbg.maintenance.retention import Retention, RetentionReport
 from shared.config import BaseServiceSettings
-from shared.database import Database, open_database
+from shared.db import Database, open_database
 from shared.storage import ObjectStore, open_object_store
 
 

@@ -8,7 +8,7 @@ import uuid
 import asyncpg
 from aiokafka.structs import RecordMetadata
 
-from shared.database import Database
+from shared.db import Database
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from shared.cache import JobCache, open_redis
 from shared.config import BaseServiceSettings
 from shared.contracts import Topics
-from shared.database import Database, open_database
+from shared.db import Database, open_database
 from shared.messaging import open_producer
 from shared.outbound import open_outbound
 from shared.storage import ObjectStore, open_object_store

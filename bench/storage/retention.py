@@ -17,10 +17,8 @@ import asyncpg
 from bench.storage import baseline
 from bench.storage.log import log
 from rmbg.maintenance.retention import Retention
-from shared.database import Database
-from shared.db import Queries
+from shared.db import Database, Queries
 from shared.db.pool import create_pool
-from shared.db.repositories import create_repositories
 from shared.storage import ObjectStore
 
 # The leaves of a partitioned table, or the table itself (pg_partition_tree has no row for a plain one).
@@ -181,8 +179,7 @@ async def ours_retention(conn: asyncpg.Connection, dsn: str, cutoff: date) -> di
     s3 = _NullS3()
     pool = await create_pool(dsn, min_size=1, max_size=2, command_timeout=3600)
     try:
-        repos = create_repositories(queries)
-        db = Database(pool=pool, jobs=repos.jobs, stats=repos.stats, tags=repos.tags, users=repos.users)
+        db = Database.over(pool, queries)
         retention = Retention(db, ObjectStore(s3, "bench"), queries=queries)
         report = await retention.run(cutoff=datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=UTC))
     finally:

@@ -16,7 +16,7 @@ import asyncpg
 from rmbg.drills.pipeline import until
 from rmbg.maintenance.fsck import Fsck
 from shared.config import BaseServiceSettings
-from shared.database import open_database
+from shared.db import open_database
 from shared.db.models import TERMINAL_STATUSES
 from shared.storage import ObjectStore, open_object_store
 

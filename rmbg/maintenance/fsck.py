@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from shared.contracts import CutoutFormat, ProcessingParams
-from shared.database import Database
+from shared.db import Database
 from shared.db.queryset import Queries, default_queries
 from shared.imaging import CUTOUT_CONTENT_TYPES, DEFAULT_WEBP_QUALITY, make_cutout
 from shared.storage import ObjectStore

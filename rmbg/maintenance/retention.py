@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime
 
 import asyncpg
 
-from shared.database import Database
+from shared.db import Database
 from shared.db.partitions import list_partitions, month_start
 from shared.db.queryset import Queries, default_queries
 from shared.storage import ObjectStore

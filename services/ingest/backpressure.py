@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services.ingest.settings import IngestOptions
-from shared.database import Database
+from shared.db import Database
 from shared.exceptions import Overloaded
 
 # Retry-After bounds: a client comes back soon enough to keep the pipeline fed, not so soon it hammers us.

@@ -28,7 +28,7 @@ from services.ingest.settings import IngestOptions
 from shared.cache import JobCache
 from shared.config import ImageLimits
 from shared.contracts import JobEvent, JobEventKind, ProcessingParams, Topics
-from shared.database import Database
+from shared.db import Database
 from shared.db.models import JobRecord, JobStatus
 from shared.exceptions import ContractError, ImageRejected
 from shared.ids import uuid7

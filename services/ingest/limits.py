@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.auth import Principal
-from shared.database import Database
+from shared.db import Database
 from shared.exceptions import RateLimited
 
 log = logging.getLogger(__name__)

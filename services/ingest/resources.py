@@ -17,7 +17,7 @@ from services.ingest.settings import IngestSettings
 from shared.auth import ApiKeys, EmailCipher
 from shared.cache import JobCache
 from shared.contracts import Topics
-from shared.database import Database
+from shared.db import Database
 from shared.runtime import ServiceRuntime
 from shared.storage import ObjectStore
 from shared.telemetry import PipelineMetrics

@@ -27,7 +27,7 @@ from shared.contracts import (
     ResultKind,
     Topics,
 )
-from shared.database import Database
+from shared.db import Database
 from shared.db.models import JobRecord
 from shared.exceptions import ContractError, Deferred, StorageError
 from shared.imaging import CUTOUT_CONTENT_TYPES, make_cutout

@@ -29,7 +29,7 @@ from services.persister.settings import PersisterOptions
 from shared.cache import JobCache
 from shared.config import KafkaSettings
 from shared.contracts import JobEventKind, Topics
-from shared.database import Database
+from shared.db import Database
 from shared.db.models import JobRecord
 from shared.db.partitions import ensure_partitions
 from shared.messaging import committed_offsets, publish

@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.persister.settings import WebhookOptions
 from shared.config import OutboundSettings
-from shared.database import Database
+from shared.db import Database
 from shared.db.models import JobRecord, JobStatus
 from shared.db.repositories.webhooks import AttemptResult, WebhookRecord, WebhookState
 from shared.exceptions import FetchRefused

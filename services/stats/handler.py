@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from aiokafka import AIOKafkaProducer
 
 from shared.contracts import JobEvent, JobEventKind, Topics
-from shared.database import Database
+from shared.db import Database
 from shared.db.models import StatKind
 from shared.exceptions import ContractError
 from shared.messaging import DeadLetters

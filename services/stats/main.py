@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from services.stats.handler import StatsHandler
 from services.stats.settings import StatsOptions, StatsSettings
-from shared.database import Database
+from shared.db import Database
 from shared.runtime import ServiceRuntime, every, run_service
 from shared.telemetry import configure_logging
 from shared.worker import LoopOptions, consume_topic

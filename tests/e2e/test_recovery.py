@@ -13,7 +13,7 @@ from services.persister.settings import PersisterOptions
 from services.persister.sweeper import Sweeper
 from shared.cache import open_cache
 from shared.contracts import ProcessingParams, ResultEvent, ResultKind, Topics
-from shared.database import open_database
+from shared.db import open_database
 from shared.ids import uuid7
 from shared.messaging import open_producer, publish
 from shared.storage import ObjectKeys, open_object_store

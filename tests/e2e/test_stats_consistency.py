@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from rmbg.demo import sample_bytes
-from shared.database import open_database
+from shared.db import open_database
 from tests.e2e.conftest import Pipeline
 from tests.e2e.test_pipeline import _submit, _wait
 

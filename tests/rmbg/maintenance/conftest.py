@@ -12,7 +12,7 @@ import pytest
 from rmbg.stack import StackEndpoints
 from rmbg.stack.postgres import LOCAL_ADMIN_DSN, drop_database, ensure_database, with_database
 from shared.config import PostgresSettings, S3Settings
-from shared.database import Database, open_database
+from shared.db import Database, open_database
 from shared.db.migrate import upgrade
 from shared.storage import ObjectStore, open_object_store
 

@@ -15,7 +15,7 @@ from PIL import Image
 from rmbg.maintenance.fsck import Fsck
 from rmbg.maintenance.retention import Retention
 from shared.contracts import CutoutFormat, ProcessingParams
-from shared.database import Database
+from shared.db import Database
 from shared.db.partitions import list_partitions
 from shared.ids import uuid7
 from shared.imaging import encode_mask_png, make_cutout

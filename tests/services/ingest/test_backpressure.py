@@ -21,7 +21,7 @@ from services.ingest.backpressure import Backpressure
 from services.ingest.settings import IngestOptions, IngestSettings
 from shared.config import PostgresSettings
 from shared.contracts import ProcessingParams
-from shared.database import Database, open_database
+from shared.db import Database, open_database
 from shared.db.migrate import upgrade
 from shared.exceptions import Overloaded
 from shared.ids import uuid7

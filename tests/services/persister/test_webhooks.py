@@ -26,7 +26,7 @@ from services.persister.settings import WebhookOptions
 from services.persister.webhooks import WebhookDispatcher, WebhookMetrics
 from shared.auth import SecretCipher
 from shared.config import AuthSettings, OutboundSettings, PostgresSettings
-from shared.database import Database, open_database
+from shared.db import Database, open_database
 from shared.db.migrate import upgrade
 from shared.db.repositories.webhooks import WebhookAttempt, WebhookRecord
 from shared.ids import uuid7, uuid7_time

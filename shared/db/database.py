@@ -1,8 +1,9 @@
-"""The database handle a service holds: one pool and the repositories, opened and closed together."""
+"""The database handle a service holds: one pool and the repositories over it, opened and closed together."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -10,27 +11,23 @@ import asyncpg
 
 from shared.config import PostgresSettings
 from shared.db.pool import create_pool
-from shared.db.queryset import default_queries
-from shared.db.repositories import (
-    JobsRepository,
-    KeysRepository,
-    StatsRepository,
-    TagsRepository,
-    UsersRepository,
-    WebhooksRepository,
-    create_repositories,
-)
+from shared.db.queryset import Queries, default_queries
+from shared.db.repositories import Repositories, create_repositories
 
 
 @dataclass(frozen=True)
-class Database:
+class Database(Repositories):
+    """The repositories (``db.jobs``, ``db.stats``, ...: the fields of :class:`Repositories`) and the pool
+    their callers take connections from."""
+
     pool: asyncpg.Pool
-    jobs: JobsRepository
-    keys: KeysRepository
-    stats: StatsRepository
-    tags: TagsRepository
-    users: UsersRepository
-    webhooks: WebhooksRepository
+
+    @classmethod
+    def over(cls, pool: asyncpg.Pool, queries: Queries | None = None) -> Database:
+        """The repositories of ``queries`` (the shared default when None) beside ``pool``; the pool stays
+        the caller's to close."""
+        repos = create_repositories(queries)
+        return cls(pool=pool, **{f.name: getattr(repos, f.name) for f in dataclasses.fields(Repositories)})
 
     async def ping(self) -> None:
         """One round trip on a pooled connection; raises when PostgreSQL is unreachable."""
@@ -46,16 +43,7 @@ async def open_database(settings: PostgresSettings) -> AsyncIterator[Database]:
         max_size=settings.max_pool,
         command_timeout=settings.command_timeout_s,
     )
-    repos = create_repositories()
     try:
-        yield Database(
-            pool=pool,
-            jobs=repos.jobs,
-            keys=repos.keys,
-            stats=repos.stats,
-            tags=repos.tags,
-            users=repos.users,
-            webhooks=repos.webhooks,
-        )
+        yield Database.over(pool)
     finally:
         await pool.close()

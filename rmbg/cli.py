@@ -118,6 +118,31 @@ def fsck_cmd(
     raise typer.Exit(0 if report.clean or repair else 1)
 
 
+@app.command("doctor")
+def doctor_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    deep: Annotated[bool, typer.Option("--deep", help="also measure index/table bloat (pgstattuple)")] = False,
+) -> None:
+    """Database health: connections, cache hits, long queries and transactions, bloat, partitions ahead,
+    WAL archiving, replication, durability. Exits 1 when a check fails (thresholds: RMBG_DOCTOR__*)."""
+    import json
+
+    from rmbg.maintenance.doctor import DoctorSettings, run_doctor
+
+    configure_logging(TelemetrySettings(log_level="WARNING"))
+    dsn = BaseServiceSettings().postgres.dsn.get_secret_value()
+    report = asyncio.run(run_doctor(dsn, DoctorSettings(), deep=deep))
+    if as_json:
+        typer.echo(json.dumps(report.as_json(), indent=2, default=str))
+    else:
+        for check in report.checks:
+            typer.echo(f"{check.verdict.value:<5} {check.name:<19} {check.summary}")
+            if check.verdict.value != "ok":
+                typer.echo(f"{'':<25} hint: {check.hint}")
+        typer.echo(f"doctor: {report.verdict.value}")
+    raise typer.Exit(report.exit_code)
+
+
 dlq_app = typer.Typer(help="Dead letters: records a service gave up on, with the reason.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 

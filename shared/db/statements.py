@@ -33,6 +33,56 @@ class Statements(abc.ABC):
     async def ping(self, conn: asyncpg.Connection) -> Any:
         return await self._value("ping", conn)
 
+    async def health_connections(self, conn: asyncpg.Connection) -> asyncpg.Record | None:
+        return await self._row("health_connections", conn)
+
+    async def health_cache(self, conn: asyncpg.Connection) -> asyncpg.Record | None:
+        return await self._row("health_cache", conn)
+
+    async def health_longest_query(self, conn: asyncpg.Connection) -> asyncpg.Record | None:
+        return await self._row("health_longest_query", conn)
+
+    async def health_oldest_transaction(self, conn: asyncpg.Connection) -> asyncpg.Record | None:
+        return await self._row("health_oldest_transaction", conn)
+
+    async def health_dead_tuples(self, conn: asyncpg.Connection, *, min_dead: int | None) -> list[asyncpg.Record]:
+        return await self._rows("health_dead_tuples", conn, min_dead=min_dead)
+
+    async def health_has_pgstattuple(self, conn: asyncpg.Connection) -> Any:
+        return await self._value("health_has_pgstattuple", conn)
+
+    async def health_largest_btree_indexes(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        max_indexes: int | None,
+    ) -> list[asyncpg.Record]:
+        return await self._rows("health_largest_btree_indexes", conn, max_indexes=max_indexes)
+
+    async def health_index_density(self, conn: asyncpg.Connection, *, index_name: str | None) -> asyncpg.Record | None:
+        return await self._row("health_index_density", conn, index_name=index_name)
+
+    async def health_table_bloat(self, conn: asyncpg.Connection, *, relation: str | None) -> asyncpg.Record | None:
+        return await self._row("health_table_bloat", conn, relation=relation)
+
+    async def health_archiver(self, conn: asyncpg.Connection) -> asyncpg.Record | None:
+        return await self._row("health_archiver", conn)
+
+    async def health_archive_ready(self, conn: asyncpg.Connection) -> Any:
+        return await self._value("health_archive_ready", conn)
+
+    async def health_replication(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return await self._rows("health_replication", conn)
+
+    async def health_slots(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return await self._rows("health_slots", conn)
+
+    async def health_in_recovery(self, conn: asyncpg.Connection) -> Any:
+        return await self._value("health_in_recovery", conn)
+
+    async def health_durability(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return await self._rows("health_durability", conn)
+
     # -- jobs.sql ---------------------------------------------------------------------------------------------------
 
     async def insert_job(

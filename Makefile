@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check bench clean chaos load browsers
+.PHONY: run test lint typecheck check bench clean chaos load browsers dbtools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/rmbg up --demo
 
-test: $(STAMP) browsers
+test: $(STAMP) browsers dbtools
 	$(BIN)/pytest -q
 
 # The gallery's browser test (tests/e2e/test_gallery.py) drives Debian's chromium: Playwright cannot
@@ -29,6 +29,17 @@ browsers:
 		export DEBIAN_FRONTEND=noninteractive; \
 		$$SUDO apt-get install -y --no-install-recommends chromium \
 		|| { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }; \
+	}
+
+# The database tools tests drive for real (tests/support/tools.py): pgBackRest for the backup and restore
+# drill (tests/rmbg/test_backup_restore.py), Debian's prometheus-postgres-exporter for the exporter test.
+# Installed only when missing, the same way as chromium above.
+dbtools:
+	@{ command -v pgbackrest && command -v prometheus-postgres-exporter; } >/dev/null 2>&1 || { \
+		SUDO=; if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$$SUDO apt-get install -y --no-install-recommends pgbackrest prometheus-postgres-exporter \
+		|| { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends pgbackrest prometheus-postgres-exporter; }; \
 	}
 
 lint: $(STAMP)

@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -35,6 +35,7 @@ class _Supervised:
     started_at: float = 0.0
     delay_s: float = _RESTART_INITIAL_S
     restarts: int = 0
+    exit_codes: list[int | None] = field(default_factory=list)  # each exit before a restart, in order
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ class Supervisor:
     def restarts(self) -> dict[str, int]:
         return {name: s.restarts for name, s in self._children.items()}
 
+    @property
+    def exit_codes(self) -> dict[str, list[int | None]]:
+        """How each service exited before each restart (0: it stopped cleanly, e.g. after SIGTERM)."""
+        return {name: list(s.exit_codes) for name, s in self._children.items()}
+
     async def run(self, stop: asyncio.Event, *, interval_s: float = 0.5) -> None:
         while not stop.is_set():
             for item in self._children.values():
@@ -70,6 +76,7 @@ class Supervisor:
 
     async def _restart(self, item: _Supervised, stop: asyncio.Event) -> None:
         code = item.child.returncode
+        item.exit_codes.append(code)
         if time.monotonic() - item.started_at >= _HEALTHY_AFTER_S:
             item.delay_s = _RESTART_INITIAL_S
         logger.warning("%s exited with code %s; restarting in %.0f s", item.child.name, code, item.delay_s)

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from shared.config import KafkaSettings, TopicSettings
 from shared.contracts import DeadLetter, Topic
 from shared.contracts.events import MAX_DEAD_LETTER_PAYLOAD
-from shared.exceptions import RmbgError
+from shared.exceptions import ContractError, RmbgError
 from shared.failures import FailureClass, classify, clean_text, describe
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,45 @@ async def open_tail_consumer(kafka: KafkaSettings, *, topic: str, client_id: str
         yield consumer
     finally:
         await consumer.stop()
+
+
+async def read_topic(kafka: KafkaSettings, topic: Topic[M], *, idle_s: float = 2.0, max_s: float = 120.0) -> list[M]:
+    """Every decodable message of ``topic`` from its start, read until nothing arrives for ``idle_s``.
+
+    For checks and operator tools, not for services: the end is judged by silence, not by end offsets
+    (which the stand-in broker misreports, docs/test-servers.md), so call it when producers are quiet.
+    Records that do not decode are skipped.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        client_id=f"{kafka.client_id}-reader",
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024,
+        request_timeout_ms=kafka.request_timeout_ms,
+    )
+    await consumer.start()
+    messages: list[M] = []
+    try:
+        await consumer.topics()
+        partitions = consumer.partitions_for_topic(topic.name) or set()
+        assigned = [TopicPartition(topic.name, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        loop = asyncio.get_running_loop()
+        started = quiet_since = loop.time()
+        while loop.time() - started < max_s and loop.time() - quiet_since < idle_s:
+            batch = await consumer.getmany(timeout_ms=250, max_records=1000)
+            records = [r for recs in batch.values() for r in recs]
+            if records:
+                quiet_since = loop.time()
+            for record in records:
+                with contextlib.suppress(ContractError):
+                    messages.append(topic.deserialize(record.value))
+    finally:
+        await consumer.stop()
+    return messages
 
 
 async def ensure_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str]:

@@ -6,11 +6,14 @@ services as supervised child processes, bounded in jobs and time:
 - jobs are submitted at a steady rate with bounded concurrency: POST /v1/jobs (retrying 429/503 after
   Retry-After, and connection errors while ingest is down) and upload events (the image put in the
   bucket, then published on the uploads topic until the broker acknowledges it);
-- meanwhile each service is SIGKILLed (its supervisor restarts it), the broker is SIGKILLed and
-  restarted, PostgreSQL is restarted and SeaweedFS is frozen with SIGSTOP, then SIGCONT;
+- meanwhile each service is SIGTERMed (it must drain, commit and exit 0 within its grace period) and
+  SIGKILLed (its supervisor restarts it either way), the broker is SIGKILLed and restarted, PostgreSQL
+  is restarted and SeaweedFS is frozen with SIGSTOP, then SIGCONT;
 - then it waits for every accepted job to end and checks PostgreSQL and S3 directly (not the API):
   exactly one terminal row per accepted job, a completed job's three objects with the sizes its row
   records, processing_stats and user_job_counts equal to counts over the rows, and fsck clean.
+  With SIGTERMs only (``ChaosPlan.graceful()``, tests/rmbg/drills/test_shutdown.py) it also checks that
+  nothing was done twice: each job's request and its result appear once on their topics.
 
     python -m rmbg.drills.chaos --model-source DIR [--jobs 2000] [--short]
 
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+import psutil
 from rich.console import Console
 
 from rmbg.drills.metrics import MetricsWatch
@@ -42,11 +46,12 @@ from rmbg.drills.pipeline import (
     until,
 )
 from rmbg.drills.submit import Submitter, Tally
-from rmbg.drills.verify import Verdict, drain, verify
+from rmbg.drills.verify import Verdict, check_done_once, drain, verify
 from rmbg.stack.stack import EmbeddedStack
 from rmbg.supervisor import RunningServices
 
-FaultKind = Literal["kill-service", "kill-broker", "restart-postgres", "pause-s3"]
+FaultKind = Literal["term-service", "kill-service", "kill-broker", "restart-postgres", "pause-s3"]
+SERVICE_NAMES = ("ingest", "inference", "persister", "stats")
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,10 @@ class ChaosPlan:
     upload_share: float = 0.2  # the rest go over HTTP
     rate_per_s: float = 3.0
     concurrency: int = 8
+    service_terms: int = 1  # SIGTERMs of each of the four services: a clean stop, exit 0, nothing redone
+    # A SIGTERMed service must have exited within this: the longest drain (inference's batch + grace_s,
+    # uvicorn's 30 s for ingest) plus closing its clients; the k8s grace periods allow as much.
+    term_exit_timeout_s: float = 60.0
     service_kills: int = 3  # of each of the four services
     broker_kills: int = 2
     postgres_restarts: int = 1
@@ -72,17 +81,41 @@ class ChaosPlan:
     image_side: int = 256
     seed: int = 0
 
+    @property
+    def only_clean_stops(self) -> bool:
+        """No fault that legitimately makes work be redone (a kill loses uncommitted offsets)."""
+        return not (self.service_kills or self.broker_kills or self.postgres_restarts or self.s3_pauses)
+
     @classmethod
     def short(cls) -> ChaosPlan:
         return cls(
             jobs=200,
             rate_per_s=2.0,
+            service_terms=0,
             service_kills=1,
             broker_kills=1,
             postgres_restarts=0,
             s3_pauses=0,
             first_fault_s=8.0,
             fault_gap_s=12.0,
+            drain_timeout_s=300.0,
+            deadline_s=720.0,
+        )
+
+    @classmethod
+    def graceful(cls) -> ChaosPlan:
+        """Each service SIGTERMed once mid-stream and nothing else: every stop must be clean (exit 0 in
+        time) and lose and redo nothing (tests/rmbg/drills/test_shutdown.py)."""
+        return cls(
+            jobs=150,
+            rate_per_s=2.0,
+            service_terms=1,
+            service_kills=0,
+            broker_kills=0,
+            postgres_restarts=0,
+            s3_pauses=0,
+            first_fault_s=8.0,
+            fault_gap_s=8.0,
             drain_timeout_s=300.0,
             deadline_s=720.0,
         )
@@ -97,10 +130,12 @@ class Fault:
 def fault_schedule(plan: ChaosPlan) -> list[Fault]:
     """Faults interleaved round by round, so one process's restarts are spread over the run."""
     faults: list[Fault] = []
-    rounds = max(plan.service_kills, plan.broker_kills, plan.postgres_restarts, plan.s3_pauses)
+    rounds = max(plan.service_terms, plan.service_kills, plan.broker_kills, plan.postgres_restarts, plan.s3_pauses)
     for r in range(rounds):
+        if r < plan.service_terms:
+            faults += [Fault("term-service", s) for s in SERVICE_NAMES]
         if r < plan.service_kills:
-            faults += [Fault("kill-service", s) for s in ("ingest", "inference", "persister", "stats")]
+            faults += [Fault("kill-service", s) for s in SERVICE_NAMES]
         if r < plan.broker_kills:
             faults.append(Fault("kill-broker", "tansu"))
         if r < plan.postgres_restarts:
@@ -117,6 +152,7 @@ class FaultLog:
     recovery_s: dict[str, list[float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     last_fault_end: float = 0.0
+    stop_s: dict[str, list[float]] = field(default_factory=dict)  # SIGTERM to exit, per service
 
 
 @dataclass
@@ -147,6 +183,8 @@ class ChaosReport:
             f"given up by the submitter {t.gave_up}; rows without a known id {v.unknown_rows}",
             "faults (kills / restarts): "
             + ", ".join(f"{p} {self.faults.kills[p]}/{self.faults.restarts[p]}" for p in procs),
+            "SIGTERM to exit s: "
+            + (", ".join(f"{p} max {max(s):.1f}" for p, s in sorted(self.faults.stop_s.items())) or "none sent"),
             "recovery s: " + ", ".join(f"{p} max {max(s):.1f}" for p, s in sorted(self.faults.recovery_s.items()) if s),
             "retries: "
             + (", ".join(f"{k} {n}" for k, n in sorted(t.retries.items())) or "none")
@@ -192,8 +230,10 @@ class FaultInjector:
 
     async def _inject(self, fault: Fault) -> bool:
         self.log.kills[fault.target] += 1
+        if fault.kind == "term-service":
+            return await self._stop_service(fault.target, signal.SIGTERM)
         if fault.kind == "kill-service":
-            return await self._kill_service(fault.target)
+            return await self._stop_service(fault.target, signal.SIGKILL)
         if fault.kind == "kill-broker":
             await self.stack.kill_and_restart("tansu", down_s=self.plan.broker_down_s)
             return True
@@ -203,19 +243,45 @@ class FaultInjector:
         await self._pause_s3()
         return True
 
-    async def _kill_service(self, name: str) -> bool:
+    async def _stop_service(self, name: str, sig: signal.Signals) -> bool:
         pid = service_pid(name)
         if pid is None:
-            self.log.errors.append(f"no running {name} to kill")
+            self.log.errors.append(f"no running {name} to stop")
             return False
         before = self.svc.supervisor.restarts[name]
-        os.kill(pid, signal.SIGKILL)
+        sent = time.monotonic()
+        os.kill(pid, sig)
+        if sig == signal.SIGTERM and not await self._exited_cleanly(name, pid, sent, before):
+            return False
 
         async def back() -> bool:
             return self.svc.supervisor.restarts[name] > before and await answers(self._probe_url(name))
 
         if not await until(back, self.plan.recover_timeout_s):
             self.log.errors.append(f"{name} did not come back within {self.plan.recover_timeout_s:.0f} s of SIGKILL")
+            return False
+        return True
+
+    async def _exited_cleanly(self, name: str, pid: int, sent: float, before: int) -> bool:
+        """A SIGTERMed service drains, commits and exits 0 within the plan's bound."""
+
+        async def gone() -> bool:
+            return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+        if not await until(gone, self.plan.term_exit_timeout_s, interval_s=0.05):
+            self.log.errors.append(f"{name} still running {self.plan.term_exit_timeout_s:.0f} s after SIGTERM")
+            return False
+        self.log.stop_s.setdefault(name, []).append(time.monotonic() - sent)
+
+        async def restarted() -> bool:
+            return self.svc.supervisor.restarts[name] > before
+
+        if not await until(restarted, 30.0):
+            self.log.errors.append(f"{name} was not restarted after it exited")
+            return False
+        code = self.svc.supervisor.exit_codes[name][-1]
+        if code != 0:
+            self.log.errors.append(f"{name} exited with code {code} after SIGTERM, not 0")
             return False
         return True
 
@@ -257,6 +323,8 @@ async def run_chaos(opts: DrillOptions, plan: ChaosPlan, console: Console) -> Ch
         stop_watch.set()
         await watching
         verdict = await verify(settings, submitter.tally.accepted)
+        if plan.only_clean_stops:
+            await check_done_once(settings, submitter.tally.accepted, verdict)
     return ChaosReport(
         plan=plan,
         tally=submitter.tally,

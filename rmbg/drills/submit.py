@@ -145,6 +145,9 @@ class Submitter:
         self.tally.submitted_http += 1
         form = {"tags": "chaos,http", "params": json.dumps({})}
         headers = await self.keys.headers(self.user_of(index))  # made in run(): no I/O here
+        # A retry after a lost answer (ingest killed between its commit and the 202) must not make a
+        # second job: the key names this submission, so the retry gets the first job back (200).
+        headers = {**headers, "Idempotency-Key": f"drill-{self.run_id}-{index}"}
         while time.monotonic() < self.deadline:
             try:
                 resp = await client.post(
@@ -154,7 +157,7 @@ class Submitter:
                 self.tally.retries["connection"] += 1
                 await asyncio.sleep(1.0)
                 continue
-            if resp.status_code == 202:
+            if resp.status_code in (200, 202):
                 job_id: str = resp.json()["job_id"]
                 self.tally.accepted_http.append(job_id)
                 return job_id

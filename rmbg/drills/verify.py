@@ -16,8 +16,10 @@ import asyncpg
 from rmbg.drills.pipeline import until
 from rmbg.maintenance.fsck import Fsck
 from shared.config import BaseServiceSettings
+from shared.contracts import ResultKind, Topics
 from shared.db import open_database
 from shared.db.models import TERMINAL_STATUSES
+from shared.messaging import read_topic
 from shared.storage import ObjectStore, open_object_store
 
 
@@ -137,6 +139,24 @@ async def check_fsck(settings: BaseServiceSettings, verdict: Verdict) -> None:
     verdict.problems += [f"fsck: orphan object {key}" for key in report.orphans[:20]]
     if len(report.missing) + len(report.orphans) > 40:
         verdict.problems.append(f"fsck: {len(report.missing)} missing, {len(report.orphans)} orphans in all")
+
+
+async def check_done_once(settings: BaseServiceSettings, accepted: list[str], verdict: Verdict) -> None:
+    """Nothing was done twice: each accepted job was requested once on the jobs topic (intake did not
+    publish it again, the sweeper did not re-queue it) and has one completed result on the results topic
+    (inference did not redo it after a redelivery). Holds only when every stop was clean."""
+    topics = Topics.from_settings(settings.topics, settings.kafka)
+    requests = Counter(str(m.job_id) for m in await read_topic(settings.kafka, topics.jobs))
+    results = Counter(
+        str(m.job_id) for m in await read_topic(settings.kafka, topics.results) if m.kind is ResultKind.COMPLETED
+    )
+    for job_id in accepted:
+        if verdict.rows.get(job_id) != "completed":
+            continue
+        if requests[job_id] != 1:
+            verdict.problems.append(f"job {job_id}: requested {requests[job_id]} times on {topics.jobs.name}")
+        if results[job_id] != 1:
+            verdict.problems.append(f"job {job_id}: {results[job_id]} completed results on {topics.results.name}")
 
 
 async def verify(settings: BaseServiceSettings, accepted: list[str], stats_timeout_s: float = 60.0) -> Verdict:

@@ -28,10 +28,12 @@ def test_short_plan_kills_each_service_and_the_broker_once() -> None:
 
 def test_full_plan_covers_every_fault() -> None:
     plan = ChaosPlan()
-    targets = [f.target for f in fault_schedule(plan)]
+    faults = [(f.kind, f.target) for f in fault_schedule(plan)]
     assert plan.jobs >= 2000
-    assert {t: targets.count(t) for t in set(targets)} == {
-        "ingest": 3, "inference": 3, "persister": 3, "stats": 3, "tansu": 2, "postgres": 1, "seaweedfs": 1,
+    assert {k: faults.count(k) for k in set(faults)} == {
+        **{("term-service", s): 1 for s in ("ingest", "inference", "persister", "stats")},
+        **{("kill-service", s): 3 for s in ("ingest", "inference", "persister", "stats")},
+        ("kill-broker", "tansu"): 2, ("restart-postgres", "postgres"): 1, ("pause-s3", "seaweedfs"): 1,
     }  # fmt: skip
 
 

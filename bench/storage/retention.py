@@ -180,7 +180,7 @@ async def ours_retention(conn: asyncpg.Connection, dsn: str, cutoff: date) -> di
     pool = await create_pool(dsn, min_size=1, max_size=2, command_timeout=3600)
     try:
         db = Database.over(pool, queries)
-        retention = Retention(db, ObjectStore(s3, "bench"), queries=queries)
+        retention = Retention(db, ObjectStore(s3, "bench"))
         report = await retention.run(cutoff=datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=UTC))
     finally:
         await pool.close()

@@ -20,7 +20,8 @@ from datetime import UTC, datetime, timedelta
 
 from shared.contracts import CutoutFormat, ProcessingParams
 from shared.db import Database
-from shared.db.queryset import Queries, default_queries
+from shared.db.models import ShardJob
+from shared.db.repositories.objects import SHARDS
 from shared.imaging import CUTOUT_CONTENT_TYPES, DEFAULT_WEBP_QUALITY, make_cutout
 from shared.storage import ObjectStore
 
@@ -58,27 +59,22 @@ def cutout_format_of(key: str) -> CutoutFormat:
 
 
 class Fsck:
-    def __init__(
-        self, db: Database, store: ObjectStore, executor: Executor, queries: Queries | None = None
-    ) -> None:
+    def __init__(self, db: Database, store: ObjectStore, executor: Executor) -> None:
         self._db = db
         self._store = store
         self._executor = executor
-        self._q = queries or default_queries()
 
     async def run(self, *, repair: bool, grace: timedelta = timedelta(hours=1)) -> FsckReport:
         report = FsckReport()
         now = datetime.now(UTC)
-        for shard in range(256):
+        for shard in range(SHARDS):
             await self._shard(shard, report, repair=repair, older_than=now - grace)
         log.info(report.summary())
         return report
 
     async def _shard(self, shard: int, report: FsckReport, *, repair: bool, older_than: datetime) -> None:
-        low = bytes([shard])
-        high = bytes([shard + 1]) if shard < 255 else b"\xff" * 33
         async with self._db.pool.acquire() as conn:
-            rows = await self._q.jobs_in_shard(conn, low=low, high=high)
+            rows = await self._db.objects.jobs_in_shard(conn, shard=shard)
         listed: dict[str, datetime | None] = {}
         for prefix in PREFIXES:
             async for obj in self._store.iter_keys(f"{prefix}/{shard:02x}/"):
@@ -87,17 +83,13 @@ class Fsck:
         report.objects_checked += len(listed)
         referenced: set[str] = set()
         for row in rows:
-            paths = {
-                "original": row["original_path"],
-                "mask": row["mask_path"],
-                "processed": row["processed_path"],
-            }
+            paths = {"original": row.original_path, "mask": row.mask_path, "processed": row.processed_path}
             for kind, key in paths.items():
                 if not key or key.startswith("s3://"):
                     continue
                 referenced.add(key)
                 if key not in listed:
-                    report.missing.append((str(row["job_id"]), key))
+                    report.missing.append((str(row.job_id), key))
                     if repair:
                         await self._repair_missing(row, kind, key, listed, report)
         orphans = [
@@ -109,14 +101,13 @@ class Fsck:
             await self._delete_orphans(orphans, report)
 
     async def _repair_missing(
-        self, row: object, kind: str, key: str, listed: dict[str, datetime | None], report: FsckReport
+        self, row: ShardJob, kind: str, key: str, listed: dict[str, datetime | None], report: FsckReport
     ) -> None:
-        record = dict(row)  # type: ignore[call-overload]
-        original, mask = record["original_path"], record["mask_path"]
-        if kind != "processed" or original not in listed or mask not in listed:
-            report.unrecoverable.append((str(record["job_id"]), key))
+        original, mask = row.original_path, row.mask_path
+        if kind != "processed" or original not in listed or mask is None or mask not in listed:
+            report.unrecoverable.append((str(row.job_id), key))
             return
-        params = ProcessingParams.model_validate(record["params"])
+        params = ProcessingParams.model_validate(row.params)
         fmt = cutout_format_of(key)
         quality = params.webp_quality or DEFAULT_WEBP_QUALITY
         original_bytes = await self._store.get(original)
@@ -130,11 +121,9 @@ class Fsck:
     async def _delete_orphans(self, orphans: list[str], report: FsckReport) -> None:
         shas = {bytes.fromhex(k.split("/")[2].split(".")[0]) for k in orphans if _sha_of(k)}
         async with self._db.pool.acquire() as conn, conn.transaction():
-            await self._q.lock_objects_exclusive(conn)
+            await self._db.jobs.lock_objects_exclusive(conn)
             # Re-check under the lock: a job may have started using one of these keys since the listing.
-            still_used = {
-                r["path"] for r in await self._q.paths_for_contents(conn, shas=sorted(shas))
-            }
+            still_used = await self._db.objects.paths_for_contents(conn, shas=sorted(shas))
             doomed = [k for k in orphans if k not in still_used]
             report.orphans_deleted += await self._store.delete_many(doomed)
 

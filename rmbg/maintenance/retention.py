@@ -21,11 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
-import asyncpg
-
 from shared.db import Database
-from shared.db.partitions import list_partitions, month_start
-from shared.db.queryset import Queries, default_queries
+from shared.db.models import ContentObjects
+from shared.db.partitions import month_start
 from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -66,10 +64,9 @@ def _month_of(partition: str) -> date:
 
 
 class Retention:
-    def __init__(self, db: Database, store: ObjectStore, queries: Queries | None = None) -> None:
+    def __init__(self, db: Database, store: ObjectStore) -> None:
         self._db = db
         self._store = store
-        self._q = queries or default_queries()
 
     async def run(self, *, cutoff: datetime, dry_run: bool = False) -> RetentionReport:
         if cutoff.tzinfo is None:
@@ -78,8 +75,8 @@ class Retention:
         report = RetentionReport(cutoff=cutoff, dry_run=dry_run)
         boundary = month_start(cutoff)
         async with self._db.pool.acquire() as conn:
-            leftovers = [r["month"] for r in await self._q.retired_months(conn)]
-            partitions = await list_partitions(conn, table="image_process_jobs", queries=self._q)
+            leftovers = await self._db.retention.retired_months(conn)
+            partitions = await self._db.retention.job_partitions(conn)
         expired = [_month_of(p) for p in partitions if _next_month(_month_of(p)) <= boundary]
         for month in leftovers:  # detached by an interrupted run: finish it first
             if not dry_run:
@@ -91,7 +88,7 @@ class Retention:
             # Per-parameter counts answer "how many jobs" questions, so they follow the jobs: days wholly
             # before the cutoff go. processing_stats stays as history (one row per day).
             async with self._db.pool.acquire() as conn:
-                await self._q.prune_params_counts(conn, before=cutoff.astimezone(UTC).date())
+                await self._db.stats.prune_params_counts(conn, before=cutoff.astimezone(UTC).date())
                 # Webhooks have no foreign key to their jobs (partitions are detached whole): they go here.
                 await self._db.webhooks.prune(conn, before=cutoff)
         report.seconds = time.perf_counter() - started
@@ -102,13 +99,15 @@ class Retention:
         name = f"{month:%Y-%m}"
         if dry_run:
             async with self._db.pool.acquire() as conn:
-                count = await self._q.count_month(conn, month_from=_utc(month), month_to=_utc(_next_month(month)))
-            report.jobs_removed += int(count)
+                count = await self._db.retention.count_month(
+                    conn, month_from=_utc(month), month_to=_utc(_next_month(month))
+                )
+            report.jobs_removed += count
             report.months_retired.append(name)
             return
         async with self._db.pool.acquire() as conn, conn.transaction():
-            count = await self._q.retire_month(conn, month=month)
-        report.jobs_removed += int(count)
+            count = await self._db.retention.retire_month(conn, month=month)
+        report.jobs_removed += count
         report.months_retired.append(name)
         await self._finish_retired(month, report)
 
@@ -117,44 +116,37 @@ class Retention:
         after = b""
         while True:
             async with self._db.pool.acquire() as conn:
-                rows = await self._q.retired_objects(conn, month=month, after_sha=after, max_contents=_BATCH)
+                rows = await self._db.retention.retired_objects(conn, month=month, after_sha=after, limit=_BATCH)
             if not rows:
                 break
             await self._delete_unreferenced(rows, report)
-            after = bytes(rows[-1]["content_sha256"])
+            after = rows[-1].content_sha256
         async with self._db.pool.acquire() as conn:
-            await self._q.drop_retired(conn, month=month)
+            await self._db.retention.drop_retired(conn, month=month)
 
     async def _trim_boundary(self, cutoff: datetime, boundary: date, report: RetentionReport, *, dry_run: bool) -> None:
         month_from = _utc(boundary)
         if dry_run:
             async with self._db.pool.acquire() as conn:
-                report.jobs_removed += int(
-                    await self._q.count_before(conn, cutoff=cutoff, month_from=month_from)
-                )
+                report.jobs_removed += await self._db.retention.count_before(conn, cutoff=cutoff, month_from=month_from)
             return
         while True:
             async with self._db.pool.acquire() as conn, conn.transaction():
-                rows = await self._q.delete_before(conn, cutoff=cutoff, month_from=month_from, max_rows=_BATCH)
+                rows = await self._db.retention.delete_before(conn, cutoff=cutoff, month_from=month_from, limit=_BATCH)
             if not rows:
                 return
             report.jobs_removed += len(rows)
             await self._delete_unreferenced(rows, report)
 
-    async def _delete_unreferenced(self, rows: Iterable[asyncpg.Record], report: RetentionReport) -> None:
+    async def _delete_unreferenced(self, rows: Iterable[ContentObjects], report: RetentionReport) -> None:
         keys_by_sha: dict[bytes, set[str]] = {}
         for row in rows:
-            keys = keys_by_sha.setdefault(bytes(row["content_sha256"]), set())
+            keys = keys_by_sha.setdefault(row.content_sha256, set())
             # A failed upload's original_path names the upstream's object: not ours to delete.
-            keys.update(p for p in row["paths"] if not p.startswith("s3://"))
+            keys.update(p for p in row.paths if not p.startswith("s3://"))
         async with self._db.pool.acquire() as conn, conn.transaction():
-            await self._q.lock_objects_exclusive(conn)
-            used = {
-                bytes(r["content_sha256"])
-                # One probe per content and partition. An index range scan over the batch's slice of the
-                # hash space was tried and measured 3x slower at 10M jobs (BENCHMARKS.md).
-                for r in await self._q.referenced_contents(conn, shas=sorted(keys_by_sha))
-            }
+            await self._db.jobs.lock_objects_exclusive(conn)
+            used = await self._db.objects.referenced_contents(conn, shas=sorted(keys_by_sha))
             doomed = sorted({k for sha, keys in keys_by_sha.items() if sha not in used for k in keys})
             report.objects_kept_shared += sum(len(keys) for sha, keys in keys_by_sha.items() if sha in used)
             # Deleted while the lock is held: an intake of the same content waits, then stores again.
@@ -164,7 +156,7 @@ class Retention:
                 report.objects_deleted += await self._store.delete_many(doomed)
             finally:
                 if doomed:
-                    await self._q.bump_object_deletion_epoch(conn)
+                    await self._db.jobs.bump_object_deletion_epoch(conn)
 
 
 def _utc(day: date) -> datetime:

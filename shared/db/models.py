@@ -166,3 +166,28 @@ class UserJobCount(NamedTuple):
     user_id: str
     job_count: int
     quartile: int
+
+
+# Rows retention and fsck read by the thousand (a batch of 5,000, a shard of the whole table): NamedTuples,
+# built from columns the SQL already typed, with no validation per row.
+
+
+class ContentObjects(NamedTuple):
+    """Object keys of removed jobs with one content: retention deletes those no remaining job references."""
+
+    content_sha256: bytes
+    paths: tuple[str, ...]  # original, mask, cut-out: what the jobs named (an upstream s3:// original too)
+
+
+class ShardJob(NamedTuple):
+    """One job as fsck checks it against the objects of its content shard (retention.sql jobs_in_shard)."""
+
+    job_id: UUID
+    created_at: datetime
+    status: JobStatus
+    content_sha256: bytes
+    original_path: str
+    mask_path: str | None
+    processed_path: str | None
+    params: dict[str, Any]
+    params_hash: str

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from shared.db.queryset import Queries, default_queries
 from shared.db.repositories.jobs import InvalidCursor, JobsRepository, decode_cursor, encode_cursor
 from shared.db.repositories.keys import KeysRepository
+from shared.db.repositories.objects import ObjectsRepository
+from shared.db.repositories.retention import RetentionRepository
 from shared.db.repositories.stats import ReconcileRefused, StatsRepository
 from shared.db.repositories.tags import TagsRepository
 from shared.db.repositories.users import UsersRepository
@@ -22,6 +24,8 @@ from shared.db.repositories.webhooks import AttemptResult, WebhooksRepository
 class Repositories:
     jobs: JobsRepository
     keys: KeysRepository
+    objects: ObjectsRepository
+    retention: RetentionRepository
     stats: StatsRepository
     tags: TagsRepository
     users: UsersRepository
@@ -34,6 +38,8 @@ def create_repositories(queries: Queries | None = None) -> Repositories:
     return Repositories(
         jobs=JobsRepository(q),
         keys=KeysRepository(q),
+        objects=ObjectsRepository(q),
+        retention=RetentionRepository(q),
         stats=StatsRepository(q),
         tags=TagsRepository(q),
         users=UsersRepository(q),
@@ -46,8 +52,10 @@ __all__ = [
     "InvalidCursor",
     "JobsRepository",
     "KeysRepository",
+    "ObjectsRepository",
     "ReconcileRefused",
     "Repositories",
+    "RetentionRepository",
     "StatsRepository",
     "TagsRepository",
     "UsersRepository",

@@ -193,6 +193,13 @@ class JobsRepository:
         """A number that changes whenever retention deletes objects (migration 0007)."""
         return int(await self._q.object_deletion_epoch(conn))
 
+    async def bump_object_deletion_epoch(self, conn: asyncpg.Connection) -> None:
+        """Move the epoch on, after objects were deleted and while :meth:`lock_objects_exclusive` is held: an
+        intake that read it before (and may have found its original still there) sees the change."""
+        if not conn.is_in_transaction():
+            raise RuntimeError("bump_object_deletion_epoch must run under lock_objects_exclusive, in a transaction")
+        await self._q.bump_object_deletion_epoch(conn)
+
     async def mark_queued(self, conn: asyncpg.Connection, *, job_id: UUID, partition: int, offset: int) -> None:
         """Record where the broker acknowledged the job's latest request (the sweeper judges by it)."""
         await self._q.mark_queued(

@@ -126,6 +126,10 @@ class StatsRepository:
         """Forget the dedup entries of days before ``before``; returns the rows removed."""
         return int(await self._q.prune_ledger(conn, before=before))
 
+    async def prune_params_counts(self, conn: asyncpg.Connection, *, before: date) -> None:
+        """Forget the per-parameter counts of days before ``before`` (retention: they follow the jobs)."""
+        await self._q.prune_params_counts(conn, before=before)
+
     async def count_user(self, conn: asyncpg.Connection, *, user_id: str) -> None:
         """Count one accepted job for its user; call only when apply_event counted it."""
         await self._q.count_user(conn, user_id=user_id)

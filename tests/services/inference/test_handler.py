@@ -1,0 +1,236 @@
+"""InferenceHandler fed records read back from the real broker, with the tiny model, a real object store
+and a real producer: no consume loop and no other service. What it published is read from the results
+topic (unique to this module)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rmbg.demo import sample_bytes
+from services.inference.backends.base import SegmentationBackend
+from services.inference.backends.factory import load_backend
+from services.inference.handler import InferenceHandler
+from services.inference.settings import InferenceOptions, InferenceSettings
+from shared.contracts import DeadLetter, JobRequested, ProcessingParams, ResultEvent, ResultKind, Topics
+from shared.exceptions import ContractError, ObjectMissing
+from shared.failures import FailureClass, classify, describe
+from shared.ids import uuid7
+from shared.imaging import encode_mask_png
+from shared.runtime import ServiceRuntime
+from shared.storage import ObjectKeys, ObjectStore
+from shared.worker import Record
+from tests.support.kafka import publish_records, read_back, read_topic
+from tests.support.tiny_rmbg import build_tiny_rmbg
+
+MODEL = "tiny-rmbg-handler-test"
+
+
+@dataclass(frozen=True)
+class Inference:
+    settings: InferenceSettings
+    handler: InferenceHandler
+    backend: SegmentationBackend
+    store: ObjectStore
+    rt: ServiceRuntime
+
+    @property
+    def topics(self) -> Topics:
+        return self.rt.topics
+
+    async def records(self, *jobs: JobRequested) -> list[Record]:
+        """The jobs as the consume loop would hand them over: published, then fetched from the broker."""
+        producer = await self.rt.producer()
+        keyed = [(str(j.job_id), j) for j in jobs]
+        return await publish_records(producer, self.settings.kafka, self.topics.jobs, keyed)
+
+    async def results(self, *job_ids: uuid.UUID) -> dict[uuid.UUID, list[ResultEvent]]:
+        """Every result published for ``job_ids``, read until each has a completed or failed one."""
+        wanted = set(job_ids)
+
+        def parse(records: list[Record]) -> dict[uuid.UUID, list[ResultEvent]]:
+            by_job: dict[uuid.UUID, list[ResultEvent]] = {j: [] for j in wanted}
+            for r in records:
+                result = self.topics.results.deserialize(r.value)
+                if result.job_id in wanted:
+                    by_job[result.job_id].append(result)
+            return by_job
+
+        def done(records: list[Record]) -> bool:
+            return all(
+                any(r.kind is not ResultKind.STARTED for r in results) for results in parse(records).values()
+            )
+
+        return parse(await read_topic(self.settings.kafka, self.topics.results.name, done))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_rmbg(tmp_path_factory.mktemp("model") / "tiny_rmbg")
+
+
+@pytest.fixture(scope="module")
+async def inference(service_common: dict[str, object], model_dir: Path) -> AsyncIterator[Inference]:
+    opts = InferenceOptions(backend="rmbg", model_source=str(model_dir), model_name=MODEL, batch_size=2)
+    settings = InferenceSettings(**service_common, inference=opts)  # type: ignore[arg-type]
+    async with ServiceRuntime(settings, name="inference-test") as rt:
+        with ThreadPoolExecutor(1) as model_executor, ThreadPoolExecutor(2) as io_executor:
+            backend = await asyncio.get_running_loop().run_in_executor(
+                model_executor,
+                lambda: load_backend("rmbg", model_source=str(model_dir), device="cpu", max_batch=opts.batch_size),
+            )
+            store = await rt.object_store()
+            handler = InferenceHandler(
+                options=opts,
+                images=settings.images,
+                backend=backend,
+                store=store,
+                producer=await rt.producer(),
+                topics=rt.topics,
+                metrics=rt.metrics,
+                model_executor=model_executor,
+                io_executor=io_executor,
+            )
+            yield Inference(settings=settings, handler=handler, backend=backend, store=store, rt=rt)
+
+
+async def _job(
+    inference: Inference, data: bytes | None, *, params: ProcessingParams | None = None, model: str = MODEL
+) -> JobRequested:
+    """A job request as intake makes it; ``data`` is stored as its original (None: the original is missing)."""
+    payload = data if data is not None else uuid.uuid4().bytes
+    sha = hashlib.sha256(payload).hexdigest()
+    key = ObjectKeys.original(sha, "png")
+    if data is not None:
+        await inference.store.put(key, data, content_type="image/png")
+    width, height = Image.open(io.BytesIO(data)).size if data is not None else (64, 48)
+    return JobRequested(
+        job_id=uuid7(),
+        created_at=datetime.now(UTC),
+        user_id="u1",
+        original_key=key,
+        content_sha256=sha,
+        width=width,
+        height=height,
+        params=params or ProcessingParams(),
+        model=model,
+    )
+
+
+def _mask(result: ResultEvent, size: tuple[int, int]) -> np.ndarray:
+    assert result.mask_png is not None
+    with Image.open(io.BytesIO(result.mask_png)) as img:
+        assert img.format == "PNG" and img.mode == "L" and img.size == size
+        return np.asarray(img)
+
+
+async def test_a_good_job_gets_started_then_completed_with_its_mask(inference: Inference) -> None:
+    photo = sample_bytes("coffee.png")
+    soft = await _job(inference, photo)
+    binary = await _job(inference, photo, params=ProcessingParams(threshold=0.5))
+    records = await inference.records(soft, binary)
+
+    assert await inference.handler(records) == []
+
+    got = await inference.results(soft.job_id, binary.job_id)
+    for job in (soft, binary):
+        started, completed = got[job.job_id]
+        assert started.kind is ResultKind.STARTED and completed.kind is ResultKind.COMPLETED
+        assert (completed.job_id, completed.created_at, completed.attempt) == (job.job_id, job.created_at, 1)
+        assert completed.model_name == MODEL and completed.model_revision
+        assert completed.mask_key is None and not completed.reused, "a small mask rides in the message"
+        assert completed.inference_ms is not None and completed.error is None
+    soft_mask = _mask(got[soft.job_id][1], (soft.width, soft.height))
+    binary_mask = _mask(got[binary.job_id][1], (binary.width, binary.height))
+    assert len(np.unique(soft_mask)) > 2, "a soft matte"
+    assert set(np.unique(binary_mask)) <= {0, 255} and len(np.unique(binary_mask)) == 2, "thresholded"
+    # Nothing is written to the store for a mask that travels inline: the persister stores it.
+    sha = soft.content_sha256
+    assert [o async for o in inference.store.iter_keys(f"mask/{sha[:2]}/{sha}/")] == []
+
+
+async def test_a_missing_original_fails_that_job_alone_as_permanent(inference: Inference) -> None:
+    good = await _job(inference, sample_bytes("astronaut.png"))
+    lost = await _job(inference, None)
+    good_record, lost_record = await inference.records(good, lost)
+
+    failures = await inference.handler([lost_record, good_record])
+
+    assert [f.record.offset for f in failures] == [lost_record.offset]
+    error = failures[0].error
+    assert isinstance(error, ObjectMissing) and lost.original_key in str(error)
+    assert classify(error) is FailureClass.PERMANENT, "the consume loop gives up on it, never retries"
+    assert [r.kind for r in (await inference.results(good.job_id))[good.job_id]] == [
+        ResultKind.STARTED,
+        ResultKind.COMPLETED,
+    ], "the other job of the batch is unaffected"
+
+    # What the consume loop then does with a permanent failure: the job gets a failed result with the reason.
+    await inference.handler.give_up(lost_record, error, describe(error))
+    (failed,) = (await inference.results(lost.job_id))[lost.job_id]
+    assert failed.kind is ResultKind.FAILED and failed.job_id == lost.job_id
+    assert failed.error is not None and "not found" in failed.error and lost.original_key in failed.error
+
+
+async def test_a_job_for_another_model_fails_with_the_reason(inference: Inference) -> None:
+    job = await _job(inference, sample_bytes("coffee.png"), model="some-other-model")
+    assert await inference.handler(await inference.records(job)) == []
+    (failed,) = (await inference.results(job.job_id))[job.job_id]
+    assert failed.kind is ResultKind.FAILED
+    assert failed.error == f"model 'some-other-model' is not served by this worker (it serves {MODEL!r})"
+
+
+async def test_a_stored_mask_is_reused_without_fetching_or_computing(inference: Inference) -> None:
+    # The original is missing: were it fetched, the job would fail; the stored mask answers it instead.
+    job = await _job(inference, None, params=ProcessingParams(threshold=0.25))
+    revision = inference.backend.revision
+    mask_key = ObjectKeys.mask(job.content_sha256, model_name=MODEL, model_revision=revision, threshold_tag="t0250")
+    await inference.store.put(mask_key, encode_mask_png(np.zeros((8, 8), np.uint8)), content_type="image/png")
+
+    assert await inference.handler(await inference.records(job)) == []
+
+    (reused,) = (await inference.results(job.job_id))[job.job_id]
+    assert reused.kind is ResultKind.COMPLETED and reused.reused
+    assert (reused.mask_key, reused.mask_png, reused.inference_ms) == (mask_key, None, 0)
+
+
+async def test_an_undecodable_original_is_permanent(inference: Inference) -> None:
+    job = await _job(inference, None)
+    await inference.store.put(job.original_key, b"\x89PNG\r\n\x1a\n but not really", content_type="image/png")
+    (failure,) = await inference.handler(await inference.records(job))
+    assert classify(failure.error) is FailureClass.PERMANENT, failure.error
+
+
+async def test_a_malformed_record_is_dead_lettered(inference: Inference) -> None:
+    producer = await inference.rt.producer()
+    landed = await producer.send_and_wait(inference.topics.jobs.name, b'{"job_id": "not a job"}', key=b"junk")
+    (record,) = await read_back(inference.settings.kafka, [landed])
+
+    (failure,) = await inference.handler([record])
+    assert isinstance(failure.error, ContractError) and classify(failure.error) is FailureClass.PERMANENT
+
+    await inference.handler.give_up(record, failure.error, describe(failure.error))
+    letters = await read_topic(
+        inference.settings.kafka,
+        inference.topics.dead_letter.name,
+        lambda rs: any(_letter(inference.topics, r).key == "junk" for r in rs),
+    )
+    letter = next(_letter(inference.topics, r) for r in letters if _letter(inference.topics, r).key == "junk")
+    assert (letter.source_topic, letter.partition, letter.offset) == (record.topic, record.partition, record.offset)
+    assert letter.payload == record.value and letter.service == "inference"
+    assert "malformed JobRequested" in letter.reason
+
+
+def _letter(topics: Topics, record: Record) -> DeadLetter:
+    return topics.dead_letter.deserialize(record.value)

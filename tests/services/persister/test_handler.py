@@ -1,0 +1,273 @@
+"""PersistHandler fed result records read back from the real broker, on real PostgreSQL, S3 and Redis: no
+consume loop, no inference. Each test makes its own pending jobs (in the module's own database) and reads
+the job events it caused from the module's own job-events topic."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.persister.handler import PersistHandler
+from services.persister.settings import PersisterSettings
+from shared.cache import JobCache
+from shared.contracts import CutoutFormat, JobEvent, JobEventKind, ProcessingParams, ResultEvent, ResultKind
+from shared.db.models import JobRecord, JobStatus
+from shared.exceptions import ImageRejected
+from shared.failures import FailureClass, classify, describe
+from shared.ids import uuid7
+from shared.imaging import encode_mask_png
+from shared.runtime import ServiceRuntime
+from shared.storage import ObjectKeys, ObjectStore
+from shared.worker import Record
+from tests.support.kafka import publish_records, read_topic
+
+MODEL = "tiny-persist-test"
+REVISION = "rev1"
+
+
+@dataclass(frozen=True)
+class Persister:
+    settings: PersisterSettings
+    handler: PersistHandler
+    rt: ServiceRuntime
+    store: ObjectStore
+    cache: JobCache
+
+    async def job(self, data: bytes, *, params: ProcessingParams | None = None, user: str = "u1") -> JobRecord:
+        """A pending job as intake leaves it: the original stored, the row inserted."""
+        params = params or ProcessingParams()
+        sha = hashlib.sha256(data).hexdigest()
+        key = ObjectKeys.original(sha, "png")
+        await self.store.put(key, data, content_type="image/png")
+        width, height = Image.open(io.BytesIO(data)).size
+        job_id = uuid7()
+        db = await self.rt.database()
+        async with db.pool.acquire() as conn:
+            assert await db.jobs.insert_job(
+                conn,
+                job_id=job_id,
+                user_id=user,
+                original_path=key,
+                content_sha256=sha,
+                original_bytes=len(data),
+                image_width=width,
+                image_height=height,
+                params=params.canonical(),
+                params_hash=params.digest(),
+                model_name=MODEL,
+                source="http",
+                tags=[],
+            )
+        return await self.row(job_id)
+
+    async def row(self, job_id: uuid.UUID) -> JobRecord:
+        db = await self.rt.database()
+        async with db.pool.acquire() as conn:
+            record = await db.jobs.get_job(conn, job_id=job_id)
+        assert record is not None
+        return record
+
+    async def records(self, *results: ResultEvent) -> list[Record]:
+        """Results as the consume loop hands them over: published, then fetched from the broker."""
+        producer = await self.rt.producer()
+        topic = self.rt.topics.results
+        return await publish_records(producer, self.settings.kafka, topic, [(str(r.job_id), r) for r in results])
+
+    async def events(self, job_id: uuid.UUID, *, until: int) -> list[JobEventKind]:
+        """The kinds of the job events published for ``job_id``, read until there are at least ``until``."""
+        topics = self.rt.topics
+
+        def kinds(records: list[Record]) -> list[JobEventKind]:
+            events: list[JobEvent] = [topics.job_events.deserialize(r.value) for r in records]
+            return [e.kind for e in events if e.job_id == job_id]
+
+        return kinds(await read_topic(self.settings.kafka, topics.job_events.name, lambda rs: len(kinds(rs)) >= until))
+
+
+@pytest.fixture(scope="module")
+async def persister(service_common: dict[str, object]) -> AsyncIterator[Persister]:
+    settings = PersisterSettings(**service_common)  # type: ignore[arg-type]
+    async with ServiceRuntime(settings, name="persister-test") as rt:
+        with ThreadPoolExecutor(2) as executor:
+            db, store, cache = await rt.database(), await rt.object_store(), await rt.cache()
+            handler = PersistHandler(
+                options=settings.persister,
+                images=settings.images,
+                db=db,
+                store=store,
+                producer=await rt.producer(),
+                topics=rt.topics,
+                cache=cache,
+                metrics=rt.metrics,
+                executor=executor,
+            )
+            yield Persister(settings=settings, handler=handler, rt=rt, store=store, cache=cache)
+
+
+def _photo() -> bytes:
+    """An image of its own (objects are content-addressed: a shared photo would share them across tests)."""
+    pixels = np.random.default_rng(secrets.randbits(64)).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _mask_for(job: JobRecord) -> bytes:
+    assert job.image_width is not None and job.image_height is not None
+    ramp = np.linspace(0, 255, job.image_width, dtype=np.uint8)
+    return encode_mask_png(np.tile(ramp, (job.image_height, 1)))
+
+
+def _result(job: JobRecord, kind: ResultKind, **fields: object) -> ResultEvent:
+    return ResultEvent(
+        kind=kind,
+        job_id=job.job_id,
+        created_at=job.created_at,
+        occurred_at=datetime.now(UTC),
+        model_name=MODEL,
+        model_revision=REVISION,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _expected_keys(job: JobRecord, fmt: str, extension: str) -> tuple[str, str]:
+    mask = ObjectKeys.mask(job.content_sha256, model_name=MODEL, model_revision=REVISION, threshold_tag="soft")
+    processed = ObjectKeys.processed(
+        job.content_sha256,
+        model_name=MODEL,
+        model_revision=REVISION,
+        params_hash=f"{job.params_hash}-{fmt}",
+        extension=extension,
+    )
+    return mask, processed
+
+
+async def test_a_completed_result_writes_mask_cutout_and_row(persister: Persister) -> None:
+    job = await persister.job(_photo())
+    mask_png = _mask_for(job)
+    records = await persister.records(_result(job, ResultKind.COMPLETED, mask_png=mask_png, inference_ms=7))
+
+    assert await persister.handler(records) == []
+
+    row = await persister.row(job.job_id)
+    mask_key, processed_key = _expected_keys(job, "webp", "webp")  # the default cut-out format
+    assert row.status is JobStatus.COMPLETED and row.error_message is None
+    assert (row.mask_path, row.processed_path) == (mask_key, processed_key)
+    assert (row.model_name, row.model_revision, row.reused_result) == (MODEL, REVISION, False)
+    assert await persister.store.get(mask_key) == mask_png and row.mask_bytes == len(mask_png)
+    cutout = await persister.store.get(processed_key)
+    assert row.processed_bytes == len(cutout)
+    with Image.open(io.BytesIO(cutout)) as img:
+        assert (img.format, img.mode, img.size) == ("WEBP", "RGBA", (job.image_width, job.image_height))
+        alpha = np.asarray(img.getchannel("A"))
+    assert alpha[:, 0].max() < 16 and alpha[:, -1].min() > 240, "the mask is the cut-out's alpha"
+    assert row.completed_at is not None and row.processing_time_ms is not None
+    # Announced after the row: the cache holds the new state, the topic the transition (accepted first).
+    cached = await persister.cache.get_job(str(job.job_id))
+    assert cached is not None and cached["status"] == "completed"
+    assert await persister.events(job.job_id, until=2) == [JobEventKind.ACCEPTED, JobEventKind.COMPLETED]
+
+
+async def test_a_redelivered_result_changes_nothing(persister: Persister) -> None:
+    job = await persister.job(_photo(), params=ProcessingParams(cutout_format=CutoutFormat.PNG))
+    records = await persister.records(_result(job, ResultKind.COMPLETED, mask_png=_mask_for(job)))
+    assert await persister.handler(records) == []
+    first = await persister.row(job.job_id)
+    mask_key, processed_key = _expected_keys(job, "png", "png")
+    assert (first.mask_path, first.processed_path) == (mask_key, processed_key)
+    stored = {key: await persister.store.get(key) for key in (mask_key, processed_key)}
+    prefix = f"processed/{job.content_sha256[:2]}/{job.content_sha256}/"
+    listed = [(o.key, o.last_modified) async for o in persister.store.iter_keys(prefix)]
+
+    assert await persister.handler(records) == [], "the same record again"
+    # A retried send is another record with the same result; and a late `started` may arrive after the end.
+    again = await persister.records(
+        _result(job, ResultKind.COMPLETED, mask_png=_mask_for(job)), _result(job, ResultKind.STARTED)
+    )
+    assert await persister.handler(again) == []
+
+    assert await persister.row(job.job_id) == first, "the row is untouched (updated_at included)"
+    assert {key: await persister.store.get(key) for key in stored} == stored
+    assert [(o.key, o.last_modified) async for o in persister.store.iter_keys(prefix)] == listed, "nothing rewritten"
+    # The terminal event is published again on each redelivery (an event lost after the commit comes back
+    # this way); stats count each (job, transition) once.
+    kinds = await persister.events(job.job_id, until=6)
+    assert set(kinds) == {JobEventKind.ACCEPTED, JobEventKind.COMPLETED} and JobEventKind.PROCESSING not in kinds
+
+
+async def test_a_failed_result_fails_the_job_with_its_reason(persister: Persister) -> None:
+    job = await persister.job(_photo())
+    records = await persister.records(
+        _result(job, ResultKind.STARTED), _result(job, ResultKind.FAILED, error="model failed on this image: nan")
+    )
+
+    assert await persister.handler(records) == []
+
+    row = await persister.row(job.job_id)
+    assert row.status is JobStatus.FAILED
+    assert row.error_message == "model failed on this image: nan"
+    assert row.started_at is not None, "the started result was applied first, in order"
+    assert (row.mask_path, row.processed_path) == (None, None)
+    sha = job.content_sha256
+    assert [o async for o in persister.store.iter_keys(f"processed/{sha[:2]}/{sha}/")] == []
+    assert await persister.events(job.job_id, until=3) == [
+        JobEventKind.PROCESSING,
+        JobEventKind.ACCEPTED,
+        JobEventKind.FAILED,
+    ]
+
+
+async def test_a_result_for_an_unknown_job_is_ignored(persister: Persister) -> None:
+    job = await persister.job(_photo())
+    ghost = job.model_copy(update={"job_id": uuid7()})
+    assert await persister.handler(await persister.records(_result(ghost, ResultKind.FAILED, error="x"))) == []
+    assert (await persister.row(job.job_id)).status is JobStatus.PENDING
+
+
+async def test_an_unusable_mask_fails_the_job_and_its_stored_mask_is_discarded(persister: Persister) -> None:
+    """A claim-checked mask that does not fit the image: permanent; giving up fails the job and deletes the
+    mask inference stored for it, since no other job wants it."""
+    job = await persister.job(_photo())
+    mask_key, processed_key = _expected_keys(job, "webp", "webp")
+    await persister.store.put(mask_key, encode_mask_png(np.zeros((5, 5), np.uint8)), content_type="image/png")
+    (record,) = await persister.records(_result(job, ResultKind.COMPLETED, mask_key=mask_key))
+
+    (failure,) = await persister.handler([record])
+    assert isinstance(failure.error, ImageRejected) and classify(failure.error) is FailureClass.PERMANENT
+    assert await persister.store.head(processed_key) is None, "nothing written for a cut-out that cannot be made"
+
+    await persister.handler.give_up(record, failure.error, describe(failure.error))
+    row = await persister.row(job.job_id)
+    assert row.status is JobStatus.FAILED
+    assert row.error_message is not None and row.error_message.startswith("result not usable: ")
+    assert "mask is 5x5" in row.error_message
+    assert await persister.store.head(mask_key) is None
+
+
+async def test_a_second_job_of_the_same_content_reuses_the_cutout(persister: Persister) -> None:
+    photo = _photo()
+    first = await persister.job(photo)
+    done = _result(first, ResultKind.COMPLETED, mask_png=_mask_for(first))
+    assert await persister.handler(await persister.records(done)) == []
+    _, processed_key = _expected_keys(first, "webp", "webp")
+    before = [(o.key, o.last_modified) async for o in persister.store.iter_keys(processed_key)]
+
+    second = await persister.job(photo)
+    result = _result(second, ResultKind.COMPLETED, mask_png=_mask_for(second), reused=True)
+    assert await persister.handler(await persister.records(result)) == []
+
+    row = await persister.row(second.job_id)
+    assert row.status is JobStatus.COMPLETED and row.reused_result
+    assert row.processed_path == processed_key
+    assert row.processed_bytes == (await persister.row(first.job_id)).processed_bytes
+    assert [(o.key, o.last_modified) async for o in persister.store.iter_keys(processed_key)] == before

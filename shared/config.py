@@ -120,7 +120,15 @@ class OutboundSettings(_Group):
 class TelemetrySettings(_Group):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
-    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no separate metrics server
+    # inference, persister and stats serve /metrics, /healthz and /readyz here (ingest: on its HTTP port).
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no telemetry server
+    # Loopback by default; a pod sets 0.0.0.0 so Prometheus and the kubelet's probes reach it.
+    metrics_host: str = "127.0.0.1"
+    # Each dependency (PostgreSQL, S3, the broker) must answer a readiness check within this.
+    ready_timeout_s: float = Field(default=2.0, gt=0)
+    # /healthz fails when a consume loop has neither polled nor finished a batch for this long (the
+    # consumer's max poll interval, past which the group evicts it anyway).
+    wedged_after_s: float = Field(default=600.0, gt=0)
 
 
 class BaseServiceSettings(BaseSettings):

@@ -1,8 +1,10 @@
 """Process plumbing every service shares: what it holds open, and how it stops.
 
 - :class:`ServiceRuntime` opens what a service asks for (thread pools, the database, the object store,
-  the Kafka producer, Redis, the outbound HTTP session) on one exit stack, in the order asked, and closes
-  it in reverse when the service ends: no main wires its own teardown.
+  the Kafka producer, Redis, the outbound HTTP session, the telemetry server) on one exit stack, in the
+  order asked, and closes it in reverse when the service ends: no main wires its own teardown. Each
+  dependency it opens joins the service's readiness checks (``rt.health``, shared/health.py) and its
+  metrics (pool use, S3 calls).
 - :func:`run_service` runs a service's ``main(stop)``; SIGTERM and SIGINT only set ``stop``, so in-flight
   work drains within each loop's grace period and everything closes in order. The CLI uses it too.
 """
@@ -26,10 +28,11 @@ from shared.cache import JobCache, open_redis
 from shared.config import BaseServiceSettings
 from shared.contracts import Topics
 from shared.db import Database, open_database
+from shared.health import Health
 from shared.messaging import open_producer
 from shared.outbound import open_outbound
 from shared.storage import ObjectStore, open_object_store
-from shared.telemetry import PipelineMetrics, serve_metrics
+from shared.telemetry import PipelineMetrics, PoolCollector, ScrapeHook, open_telemetry_server
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +45,27 @@ class ServiceRuntime:
     Each resource is opened on first request and shared afterwards; all close in reverse order of opening.
     """
 
-    def __init__(self, settings: BaseServiceSettings, *, name: str, metrics: PipelineMetrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: BaseServiceSettings,
+        *,
+        name: str,
+        metrics: PipelineMetrics | None = None,
+        ready_timeout_s: float | None = None,
+    ) -> None:
         self.settings = settings
         self.name = name
         self.metrics = metrics or PipelineMetrics.create()
         self.topics = Topics.from_settings(settings.topics, settings.kafka)
+        telemetry = settings.telemetry
+        self.health = Health(
+            timeout_s=ready_timeout_s or telemetry.ready_timeout_s,
+            wedged_after_s=telemetry.wedged_after_s,
+            dependency_up=self.metrics.dependency_up,
+            ready=self.metrics.ready,
+        )
+        self.scrape_hooks: list[ScrapeHook] = []
+        self.telemetry_port: int | None = None
         self._stack = contextlib.AsyncExitStack()
         self._opened: dict[str, object] = {}
 
@@ -59,23 +78,52 @@ class ServiceRuntime:
     ) -> bool | None:
         return await self._stack.__aexit__(exc_type, exc, tb)
 
-    def serve_metrics(self) -> None:
-        """Expose /metrics on the telemetry port, if one is set (call when the service is ready to say so)."""
-        if self.settings.telemetry.metrics_port:
-            serve_metrics(self.metrics.registry, self.settings.telemetry.metrics_port)
+    async def serve_telemetry(self) -> int | None:
+        """Serve /metrics, /healthz and /readyz on the telemetry port, if one is set; returns the bound port.
+
+        Call it first: it answers (not ready) while the rest opens, and closes last. Scrape hooks added
+        later (``scrape_hooks``) are seen too."""
+        telemetry = self.settings.telemetry
+        if not telemetry.metrics_port:
+            return None
+        self.telemetry_port = await self._stack.enter_async_context(
+            open_telemetry_server(
+                self.metrics.registry,
+                self.health,
+                port=telemetry.metrics_port,
+                host=telemetry.metrics_host,
+                hooks=self.scrape_hooks,
+            )
+        )
+        return self.telemetry_port
 
     def executor(self, *, workers: int, prefix: str) -> ThreadPoolExecutor:
         """A thread pool for CPU work off the event loop, shut down (after its work) on exit."""
         return self._stack.enter_context(ThreadPoolExecutor(max_workers=workers, thread_name_prefix=prefix))
 
     async def database(self) -> Database:
-        return await self._once("database", lambda: open_database(self.settings.postgres))
+        def opened(db: Database) -> None:
+            collector = PoolCollector(db.pool)
+            self.metrics.registry.register(collector)
+            self._stack.callback(self.metrics.registry.unregister, collector)
+            self.health.add_dependency("postgres", db.ping)
+
+        return await self._once("database", lambda: open_database(self.settings.postgres), opened)
 
     async def object_store(self) -> ObjectStore:
-        return await self._once("store", lambda: open_object_store(self.settings.s3))
+        def opened(store: ObjectStore) -> None:
+            self.health.add_dependency("s3", store.ping)
+
+        return await self._once(
+            "store", lambda: open_object_store(self.settings.s3, counters=self.metrics.s3()), opened
+        )
 
     async def producer(self) -> AIOKafkaProducer:
-        return await self._once("producer", lambda: open_producer(self.settings.kafka, client_id=self.name))
+        def opened(producer: AIOKafkaProducer) -> None:
+            # A metadata request to any broker: answers when the cluster is reachable.
+            self.health.add_dependency("kafka", producer.client.fetch_all_metadata)
+
+        return await self._once("producer", lambda: open_producer(self.settings.kafka, client_id=self.name), opened)
 
     async def redis(self) -> Redis | None:
         """The process's one Redis client; None when Redis is not configured (it is optional)."""
@@ -99,11 +147,19 @@ class ServiceRuntime:
         """Open a service-specific resource on the same stack (closed in the same reverse order)."""
         return await self._stack.enter_async_context(cm)
 
-    async def _once(self, key: str, opener: Callable[[], contextlib.AbstractAsyncContextManager[_T]]) -> _T:
+    async def _once(
+        self,
+        key: str,
+        opener: Callable[[], contextlib.AbstractAsyncContextManager[_T]],
+        opened: Callable[[_T], None] | None = None,
+    ) -> _T:
         if key not in self._opened:
-            self._opened[key] = await self._stack.enter_async_context(opener())
-        value: _T = self._opened[key]  # type: ignore[assignment]
-        return value
+            value = await self._stack.enter_async_context(opener())
+            self._opened[key] = value
+            if opened is not None:
+                opened(value)
+        result: _T = self._opened[key]  # type: ignore[assignment]
+        return result
 
 
 def run_service(main: Callable[[asyncio.Event], Awaitable[_T]]) -> _T:

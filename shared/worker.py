@@ -11,11 +11,14 @@
   when the rewind delivers them again, so a retried batch does not repeat their effects.
 - SIGTERM only sets the stop event; the batch in flight drains within ``grace_s`` and is then
   cancelled, uncommitted, for redelivery (every handler is idempotent).
+- The loop reports to a :class:`~shared.health.ConsumerWatch` (its assignment, and that it still polls, for
+  /readyz and /healthz) and, every ``lag_interval_s``, the lag of each partition it holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -25,10 +28,11 @@ from typing import Protocol, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram
 
 from shared.config import KafkaSettings
 from shared.failures import FailureClass, classify, clean_text, describe
+from shared.health import ConsumerWatch
 from shared.messaging import open_consumer
 
 log = logging.getLogger(__name__)
@@ -91,12 +95,17 @@ class LoopOptions:
     # during an outage nobody classified), then counts as permanent: never an endless loop on one record.
     max_record_attempts: int = 5
     min_unknown_retry_s: float = 60.0
+    # How often the lag of the partitions held is read (end offsets and committed offsets from the broker).
+    lag_interval_s: float = 15.0
 
 
 @dataclass(frozen=True)
 class LoopMetrics:
     batches_failed: Counter | None = None
     records_failed: Counter | None = None  # labels: topic, failure_class
+    batch_records: Histogram | None = None  # labels: topic
+    lag: Gauge | None = None  # labels: group, topic, partition
+    partitions: Gauge | None = None  # labels: group, topic
 
 
 class ConsumeLoop:
@@ -108,12 +117,14 @@ class ConsumeLoop:
         name: str,
         options: LoopOptions,
         metrics: LoopMetrics | None = None,
+        watch: ConsumerWatch | None = None,
     ) -> None:
         self._consumer = consumer
         self._handler = handler
         self._name = name
         self._options = options
         self._metrics = metrics or LoopMetrics()
+        self._watch = watch
         self.batches_failed = 0
         # Records that succeeded in a batch whose other records are being retried (skipped on redelivery).
         self._done: dict[TopicPartition, set[int]] = defaultdict(set)
@@ -126,9 +137,15 @@ class ConsumeLoop:
             batch = await self._consumer.getmany(
                 timeout_ms=self._options.max_wait_ms, max_records=self._options.max_records
             )
+            if self._watch is not None:
+                self._watch.progressed()
             if not any(batch.values()):
                 continue
             todo = [r for tp, recs in batch.items() for r in recs if r.offset not in self._done.get(tp, ())]
+            if todo and self._metrics.batch_records is not None:
+                self._metrics.batch_records.labels(topic=todo[0].topic).observe(len(todo))
+            if self._watch is not None:
+                self._watch.batch_started()
             failures = await self._handle(todo, stop) if todo else []
             if failures is None:  # stopped before the batch drained: all of it comes again
                 self._rewind({tp: recs[0].offset for tp, recs in batch.items() if recs})
@@ -142,6 +159,8 @@ class ConsumeLoop:
             if self._metrics.batches_failed is not None:
                 self._metrics.batches_failed.inc()
             await self._partial_commit(batch, retry)
+            if self._watch is not None:
+                self._watch.progressed()
             await _sleep_or_stop(stop, backoff)
             backoff = min(backoff * 2, self._options.backoff_max_s)
 
@@ -274,17 +293,65 @@ class ConsumeLoop:
 
 
 class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Drops a loop's memory of partitions taken away: their next owner starts from the committed offset."""
+    """Drops a loop's memory of partitions taken away: their next owner starts from the committed offset.
+    Tells the watch and the lag gauges what this consumer holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, group: str, topic: str, watch: ConsumerWatch | None, metrics: LoopMetrics | None) -> None:
         self.loop: ConsumeLoop | None = None
+        self._group = group
+        self._topic = topic
+        self._watch = watch
+        self._metrics = metrics or LoopMetrics()
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         if self.loop is not None:
             self.loop.forget(revoked)
+        if self._watch is not None:
+            self._watch.on_revoked(revoked)
+        if self._metrics.lag is not None:
+            for tp in revoked:  # its new owner reports it; a stale figure here would count it twice
+                with contextlib.suppress(KeyError):
+                    self._metrics.lag.remove(self._group, tp.topic, str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        return None
+        if self._watch is not None:
+            self._watch.on_assigned(assigned)
+        if self._metrics.partitions is not None:
+            self._metrics.partitions.labels(group=self._group, topic=self._topic).set(len(assigned))
+
+
+async def report_lag(
+    consumer: AIOKafkaConsumer, *, group: str, lag: Gauge, interval_s: float, stop: asyncio.Event
+) -> None:
+    """Every ``interval_s``: per partition held, the end offset minus the group's committed offset.
+
+    Read from the broker (ListOffsets, OffsetFetch) rather than from the loop, so a loop that is stuck in a
+    batch shows its lag growing. A partition never committed counts from its first offset. Where the broker
+    misreports end offsets (Tansu, docs/test-servers.md) the figure is low, never negative.
+    """
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(_read_lag(consumer, group=group, lag=lag), max(1.0, interval_s))
+        except (KafkaError, AssertionError, ValueError, TimeoutError) as exc:
+            log.debug("%s: lag not read: %s", group, exc)
+        await _sleep_or_stop(stop, interval_s)
+
+
+async def _read_lag(consumer: AIOKafkaConsumer, *, group: str, lag: Gauge) -> None:
+    held = sorted(consumer.assignment(), key=lambda tp: (tp.topic, tp.partition))
+    if not held:
+        return
+    ends = await consumer.end_offsets(held)
+    starts: dict[TopicPartition, int] | None = None
+    for tp in held:
+        committed = await consumer.committed(tp)
+        if committed is None or committed < 0:
+            if starts is None:
+                starts = await consumer.beginning_offsets(held)
+            committed = starts.get(tp, 0)
+        if tp in consumer.assignment():  # not revoked meanwhile
+            behind = max(0, ends.get(tp, committed) - committed)
+            lag.labels(group=group, topic=tp.topic, partition=str(tp.partition)).set(behind)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -304,9 +371,13 @@ async def consume_topic(
     options: LoopOptions,
     metrics: LoopMetrics | None,
     stop: asyncio.Event,
+    watch: ConsumerWatch | None = None,
 ) -> None:
-    """Join ``group_id`` on ``topic`` and run the consume loop until ``stop``; the consumer is closed last."""
-    listener = _ForgetRevoked()
+    """Join ``group_id`` on ``topic`` and run the consume loop until ``stop``; the consumer is closed last.
+
+    ``watch`` (from ``Health.consumer``) hears of the assignment and of every poll; with ``metrics.lag``
+    the lag of the partitions held is reported beside the loop."""
+    listener = _ForgetRevoked(group=group_id, topic=topic, watch=watch, metrics=metrics)
     async with open_consumer(
         kafka,
         topics=[topic],
@@ -315,6 +386,17 @@ async def consume_topic(
         max_poll_records=options.max_records,
         listener=listener,
     ) as consumer:
-        loop = ConsumeLoop(consumer, handler, name=client_id, options=options, metrics=metrics)
+        loop = ConsumeLoop(consumer, handler, name=client_id, options=options, metrics=metrics, watch=watch)
         listener.loop = loop
-        await loop.run(stop)
+        lag_task = None
+        if metrics is not None and metrics.lag is not None:
+            lag_task = asyncio.create_task(
+                report_lag(consumer, group=group_id, lag=metrics.lag, interval_s=options.lag_interval_s, stop=stop),
+                name=f"{client_id}-lag",
+            )
+        try:
+            await loop.run(stop)
+        finally:
+            if lag_task is not None:
+                lag_task.cancel()
+                await asyncio.gather(lag_task, return_exceptions=True)

@@ -82,11 +82,17 @@ class InferenceHandler:
     async def __call__(self, records: list[Record]) -> list[RecordFailure]:
         failures: list[RecordFailure] = []
         work: list[_Work] = []
+        stage = self._metrics.stage_seconds
+        now_ms = time.time() * 1000
         for record in records:
             try:
                 work.append(_Work(record=record, job=self._topics.jobs.deserialize(record.value)))
             except ContractError as exc:
                 failures.append(RecordFailure(record, exc))  # permanent: the loop dead-letters it
+                continue
+            # From the request's publish (its record's timestamp) to now: a re-queued job waits from its
+            # re-queue. Host clocks differ by milliseconds; a negative wait counts as none.
+            stage.labels(stage="queue_wait").observe(max(0.0, (now_ms - record.timestamp) / 1000))
         with self._metrics.batch_seconds.time():
             await asyncio.gather(*(self._step(w, self._admit(w)) for w in work))
             to_compute = [w for w in work if w.image is not None and w.error is None]
@@ -140,11 +146,14 @@ class InferenceHandler:
             )
             self._metrics.records.labels(topic=w.record.topic, outcome="reused").inc()
             return
+        stage = self._metrics.stage_seconds
         async with self._fetch_limit:
             # A missing original (ObjectMissing) is permanent: the loop fails the job through give_up.
-            data = await self._store.get(job.original_key, max_bytes=self._images.max_bytes)
+            with stage.labels(stage="fetch").time():
+                data = await self._store.get(job.original_key, max_bytes=self._images.max_bytes)
         loop = asyncio.get_running_loop()
-        w.image = await loop.run_in_executor(self._io_executor, decode_rgb, data)
+        with stage.labels(stage="decode").time():
+            w.image = await loop.run_in_executor(self._io_executor, decode_rgb, data)
 
     async def _compute(self, chunk: list[_Work]) -> None:
         for w in chunk:
@@ -170,6 +179,7 @@ class InferenceHandler:
             return
         elapsed = time.perf_counter() - started
         self._metrics.model_seconds.observe(elapsed)
+        self._metrics.stage_seconds.labels(stage="inference").observe(elapsed)
         self._metrics.batch_images.observe(len(chunk))
         per_image_ms = int(elapsed * 1000 / max(1, len(chunk)))
         await asyncio.gather(
@@ -179,7 +189,8 @@ class InferenceHandler:
     async def _deliver(self, w: _Work, mask: np.ndarray, inference_ms: int) -> None:
         loop = asyncio.get_running_loop()
         final = apply_threshold(mask, w.job.params.threshold)
-        png = await loop.run_in_executor(self._io_executor, encode_mask_png, final)
+        with self._metrics.stage_seconds.labels(stage="encode_mask").time():
+            png = await loop.run_in_executor(self._io_executor, encode_mask_png, final)
         if len(png) <= MAX_INLINE_MASK_BYTES:
             await self._emit(w, self._result(w.job, ResultKind.COMPLETED, mask_png=png, inference_ms=inference_ms))
         else:

@@ -1,15 +1,23 @@
-"""``rmbg serve inference``: load the model once, then consume jobs in batches."""
+"""``rmbg serve inference``: load the model once, warm it up, then consume jobs in batches.
+
+Ready (/readyz) once the model is loaded and one warm-up pass has run, the object store and the broker
+answer, and the consumer has its partitions: a job arriving then meets no cold start.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
+from PIL import Image
+
+from services.inference.backends.base import SegmentationBackend
 from services.inference.backends.factory import load_backend
 from services.inference.handler import InferenceHandler
 from services.inference.settings import InferenceSettings
 from shared.runtime import ServiceRuntime, run_service
-from shared.telemetry import configure_logging
+from shared.telemetry import configure_logging, register_gpu_memory
 from shared.worker import LoopOptions, consume_topic
 
 log = logging.getLogger(__name__)
@@ -18,10 +26,15 @@ log = logging.getLogger(__name__)
 async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> None:
     opts = settings.inference
     async with ServiceRuntime(settings, name="inference") as rt:
+        # First, so probes get "not ready: loading" rather than no answer while the model loads.
+        await rt.serve_telemetry()
+        model = rt.health.condition("model", waiting=f"loading {opts.model_source} ({opts.backend})")
+        watch = rt.health.consumer(group=opts.group_id, topic=rt.topics.jobs.name)
         # One model thread: the model is not re-entrant and one forward pass already uses every core.
         model_executor = rt.executor(workers=1, prefix="model")
         io_executor = rt.executor(workers=2, prefix="inference-io")
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         backend = await loop.run_in_executor(
             model_executor,
             lambda: load_backend(
@@ -33,11 +46,28 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
                 dtype=opts.dtype,
             ),
         )
+        load_s = time.perf_counter() - started
+        model.set_waiting(f"warming up {backend.name}")
+        warmup_s = await loop.run_in_executor(model_executor, warm_up, backend)
+        name = opts.model_name or backend.name
+        rt.metrics.model_load_seconds.set(load_s)
+        rt.metrics.model_warmup_seconds.set(warmup_s)
+        rt.metrics.model_info.labels(
+            model=name, revision=backend.revision, backend=opts.backend, device=opts.device
+        ).set(1)
+        gpu = register_gpu_memory(rt.metrics.registry)
         log.info(
-            "inference serving %s (revision %s) on %s", opts.model_name or backend.name, backend.revision, opts.device
+            "inference serving %s (revision %s) on %s: loaded in %.1f s, warmed up in %.2f s%s",
+            name,
+            backend.revision,
+            opts.device,
+            load_s,
+            warmup_s,
+            " (GPU memory exported)" if gpu else "",
         )
-        # Only after the model loaded: `rmbg up` and probes take /metrics answering as "ready".
-        rt.serve_metrics()
+        model.set_ready(
+            f"{name}@{backend.revision} on {opts.device}, loaded in {load_s:.1f} s, warm-up {warmup_s:.2f} s"
+        )
         handler = InferenceHandler(
             options=opts,
             images=settings.images,
@@ -58,7 +88,18 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
             options=LoopOptions(max_records=opts.batch_size, max_wait_ms=opts.batch_wait_ms, grace_s=opts.grace_s),
             metrics=rt.metrics.loop_metrics(),
             stop=stop,
+            watch=watch,
         )
+
+
+def warm_up(backend: SegmentationBackend) -> float:
+    """One forward pass on a small grey image (kernels chosen, caches and allocator primed); its seconds.
+
+    The backend resizes every input to the model's size, so a small image costs a full pass. A model that
+    cannot segment it raises here and the worker never says it is ready."""
+    started = time.perf_counter()
+    backend.predict([Image.new("RGB", (64, 64), (128, 128, 128))])
+    return time.perf_counter() - started
 
 
 def main() -> None:

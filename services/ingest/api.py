@@ -13,8 +13,9 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-from fastapi import FastAPI
-from prometheus_client import make_asgi_app
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.ingest.errors import install_error_handlers
 from services.ingest.handler import run_upload_consumer
@@ -22,7 +23,7 @@ from services.ingest.resources import IngestResources, open_ingest
 from services.ingest.routes import account, admin, events, gallery, health, jobs, results, webhooks
 from services.ingest.settings import IngestSettings
 from shared.runtime import every
-from shared.telemetry import PipelineMetrics
+from shared.telemetry import PipelineMetrics, render_metrics
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ def create_app(settings: IngestSettings, *, consume_uploads: bool = True) -> Fas
             stop = asyncio.Event()
             tasks = [asyncio.create_task(prune_idempotency_keys(res, stop), name="idempotency-pruning")]
             if consume_uploads:
-                tasks.append(asyncio.create_task(run_upload_consumer(res, stop), name="uploads-consumer"))
+                # Registered before the app answers, so /readyz waits for the uploads group's assignment.
+                watch = res.health.consumer(group=settings.ingest.group_id, topic=res.topics.uploads.name)
+                tasks.append(asyncio.create_task(run_upload_consumer(res, stop, watch), name="uploads-consumer"))
             try:
                 yield
             finally:
@@ -62,7 +65,13 @@ def create_app(settings: IngestSettings, *, consume_uploads: bool = True) -> Fas
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     app = FastAPI(title="rmbg-pipeline", version="1", description=DESCRIPTION, lifespan=lifespan)
-    app.mount("/metrics", make_asgi_app(registry=metrics.registry))
+
+    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics/", include_in_schema=False)
+    async def metrics_route(request: Request) -> Response:
+        """Prometheus exposition; the readiness checks run first, so rmbg_dependency_up is current."""
+        res: IngestResources = request.app.state.resources
+        return Response(await render_metrics(metrics.registry, res.health), media_type=CONTENT_TYPE_LATEST)
     install_error_handlers(app)
     for module in (health, jobs, events, webhooks, results, account, admin, gallery):
         app.include_router(module.router)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from services.ingest.resources import IngestResources
 from shared.contracts import UploadEvent
 from shared.exceptions import ContractError, ImageRejected, Overloaded, PermanentError
+from shared.health import ConsumerWatch
 from shared.ids import upload_job_id
 from shared.messaging import DeadLetters
 from shared.worker import LoopOptions, Record, RecordFailure, consume_topic, each_record
@@ -84,7 +85,7 @@ class UploadHandler:
             raise ContractError(f"occurred_at {event.occurred_at.isoformat()} is in the future")
 
 
-async def run_upload_consumer(res: IngestResources, stop: asyncio.Event) -> None:
+async def run_upload_consumer(res: IngestResources, stop: asyncio.Event, watch: ConsumerWatch | None = None) -> None:
     opts = res.settings.ingest
     await consume_topic(
         res.settings.kafka,
@@ -95,4 +96,5 @@ async def run_upload_consumer(res: IngestResources, stop: asyncio.Event) -> None
         options=LoopOptions(max_records=opts.concurrency * 4, grace_s=30.0),
         metrics=res.metrics.loop_metrics(),
         stop=stop,
+        watch=watch,
     )

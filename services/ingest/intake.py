@@ -221,7 +221,7 @@ class Intake:
         if record is None:  # pragma: no cover - the insert above guarantees a row
             raise RuntimeError(f"job {job_id} vanished after insert")
         if inserted:
-            self._metrics.transitions.labels(status=JobStatus.PENDING).inc()
+            self._metrics.count_transition(status=JobStatus.PENDING, model=record.model_name, source=record.source)
         if record.status == JobStatus.PENDING:
             await self._cache.put_job(job_view(record))
             await self._cache.invalidate_user(user_id)
@@ -266,7 +266,7 @@ class Intake:
         if record is None:  # pragma: no cover
             raise RuntimeError(f"job {job_id} vanished after insert")
         if inserted:
-            self._metrics.transitions.labels(status=JobStatus.FAILED).inc()
+            self._metrics.count_transition(status=JobStatus.FAILED, model=record.model_name, source=record.source)
         await self._cache.put_job(job_view(record))
         await self._cache.invalidate_user(user_id)
         for kind in (JobEventKind.ACCEPTED, JobEventKind.FAILED):

@@ -18,6 +18,7 @@ from shared.auth import ApiKeys, EmailCipher
 from shared.cache import JobCache
 from shared.contracts import Topics
 from shared.db import Database
+from shared.health import Health
 from shared.runtime import ServiceRuntime
 from shared.storage import ObjectStore
 from shared.telemetry import PipelineMetrics
@@ -40,11 +41,15 @@ class IngestResources:
     # Fetches image URLs: refuses non-public targets at connect time (shared/outbound.py).
     outbound: aiohttp.ClientSession
     hub: JobEventHub
+    # /healthz, /readyz and the dependency gauges on /metrics (shared/health.py).
+    health: Health
 
 
 @contextlib.asynccontextmanager
 async def open_ingest(settings: IngestSettings, metrics: PipelineMetrics) -> AsyncIterator[IngestResources]:
-    async with ServiceRuntime(settings, name="ingest", metrics=metrics) as rt:
+    async with ServiceRuntime(
+        settings, name="ingest", metrics=metrics, ready_timeout_s=settings.ingest.ready_timeout_s
+    ) as rt:
         # Image decoding holds the GIL only partly (Pillow releases it while decoding); 4 threads keep
         # two cores busy without letting a burst of uploads queue unbounded work.
         executor = rt.executor(workers=4, prefix="ingest-img")
@@ -95,4 +100,5 @@ async def open_ingest(settings: IngestSettings, metrics: PipelineMetrics) -> Asy
             ),
             outbound=outbound,
             hub=hub,
+            health=rt.health,
         )

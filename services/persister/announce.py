@@ -28,9 +28,13 @@ class Announcer:
     cache: JobCache
     metrics: PipelineMetrics
 
-    async def announce(self, record: JobRecord) -> None:
-        """The row's transition: counted, cached, and published (a terminal one with `accepted` before it)."""
-        self.metrics.transitions.labels(status=record.status).inc()
+    async def announce(self, record: JobRecord, *, moved: bool = True) -> None:
+        """The row's transition: counted, cached, and published (a terminal one with `accepted` before it).
+
+        ``moved=False`` re-announces a row that did not change now (a redelivered result for a job already
+        ended): published again, not counted again."""
+        if moved:
+            self.metrics.count_transition(status=record.status, model=record.model_name, source=record.source)
         await self.cache.put_job(job_view(record))
         await self.cache.invalidate_user(record.user_id)
         if record.is_terminal:

@@ -135,7 +135,7 @@ class PersistHandler:
             log.warning("result for unknown job %s ignored", result.job_id)
             return
         if record.is_terminal:
-            await self._announcer.announce(record)
+            await self._announcer.announce(record, moved=False)
             return
         if result.kind is ResultKind.STARTED:
             await self._started(record, result)
@@ -209,6 +209,9 @@ class PersistHandler:
                 reused=result.reused,
             )
         if updated is not None:
+            self._metrics.stage_seconds.labels(stage="end_to_end").observe(
+                max(0.0, (completed_at - record.created_at).total_seconds())
+            )
             await self._announcer.announce(updated)
 
     async def _store_results(
@@ -230,7 +233,8 @@ class PersistHandler:
         original = await self._store.get(record.original_path, max_bytes=self._images.max_bytes)
         loop = asyncio.get_running_loop()
         # Encode before writing anything: a cut-out that cannot be made leaves no object behind.
-        cutout = await loop.run_in_executor(self._executor, make_cutout, original, mask_png, fmt, quality)
+        with self._metrics.stage_seconds.labels(stage="encode_cutout").time():
+            cutout = await loop.run_in_executor(self._executor, make_cutout, original, mask_png, fmt, quality)
         await asyncio.gather(
             self._store.put_if_absent(mask_key, mask_png, content_type="image/png"),
             self._store.put(processed_key, cutout, content_type=content_type),

@@ -18,8 +18,9 @@ from shared.worker import LoopOptions, consume_topic
 async def run_persister(settings: PersisterSettings, stop: asyncio.Event) -> None:
     opts = settings.persister
     async with ServiceRuntime(settings, name="persister") as rt:
-        rt.serve_metrics()
+        await rt.serve_telemetry()
         metrics, topics = rt.metrics, rt.topics
+        watch = rt.health.consumer(group=opts.group_id, topic=topics.results.name)
         # Cut-out encoding is CPU work (1 MP: WebP q90 about 90 ms, PNG 275 ms, BENCHMARKS.md): 2 threads, 2 cores.
         executor = rt.executor(workers=2, prefix="persister-img")
         db = await rt.database()
@@ -42,6 +43,7 @@ async def run_persister(settings: PersisterSettings, stop: asyncio.Event) -> Non
         sweeper = Sweeper(
             options=opts, kafka=settings.kafka, db=db, producer=producer, topics=topics, cache=cache, metrics=metrics
         )
+        rt.scrape_hooks.append(sweeper.measure)
         consume = consume_topic(
             settings.kafka,
             topic=topics.results.name,
@@ -51,6 +53,7 @@ async def run_persister(settings: PersisterSettings, stop: asyncio.Event) -> Non
             options=LoopOptions(max_records=opts.concurrency * 8, grace_s=opts.grace_s),
             metrics=metrics.loop_metrics(),
             stop=stop,
+            watch=watch,
         )
         loops = [consume, sweeper.run(stop)]
         if settings.webhooks.enabled:

@@ -61,10 +61,21 @@ class Sweeper:
         self._db = db
         self._producer = producer
         self._topics = topics
+        self._metrics = metrics
         self._announcer = Announcer(producer, topics, cache, metrics)
 
     async def run(self, stop: asyncio.Event) -> None:
         await every(self._options.sweep_interval_s, stop, self.sweep_once, name="stuck-job sweep")
+
+    async def measure(self) -> None:
+        """At scrape time: how many jobs are unfinished, and how long the least recently moved has not moved
+        (rmbg_unfinished_jobs, rmbg_unfinished_job_idle_seconds). One probe of the small partial index
+        ix_jobs_active_updated, the same query as ingest's backpressure."""
+        async with self._db.pool.acquire() as conn:
+            jobs, since = await self._db.jobs.backlog(conn, rank=1)
+        self._metrics.unfinished_jobs.set(jobs)
+        idle = (datetime.now(UTC) - since).total_seconds() if since is not None else 0.0
+        self._metrics.unfinished_idle_seconds.set(max(0.0, idle))
 
     async def sweep_once(self, *, now: datetime | None = None) -> tuple[int, int]:
         """Returns (re-queued, failed)."""
@@ -95,6 +106,7 @@ class Sweeper:
                     )
                 if updated is not None:
                     failed += 1
+                    self._metrics.sweeper_jobs.labels(action="failed").inc()
                     await self._announcer.announce(updated)
                 continue
             async with self._db.pool.acquire() as conn:
@@ -109,6 +121,7 @@ class Sweeper:
                 # The first `accepted` may have been lost with the first publish; stats count it once.
                 await self._announcer.emit(job, JobEventKind.ACCEPTED)
                 requeued += 1
+                self._metrics.sweeper_jobs.labels(action="requeued").inc()
             except KafkaError as exc:
                 log.warning("re-queue of %s failed: %s", job.job_id, exc)
         if requeued or failed:

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 async def run_stats(settings: StatsSettings, stop: asyncio.Event) -> None:
     opts = settings.stats
     async with ServiceRuntime(settings, name="stats") as rt:
-        rt.serve_metrics()
+        await rt.serve_telemetry()
+        watch = rt.health.consumer(group=opts.group_id, topic=rt.topics.job_events.name)
         db = await rt.database()
         metrics = rt.metrics
         handler = StatsHandler(
@@ -34,6 +35,7 @@ async def run_stats(settings: StatsSettings, stop: asyncio.Event) -> None:
             options=LoopOptions(max_records=opts.batch_size, max_wait_ms=opts.batch_wait_ms, grace_s=opts.grace_s),
             metrics=metrics.loop_metrics(),
             stop=stop,
+            watch=watch,
         )
         await asyncio.gather(consume, prune_ledger(db, opts, stop))
 

@@ -15,6 +15,7 @@ from typing import Any
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
+from prometheus_client import Counter
 
 from shared.config import S3Settings
 from shared.exceptions import ObjectMissing, ObjectTooLarge, StorageError, StorageRefused, StorageUnavailable
@@ -35,6 +36,54 @@ def _storage_error(what: str, exc: ClientError | BotoCoreError) -> StorageError:
         if code in _REFUSED:
             return StorageRefused(f"{what} refused: {exc}")
     return StorageUnavailable(f"{what} failed: {exc}")
+
+
+_THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+
+
+@dataclass(frozen=True)
+class S3Counters:
+    """Where the client's calls are counted (rmbg_s3_*: shared/telemetry.py)."""
+
+    requests: Counter  # operation
+    errors: Counter  # operation, error_class
+    retries: Counter  # operation
+
+    def instrument(self, client: Any) -> None:
+        """Count every call of ``client`` through botocore's events: the answer (or the failure to get one)
+        and the attempts its retry handler spent, whichever method of ObjectStore made it."""
+        client.meta.events.register("after-call.s3", self._after_call)
+        client.meta.events.register("after-call-error.s3", self._after_call_error)
+
+    def _after_call(self, *, http_response: Any, parsed: dict[str, Any], model: Any, **kwargs: Any) -> None:
+        operation = str(model.name)
+        self.requests.labels(operation=operation).inc()
+        self._count_retries(operation, kwargs.get("context"))
+        status = int(getattr(http_response, "status_code", 200))
+        if status >= 300:
+            code = str(parsed.get("Error", {}).get("Code", ""))
+            self.errors.labels(operation=operation, error_class=_error_class(status, code)).inc()
+
+    def _after_call_error(self, *, event_name: str = "", **kwargs: Any) -> None:
+        operation = event_name.rsplit(".", 1)[-1] or "unknown"
+        self.requests.labels(operation=operation).inc()
+        self._count_retries(operation, kwargs.get("context"))
+        self.errors.labels(operation=operation, error_class="connection").inc()
+
+    def _count_retries(self, operation: str, context: Any) -> None:
+        attempts = context.get("retries", {}).get("attempt", 1) if isinstance(context, dict) else 1
+        if attempts > 1:
+            self.retries.labels(operation=operation).inc(attempts - 1)
+
+
+def _error_class(status: int, code: str) -> str:
+    if status == 404 or code in _NOT_FOUND or code == "NoSuchBucket":
+        return "not_found"
+    if status == 429 or code in _THROTTLED:
+        return "throttled"
+    if status >= 500:
+        return "server"
+    return "client"
 
 
 @dataclass(frozen=True)
@@ -96,6 +145,13 @@ class ObjectStore:
                     yield chunk
 
         return info, chunks()
+
+    async def ping(self) -> None:
+        """HEAD of the bucket: raises StorageError when the store is unreachable or refuses us (readiness)."""
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error(f"HEAD bucket {self.bucket}", exc) from exc
 
     async def ensure_bucket(self) -> None:
         try:
@@ -195,7 +251,7 @@ class ObjectStore:
 
 
 @contextlib.asynccontextmanager
-async def open_object_store(settings: S3Settings) -> AsyncIterator[ObjectStore]:
+async def open_object_store(settings: S3Settings, *, counters: S3Counters | None = None) -> AsyncIterator[ObjectStore]:
     config = AioConfig(
         signature_version="s3v4",
         s3={"addressing_style": settings.addressing_style},
@@ -215,6 +271,8 @@ async def open_object_store(settings: S3Settings) -> AsyncIterator[ObjectStore]:
         client = await stack.enter_async_context(
             session.create_client("s3", endpoint_url=settings.endpoint_url, **credentials)
         )
+        if counters is not None:
+            counters.instrument(client)
         signer = None
         if settings.public_endpoint_url and settings.public_endpoint_url != settings.endpoint_url:
             signer = await stack.enter_async_context(

@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 import secrets
 import socket
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -35,6 +36,7 @@ from shared.config import (
     PostgresSettings,
     RedisSettings,
     S3Settings,
+    TelemetrySettings,
     TopicSettings,
 )
 from shared.db.migrate import upgrade
@@ -50,6 +52,8 @@ class Pipeline:
     api_url: str
     settings: BaseServiceSettings
     model_dir: Path
+    # Each service's /metrics (ingest: on the API; the others: their telemetry port, beside /readyz).
+    metrics_urls: dict[str, str] = field(default_factory=dict)
 
     async def key(self, user_id: str, *, admin: bool = False) -> str:
         """A new API key for ``user_id`` (the user is created if new), as `rmbg keys create` makes it."""
@@ -101,6 +105,29 @@ def base_settings(stack: StackEndpoints) -> dict[str, object]:
     }
 
 
+async def _until_ready(urls: dict[str, str], tasks: Sequence[asyncio.Task[Any]], *, timeout_s: float) -> None:
+    """Every service's /readyz answers 200 (model warmed, dependencies up, consumer groups joined), as
+    `rmbg up` waits, so no test's first job waits for a group to form."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    last: dict[str, str] = {}
+    async with httpx.AsyncClient(timeout=5) as client:
+        while asyncio.get_running_loop().time() < deadline:
+            for t in tasks:
+                if t.done():
+                    t.result()  # a service that died while starting: its error, now
+            for name, url in urls.items():
+                try:
+                    resp = await client.get(url)
+                except httpx.HTTPError as exc:
+                    last[name] = f"no answer ({exc!r})"
+                    continue
+                last[name] = "ready" if resp.status_code == 200 else resp.text
+            if all(v == "ready" for v in last.values()) and len(last) == len(urls):
+                return
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"pipeline not ready within {timeout_s:.0f} s: {last}")
+
+
 @pytest.fixture(scope="session")
 async def pipeline(stack: StackEndpoints, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pipeline]:
     common = base_settings(stack)
@@ -112,17 +139,27 @@ async def pipeline(stack: StackEndpoints, tmp_path_factory: pytest.TempPathFacto
         await store.ensure_bucket()
 
     port = _free_port()
+    telemetry = {name: TelemetrySettings(metrics_port=_free_port()) for name in ("inference", "persister", "stats")}
     ingest = IngestSettings(**common, ingest=IngestOptions(port=port, model=TINY_MODEL))  # type: ignore[arg-type]
     inference = InferenceSettings(
         **common,  # type: ignore[arg-type]
+        telemetry=telemetry["inference"],
         inference=InferenceOptions(
             backend="rmbg", model_source=str(model_dir), model_name=TINY_MODEL, batch_size=4, batch_wait_ms=50
         ),
     )
     # Webhooks on a test schedule (waits of 0.2, 0.5 and 1 s, 1 s per attempt) instead of 5 s, 30 s, 2 min...
     hooks = WebhookOptions(poll_interval_s=0.1, timeout_s=1.0, lease_s=10, retry_delays_s=(0.2, 0.5, 1.0), jitter=0)
-    persister = PersisterSettings(**common, persister=PersisterOptions(sweep_interval_s=3600), webhooks=hooks)  # type: ignore[arg-type]
-    stats = StatsSettings(**common, stats=StatsOptions(batch_wait_ms=100))  # type: ignore[arg-type]
+    persister = PersisterSettings(
+        **common,  # type: ignore[arg-type]
+        persister=PersisterOptions(sweep_interval_s=3600),
+        webhooks=hooks,
+        telemetry=telemetry["persister"],
+    )
+    stats = StatsSettings(**common, stats=StatsOptions(batch_wait_ms=100), telemetry=telemetry["stats"])  # type: ignore[arg-type]
+    api_url = f"http://127.0.0.1:{port}"
+    telemetry_urls = {name: f"http://127.0.0.1:{t.metrics_port}" for name, t in telemetry.items()}
+    ready_urls = {"ingest": f"{api_url}/readyz", **{n: f"{u}/readyz" for n, u in telemetry_urls.items()}}
 
     stop = asyncio.Event()
     server = uvicorn.Server(uvicorn.Config(create_app(ingest), host="127.0.0.1", port=port, log_config=None))
@@ -133,15 +170,13 @@ async def pipeline(stack: StackEndpoints, tmp_path_factory: pytest.TempPathFacto
         asyncio.create_task(server.serve(), name="ingest"),
     ]
     try:
-        for _ in range(300):
-            if server.started:
-                break
-            if any(t.done() for t in tasks):
-                for t in tasks:
-                    if t.done():
-                        t.result()
-            await asyncio.sleep(0.1)
-        yield Pipeline(api_url=f"http://127.0.0.1:{port}", settings=base, model_dir=model_dir)
+        await _until_ready(ready_urls, tasks, timeout_s=120)
+        yield Pipeline(
+            api_url=api_url,
+            settings=base,
+            model_dir=model_dir,
+            metrics_urls={"ingest": f"{api_url}/metrics", **{n: f"{u}/metrics" for n, u in telemetry_urls.items()}},
+        )
     finally:
         stop.set()
         server.should_exit = True

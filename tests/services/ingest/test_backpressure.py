@@ -123,4 +123,4 @@ async def test_submit_answers_503_with_retry_after_when_overloaded(settings: Ing
         error = resp.json()["error"]
         assert error["code"] == "overloaded" and "3 jobs are waiting (limit 2)" in error["message"]
         ready = await client.get("/readyz")
-        assert ready.status_code == 200 and ready.json()["checks"] == {"postgres": "ok", "s3": "ok"}
+        assert ready.status_code == 200 and ready.json()["checks"] == {"postgres": "ok", "s3": "ok", "kafka": "ok"}

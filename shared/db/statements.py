@@ -28,6 +28,30 @@ class Statements(abc.ABC):
     @abc.abstractmethod
     async def _status(self, name: str, conn: asyncpg.Connection, /, **params: Any) -> str: ...
 
+    # -- backup.sql -------------------------------------------------------------------------------------------------
+
+    async def backup_job_counts(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return await self._rows("backup_job_counts", conn)
+
+    async def backup_stats_totals(self, conn: asyncpg.Connection) -> asyncpg.Record | None:
+        return await self._row("backup_stats_totals", conn)
+
+    async def restore_object_page(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        after_created: datetime | None,
+        after_job: UUID | None,
+        max_rows: int | None,
+    ) -> list[asyncpg.Record]:
+        return await self._rows(
+            "restore_object_page",
+            conn,
+            after_created=after_created,
+            after_job=after_job,
+            max_rows=max_rows,
+        )
+
     # -- health.sql -------------------------------------------------------------------------------------------------
 
     async def ping(self, conn: asyncpg.Connection) -> Any:

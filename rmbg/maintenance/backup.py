@@ -448,8 +448,10 @@ def _write_manifest(directory: Path, manifest: Manifest, *, owner: str | None) -
     tmp.write_text(manifest.model_dump_json(indent=1))
     os.replace(tmp, path)  # a reader never sees half a manifest
     if owner:  # next to the backups, which the cluster's owner manages
-        shutil.chown(directory, owner)
-        shutil.chown(path, owner)
+        for made in (directory.parent, directory, path) if directory.parent.name == "rmbg-manifests" else (
+            directory, path
+        ):
+            shutil.chown(made, owner, owner)
     return path
 
 

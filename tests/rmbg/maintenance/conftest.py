@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from pydantic import SecretStr
 
 from rmbg.stack import StackEndpoints
 from rmbg.stack.postgres import LOCAL_ADMIN_DSN, drop_database, ensure_database, with_database
@@ -18,16 +19,22 @@ from shared.storage import ObjectStore, open_object_store
 
 
 @pytest.fixture
-async def db() -> AsyncIterator[Database]:
+async def maint_dsn() -> AsyncIterator[str]:
+    """The DSN of a migrated database for this test alone (for what runs in a subprocess: the CLI)."""
     name = f"rmbg_maint_{secrets.token_hex(5)}"
     await ensure_database(LOCAL_ADMIN_DSN, name)
     dsn = with_database(LOCAL_ADMIN_DSN, name)
     try:
         await asyncio.to_thread(upgrade, dsn)
-        async with open_database(PostgresSettings(dsn=dsn, max_pool=4)) as database:
-            yield database
+        yield dsn
     finally:
         await drop_database(LOCAL_ADMIN_DSN, name)
+
+
+@pytest.fixture
+async def db(maint_dsn: str) -> AsyncIterator[Database]:
+    async with open_database(PostgresSettings(dsn=SecretStr(maint_dsn), max_pool=4)) as database:
+        yield database
 
 
 @pytest.fixture

@@ -14,11 +14,15 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from rmbg.access import revoke_key
 from rmbg.demo import sample_bytes
+from services.ingest.api import create_app
+from services.ingest.settings import IngestOptions, IngestSettings
+from shared.config import BaseServiceSettings
 from shared.storage import open_object_store
-from tests.e2e.conftest import Pipeline
+from tests.e2e.conftest import TINY_MODEL, Pipeline, _free_port
 
 pytestmark = pytest.mark.slow
 
@@ -179,3 +183,45 @@ async def test_a_revoked_key_stops_at_once(pipeline: Pipeline) -> None:
             kid = (await second.get("/v1/me")).json()["key_id"]
             assert (await second.delete(f"/v1/keys/{kid}")).status_code == 200
             assert (await second.get("/v1/me")).status_code == 401
+
+
+async def test_stream_delivery_relays_the_bytes_through_the_api(pipeline: Pipeline) -> None:
+    """With result_delivery=stream (stores clients cannot reach), urls name the API's paths and the API
+    streams the bytes, still only to the job's owner."""
+    base = pipeline.settings
+    port = _free_port()
+    settings = IngestSettings.model_validate(
+        {
+            **{name: getattr(base, name) for name in BaseServiceSettings.model_fields},
+            "ingest": IngestOptions(port=port, model=TINY_MODEL, result_delivery="stream"),
+        }
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, consume_uploads=False), host="127.0.0.1", port=port, log_config=None)
+    )
+    serving = asyncio.create_task(server.serve())
+    user = f"stream-{uuid.uuid4().hex[:6]}"
+    try:
+        while not server.started:
+            assert not serving.done(), serving
+            await asyncio.sleep(0.05)
+        async with pipeline.client(user) as owner:
+            job = await _completed_job(owner)
+        key = await pipeline.key(user)
+        other = await pipeline.key(f"other-{user}")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            mine = {"Authorization": f"Bearer {key}"}
+            detail = (await client.get(f"/v1/jobs/{job['job_id']}", headers=mine)).json()
+            assert detail["urls"]["cutout"] == f"/v1/jobs/{job['job_id']}/cutout" and "expires_at" not in detail["urls"]
+            original = await client.get(detail["urls"]["original"], headers=mine)
+            assert original.status_code == 200 and original.content == sample_bytes("coffee.png")
+            assert original.headers["content-length"] == str(len(original.content))
+            cutout = await client.get(detail["urls"]["cutout"], headers=mine)
+            assert cutout.status_code == 200 and len(cutout.content) == job["processed_bytes"]
+            assert f"{job['job_id']}-cutout" in cutout.headers["content-disposition"]
+            stranger = {"Authorization": f"Bearer {other}"}
+            assert (await client.get(detail["urls"]["mask"], headers=stranger)).status_code == 404
+            assert (await client.get(detail["urls"]["mask"])).status_code == 401
+    finally:
+        server.should_exit = True
+        await serving

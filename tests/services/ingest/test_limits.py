@@ -1,0 +1,137 @@
+"""Rate limits and quotas on real servers: one bucket per key shared by every replica through Redis, and
+the documented fallback when Redis does not answer (limits per process, quota counted in PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from rmbg.stack.postgres import LOCAL_ADMIN_DSN, drop_database, ensure_database, with_database
+from services.ingest.limits import Limits
+from shared.auth import Principal
+from shared.config import PostgresSettings
+from shared.contracts import ProcessingParams
+from shared.db import Database, open_database
+from shared.db.migrate import upgrade
+from shared.exceptions import RateLimited
+from shared.ids import uuid7
+
+
+@pytest.fixture
+async def db() -> AsyncIterator[Database]:
+    name = f"rmbg_lim_{secrets.token_hex(5)}"
+    await ensure_database(LOCAL_ADMIN_DSN, name)
+    dsn = with_database(LOCAL_ADMIN_DSN, name)
+    try:
+        await asyncio.to_thread(upgrade, dsn)
+        async with open_database(PostgresSettings(dsn=dsn, max_pool=2)) as database:
+            yield database
+    finally:
+        await drop_database(LOCAL_ADMIN_DSN, name)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def dead_redis() -> AsyncIterator[aioredis.Redis]:
+    """A client of a port nothing listens on: every call fails, as when Redis is down."""
+    client = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def _principal(**kw: object) -> Principal:
+    return Principal(user_id=f"u-{secrets.token_hex(4)}", key_id=secrets.token_hex(6), is_admin=False, **kw)  # type: ignore[arg-type]
+
+
+async def _allowed(limits: Limits, who: Principal, tries: int) -> int:
+    allowed = 0
+    for _ in range(tries):
+        try:
+            await limits.check_rate(who)
+            allowed += 1
+        except RateLimited as exc:
+            assert exc.retry_after_s >= 1 and exc.code == "rate_limited"
+    return allowed
+
+
+async def test_replicas_share_one_bucket_per_key(db: Database, redis: aioredis.Redis) -> None:
+    ns = f"t{secrets.token_hex(3)}"
+    one, two = (Limits(redis=redis, db=db, rate_per_s=0.5, burst=4, daily_jobs=10, namespace=ns) for _ in range(2))
+    who = _principal()
+    # Burst of 4 across both "replicas"; a sustained rate of 0.5/s adds nothing within the test's second.
+    assert await _allowed(one, who, 3) + await _allowed(two, who, 3) == 4
+    # Another key has its own bucket, and a key's own rate overrides the default: at 0.01/s the wait
+    # after its burst is about 100 s instead of about 2.
+    assert await _allowed(one, _principal(), 6) == 4
+    slow = _principal(rate_per_s=0.01)
+    assert await _allowed(one, slow, 4) == 4
+    with pytest.raises(RateLimited) as waited:
+        await one.check_rate(slow)
+    assert 90 <= waited.value.retry_after_s <= 101
+
+
+async def test_with_redis_down_each_process_limits_alone(db: Database, dead_redis: aioredis.Redis) -> None:
+    one = Limits(redis=dead_redis, db=db, rate_per_s=0.5, burst=4, daily_jobs=10)
+    two = Limits(redis=dead_redis, db=db, rate_per_s=0.5, burst=4, daily_jobs=10)
+    who = _principal()
+    assert await _allowed(one, who, 6) == 4  # refused beyond the burst, not waved through
+    assert await _allowed(two, who, 6) == 4  # the documented cost: each replica allows a full burst
+
+
+async def _jobs_today(db: Database, user_id: str, count: int) -> None:
+    async with db.pool.acquire() as conn:
+        for _ in range(count):
+            data = secrets.token_bytes(16)
+            await db.jobs.insert_job(
+                conn,
+                job_id=uuid7(),
+                user_id=user_id,
+                original_path="original/00/x.png",
+                content_sha256=hashlib.sha256(data).hexdigest(),
+                original_bytes=len(data),
+                image_width=1,
+                image_height=1,
+                params={},
+                params_hash=ProcessingParams().digest(),
+                model_name="m",
+                source="http",
+                tags=[],
+            )
+
+
+async def test_quota_counts_in_redis_seeded_from_postgres(db: Database, redis: aioredis.Redis) -> None:
+    limits = Limits(redis=redis, db=db, rate_per_s=100, burst=10, daily_jobs=3, namespace=f"t{secrets.token_hex(3)}")
+    who = _principal()
+    await _jobs_today(db, who.user_id, 2)  # made before this counter existed (e.g. Redis restarted)
+    await limits.check_quota(who)  # 2 of 3: seeded from PostgreSQL
+    await limits.count_job(who)
+    with pytest.raises(RateLimited) as over:
+        await limits.check_quota(who)
+    assert over.value.code == "quota_exceeded" and 1 <= over.value.retry_after_s <= 86400
+    await limits.check_quota(_principal(daily_quota=100))  # a key's own quota
+
+
+async def test_with_redis_down_the_quota_is_counted_in_postgres(db: Database, dead_redis: aioredis.Redis) -> None:
+    limits = Limits(redis=dead_redis, db=db, rate_per_s=100, burst=10, daily_jobs=3)
+    who = _principal()
+    await _jobs_today(db, who.user_id, 2)
+    await limits.check_quota(who)
+    await limits.count_job(who)  # nowhere to count: PostgreSQL already holds the job
+    await _jobs_today(db, who.user_id, 1)
+    with pytest.raises(RateLimited):
+        await limits.check_quota(who)

@@ -23,7 +23,7 @@ from shared.db import Database
 from shared.db.models import ShardJob
 from shared.db.repositories.objects import SHARDS
 from shared.imaging import CUTOUT_CONTENT_TYPES, DEFAULT_WEBP_QUALITY, make_cutout
-from shared.storage import ObjectStore
+from shared.storage import ObjectKeys, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,11 @@ class FsckReport:
 
 
 def cutout_format_of(key: str) -> CutoutFormat:
-    """processed/ab/<sha>/<model>/<params_hash>-<format>.<ext> -> the format it was written in."""
-    stem = key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    return CutoutFormat(stem.rsplit("-", 1)[-1])
+    """The format a cut-out key names (shared/storage/keys.py writes and parses it)."""
+    parsed = ObjectKeys.parse(key)
+    if parsed is None or parsed.cutout_format is None:
+        raise ValueError(f"not a cut-out key: {key}")
+    return parsed.cutout_format
 
 
 class Fsck:
@@ -119,18 +121,10 @@ class Fsck:
         report.cutouts_rebuilt += 1
 
     async def _delete_orphans(self, orphans: list[str], report: FsckReport) -> None:
-        shas = {bytes.fromhex(k.split("/")[2].split(".")[0]) for k in orphans if _sha_of(k)}
+        shas = {bytes.fromhex(p.content_sha256) for p in map(ObjectKeys.parse, orphans) if p is not None}
         async with self._db.pool.acquire() as conn, conn.transaction():
             await self._db.jobs.lock_objects_exclusive(conn)
             # Re-check under the lock: a job may have started using one of these keys since the listing.
             still_used = await self._db.objects.paths_for_contents(conn, shas=sorted(shas))
             doomed = [k for k in orphans if k not in still_used]
             report.orphans_deleted += await self._store.delete_many(doomed)
-
-
-def _sha_of(key: str) -> bool:
-    parts = key.split("/")
-    if len(parts) < 3:
-        return False
-    candidate = parts[2].split(".")[0]
-    return len(candidate) == 64 and all(c in "0123456789abcdef" for c in candidate)

@@ -133,11 +133,11 @@ class InferenceHandler:
         if job.model != self.model_name:
             await self._fail(w, f"model {job.model!r} is not served by this worker (it serves {self.model_name!r})")
             return
-        w.mask_key = ObjectKeys.mask(
+        w.mask_key = ObjectKeys.job_mask(
             job.content_sha256,
             model_name=self.model_name,
             model_revision=self._backend.revision,
-            threshold_tag=ObjectKeys.threshold_tag(job.params.threshold),
+            threshold=job.params.threshold,
         )
         if await self._store.head(w.mask_key) is not None:
             # Same content, model and threshold were segmented before: reuse, do not compute again.

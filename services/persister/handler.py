@@ -163,20 +163,20 @@ class PersistHandler:
     async def _completed(self, record: JobRecord, result: ResultEvent) -> None:
         params = ProcessingParams.model_validate(record.params)
         model_name = result.model_name or record.model_name
-        mask_key = ObjectKeys.mask(
+        mask_key = ObjectKeys.job_mask(
             record.content_sha256,
             model_name=model_name,
             model_revision=result.model_revision,
-            threshold_tag=ObjectKeys.threshold_tag(params.threshold),
+            threshold=params.threshold,
         )
         fmt = params.cutout_format or self._options.cutout_format
-        extension, content_type = CUTOUT_CONTENT_TYPES[fmt]
-        processed_key = ObjectKeys.processed(
+        content_type = CUTOUT_CONTENT_TYPES[fmt][1]
+        processed_key = ObjectKeys.cutout(
             record.content_sha256,
             model_name=model_name,
             model_revision=result.model_revision,
-            params_hash=f"{record.params_hash}-{fmt.value}",
-            extension=extension,
+            params_hash=record.params_hash,
+            fmt=fmt,
         )
         mask_png = (
             result.mask_png if result.mask_png is not None else await self._store.get(result.mask_key or mask_key)

@@ -9,7 +9,7 @@ from pydantic import TypeAdapter
 
 from shared.contracts.events import ObjectKey
 from shared.storage import ObjectKeys
-from shared.storage.keys import model_slug
+from shared.storage.keys import ParsedKey, model_slug
 
 SHA = hashlib.sha256(b"an image").hexdigest()
 PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
@@ -74,3 +74,17 @@ def test_keys_fit_the_contracts_object_key() -> None:
         ObjectKeys.mask(SHA, model_name=long_name, model_revision="r", threshold_tag="t0500"),
     ):
         assert adapter.validate_python(key) == key
+
+
+def test_keys_written_here_parse_back() -> None:
+    from shared.contracts import CutoutFormat
+
+    assert ObjectKeys.parse(ObjectKeys.original(SHA, "jpg")) == ParsedKey("original", SHA)
+    mask = ObjectKeys.job_mask(SHA, model_name="briaai/RMBG-2.0", model_revision="abc", threshold=0.5)
+    assert mask == ObjectKeys.mask(SHA, model_name="briaai/RMBG-2.0", model_revision="abc", threshold_tag="t0500")
+    assert ObjectKeys.parse(mask) == ParsedKey("mask", SHA)
+    for fmt in CutoutFormat:
+        key = ObjectKeys.cutout(SHA, model_name="m", model_revision=None, params_hash="0123abcd", fmt=fmt)
+        assert ObjectKeys.parse(key) == ParsedKey("processed", SHA, fmt), key
+    for foreign in ("uploads/x.png", "original/zz/nothex.png", f"original/00/{SHA}.png", "mask", ""):
+        assert ObjectKeys.parse(foreign) is None, foreign

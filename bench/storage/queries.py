@@ -223,10 +223,7 @@ PROPOSAL_BOUNDARIES = """
 SELECT percentile_disc(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY jobs) FROM user_job_counts WHERE jobs > 0
 """
 PROPOSAL_BY_PARAMS_HASH = """
-SELECT j.*,
-       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
-                 JOIN tags t ON t.tag_id = it.tag_id
-                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+SELECT j.*, (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags
 FROM (SELECT DISTINCT params_hash FROM params_daily_counts WHERE params @> $1) h
 CROSS JOIN LATERAL (
     SELECT * FROM image_process_jobs x WHERE x.params_hash = h.params_hash

@@ -1,6 +1,7 @@
 -- Jobs. Every lookup by id also names created_at (the UUIDv7's own timestamp), so PostgreSQL prunes
 -- to one monthly partition and probes one primary-key index instead of one per month.
--- Rows carry their tag names (sorted) from a correlated subquery on image_tags' primary key.
+-- Rows carry their tag names (sorted) from rmbg_job_tags (migration 0010), which the planner inlines as
+-- a correlated subquery on image_tags' primary key: the same plan as writing that subquery here.
 -- Tag names are matched with `name >= x AND name <= x`, not `name = x`: pg_trgm 1.6 lets its GIN and
 -- GiST indexes answer `=` too, and the planner picked them over the unique B-tree at equal estimated
 -- cost; with 5k tags sharing the trigrams of 'product' that lookup took 1.3-2.5 ms instead of 0.01 ms
@@ -57,9 +58,7 @@ ON CONFLICT DO NOTHING;
 
 -- name: get_job(job_id, created_at)^
 SELECT j.*,
-       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
-                 JOIN tags t ON t.tag_id = it.tag_id
-                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+       (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags
 FROM image_process_jobs j
 WHERE j.job_id = :job_id AND j.created_at = :created_at;
 
@@ -70,9 +69,7 @@ SET status = 'processing', started_at = :started_at,
     attempts = GREATEST(j.attempts, :attempt::smallint), updated_at = now()
 WHERE j.job_id = :job_id AND j.created_at = :created_at AND j.status = 'pending'
 RETURNING j.*,
-       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
-                 JOIN tags t ON t.tag_id = it.tag_id
-                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags;
+       (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags;
 
 -- name: mark_completed(job_id, created_at, mask_path, processed_path, mask_bytes, processed_bytes, model_name, model_revision, processing_time_ms, completed_at, reused)^
 -- Only from pending or processing (pending: a reused result or a lost "started" event).
@@ -83,18 +80,14 @@ SET status = 'completed', mask_path = :mask_path, processed_path = :processed_pa
     completed_at = :completed_at, reused_result = :reused, updated_at = now()
 WHERE j.job_id = :job_id AND j.created_at = :created_at AND j.status IN ('pending', 'processing')
 RETURNING j.*,
-       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
-                 JOIN tags t ON t.tag_id = it.tag_id
-                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags;
+       (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags;
 
 -- name: mark_failed(job_id, created_at, error_message, completed_at)^
 UPDATE image_process_jobs AS j
 SET status = 'failed', error_message = :error_message, completed_at = :completed_at, updated_at = now()
 WHERE j.job_id = :job_id AND j.created_at = :created_at AND j.status IN ('pending', 'processing')
 RETURNING j.*,
-       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
-                 JOIN tags t ON t.tag_id = it.tag_id
-                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags;
+       (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags;
 
 -- name: record_retry(job_id, created_at, seen_updated_at)$
 -- The sweeper's re-queue: one more attempt, and the stuck clock restarts. Not for finished jobs, and only
@@ -109,9 +102,7 @@ RETURNING j.attempts;
 -- name: find_stuck(updated_before, limit)
 -- Served by ix_jobs_active_updated (partial: only pending/processing rows, a small index).
 SELECT j.*,
-       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
-                 JOIN tags t ON t.tag_id = it.tag_id
-                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+       (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags
 FROM image_process_jobs j
 WHERE j.status IN ('pending', 'processing') AND j.updated_at < :updated_before
 ORDER BY j.updated_at
@@ -120,9 +111,7 @@ LIMIT :limit;
 -- name: find_reusable_result(content_sha256, model_name, params_hash)^
 -- Served by ix_jobs_content (content_sha256); every partition is probed (no time predicate), one probe each.
 SELECT j.*,
-       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
-                 JOIN tags t ON t.tag_id = it.tag_id
-                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+       (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags
 FROM image_process_jobs j
 WHERE j.content_sha256 = :content_sha256 AND j.model_name = :model_name
   AND j.params_hash = :params_hash AND j.status = 'completed'
@@ -133,9 +122,7 @@ LIMIT 1;
 -- Design query 1. ix_jobs_user_created (user_id, created_at) returns rows in this order; partitions are read
 -- newest first (ordered Append), so LIMIT stops after the first partition that has enough.
 SELECT j.*,
-       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
-                 JOIN tags t ON t.tag_id = it.tag_id
-                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+       (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags
 FROM image_process_jobs j
 WHERE j.user_id = :user_id AND j.status = 'completed'
 ORDER BY j.created_at DESC, j.job_id DESC
@@ -144,9 +131,7 @@ LIMIT :limit;
 -- name: page_completed_first(limit)
 -- Design query 3, first page.
 SELECT j.*,
-       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
-                 JOIN tags t ON t.tag_id = it.tag_id
-                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+       (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags
 FROM image_process_jobs j
 WHERE j.status = 'completed'
 ORDER BY j.created_at DESC, j.job_id DESC
@@ -157,9 +142,7 @@ LIMIT :limit;
 -- timestamp; the row comparison with job_id as tie-breaker does not, and it is an index condition on
 -- ix_jobs_created_at, newest first. The redundant `created_at <= ` lets partition pruning drop newer months.
 SELECT j.*,
-       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
-                 JOIN tags t ON t.tag_id = it.tag_id
-                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+       (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags
 FROM image_process_jobs j
 WHERE j.status = 'completed'
   AND j.created_at <= :before_created_at
@@ -172,9 +155,7 @@ LIMIT :limit;
 -- common one the planner walks ix_jobs_created_at newest first and stops at LIMIT (as measured,
 -- the GIN index loses at 10% of rows).
 SELECT j.*,
-       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
-                 JOIN tags t ON t.tag_id = it.tag_id
-                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+       (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags
 FROM image_process_jobs j
 WHERE j.params @> :contains
 ORDER BY j.created_at DESC, j.job_id DESC
@@ -209,9 +190,7 @@ ORDER BY jobs DESC, user_id;
 -- index in a generic plan, and after the 400k-job bench had run it for a heavy user, a user with 30
 -- jobs took 48 ms instead of 0.6 ms.
 SELECT j.*,
-       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
-                 JOIN tags t ON t.tag_id = it.tag_id
-                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+       (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags
 FROM image_process_jobs j
 WHERE (:status::varchar IS NULL OR j.status = :status::varchar)
   AND (:params::jsonb IS NULL OR j.params @> :params::jsonb)
@@ -226,9 +205,7 @@ LIMIT :limit;
 -- name: list_jobs_for_user(user_id, status, params, created_from, created_to, cursor_created_at, cursor_job_id, limit)
 -- The same for one user, read from ix_jobs_user_created newest first (one backward range per month).
 SELECT j.*,
-       COALESCE((SELECT array_agg(t.name ORDER BY t.name) FROM image_tags it
-                 JOIN tags t ON t.tag_id = it.tag_id
-                 WHERE it.job_id = j.job_id AND it.created_at = j.created_at), '{}') AS tags
+       (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags
 FROM image_process_jobs j
 WHERE j.user_id = :user_id
   AND (:status::varchar IS NULL OR j.status = :status::varchar)
@@ -246,9 +223,7 @@ LIMIT :limit;
 -- index newest first, so a rare tag does not walk every job; each hit is one primary-key probe into
 -- its month's partition. The user guard only filters, which is bounded by the tag's own rows.
 SELECT j.*,
-       COALESCE((SELECT array_agg(t2.name ORDER BY t2.name) FROM image_tags it2
-                 JOIN tags t2 ON t2.tag_id = it2.tag_id
-                 WHERE it2.job_id = j.job_id AND it2.created_at = j.created_at), '{}') AS tags
+       (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags
 FROM tags t
 JOIN image_tags it ON it.tag_id = t.tag_id
 JOIN image_process_jobs j ON j.job_id = it.job_id AND j.created_at = it.created_at

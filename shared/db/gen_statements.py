@@ -55,6 +55,7 @@ _PY_TYPES = {
 _CAST = re.compile(r"\$(?P<n>\d+)::(?P<type>double precision|\w+)(?P<array>\[\])?", re.IGNORECASE)
 _MODULES = {"UUID": "uuid", "datetime": "datetime", "date": "datetime"}  # a mapped type -> where it is imported
 _ARGS = ("self", "conn")  # taken by every method: no statement parameter may be called so
+_TAKEN = ("sql", "names")  # shared.db.queryset.Queries' own attributes (and every name starting with "_")
 
 # operator -> (return annotation, the Statements primitive that runs it)
 _RUNS = {
@@ -122,6 +123,8 @@ def parse(queries_dir: Path = QUERIES_DIR) -> list[Statement]:
 
 def _statement(datum: QueryDatum, source: str, positional: list[str]) -> Statement:
     name = datum.query_name
+    if name in _TAKEN or name.startswith("_"):
+        raise GenerateError(f"{source} {name}: the name is taken by Queries itself")
     if datum.operation_type not in _RUNS:
         raise GenerateError(f"{source} {name}: operator {datum.operation_type.name} has no typed method here")
     declared = list(datum.parameters or ())

@@ -65,6 +65,7 @@ UPDATE t SET at = now();
     [
         ("-- name: many(a)*!\nINSERT INTO t VALUES (:a);\n", "operator"),
         ("-- name: bad(conn)^\nSELECT :conn;\n", "taken by every method"),
+        ("-- name: sql()^\nSELECT 1;\n", "taken by Queries"),
     ],
 )
 def test_refuses_what_it_cannot_type(tmp_path: Path, sql: str, message: str) -> None:

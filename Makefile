@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check bench clean chaos load browsers dbtools
+.PHONY: run test lint typecheck check bench clean chaos load browsers dbtools monitoring
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/rmbg up --demo
 
-test: $(STAMP) browsers dbtools
+test: $(STAMP) browsers dbtools monitoring
 	$(BIN)/pytest -q
 
 # The gallery's browser test (tests/e2e/test_gallery.py) drives Debian's chromium: Playwright cannot
@@ -40,6 +40,16 @@ dbtools:
 		export DEBIAN_FRONTEND=noninteractive; \
 		$$SUDO apt-get install -y --no-install-recommends pgbackrest prometheus-postgres-exporter \
 		|| { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends pgbackrest prometheus-postgres-exporter; }; \
+	}
+
+# promtool and prometheus for tests/deploy/test_monitoring.py (the alert rules, their unit tests, and a real
+# Prometheus scraping the running pipeline): Debian's prometheus package, installed only when missing.
+monitoring:
+	@{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || { \
+		SUDO=; if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		$$SUDO apt-get install -y --no-install-recommends prometheus \
+		|| { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends prometheus; }; \
 	}
 
 lint: $(STAMP)

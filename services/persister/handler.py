@@ -142,7 +142,8 @@ class PersistHandler:
         elif result.kind is ResultKind.FAILED:
             await self._failed(record, result.error or "inference failed")
         else:
-            await self._completed(record, result)
+            with self._metrics.stage_seconds.labels(stage="persist").time():
+                await self._completed(record, result)
 
     async def _started(self, record: JobRecord, result: ResultEvent) -> None:
         async with self._db.pool.acquire() as conn:

@@ -659,6 +659,29 @@ class Statements(abc.ABC):
     async def user_summary(self, conn: asyncpg.Connection, *, user_id: Any, since: Any) -> asyncpg.Record | None:
         return await self._row("user_summary", conn, user_id=user_id, since=since)
 
+    async def user_quartile_bounds(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return await self._rows("user_quartile_bounds", conn)
+
+    async def user_quartile(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        user_id: str | None,
+        first_jobs: list[int] | None,
+        first_users: list[str] | None,
+    ) -> asyncpg.Record | None:
+        return await self._row("user_quartile", conn, user_id=user_id, first_jobs=first_jobs, first_users=first_users)
+
+    async def top_users(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        limit: Any,
+        first_jobs: list[int] | None,
+        first_users: list[str] | None,
+    ) -> list[asyncpg.Record]:
+        return await self._rows("top_users", conn, limit=limit, first_jobs=first_jobs, first_users=first_users)
+
     # -- tags.sql ---------------------------------------------------------------------------------------------------
 
     async def search_tags(self, conn: asyncpg.Connection, *, query: str | None, limit: Any) -> list[asyncpg.Record]:
@@ -676,6 +699,76 @@ class Statements(abc.ABC):
 
     async def get_tag_names(self, conn: asyncpg.Connection, *, names: list[str] | None) -> list[asyncpg.Record]:
         return await self._rows("get_tag_names", conn, names=names)
+
+    # -- transitions.sql --------------------------------------------------------------------------------------------
+
+    async def mark_processing_many(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        job_ids: list[UUID] | None,
+        created_ats: list[datetime] | None,
+        started_ats: list[datetime] | None,
+        attempts: list[int] | None,
+    ) -> list[asyncpg.Record]:
+        return await self._rows(
+            "mark_processing_many",
+            conn,
+            job_ids=job_ids,
+            created_ats=created_ats,
+            started_ats=started_ats,
+            attempts=attempts,
+        )
+
+    async def mark_completed_many(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        job_ids: list[UUID] | None,
+        created_ats: list[datetime] | None,
+        mask_paths: list[str] | None,
+        processed_paths: list[str] | None,
+        mask_bytes: list[int] | None,
+        processed_bytes: list[int] | None,
+        model_names: list[str] | None,
+        model_revisions: list[str] | None,
+        processing_times_ms: list[int] | None,
+        completed_ats: list[datetime] | None,
+        reused: list[bool] | None,
+    ) -> list[asyncpg.Record]:
+        return await self._rows(
+            "mark_completed_many",
+            conn,
+            job_ids=job_ids,
+            created_ats=created_ats,
+            mask_paths=mask_paths,
+            processed_paths=processed_paths,
+            mask_bytes=mask_bytes,
+            processed_bytes=processed_bytes,
+            model_names=model_names,
+            model_revisions=model_revisions,
+            processing_times_ms=processing_times_ms,
+            completed_ats=completed_ats,
+            reused=reused,
+        )
+
+    async def mark_failed_many(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        job_ids: list[UUID] | None,
+        created_ats: list[datetime] | None,
+        error_messages: list[str] | None,
+        completed_ats: list[datetime] | None,
+    ) -> list[asyncpg.Record]:
+        return await self._rows(
+            "mark_failed_many",
+            conn,
+            job_ids=job_ids,
+            created_ats=created_ats,
+            error_messages=error_messages,
+            completed_ats=completed_ats,
+        )
 
     # -- users.sql --------------------------------------------------------------------------------------------------
 

@@ -35,7 +35,25 @@ async def user_counts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Per-user job counts and quartiles (design query 6), the busiest first, with the quartiles' bounds."""
-    since = datetime.now(UTC) - timedelta(days=days) if days else None
+    if days is None:
+        # All time: bounds, the page and a user's rank from ix_user_job_counts_rank (migration 0011), in one
+        # snapshot, without ranking every user.
+        async with res.db.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            quartiles = await res.db.stats.user_quartiles(conn)
+            if user:
+                one = await res.db.stats.user_quartile(conn, user_id=user, bounds=quartiles.bounds)
+                chosen = [one] if one is not None else []
+            else:
+                chosen = await res.db.stats.top_users(conn, limit=limit, bounds=quartiles.bounds)
+        return {
+            "users": quartiles.total_users,
+            "quartiles": [
+                {"quartile": b.quartile, "min_jobs": b.min_jobs, "max_jobs": b.max_jobs, "users": b.users}
+                for b in quartiles.bounds
+            ],
+            "items": [r._asdict() for r in chosen],
+        }
+    since = datetime.now(UTC) - timedelta(days=days)
     async with res.db.pool.acquire() as conn:
         rows = await res.db.jobs.user_job_quartiles(conn, since=since)
     bounds: dict[int, dict[str, int]] = {}
@@ -44,11 +62,11 @@ async def user_counts(
         b["min_jobs"] = min(b["min_jobs"], row.job_count)
         b["max_jobs"] = max(b["max_jobs"], row.job_count)
         b["users"] += 1
-    chosen = [r for r in rows if r.user_id == user] if user else rows[:limit]
+    picked = [r for r in rows if r.user_id == user] if user else rows[:limit]
     return {
         "users": len(rows),
         "quartiles": [{"quartile": q, **bounds[q]} for q in sorted(bounds)],
-        "items": [r._asdict() for r in chosen],
+        "items": [r._asdict() for r in picked],
     }
 
 

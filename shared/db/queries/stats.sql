@@ -175,3 +175,56 @@ SELECT count(*)::int AS total_jobs,
        round(avg(j.processing_time_ms) FILTER (WHERE j.status = 'completed'), 2) AS avg_processing_time_ms
 FROM image_process_jobs j
 WHERE j.user_id = :user_id AND j.created_at >= :since;
+
+-- The per-user quartiles of design query 6 over all time, without ranking every user (migration 0011).
+-- NTILE(4) over n rows ordered by (jobs, user_id) puts the first n % 4 buckets at n / 4 + 1 rows and the
+-- rest at n / 4, so every bound is the row at a known position of ix_user_job_counts_rank, n is kept in
+-- user_job_counts_total by triggers, and a row's quartile is the number of quartile first rows at or
+-- before it. The same answer as user_job_quartiles_all.
+
+-- name: user_quartile_bounds()
+-- Each non-empty quartile: its size, its first row (min_jobs, first_user) and its largest count. The first
+-- rows are found by stepping `size` rows on from the previous one (3/4 of the index read in all); the
+-- largest count is one backward probe from the next quartile's first row.
+WITH RECURSIVE sizes AS MATERIALIZED (
+    SELECT q, t.users / 4 + (q <= t.users % 4)::int AS size, t.users AS total
+    FROM user_job_counts_total t, generate_series(1, 4) AS q
+), lo(q, jobs, user_id) AS (
+    (SELECT 1, c.jobs, c.user_id FROM user_job_counts c WHERE c.jobs > 0 ORDER BY c.jobs, c.user_id LIMIT 1)
+    UNION ALL
+    SELECT lo.q + 1, nx.jobs, nx.user_id
+    FROM lo JOIN sizes s ON s.q = lo.q
+    CROSS JOIN LATERAL (
+        SELECT c.jobs, c.user_id FROM user_job_counts c
+        WHERE c.jobs > 0 AND (c.jobs, c.user_id) >= (lo.jobs, lo.user_id)
+        ORDER BY c.jobs, c.user_id OFFSET s.size LIMIT 1) nx
+    WHERE lo.q < 4 AND s.size > 0
+)
+SELECT l.q AS quartile, s.size AS users, s.total AS total_users, l.jobs AS min_jobs, l.user_id AS first_user,
+       (SELECT c.jobs FROM user_job_counts c
+        WHERE c.jobs > 0
+          AND (c.jobs, c.user_id) < (COALESCE(nx.jobs, 9223372036854775807), COALESCE(nx.user_id, ''))
+        ORDER BY c.jobs DESC, c.user_id DESC LIMIT 1) AS max_jobs
+FROM lo l
+JOIN sizes s ON s.q = l.q
+LEFT JOIN lo nx ON nx.q = l.q + 1
+WHERE s.size > 0
+ORDER BY l.q;
+
+-- name: user_quartile(user_id, first_jobs, first_users)^
+-- One user's count and quartile (no row: no jobs), given user_quartile_bounds' first rows.
+SELECT c.user_id, c.jobs AS job_count,
+       (SELECT count(*) FROM unnest(:first_jobs::bigint[], :first_users::varchar[]) AS b(jobs, user_id)
+        WHERE (b.jobs, b.user_id) <= (c.jobs, c.user_id))::int AS quartile
+FROM user_job_counts c
+WHERE c.user_id = :user_id::varchar AND c.jobs > 0;
+
+-- name: top_users(limit, first_jobs, first_users)
+-- The busiest users, as user_job_quartiles_all orders them, with their quartiles as in user_quartile.
+SELECT c.user_id, c.jobs AS job_count,
+       (SELECT count(*) FROM unnest(:first_jobs::bigint[], :first_users::varchar[]) AS b(jobs, user_id)
+        WHERE (b.jobs, b.user_id) <= (c.jobs, c.user_id))::int AS quartile
+FROM user_job_counts c
+WHERE c.jobs > 0
+ORDER BY c.jobs DESC, c.user_id
+LIMIT :limit;

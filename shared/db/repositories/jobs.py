@@ -13,7 +13,7 @@ import binascii
 import math
 import struct
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NamedTuple, TypedDict, TypeVar, cast
 from uuid import UUID
 
 import asyncpg
@@ -59,6 +59,48 @@ class _ListFilters(TypedDict):
     cursor_created_at: datetime | None
     cursor_job_id: UUID | None
     limit: int
+
+
+class Started(NamedTuple):
+    """One pending -> processing transition for :meth:`JobsRepository.mark_processing_many`."""
+
+    job_id: UUID
+    started_at: datetime
+    attempt: int
+
+
+class Completion(NamedTuple):
+    """One -> completed transition for :meth:`JobsRepository.mark_completed_many` (mark_completed's arguments)."""
+
+    job_id: UUID
+    mask_path: str
+    processed_path: str
+    mask_bytes: int | None
+    processed_bytes: int | None
+    model_name: str
+    model_revision: str | None
+    processing_time_ms: int
+    completed_at: datetime
+    reused: bool
+
+
+class Failure(NamedTuple):
+    """One -> failed transition for :meth:`JobsRepository.mark_failed_many`."""
+
+    job_id: UUID
+    error_message: str
+    completed_at: datetime
+
+
+_T = TypeVar("_T", Started, Completion, Failure)
+
+
+def _unique(items: list[_T]) -> list[_T]:
+    """The first item per job id, in job_id order (see the batched transitions)."""
+    first: dict[UUID, _T] = {}
+    for item in items:
+        first.setdefault(item.job_id, item)
+    return [first[k] for k in sorted(first)]
 
 
 class InvalidCursor(RmbgError, ValueError):
@@ -281,6 +323,64 @@ class JobsRepository:
             completed_at=completed_at,
         )
         return JobRecord.from_row(row) if row is not None else None
+
+    # -- batched transitions (transitions.sql) -----------------------------------------------------
+    # The same guards as the single transitions above, many jobs per round trip. Each returns the ids
+    # of the jobs that moved; the others were not in a state they may leave (a repeat, or late). Input
+    # is deduplicated by job id (the first occurrence wins, as the first of two single calls would) and
+    # sent in job_id order, so concurrent batches lock their rows in one order.
+
+    async def mark_processing_many(self, conn: asyncpg.Connection, items: list[Started]) -> set[UUID]:
+        """pending -> processing for each item; the ids that moved."""
+        rows = _unique(items)
+        if not rows:
+            return set()
+        moved = await self._q.mark_processing_many(
+            conn,
+            job_ids=[r.job_id for r in rows],
+            created_ats=[uuid7_time(r.job_id) for r in rows],
+            started_ats=[r.started_at for r in rows],
+            attempts=[r.attempt for r in rows],
+        )
+        return {m["job_id"] for m in moved}
+
+    async def mark_completed_many(self, conn: asyncpg.Connection, items: list[Completion]) -> set[UUID]:
+        """pending|processing -> completed with each item's results; the ids that moved."""
+        rows = _unique(items)
+        if not rows:
+            return set()
+        moved = await self._q.mark_completed_many(
+            conn,
+            job_ids=[r.job_id for r in rows],
+            created_ats=[uuid7_time(r.job_id) for r in rows],
+            mask_paths=[r.mask_path for r in rows],
+            processed_paths=[r.processed_path for r in rows],
+            # Elements may be None (unknown size): asyncpg sends NULL; the generated type only names the element.
+            mask_bytes=cast(list[int], [r.mask_bytes for r in rows]),
+            processed_bytes=cast(list[int], [r.processed_bytes for r in rows]),
+            model_names=[r.model_name for r in rows],
+            model_revisions=cast(list[str], [r.model_revision for r in rows]),
+            processing_times_ms=[r.processing_time_ms for r in rows],
+            completed_ats=[r.completed_at for r in rows],
+            reused=[r.reused for r in rows],
+        )
+        return {m["job_id"] for m in moved}
+
+    async def mark_failed_many(self, conn: asyncpg.Connection, items: list[Failure]) -> set[UUID]:
+        """pending|processing -> failed with each item's reason; the ids that moved."""
+        rows = _unique(items)
+        if not rows:
+            return set()
+        if any(not r.error_message for r in rows):
+            raise ValueError("a failed job needs its error_message")
+        moved = await self._q.mark_failed_many(
+            conn,
+            job_ids=[r.job_id for r in rows],
+            created_ats=[uuid7_time(r.job_id) for r in rows],
+            error_messages=[clean_text(r.error_message) for r in rows],
+            completed_ats=[r.completed_at for r in rows],
+        )
+        return {m["job_id"] for m in moved}
 
     async def mask_wanted(
         self, conn: asyncpg.Connection, *, content_sha256: str, mask_path: str, except_job_id: UUID

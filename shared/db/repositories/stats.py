@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any, get_args
+from typing import Any, NamedTuple, get_args
 from uuid import UUID
 
 import asyncpg
 
-from shared.db.models import DailyStats, StatKind, UserSummary
+from shared.db.models import DailyStats, StatKind, UserJobCount, UserSummary
 from shared.db.partitions import month_start, partition_name
 from shared.db.queryset import Queries, default_queries
 from shared.exceptions import RmbgError
@@ -18,6 +18,24 @@ MAX_DAYS = 3660  # ten years of rows; daily_totals is a primary-key range, this 
 
 class ReconcileRefused(RmbgError):
     """The jobs of that day are gone (retention dropped the month), so the counted stats are kept."""
+
+
+class QuartileBound(NamedTuple):
+    """One non-empty quartile of design query 6 over all time (1 = fewest jobs): its users and job counts.
+
+    ``first_user`` is the quartile's first row in (jobs, user_id) order, which top_users needs.
+    """
+
+    quartile: int
+    users: int
+    min_jobs: int
+    max_jobs: int
+    first_user: str
+
+
+class UserQuartiles(NamedTuple):
+    total_users: int
+    bounds: list[QuartileBound]
 
 
 class StatsRepository:
@@ -137,3 +155,37 @@ class StatsRepository:
     async def rebuild_user_counts(self, conn: asyncpg.Connection) -> None:
         """Recompute user_job_counts from the jobs table (a repair; scans every job)."""
         await self._q.rebuild_user_counts(conn)
+
+    # -- design query 6 over all time, from ix_user_job_counts_rank (migration 0011) ------------------------
+
+    async def user_quartiles(self, conn: asyncpg.Connection) -> UserQuartiles:
+        """How many users have jobs, and each non-empty quartile's size and bounds (NTILE(4)'s buckets)."""
+        rows = await self._q.user_quartile_bounds(conn)
+        bounds = [
+            QuartileBound(int(r["quartile"]), int(r["users"]), int(r["min_jobs"]), int(r["max_jobs"]),
+                          str(r["first_user"]))
+            for r in rows
+        ]
+        return UserQuartiles(int(rows[0]["total_users"]) if rows else 0, bounds)
+
+    async def user_quartile(
+        self, conn: asyncpg.Connection, *, user_id: str, bounds: list[QuartileBound]
+    ) -> UserJobCount | None:
+        """One user's all-time job count and quartile given ``bounds`` from :meth:`user_quartiles` (read in
+        the same snapshot for an exact answer); None when they have no jobs."""
+        row = await self._q.user_quartile(
+            conn, user_id=user_id, first_jobs=[b.min_jobs for b in bounds], first_users=[b.first_user for b in bounds]
+        )
+        return UserJobCount(str(row["user_id"]), int(row["job_count"]), int(row["quartile"])) if row else None
+
+    async def top_users(
+        self, conn: asyncpg.Connection, *, limit: int, bounds: list[QuartileBound]
+    ) -> list[UserJobCount]:
+        """The ``limit`` busiest users (most jobs first, then user_id) with their quartiles, given ``bounds``
+        from :meth:`user_quartiles` read in the same snapshot (a REPEATABLE READ transaction) or just before."""
+        if not 1 <= limit <= 1000:
+            raise ValueError("limit must be between 1 and 1000")
+        rows = await self._q.top_users(
+            conn, limit=limit, first_jobs=[b.min_jobs for b in bounds], first_users=[b.first_user for b in bounds]
+        )
+        return [UserJobCount(str(r["user_id"]), int(r["job_count"]), int(r["quartile"])) for r in rows]

@@ -1,0 +1,202 @@
+"""python -m bench.transitions: job transitions into PostgreSQL, batched vs one UPDATE per row vs COPY.
+
+    .venv/bin/python -m bench.transitions --dsn postgresql://postgres@127.0.0.1:5432/postgres
+
+Creates a scratch database (rmbg_bench_transitions, migrated to head, dropped at the end unless --keep),
+loads pending jobs spread over two monthly partitions, then in interleaved rounds times, each on its own
+fresh pending rows:
+
+- ``batch=N``: JobsRepository.mark_completed_many (transitions.sql), N jobs per statement, each batch its
+  own autocommit transaction (one commit per batch, as a persister committing a polled batch would);
+- ``single``: JobsRepository.mark_completed, one UPDATE per job in its own transaction (the seed design's
+  path: the persister's handler today), returning the row with its tags;
+- ``copy``: the same completion rows (job_id, created_at and the ten result columns) COPYed into an
+  unlogged staging table with copy_records_to_table, in chunks of the largest batch, one transaction each:
+  the raw rate at which these rows reach PostgreSQL with no UPDATE at all.
+
+Prints one JSON object per measurement and a summary (medians over the rounds) as JSON at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID
+
+import asyncpg
+
+from shared.db.migrate import upgrade
+from shared.db.partitions import ensure_partitions, month_start
+from shared.db.pool import create_pool
+from shared.db.repositories import create_repositories
+from shared.db.repositories.jobs import Completion
+from shared.ids import uuid7, uuid7_time
+
+DB = "rmbg_bench_transitions"
+_JOB_COLUMNS = (
+    "job_id", "created_at", "user_id", "original_path", "status", "params_hash",
+    "content_sha256", "model_name", "original_bytes", "source", "file_size_kb",
+)
+_STAGING = """
+CREATE UNLOGGED TABLE IF NOT EXISTS transition_staging (
+    job_id uuid NOT NULL, created_at timestamptz NOT NULL, mask_path varchar(512), processed_path varchar(512),
+    mask_bytes integer, processed_bytes integer, model_name varchar(200), model_revision varchar(100),
+    processing_time_ms integer, completed_at timestamptz, reused boolean)
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.transitions", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                   help="an existing database to connect to for CREATE/DROP DATABASE")
+    p.add_argument("--batches", default="1,10,100,500", help="batch sizes, comma-separated")
+    p.add_argument("--rows", type=int, default=20_000, help="rows per batched measurement (default 20,000)")
+    p.add_argument("--single-rows", type=int, default=3_000, help="rows per one-UPDATE-per-row measurement")
+    p.add_argument("--small-batch-rows", type=int, default=3_000, help="rows for batch sizes below 10")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    p.add_argument("--keep", action="store_true")
+    return p.parse_args(argv)
+
+
+def dsn_for(dsn: str, database: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
+
+
+def completion(job_id: UUID, now: datetime) -> Completion:
+    return Completion(
+        job_id=job_id, mask_path=f"masks/{job_id}.png", processed_path=f"processed/{job_id}.webp",
+        mask_bytes=48_213, processed_bytes=311_774, model_name="briaai/RMBG-2.0", model_revision="main",
+        processing_time_ms=812, completed_at=now, reused=False,
+    )
+
+
+async def load_pending(conn: asyncpg.Connection, n: int) -> list[UUID]:
+    """n pending jobs, half in last month's partition and half in this month's, in id order."""
+    now = datetime.now(UTC)
+    await ensure_partitions(conn, start=month_start(now - timedelta(days=40)), months=3)
+    await conn.execute("INSERT INTO users (user_id, username) VALUES ('bench', 'bench') ON CONFLICT DO NOTHING")
+    ids: list[UUID] = []
+    records = []
+    for i in range(n):
+        at = now - timedelta(days=35) + timedelta(seconds=i * 3_000_000 / n)  # ~35 days: two partitions
+        job_id = uuid7(at)
+        ids.append(job_id)
+        records.append((job_id, uuid7_time(job_id), "bench", f"originals/{job_id}", "pending", "p0",
+                        secrets.token_bytes(32), "briaai/RMBG-2.0", 123_456, "http", 121))
+    await conn.copy_records_to_table("image_process_jobs", records=records, columns=_JOB_COLUMNS)
+    await conn.execute("VACUUM ANALYZE image_process_jobs")
+    return ids
+
+
+async def run_batched(conn: asyncpg.Connection, ids: list[UUID], size: int) -> float:
+    jobs = create_repositories().jobs
+    now = datetime.now(UTC)
+    items = [completion(j, now) for j in ids]
+    moved = 0
+    start = time.perf_counter()
+    for lo in range(0, len(items), size):
+        moved += len(await jobs.mark_completed_many(conn, items[lo:lo + size]))
+    elapsed = time.perf_counter() - start
+    assert moved == len(ids), (moved, len(ids))
+    return len(ids) / elapsed
+
+
+async def run_single(conn: asyncpg.Connection, ids: list[UUID]) -> float:
+    jobs = create_repositories().jobs
+    now = datetime.now(UTC)
+    items = [completion(j, now) for j in ids]
+    start = time.perf_counter()
+    for item in items:
+        assert await jobs.mark_completed(conn, **item._asdict()) is not None
+    elapsed = time.perf_counter() - start
+    return len(ids) / elapsed
+
+
+async def run_copy(conn: asyncpg.Connection, ids: list[UUID], chunk: int) -> float:
+    await conn.execute("TRUNCATE transition_staging")
+    now = datetime.now(UTC)
+    rows = [(c.job_id, uuid7_time(c.job_id), c.mask_path, c.processed_path, c.mask_bytes, c.processed_bytes,
+             c.model_name, c.model_revision, c.processing_time_ms, c.completed_at, c.reused)
+            for c in (completion(j, now) for j in ids)]
+    start = time.perf_counter()
+    for lo in range(0, len(rows), chunk):
+        await conn.copy_records_to_table("transition_staging", records=rows[lo:lo + chunk])
+    elapsed = time.perf_counter() - start
+    return len(ids) / elapsed
+
+
+async def measure(conn: asyncpg.Connection, args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, str]]:
+    sizes = [int(s) for s in args.batches.split(",")]
+    await conn.execute(_STAGING)
+    rows_for = {s: (args.small_batch_rows if s < 10 else args.rows) for s in sizes}
+    per_round = sum(rows_for.values()) + args.single_rows
+    t0 = time.perf_counter()
+    ids = await load_pending(conn, per_round * args.rounds)
+    print(json.dumps({"loaded": len(ids), "s": round(time.perf_counter() - t0, 1)}), flush=True)
+    settings = {r["name"]: r["setting"] for r in await conn.fetch(
+        "SELECT name, setting FROM pg_settings WHERE name IN "
+        "('synchronous_commit', 'fsync', 'wal_level', 'shared_buffers', 'server_version')")}
+    # Interleaved: each round takes the next fresh pending rows for every mode in turn, so no mode always
+    # runs first, on the oldest rows, or right after the load's VACUUM.
+    results: dict[str, list[float]] = {}
+    copy_name = f"copy(chunk={max(sizes)})"
+    pos = 0
+    for rnd in range(args.rounds):
+        modes = [(f"batch={s}", rows_for[s]) for s in sizes] + [("single", args.single_rows), (copy_name, args.rows)]
+        for name, n in modes:
+            if name == copy_name:
+                rate = await run_copy(conn, ids[:n], max(sizes))  # copies rows, moves none: any ids will do
+            else:
+                chunk = ids[pos:pos + n]
+                pos += n
+                if name == "single":
+                    rate = await run_single(conn, chunk)
+                else:
+                    rate = await run_batched(conn, chunk, int(name.split("=")[1]))
+            results.setdefault(name, []).append(rate)
+            print(json.dumps({"round": rnd + 1, "mode": name, "rows": n, "per_s": round(rate)}), flush=True)
+    return results, settings
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    admin = await asyncpg.connect(args.dsn)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{DB}"')
+    dsn = dsn_for(args.dsn, DB)
+    try:
+        await asyncio.to_thread(upgrade, dsn)
+        pool = await create_pool(dsn, min_size=1, max_size=1, command_timeout=600)
+        try:
+            async with pool.acquire() as conn:
+                results, settings = await measure(conn, args)
+        finally:
+            await pool.close()
+    finally:
+        if not args.keep:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+        await admin.close()
+    copy_rate = statistics.median(next(v for k, v in results.items() if k.startswith("copy")))
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, Python {sys.version.split()[0]}",
+        "settings": settings,
+        "rounds": args.rounds,
+        "median_per_s": {k: round(statistics.median(v)) for k, v in results.items()},
+        "runs_per_s": {k: [round(x) for x in v] for k, v in results.items()},
+        "share_of_copy": {k: round(statistics.median(v) / copy_rate, 2) for k, v in results.items()},
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(main(parse_args())), indent=2))

@@ -1,0 +1,102 @@
+"""Batched transitions (transitions.sql): the single transitions' guards, many jobs per statement."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from shared.db.repositories import Repositories
+from shared.db.repositories.jobs import Completion, Failure, Started
+from shared.ids import uuid7
+from tests.shared.db.conftest import JobFactory, unique_user
+
+NOW = datetime.now(UTC)
+
+
+def done(job_id, **over) -> Completion:  # type: ignore[no-untyped-def]
+    values = dict(
+        job_id=job_id, mask_path=f"mask/{job_id}", processed_path=f"processed/{job_id}", mask_bytes=10,
+        processed_bytes=None, model_name="briaai/RMBG-2.0", model_revision=None, processing_time_ms=120,
+        completed_at=NOW, reused=False,
+    )
+    values.update(over)
+    return Completion(**values)  # type: ignore[arg-type]
+
+
+async def test_processing_many_moves_pending_only_once(
+    conn: asyncpg.Connection, repos: Repositories, raw_job: JobFactory
+) -> None:
+    user = unique_user("tm")
+    pending = [await raw_job(conn, at=NOW - timedelta(minutes=i), user_id=user, status="pending") for i in range(3)]
+    finished = await raw_job(conn, at=NOW, user_id=user, status="completed")
+    ghost = uuid7(NOW)
+    items = [Started(j, NOW, 2) for j in [*pending, finished, ghost]]
+    assert await repos.jobs.mark_processing_many(conn, items) == set(pending)
+    for job_id in pending:
+        job = await repos.jobs.get_job(conn, job_id=job_id)
+        assert job is not None and job.status == "processing" and job.attempts == 2
+    # A repeat changes nothing and reports nothing moved.
+    assert await repos.jobs.mark_processing_many(conn, items) == set()
+    assert await repos.jobs.mark_processing_many(conn, []) == set()
+
+
+async def test_completed_many_matches_the_single_statement(
+    conn: asyncpg.Connection, repos: Repositories, raw_job: JobFactory
+) -> None:
+    user = unique_user("tm")
+    # Two months apart: one statement, two partitions.
+    a = await raw_job(conn, at=NOW, user_id=user, status="processing")
+    b = await raw_job(conn, at=NOW - timedelta(days=40), user_id=user, status="pending")
+    c = await raw_job(conn, at=NOW, user_id=user, status="failed")
+    single = await raw_job(conn, at=NOW, user_id=user, status="processing")
+    moved = await repos.jobs.mark_completed_many(
+        conn, [done(a, model_revision="r1"), done(b, reused=True, mask_bytes=None), done(c)]
+    )
+    assert moved == {a, b}
+    one = done(single, model_revision="r1")
+    expected = await repos.jobs.mark_completed(conn, **one._asdict())
+    got = await repos.jobs.get_job(conn, job_id=a)
+    assert expected is not None and got is not None
+    skip = {"job_id", "created_at", "updated_at", "mask_path", "processed_path"}
+    assert {k: v for k, v in got.model_dump().items() if k not in skip} == {
+        k: v for k, v in expected.model_dump().items() if k not in skip
+    }
+    assert got.mask_path == f"mask/{a}" and got.status == "completed"
+    job_b = await repos.jobs.get_job(conn, job_id=b)
+    assert job_b is not None and job_b.reused_result and job_b.mask_bytes is None
+    failed = await repos.jobs.get_job(conn, job_id=c)
+    assert failed is not None and failed.status == "failed"
+    # Late and repeated: nothing moves, nothing is rewritten.
+    assert await repos.jobs.mark_completed_many(conn, [done(a, mask_path="mask/other"), done(b)]) == set()
+    again = await repos.jobs.get_job(conn, job_id=a)
+    assert again is not None and again.mask_path == f"mask/{a}"
+
+
+async def test_duplicates_in_a_batch_first_wins(
+    conn: asyncpg.Connection, repos: Repositories, raw_job: JobFactory
+) -> None:
+    job_id = await raw_job(conn, at=NOW, user_id=unique_user("tm"), status="processing")
+    moved = await repos.jobs.mark_completed_many(conn, [done(job_id, mask_path="mask/first"), done(job_id)])
+    assert moved == {job_id}
+    job = await repos.jobs.get_job(conn, job_id=job_id)
+    assert job is not None and job.mask_path == "mask/first"
+
+
+async def test_failed_many(conn: asyncpg.Connection, repos: Repositories, raw_job: JobFactory) -> None:
+    user = unique_user("tm")
+    a = await raw_job(conn, at=NOW, user_id=user, status="pending")
+    b = await raw_job(conn, at=NOW, user_id=user, status="completed")
+    assert await repos.jobs.mark_failed_many(conn, [Failure(a, "bad\x00input", NOW), Failure(b, "late", NOW)]) == {a}
+    job = await repos.jobs.get_job(conn, job_id=a)
+    assert job is not None and job.status == "failed" and job.error_message is not None
+    assert "\x00" not in job.error_message
+    assert await repos.jobs.mark_failed_many(conn, [Failure(a, "again", NOW)]) == set()
+    done_b = await repos.jobs.get_job(conn, job_id=b)
+    assert done_b is not None and done_b.status == "completed"
+    try:
+        await repos.jobs.mark_failed_many(conn, [Failure(a, "", NOW)])
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("an empty reason must be refused")

@@ -486,6 +486,21 @@ class Statements(abc.ABC):
     async def prune_idempotency_keys(self, conn: asyncpg.Connection, *, before: Any) -> Any:
         return await self._value("prune_idempotency_keys", conn, before=before)
 
+    # -- params.sql -------------------------------------------------------------------------------------------------
+
+    async def params_share(self, conn: asyncpg.Connection, *, contains: Any) -> asyncpg.Record | None:
+        return await self._row("params_share", conn, contains=contains)
+
+    async def by_params_hashes(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        hashes: list[str] | None,
+        contains: Any,
+        limit: Any,
+    ) -> list[asyncpg.Record]:
+        return await self._rows("by_params_hashes", conn, hashes=hashes, contains=contains, limit=limit)
+
     # -- partitions.sql ---------------------------------------------------------------------------------------------
 
     async def ensure_partitions(

@@ -1,0 +1,99 @@
+"""python -m bench.params_plan: design query 4 per value, jobs.sql by_params vs JobsRepository.by_params.
+
+    .venv/bin/python -m bench.storage --jobs 1000000 --keep ...   # leaves rmbg_bench_ours
+    .venv/bin/python -m bench.params_plan --dsn postgresql://postgres@127.0.0.1:5432/rmbg_bench_ours
+
+Runs on the database a `bench.storage --keep` run left (ours). If it is not at head, it is upgraded first
+(migration 0012 builds ix_jobs_params_hash_created; the build time and index size are reported). Then for
+each of the storage bench's 8 param values (10% to 0.02% of jobs), interleaved per round, times
+client-side: ``plain``, the single statement jobs.sql by_params; ``chosen``, the repository's per-request
+choice (params_share, then by_params_hashes or by_params), and checks both return the same 20 jobs.
+Connections use jit=off, as the services' pools do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from bench.storage.queries import PARAMS_MIX
+from shared.db.migrate import current, head_revision, upgrade
+from shared.db.models import JobRecord
+from shared.db.pool import create_pool
+from shared.db.queryset import default_queries
+from shared.db.repositories import create_repositories
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.params_plan", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/rmbg_bench_ours")
+    p.add_argument("--runs", type=int, default=40)
+    return p.parse_args(argv)
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds")}
+    before = await asyncio.to_thread(current, args.dsn)
+    if before != head_revision():
+        t0 = time.perf_counter()
+        await asyncio.to_thread(upgrade, args.dsn)
+        out["upgrade"] = {"from": before, "to": head_revision(), "s": round(time.perf_counter() - t0, 1)}
+    pool = await create_pool(args.dsn, min_size=1, max_size=1, command_timeout=600)
+    repos = create_repositories()
+    q = default_queries()
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("ANALYZE image_process_jobs")
+            out["index_bytes"] = int(await conn.fetchval(
+                "SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree('ix_jobs_params_hash_created')") or 0)
+            out["jobs"] = int(await conn.fetchval("SELECT count(*) FROM image_process_jobs"))
+
+            async def plain(contains: dict[str, Any]) -> list[JobRecord]:
+                rows = await q.by_params(conn, contains=contains, limit=20)
+                return [JobRecord.from_row(r) for r in rows]
+
+            async def chosen(contains: dict[str, Any]) -> list[JobRecord]:
+                return await repos.jobs.by_params(conn, contains=contains, limit=20)
+
+            times: dict[str, dict[str, list[float]]] = {json.dumps(p): {"plain": [], "chosen": []} for p in PARAMS_MIX}
+            shares: dict[str, Any] = {}
+            for p in PARAMS_MIX:
+                assert [r.job_id for r in await plain(p)] == [r.job_id for r in await chosen(p)], p
+                s = await q.params_share(conn, contains=p)
+                assert s is not None
+                shares[json.dumps(p)] = {"hashes": len(s["hashes"]),
+                                         "share": round(int(s["jobs"]) / max(1, int(s["all_jobs"])), 5)}
+                for _ in range(3):
+                    await plain(p)
+                    await chosen(p)
+            for _ in range(args.runs):
+                for p in PARAMS_MIX:
+                    for name, fn in (("plain", plain), ("chosen", chosen)):
+                        t = time.perf_counter()
+                        await fn(p)
+                        times[json.dumps(p)][name].append((time.perf_counter() - t) * 1000)
+            out["per_value"] = {
+                k: {**shares[k], **{n: f"{statistics.median(v):.2f} / {pct(v, 0.95):.2f} ms" for n, v in d.items()}}
+                for k, d in times.items()
+            }
+            for name in ("plain", "chosen"):
+                every = [x for d in times.values() for x in d[name]]
+                out[f"all_values_{name}"] = f"{statistics.median(every):.2f} / {pct(every, 0.95):.2f} ms"
+    finally:
+        await pool.close()
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(main(parse_args())), indent=2))

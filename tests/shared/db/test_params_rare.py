@@ -1,0 +1,61 @@
+"""by_params' per-request plan (params.sql, migration 0012): a rare value is read per params_hash, a common
+one walks created_at; both give the answer of jobs.sql by_params."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from shared.db.models import JobRecord
+from shared.db.repositories import Repositories
+from tests.shared.db.conftest import JobFactory, rolled_back, unique_user
+
+NOW = datetime.now(UTC)
+
+
+async def _plain(conn: asyncpg.Connection, repos: Repositories, contains: dict[str, Any]) -> list[JobRecord]:
+    rows = await repos.jobs._q.by_params(conn, contains=contains, limit=20)
+    return [JobRecord.from_row(r) for r in rows]
+
+
+async def test_rare_and_common_values_match_the_plain_statement(
+    clean_conn: asyncpg.Connection, repos: Repositories, raw_job: JobFactory
+) -> None:
+    conn = clean_conn
+    async with rolled_back(conn):
+        await conn.execute("DELETE FROM params_daily_counts")
+        user = unique_user("pr")
+        combos = {
+            "h-common": {"threshold": 0.5, "cutout_format": "png"},
+            "h-rare-a": {"threshold": 0.05, "cutout_format": "webp"},
+            "h-rare-b": {"threshold": 0.05, "cutout_format": "png"},
+        }
+        counts = {"h-common": 300, "h-rare-a": 2, "h-rare-b": 1}
+        i = 0
+        for h, n in counts.items():
+            for _ in range(n):
+                i += 1
+                at = NOW - timedelta(days=i % 50, minutes=i)  # two months: two partitions
+                await raw_job(conn, at=at, user_id=user, params=combos[h], params_hash=h)
+        for h, n in counts.items():
+            await conn.execute(
+                "INSERT INTO params_daily_counts (stat_date, params_hash, params, jobs) VALUES ($1, $2, $3, $4)",
+                NOW.date() - timedelta(days=10), h, combos[h], n,
+            )
+        await conn.execute(
+            "INSERT INTO processing_stats (stat_date, total_jobs) VALUES ($1, $2)", NOW.date(), sum(counts.values())
+        )
+        for contains in ({"threshold": 0.05}, {"threshold": 0.05, "cutout_format": "webp"}, {"threshold": 0.5},
+                         {"cutout_format": "png"}, {"threshold": 0.99}):
+            expected = await _plain(conn, repos, contains)
+            assert await repos.jobs.by_params(conn, contains=contains, limit=20) == expected, contains
+        rare = await repos.jobs._q.params_share(conn, contains={"threshold": 0.05})
+        assert rare is not None and list(rare["hashes"]) == ["h-rare-a", "h-rare-b"] and rare["jobs"] == 3
+        assert rare["all_jobs"] == 303
+        # The rare path reads the new index.
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(r[0] for r in await conn.fetch(
+            "EXPLAIN " + repos.jobs._q.sql("by_params_hashes"), ["h-rare-a"], {"threshold": 0.05}, 20))
+        assert "ix_jobs_params_hash_created" in plan or "params_hash_created" in plan

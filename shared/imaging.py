@@ -129,13 +129,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         raise ImageRejected(f"unsupported colour mode {mode}: {exc}", code="unsupported_format") from None
 
 
+# zlib level for the mask PNG (lossless at every level). Level 3 measured against zlib's default 6 on
+# 1024x1024 mattes (BENCHMARKS.md "CPU per image"): a fraction of the CPU on soft mattes for a few % bytes.
+MASK_PNG_COMPRESS_LEVEL = 3
+
+
 def encode_mask_png(mask: np.ndarray) -> bytes:
     """Lossless 8-bit grayscale PNG: the mask is the product's ground truth and must not drift."""
     if mask.dtype != np.uint8 or mask.ndim != 2:
         raise ValueError(f"mask must be a 2-D uint8 array, got {mask.dtype} {mask.shape}")
     buf = io.BytesIO()
-    # compress_level 6 is zlib's default trade-off; masks are mostly flat and shrink 20-50x.
-    Image.fromarray(mask, mode="L").save(buf, format="PNG", optimize=False, compress_level=6)
+    Image.fromarray(mask, mode="L").save(buf, format="PNG", optimize=False, compress_level=MASK_PNG_COMPRESS_LEVEL)
     return buf.getvalue()
 
 
@@ -165,6 +169,11 @@ def compose_cutout(original: Image.Image, mask: np.ndarray) -> Image.Image:
 # The cut-out's WebP quality when a job does not choose: the persister's default and what fsck rebuilds
 # with. q90 measured on the sample photos at 1024x1024 (BENCHMARKS.md): RGB PSNR >= 37.6 dB at 71 KiB.
 DEFAULT_WEBP_QUALITY = 90
+# libwebp's effort (0-6) for the lossy cut-out. It also sets the effort of the lossless alpha plane
+# (alpha_quality=100 keeps alpha exact), which is what soft, textured mattes cost: method 2 measured at
+# about half of method 4's CPU for a few % more bytes, and method 6 costs seconds on any soft matte
+# (BENCHMARKS.md "CPU per image"). Fixed here, never taken from a job, so no matte can cost seconds.
+CUTOUT_WEBP_METHOD = 2
 
 
 def encode_cutout(image: Image.Image, *, fmt: CutoutFormat, webp_quality: int) -> bytes:
@@ -184,7 +193,7 @@ def _encode_cutout(image: Image.Image, *, fmt: CutoutFormat, webp_quality: int) 
         image.save(buf, format="WEBP", lossless=True, method=4, exact=True)
     else:
         # exact=False lets the encoder discard RGB under fully transparent pixels, which nobody sees.
-        image.save(buf, format="WEBP", quality=webp_quality, alpha_quality=100, method=4)
+        image.save(buf, format="WEBP", quality=webp_quality, alpha_quality=100, method=CUTOUT_WEBP_METHOD)
     return buf.getvalue()
 
 

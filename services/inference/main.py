@@ -16,7 +16,7 @@ from services.inference.backends.base import SegmentationBackend
 from services.inference.backends.factory import load_backend
 from services.inference.handler import InferenceHandler
 from services.inference.settings import InferenceSettings
-from shared.runtime import ServiceRuntime, run_service
+from shared.runtime import ServiceRuntime, cpu_cores, run_service
 from shared.telemetry import configure_logging, register_gpu_memory
 from shared.worker import LoopOptions, consume_topic
 
@@ -32,7 +32,8 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
         watch = rt.health.consumer(group=opts.group_id, topic=rt.topics.jobs.name)
         # One model thread: the model is not re-entrant and one forward pass already uses every core.
         model_executor = rt.executor(workers=1, prefix="model")
-        io_executor = rt.executor(workers=2, prefix="inference-io")
+        # Decode and mask PNG encode: Pillow releases the GIL while it codes, one thread per core.
+        io_executor = rt.executor(workers=cpu_cores(), prefix="inference-io")
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         backend = await loop.run_in_executor(

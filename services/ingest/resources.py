@@ -19,7 +19,7 @@ from shared.cache import JobCache
 from shared.contracts import Topics
 from shared.db import Database
 from shared.health import Health
-from shared.runtime import ServiceRuntime
+from shared.runtime import ServiceRuntime, cpu_cores
 from shared.storage import ObjectStore
 from shared.telemetry import PipelineMetrics
 
@@ -50,9 +50,9 @@ async def open_ingest(settings: IngestSettings, metrics: PipelineMetrics) -> Asy
     async with ServiceRuntime(
         settings, name="ingest", metrics=metrics, ready_timeout_s=settings.ingest.ready_timeout_s
     ) as rt:
-        # Image decoding holds the GIL only partly (Pillow releases it while decoding); 4 threads keep
-        # two cores busy without letting a burst of uploads queue unbounded work.
-        executor = rt.executor(workers=4, prefix="ingest-img")
+        # Image decoding holds the GIL only partly (Pillow releases it while decoding); two threads per
+        # core keep the cores busy without letting a burst of uploads queue unbounded work.
+        executor = rt.executor(workers=2 * cpu_cores(), prefix="ingest-img")
         db = await rt.database()
         store = await rt.object_store()
         producer = await rt.producer()

@@ -9,7 +9,7 @@ from services.persister.settings import PersisterSettings
 from services.persister.sweeper import Sweeper
 from services.persister.webhooks import WebhookDispatcher, WebhookMetrics
 from shared.auth import SecretCipher
-from shared.runtime import ServiceRuntime, run_service
+from shared.runtime import ServiceRuntime, cpu_cores, run_service
 from shared.telemetry import configure_logging
 from shared.webhooks import WebhookSecrets
 from shared.worker import LoopOptions, consume_topic
@@ -21,8 +21,9 @@ async def run_persister(settings: PersisterSettings, stop: asyncio.Event) -> Non
         await rt.serve_telemetry()
         metrics, topics = rt.metrics, rt.topics
         watch = rt.health.consumer(group=opts.group_id, topic=topics.results.name)
-        # Cut-out encoding is CPU work (1 MP: WebP q90 about 90 ms, PNG 275 ms, BENCHMARKS.md): 2 threads, 2 cores.
-        executor = rt.executor(workers=2, prefix="persister-img")
+        # Cut-out decode + encode is CPU work (1 MP: tens of ms, BENCHMARKS.md "CPU per image"); Pillow
+        # releases the GIL while it codes, so one thread per core keeps every core busy.
+        executor = rt.executor(workers=cpu_cores(), prefix="persister-img")
         db = await rt.database()
         store = await rt.object_store()
         producer = await rt.producer()

@@ -59,17 +59,32 @@ def resize_for_model(image: Image.Image, size: tuple[int, int] = MODEL_SIZE) -> 
     return rgb.resize(size, Image.Resampling.BILINEAR)
 
 
+def _normalize_table() -> np.ndarray:
+    """(3, 256) float32: ``Normalize(MEAN, STD)`` of ``ToTensor``'s ``v / 255`` for every byte ``v``.
+
+    Computed with the very float32 operations ``to_normalized_tensor`` applies to each pixel (``div(255)``,
+    ``sub(mean)``, ``div(std)``, each correctly rounded), so looking a byte up gives the same bits as
+    computing it: one pass over the image instead of four over a float copy (BENCHMARKS.md "CPU per image").
+    """
+    values = torch.arange(256, dtype=torch.float32).div(255).view(1, -1).repeat(3, 1)
+    mean = torch.as_tensor(MEAN, dtype=torch.float32).view(-1, 1)
+    std = torch.as_tensor(STD, dtype=torch.float32).view(-1, 1)
+    return values.sub_(mean).div_(std).numpy()
+
+
+_NORMALIZED = _normalize_table()
+
+
 def to_normalized_tensor(image: Image.Image) -> torch.Tensor:
     """``ToTensor`` then ``Normalize(MEAN, STD)`` on an RGB image: CHW float32."""
     if image.mode != "RGB":
         raise ValueError(f"expected an RGB image, got mode {image.mode!r}")
-    # copy=True: torch.from_numpy must own writable memory (PIL's buffer view is read-only).
-    hwc = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
-    chw = hwc.permute(2, 0, 1).contiguous().to(dtype=torch.float32).div(255)
-    mean = torch.as_tensor(MEAN, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.as_tensor(STD, dtype=torch.float32).view(-1, 1, 1)
-    # Same two float32 operations, same order, as torchvision's normalize: results are bit-identical.
-    return chw.sub_(mean).div_(std)
+    hwc = np.asarray(image, dtype=np.uint8)
+    chw = np.empty((3, hwc.shape[0], hwc.shape[1]), dtype=np.float32)
+    for channel in range(3):
+        # Bit-identical to torchvision's (x / 255 - mean) / std in float32: see _normalize_table.
+        np.take(_NORMALIZED[channel], hwc[:, :, channel], out=chw[channel])
+    return torch.from_numpy(chw)
 
 
 def preprocess(image: Image.Image) -> torch.Tensor:
@@ -111,7 +126,9 @@ def logits_to_model_masks(logits: torch.Tensor) -> list[Image.Image]:
     # The sigmoid runs in float32 even for an fp16 model: half precision would add its own rounding before
     # the 8-bit truncation. For an fp32 model this is exactly the card's ``.sigmoid()``.
     probs = logits.detach().float().sigmoid().cpu()
-    if not bool(torch.isfinite(probs).all()):
+    # After a sigmoid every value is in [0, 1] or NaN, so the sum is finite exactly when every value is
+    # (and costs a fraction of an elementwise isfinite over the whole batch).
+    if not bool(torch.isfinite(probs.sum())):
         # NaN (e.g. fp16 overflow inside the network) would silently become an arbitrary byte value.
         raise ModelError("model produced non-finite values")
     # ToPILImage on a float tensor: mul(255).byte() truncates toward zero; sigmoid keeps values in [0, 1].

@@ -21,11 +21,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+
 from bench.storage.queries import PARAMS_MIX
 from shared.db.migrate import current, head_revision, upgrade
 from shared.db.models import JobRecord
 from shared.db.pool import create_pool
-from shared.db.queryset import default_queries
+from shared.db.queryset import Queries, default_queries
 from shared.db.repositories import create_repositories
 
 
@@ -40,6 +42,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+async def server_side(conn: asyncpg.Connection, q: Queries) -> dict[str, Any]:
+    # Server-side planning + execution (EXPLAIN ANALYZE), less exposed to a busy client machine than
+    # the client-side times: medians of 7 runs per value; chosen = params_share + the statement used.
+    async def server_ms(sql: str, *a: Any) -> float:
+        raw = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *a)
+        plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]  # the pool's json codec may decode it
+        return float(plan["Planning Time"]) + float(plan["Execution Time"])
+
+    server: dict[str, Any] = {}
+    for p in PARAMS_MIX:
+        s = await q.params_share(conn, contains=p)
+        assert s is not None
+        rare = len(s["hashes"]) <= 16 and int(s["jobs"]) < 0.01 * int(s["all_jobs"])
+        pl, ch = [], []
+        for _ in range(7):
+            pl.append(await server_ms(q.sql("by_params"), p, 20))
+            share_ms = await server_ms(q.sql("params_share"), p)
+            if rare:
+                ch.append(share_ms + await server_ms(q.sql("by_params_hashes"), list(s["hashes"]), 20))
+            else:
+                ch.append(share_ms + pl[-1])
+        server[json.dumps(p)] = {"path": "hashes" if rare else "created_at/GIN",
+                                 "plain_ms": round(statistics.median(pl), 2),
+                                 "chosen_ms": round(statistics.median(ch), 2)}
+    return server
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,6 +119,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             for name in ("plain", "chosen"):
                 every = [x for d in times.values() for x in d[name]]
                 out[f"all_values_{name}"] = f"{statistics.median(every):.2f} / {pct(every, 0.95):.2f} ms"
+            out["server_side_median"] = await server_side(conn, q)
     finally:
         await pool.close()
     return out

@@ -496,10 +496,9 @@ class Statements(abc.ABC):
         conn: asyncpg.Connection,
         *,
         hashes: list[str] | None,
-        contains: Any,
         limit: Any,
     ) -> list[asyncpg.Record]:
-        return await self._rows("by_params_hashes", conn, hashes=hashes, contains=contains, limit=limit)
+        return await self._rows("by_params_hashes", conn, hashes=hashes, limit=limit)
 
     # -- partitions.sql ---------------------------------------------------------------------------------------------
 

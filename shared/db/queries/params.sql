@@ -3,29 +3,30 @@
 -- Note for editors: aiosql reads a colon followed by a word as a parameter, comments included.
 
 -- name: params_share(contains)^
--- The parameter combinations (params_hash) whose params contain `contains`, the jobs they have, and all
--- jobs accepted over the same days (processing_stats, one row a day, from the first day params_daily_counts
--- still has). params_daily_counts covers the days retention keeps (it prunes both together) and is filled
--- by the stats service, so a combination seen for the first time seconds ago may be missing.
-SELECT COALESCE(array_agg(h.params_hash ORDER BY h.params_hash), '{}') AS hashes,
-       COALESCE(sum(h.jobs), 0)::bigint AS jobs,
-       (SELECT COALESCE(sum(s.total_jobs), 0) FROM processing_stats s
-        WHERE s.stat_date >= (SELECT min(c.stat_date) FROM params_daily_counts c))::bigint AS all_jobs
-FROM (
-    SELECT c.params_hash, sum(c.jobs) AS jobs FROM params_daily_counts c
-    WHERE c.params @> :contains::jsonb GROUP BY c.params_hash
-) h;
+-- The parameter combinations whose params contain `contains` (params_combos, a few hundred rows), and the
+-- jobs of the last 7 UTC days with such params against all jobs of those days (params_daily_counts, a
+-- primary-key range of about 7 x combinations rows): how densely the value sits among the newest jobs,
+-- which is what the created_at walk pays for. params_daily_counts is filled by the stats service, so a
+-- combination seen for the first time seconds ago may be missing.
+SELECT (SELECT COALESCE(array_agg(p.params_hash ORDER BY p.params_hash), '{}')
+        FROM params_combos p WHERE p.params @> :contains::jsonb) AS hashes,
+       COALESCE(sum(c.jobs) FILTER (WHERE c.params @> :contains::jsonb), 0)::bigint AS jobs,
+       COALESCE(sum(c.jobs), 0)::bigint AS all_jobs
+FROM params_daily_counts c
+WHERE c.stat_date >= (now() AT TIME ZONE 'UTC')::date - 7;
 
--- name: by_params_hashes(hashes, contains, limit)
+-- name: by_params_hashes(hashes, limit)
 -- The newest `limit` jobs over the given hashes: per hash, the newest rows of ix_jobs_params_hash_created
--- (a Merge Append over the partitions, stopping at LIMIT), then the newest of those. `params @>` is
--- checked again: a hash names one combination, the containment is what was asked.
+-- (a Merge Append over the partitions, stopping at LIMIT), then the newest of those. The containment is
+-- params_share's (params_daily_counts.params @> x): a params_hash names one canonical combination. Checking
+-- `params @>` again here made the planner AND the GIN with this index and sort every matching row (7
+-- hashes with 1% of 890k jobs: 59 ms instead of about 1 ms).
 SELECT j.*,
        (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags
 FROM unnest(:hashes::varchar[]) AS h(params_hash)
 CROSS JOIN LATERAL (
     SELECT * FROM image_process_jobs x
-    WHERE x.params_hash = h.params_hash AND x.params @> :contains::jsonb
+    WHERE x.params_hash = h.params_hash
     ORDER BY x.created_at DESC, x.job_id DESC
     LIMIT :limit
 ) j

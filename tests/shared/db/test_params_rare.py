@@ -26,6 +26,7 @@ async def test_rare_and_common_values_match_the_plain_statement(
     conn = clean_conn
     async with rolled_back(conn):
         await conn.execute("DELETE FROM params_daily_counts")
+        await conn.execute("DELETE FROM params_combos")
         user = unique_user("pr")
         combos = {
             "h-common": {"threshold": 0.5, "cutout_format": "png"},
@@ -42,11 +43,14 @@ async def test_rare_and_common_values_match_the_plain_statement(
         for h, n in counts.items():
             await conn.execute(
                 "INSERT INTO params_daily_counts (stat_date, params_hash, params, jobs) VALUES ($1, $2, $3, $4)",
-                NOW.date() - timedelta(days=10), h, combos[h], n,
+                NOW.date() - timedelta(days=2), h, combos[h], n,
             )
+        # The trigger keeps one row per combination; an old day's row adds no combination and no recent jobs.
         await conn.execute(
-            "INSERT INTO processing_stats (stat_date, total_jobs) VALUES ($1, $2)", NOW.date(), sum(counts.values())
+            "INSERT INTO params_daily_counts (stat_date, params_hash, params, jobs) VALUES ($1, $2, $3, $4)",
+            NOW.date() - timedelta(days=30), "h-common", combos["h-common"], 1000,
         )
+        assert await conn.fetchval("SELECT count(*) FROM params_combos") == 3
         for contains in ({"threshold": 0.05}, {"threshold": 0.05, "cutout_format": "webp"}, {"threshold": 0.5},
                          {"cutout_format": "png"}, {"threshold": 0.99}):
             expected = await _plain(conn, repos, contains)
@@ -54,8 +58,10 @@ async def test_rare_and_common_values_match_the_plain_statement(
         rare = await repos.jobs._q.params_share(conn, contains={"threshold": 0.05})
         assert rare is not None and list(rare["hashes"]) == ["h-rare-a", "h-rare-b"] and rare["jobs"] == 3
         assert rare["all_jobs"] == 303
+        common = await repos.jobs._q.params_share(conn, contains={"cutout_format": "png"})
+        assert common is not None and list(common["hashes"]) == ["h-common", "h-rare-b"] and common["jobs"] == 301
         # The rare path reads the new index.
         await conn.execute("SET LOCAL enable_seqscan = off")
         plan = "\n".join(r[0] for r in await conn.fetch(
-            "EXPLAIN " + repos.jobs._q.sql("by_params_hashes"), ["h-rare-a"], {"threshold": 0.05}, 20))
+            "EXPLAIN " + repos.jobs._q.sql("by_params_hashes"), ["h-rare-a"], 20))
         assert "ix_jobs_params_hash_created" in plan or "params_hash_created" in plan

@@ -105,6 +105,35 @@ def render(jobs: list[dict[str, Any]], console: Console) -> None:
             console.print(f"  {label:8} {j.get(key) or '-'}", soft_wrap=True)
 
 
+async def daily_stats(client: httpx.AsyncClient, headers: dict[str, str], *, days: int) -> list[dict[str, Any]]:
+    resp = await client.get("/v1/admin/stats/daily", params={"days": days}, headers=headers)
+    if resp.status_code != 200:
+        return []
+    rows: list[dict[str, Any]] = resp.json().get("days") or []
+    return rows
+
+
+def _counted(rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """(completed, failed) over the rows."""
+    return sum(int(r.get("completed_jobs") or 0) for r in rows), sum(int(r.get("failed_jobs") or 0) for r in rows)
+
+
+async def wait_counted(
+    client: httpx.AsyncClient, headers: dict[str, str], *, at_least: tuple[int, int], timeout_s: float
+) -> bool:
+    """Until the stats count ``at_least`` (completed, failed) jobs today and yesterday (a demo may cross
+    midnight UTC): the stats service applies job events a moment after the row changed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        completed, failed = _counted(await daily_stats(client, headers, days=2))
+        if completed >= at_least[0] and failed >= at_least[1]:
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.25)
+
+
 async def run_demo(api_url: str, settings: BaseServiceSettings, console: Console, *, timeout_s: float = 600) -> bool:
     user = "demo-user"
     keys = KeyRing(settings, name="demo")
@@ -113,13 +142,28 @@ async def run_demo(api_url: str, settings: BaseServiceSettings, console: Console
     user_headers = await keys.headers(user)
     admin_headers = await keys.headers("demo-admin", admin=True)
     async with httpx.AsyncClient(base_url=api_url, timeout=60, headers=user_headers) as client:
+        # What the stats counted before (an earlier demo in the same state folder), so the summary
+        # waits for this run's jobs to be counted too.
+        before = _counted(await daily_stats(client, admin_headers, days=2))
         job_ids = [await submit_http(client, n, tags="demo,sample") for n in SAMPLES[:-1]]
         job_ids.append(await submit_upload_event(settings, SAMPLES[-1], user_id=user))
         console.print(f"submitted {len(job_ids)} jobs as {user}; waiting for results...")
         jobs = await wait_terminal(client, job_ids, timeout_s=timeout_s)
-        resp = await client.get("/v1/admin/stats/daily", params={"days": 1}, headers=admin_headers)
-        stats = resp.json() if resp.status_code == 200 else {}
+        ended = (
+            sum(1 for j in jobs if j.get("status") == "completed"),
+            sum(1 for j in jobs if j.get("status") == "failed"),
+        )
+        want = (before[0] + ended[0], before[1] + ended[1])
+        if not await wait_counted(client, admin_headers, at_least=want, timeout_s=30):
+            console.print("[yellow]the stats did not count every job within 30 s[/]")
+        stats = {"days": await daily_stats(client, admin_headers, days=1)}
     render(jobs, console)
+    latencies = sorted(int(j["processing_time_ms"]) for j in jobs if j.get("processing_time_ms") is not None)
+    if latencies:
+        console.print(
+            f"per-job latency, acceptance to completed: min {latencies[0]} ms, "
+            f"median {latencies[len(latencies) // 2]} ms, max {latencies[-1]} ms"
+        )
     console.print(f"processing_stats today: {stats.get('days')}")
     console.print(f"more keys: rmbg keys create --user {user}  (then send 'Authorization: Bearer <key>')")
     return all(j.get("status") == "completed" for j in jobs)

@@ -42,8 +42,10 @@ class _Supervised:
 class RunningServices:
     api_url: str
     metrics_urls: dict[str, str]
+    ready_urls: dict[str, str]
     logs: dict[str, Path]
     supervisor: Supervisor
+    ready_s: dict[str, float]  # seconds from start until each answered /readyz
 
 
 class Supervisor:
@@ -109,23 +111,29 @@ async def run_services(
     ready_timeout_s: float = 180.0,
     on_restart: Callable[[str, int, int | None], None] | None = None,
 ) -> AsyncIterator[RunningServices]:
-    """Start stats, persister, inference, ingest (downstream first, so nothing queues unheard);
-    stop them in reverse: ingest stops taking work first, inference drains, persister writes last."""
+    """Start stats, persister, inference, ingest (downstream first, so nothing queues unheard) and return
+    once every one answers /readyz: dependencies reachable, the model loaded and warmed, and each consumer
+    in its group with its partitions, so the first job meets no group forming (which on the broker here
+    takes about half the session timeout per group). Stop them in reverse: ingest stops taking work first,
+    inference drains, persister writes last.
+
+    A dead service is restarted when its /healthz stops answering; the restart waits for /healthz only
+    (a restarted service may wait for a dependency that is down, and must not hold up other restarts)."""
     ports = PortBook(state_dir / "service-ports.json")
     api = ports.get("ingest-api", api_port)
     metrics = {name: ports.get(f"{name}-metrics") for name in SERVICES if name != "ingest"}
     ports.save()
+    base = {n: (f"http://127.0.0.1:{metrics[n]}" if n in metrics else f"http://127.0.0.1:{api}") for n in SERVICES}
     logs: dict[str, Path] = {}
     supervisor = Supervisor(ready_timeout_s=ready_timeout_s, on_restart=on_restart or _log_restart)
     async with contextlib.AsyncExitStack() as stack:
+        children: list[ChildProcess] = []
         for name in SERVICES:
             child_env = dict(env)
             if name == "ingest":
                 child_env["RMBG_INGEST__PORT"] = str(api)
-                metrics_url = f"http://127.0.0.1:{api}/metrics/"
             else:
                 child_env["RMBG_TELEMETRY__METRICS_PORT"] = str(metrics[name])
-                metrics_url = f"http://127.0.0.1:{metrics[name]}/metrics"
             child = ChildProcess(
                 name,
                 [sys.executable, "-m", f"services.{name}.main"],
@@ -135,19 +143,29 @@ async def run_services(
             await child.start()
             # Services drain in-flight work on SIGTERM; inference may hold a batch for a while.
             stack.push_async_callback(child.stop, 60.0)
-            probe_url = f"http://127.0.0.1:{api}/healthz" if name == "ingest" else metrics_url
-            probe = functools.partial(_http_ok, probe_url)
-            await child.wait_ready(probe, timeout_s=ready_timeout_s, interval_s=0.25)
-            supervisor.watch(child, probe)
+            children.append(child)
             logs[name] = child.log_path
+        # All four come up at once (their groups form in parallel); none is "up" until all are ready.
+        waited = await asyncio.gather(
+            *(
+                c.wait_ready(
+                    functools.partial(_http_ok, f"{base[c.name]}/readyz"), timeout_s=ready_timeout_s, interval_s=0.25
+                )
+                for c in children
+            )
+        )
+        logger.info(
+            "services ready after %s", ", ".join(f"{c.name} {w:.1f} s" for c, w in zip(children, waited, strict=True))
+        )
+        for child in children:
+            supervisor.watch(child, functools.partial(_http_ok, f"{base[child.name]}/healthz"))
         yield RunningServices(
             api_url=f"http://127.0.0.1:{api}",
-            metrics_urls={
-                n: (f"http://127.0.0.1:{metrics[n]}/metrics" if n in metrics else f"http://127.0.0.1:{api}/metrics/")
-                for n in SERVICES
-            },
+            metrics_urls={n: f"{base[n]}/metrics" for n in SERVICES},
+            ready_urls={n: f"{base[n]}/readyz" for n in SERVICES},
             logs=logs,
             supervisor=supervisor,
+            ready_s=dict(zip(SERVICES, waited, strict=True)),
         )
         await asyncio.sleep(0)
 

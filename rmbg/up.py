@@ -104,7 +104,8 @@ async def _serve(
     table.add_row("API", f"{svc.api_url}  (POST /v1/jobs, GET /v1/jobs/{{id}}, docs at /docs)")
     table.add_row("API keys", "rmbg keys create --user <user> [--admin]; send 'Authorization: Bearer <key>'")
     for name, url in svc.metrics_urls.items():
-        table.add_row(f"metrics {name}", url)
+        table.add_row(f"metrics {name}", f"{url}  (/healthz, /readyz beside it)")
+    table.add_row("ready after", ", ".join(f"{n} {s:.1f} s" for n, s in svc.ready_s.items()))
     table.add_row("PostgreSQL", _redact(endpoints.postgres_dsn))
     table.add_row("Redis", endpoints.redis_url)
     table.add_row("Kafka", endpoints.kafka_bootstrap)

@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=20_000, help="rows per batched measurement (default 20,000)")
     p.add_argument("--single-rows", type=int, default=3_000, help="rows per one-UPDATE-per-row measurement")
     p.add_argument("--small-batch-rows", type=int, default=3_000, help="rows for batch sizes below 10")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
     p.add_argument("--keep", action="store_true")
     return p.parse_args(argv)
 

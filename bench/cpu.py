@@ -17,6 +17,9 @@ process, so a multi-threaded torch op counts in full) in one calling thread; the
 images and the worst image. "before" is what the services ran before issue 10 (WebP method 4); "now" is
 what ``shared.imaging`` does now, measured in the same run. The run fails (exit 1) if any matte's cut-out
 encode costs more than ``--bound-ms`` CPU milliseconds with the current settings.
+
+Decoders compared with Pillow, when installed (not project dependencies; a missing one is reported as
+unavailable): ``pip install simplejpeg pyvips PyTurboJPEG`` and ``apt-get install libvips42 libturbojpeg0``.
 """
 
 # Each lambda is run at once, inside its loop iteration: late binding (B023) cannot bite.
@@ -92,6 +95,24 @@ def alpha_of(data: bytes) -> np.ndarray:
         return np.asarray(img.getchannel("A"))
 
 
+def preprocess_before(image: Image.Image) -> torch.Tensor:
+    """``recipe.preprocess_batch([image])`` as it was before issue 10 (four float passes), for comparison."""
+    hwc = torch.from_numpy(np.array(recipe.resize_for_model(image), dtype=np.uint8, copy=True))
+    chw = hwc.permute(2, 0, 1).contiguous().to(dtype=torch.float32).div(255)
+    mean = torch.as_tensor(recipe.MEAN, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.as_tensor(recipe.STD, dtype=torch.float32).view(-1, 1, 1)
+    return torch.stack([chw.sub_(mean).div_(std)]).to(device="cpu", dtype=torch.float32)
+
+
+def postprocess_before(logits: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """``recipe.postprocess`` as it was before issue 10 (elementwise isfinite), for comparison."""
+    probs = logits.detach().float().sigmoid().cpu()
+    if not bool(torch.isfinite(probs).all()):
+        raise ValueError("non-finite")
+    masks = [Image.fromarray(np.ascontiguousarray(m)) for m in probs[:, 0].mul(255).byte().numpy()]
+    return [recipe.restore_size(m, size) for m, size in zip(masks, sizes, strict=True)]
+
+
 class Table:
     def __init__(self, title: str, header: list[str], note: str = "") -> None:
         self.title, self.header, self.note, self.rows = title, header, note, []
@@ -160,7 +181,7 @@ def decoders() -> dict[str, Callable[[bytes], np.ndarray] | str]:
         tj = turbojpeg.TurboJPEG()
         found["PyTurboJPEG (libturbojpeg0)"] = lambda d: tj.decode(d, pixel_format=turbojpeg.TJPF_RGB)
     except (ImportError, RuntimeError, OSError) as exc:
-        found["PyTurboJPEG"] = f"unavailable ({exc})"
+        found["PyTurboJPEG"] = f"unavailable ({str(exc).splitlines()[0]})"
     try:
         import pyvips
 
@@ -196,14 +217,20 @@ def run(size: int, repeats: int, bound_ms: float) -> tuple[str, bool]:
         # inference
         ms, image = cpu_ms(lambda: decode_rgb(jpeg), r)
         stage("inference: decode_rgb", ms)
+        ms, before = cpu_ms(lambda: preprocess_before(image), r)
+        stage("inference: preprocess BEFORE (four float passes)", ms)
         ms, batch = cpu_ms(lambda: recipe.preprocess_batch([image]), r)
-        stage("inference: preprocess (card recipe)", ms)
+        stage("inference: preprocess NOW (recipe.preprocess_batch, lookup table)", ms)
+        assert torch.equal(before, batch), "preprocessing must stay bit-identical"
         ms, _ = cpu_ms(lambda: backend.predict([image]), r)
         stage("inference: tiny model predict (pre + net + post)", ms)
         with torch.inference_mode():
             logits = recipe.select_logits(backend._model(batch), 1)
+        ms, before_masks = cpu_ms(lambda: postprocess_before(logits, [image.size]), r)
+        stage("inference: postprocess BEFORE (elementwise isfinite)", ms)
         ms, masks = cpu_ms(lambda: recipe.postprocess(logits, [image.size]), r)
-        stage("inference: postprocess (card recipe)", ms)
+        stage("inference: postprocess NOW (recipe.postprocess)", ms)
+        assert np.array_equal(before_masks[0], masks[0])
         mattes = make_mattes(masks[0], seed=index)
         for kind, mask in mattes.items():
             stage(
@@ -295,8 +322,17 @@ def run(size: int, repeats: int, bound_ms: float) -> tuple[str, bool]:
         "itself, unchanged, is left out). Persister: decode original + decode mask + compose + cut-out encode.",
     )
     for kind in MATTES:
-        pre = ["inference: decode_rgb", "inference: preprocess (card recipe)", "inference: postprocess (card recipe)"]
-        inf_b = total(pre + [f"inference: threshold (none) + mask PNG BEFORE (level {BEFORE_MASK_LEVEL}), {kind}"])
+        pre_b = [
+            "inference: decode_rgb",
+            "inference: preprocess BEFORE (four float passes)",
+            "inference: postprocess BEFORE (elementwise isfinite)",
+        ]
+        pre = [
+            "inference: decode_rgb",
+            "inference: preprocess NOW (recipe.preprocess_batch, lookup table)",
+            "inference: postprocess NOW (recipe.postprocess)",
+        ]
+        inf_b = total(pre_b + [f"inference: threshold (none) + mask PNG BEFORE (level {BEFORE_MASK_LEVEL}), {kind}"])
         inf_n = total(
             pre
             + [f"inference: threshold (none) + mask PNG NOW (encode_mask_png, level {MASK_PNG_COMPRESS_LEVEL}), {kind}"]

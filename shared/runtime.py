@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
-def cpu_cores() -> int:
+def cpu_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
     """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (containers).
 
     CPU pools (image decode and encode) are sized from this, so a service uses the cores it is given and
@@ -49,7 +49,7 @@ def cpu_cores() -> int:
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
-        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+        with open(cpu_max, encoding="ascii") as f:
             quota, period = f.read().split()[:2]
         if quota != "max":
             cores = min(cores, max(1, math.ceil(int(quota) / int(period))))

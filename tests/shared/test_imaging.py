@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +11,15 @@ from PIL import Image
 
 from shared.contracts import CutoutFormat
 from shared.exceptions import ImageRejected
-from shared.imaging import apply_threshold, encode_mask_png, inspect_image, make_cutout
+from shared.imaging import (
+    CUTOUT_WEBP_METHOD,
+    apply_threshold,
+    compose_cutout,
+    encode_cutout,
+    encode_mask_png,
+    inspect_image,
+    make_cutout,
+)
 from tests.support.images import bomb_png
 
 LIMITS = {"max_bytes": 5_000_000, "max_pixels": 4_000_000}
@@ -78,6 +87,22 @@ def test_cutout_alpha_is_the_mask_exactly(fmt: CutoutFormat) -> None:
     mask = np.random.default_rng(1).integers(0, 256, (48, 64), dtype=np.uint8)
     out = Image.open(io.BytesIO(make_cutout(_png(), encode_mask_png(mask), fmt, 80)))
     assert out.mode == "RGBA" and np.array_equal(np.asarray(out.getchannel("A")), mask)
+
+
+def test_a_noisy_soft_matte_never_costs_seconds() -> None:
+    """The lossy cut-out's lossless alpha is where soft mattes cost; method 6 takes 8-11 s CPU on one
+    1024x1024 soft matte (BENCHMARKS.md "CPU per image"), method 2 about 0.25 s. Alpha stays exact."""
+    assert CUTOUT_WEBP_METHOD <= 4
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[0:1024, 0:1024]
+    smooth = 128 + 100 * np.sin(xx / 37.0) * np.cos(yy / 53.0)  # textured gradients, like the tiny model's
+    mask = np.clip(smooth + rng.integers(-8, 9, smooth.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8))
+    started = time.process_time()
+    data = encode_cutout(compose_cutout(image, mask), fmt=CutoutFormat.WEBP, webp_quality=90)
+    spent = time.process_time() - started
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)).getchannel("A")), mask)
+    assert spent < 3.0, f"cut-out encode took {spent:.2f} s of CPU"
 
 
 def test_mismatched_mask_is_refused() -> None:

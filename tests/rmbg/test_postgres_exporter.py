@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import secrets
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,8 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from rmbg.stack.postgres import LOCAL_ADMIN_DSN, drop_database, ensure_database, with_database
-from shared.db.migrate import upgrade
+from tests.support.databases import migrated_database
 from tests.support.tools import require_tool
 
 MANIFEST = Path(__file__).parents[2] / "deploy" / "k8s" / "base" / "postgres-exporter.yaml"
@@ -36,14 +34,8 @@ def _free_port() -> int:
 
 @pytest.fixture
 async def migrated_dsn() -> AsyncIterator[str]:
-    name = f"rmbg_exporter_{secrets.token_hex(5)}"
-    await ensure_database(LOCAL_ADMIN_DSN, name)
-    dsn = with_database(LOCAL_ADMIN_DSN, name)
-    try:
-        await asyncio.to_thread(upgrade, dsn)
+    async with migrated_database("rmbg_exporter") as dsn:
         yield dsn
-    finally:
-        await drop_database(LOCAL_ADMIN_DSN, name)
 
 
 def test_the_manifest_reads_its_dsn_from_the_secret_and_pins_the_tested_version() -> None:

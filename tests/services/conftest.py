@@ -7,33 +7,24 @@ migrated database of its own, so that what a test counts is only what the module
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import SecretStr
 
 from rmbg.stack import StackEndpoints
-from rmbg.stack.postgres import LOCAL_ADMIN_DSN, drop_database, ensure_database, with_database
 from shared.config import BaseServiceSettings, PostgresSettings
-from shared.db.migrate import upgrade
 from shared.messaging import ensure_topics
 from shared.storage import open_object_store
 from tests.e2e.conftest import base_settings
+from tests.support.databases import migrated_database
 
 
 @pytest.fixture(scope="module")
 async def service_dsn() -> AsyncIterator[str]:
     """A migrated database for this module alone, dropped at its end."""
-    name = f"rmbg_svc_{secrets.token_hex(5)}"
-    await ensure_database(LOCAL_ADMIN_DSN, name)
-    dsn = with_database(LOCAL_ADMIN_DSN, name)
-    try:
-        await asyncio.to_thread(upgrade, dsn)
+    async with migrated_database("rmbg_svc") as dsn:
         yield dsn
-    finally:
-        await drop_database(LOCAL_ADMIN_DSN, name)
 
 
 @pytest.fixture(scope="module")

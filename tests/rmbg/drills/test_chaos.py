@@ -10,11 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
-from rmbg.drills.chaos import ChaosPlan, fault_schedule, run_chaos
-from rmbg.drills.pipeline import DrillOptions
-from tests.support.tiny_rmbg import build_tiny_rmbg
+from rmbg.drills.chaos import ChaosPlan, fault_schedule
+from tests.support.drills import run_plan
 
 pytestmark = pytest.mark.slow
 
@@ -39,15 +37,8 @@ def test_full_plan_covers_every_fault() -> None:
 
 @pytest.mark.timeout(900)
 async def test_every_accepted_job_ends_once_under_kills(tmp_path: Path) -> None:
-    model = build_tiny_rmbg(tmp_path / "tiny_rmbg")
-    opts = DrillOptions(state_dir=tmp_path / "chaos", model_source=str(model))
     plan = ChaosPlan.short()
-    console = Console(width=200)
-    report = await run_chaos(opts, plan, console)
-    lines = report.lines()
-    for line in lines:
-        console.print(line, soft_wrap=True, markup=False, highlight=False)
-    t = report.tally
-    assert len(t.accepted) >= 0.95 * plan.jobs, "\n".join(lines)
+    report, lines = await run_plan(tmp_path, plan, "chaos")
+    assert len(report.tally.accepted) >= 0.95 * plan.jobs, lines
     assert all(report.faults.restarts[p] == 1 for p in ("ingest", "inference", "persister", "stats", "tansu")), lines
-    assert report.ok, "\n".join(lines)
+    assert report.ok, lines

@@ -11,11 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
-from rmbg.drills.chaos import ChaosPlan, fault_schedule, run_chaos
-from rmbg.drills.pipeline import DrillOptions
-from tests.support.tiny_rmbg import build_tiny_rmbg
+from rmbg.drills.chaos import ChaosPlan, fault_schedule
+from tests.support.drills import run_plan
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +28,9 @@ def test_graceful_plan_stops_each_service_once_and_nothing_else() -> None:
 
 @pytest.mark.timeout(900)
 async def test_sigterm_mid_stream_loses_and_repeats_nothing(tmp_path: Path) -> None:
-    model = build_tiny_rmbg(tmp_path / "tiny_rmbg")
-    opts = DrillOptions(state_dir=tmp_path / "shutdown", model_source=str(model))
     plan = ChaosPlan.graceful()
-    console = Console(width=200)
-    report = await run_chaos(opts, plan, console)
-    lines = report.lines()
-    for line in lines:
-        console.print(line, soft_wrap=True, markup=False, highlight=False)
-    assert report.ok, "\n".join(lines)
+    report, lines = await run_plan(tmp_path, plan, "shutdown")
+    assert report.ok, lines
     assert all(report.faults.restarts[s] == 1 for s in SERVICES), lines
     assert set(report.faults.stop_s) == set(SERVICES), lines
     statuses = list(report.verdict.rows.values())

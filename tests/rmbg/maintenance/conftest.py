@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,24 +10,17 @@ import pytest
 from pydantic import SecretStr
 
 from rmbg.stack import StackEndpoints
-from rmbg.stack.postgres import LOCAL_ADMIN_DSN, drop_database, ensure_database, with_database
 from shared.config import PostgresSettings, S3Settings
 from shared.db import Database, open_database
-from shared.db.migrate import upgrade
 from shared.storage import ObjectStore, open_object_store
+from tests.support.databases import migrated_database
 
 
 @pytest.fixture
 async def maint_dsn() -> AsyncIterator[str]:
     """The DSN of a migrated database for this test alone (for what runs in a subprocess: the CLI)."""
-    name = f"rmbg_maint_{secrets.token_hex(5)}"
-    await ensure_database(LOCAL_ADMIN_DSN, name)
-    dsn = with_database(LOCAL_ADMIN_DSN, name)
-    try:
-        await asyncio.to_thread(upgrade, dsn)
+    async with migrated_database("rmbg_maint") as dsn:
         yield dsn
-    finally:
-        await drop_database(LOCAL_ADMIN_DSN, name)
 
 
 @pytest.fixture

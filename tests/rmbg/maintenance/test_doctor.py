@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -16,21 +15,14 @@ import asyncpg
 import pytest
 
 from rmbg.maintenance.doctor import Doctor, DoctorSettings, Verdict, run_doctor
-from rmbg.stack.postgres import LOCAL_ADMIN_DSN, drop_database, ensure_database, with_database
-from shared.db.migrate import upgrade
 from shared.db.partitions import month_start, partition_name
+from tests.support.databases import migrated_database
 
 
 @pytest.fixture
 async def scratch_dsn() -> AsyncIterator[str]:
-    name = f"rmbg_doctor_{secrets.token_hex(5)}"
-    await ensure_database(LOCAL_ADMIN_DSN, name)
-    dsn = with_database(LOCAL_ADMIN_DSN, name)
-    try:
-        await asyncio.to_thread(upgrade, dsn)
+    async with migrated_database("rmbg_doctor") as dsn:
         yield dsn
-    finally:
-        await drop_database(LOCAL_ADMIN_DSN, name)
 
 
 async def _cli(dsn: str, *args: str, **env: str) -> tuple[int, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import secrets
 from collections.abc import AsyncIterator
 
@@ -20,14 +19,13 @@ from services.ingest.api import create_app
 from services.ingest.backpressure import Backpressure
 from services.ingest.settings import IngestOptions, IngestSettings
 from shared.config import PostgresSettings
-from shared.contracts import ProcessingParams
 from shared.db import Database, open_database
 from shared.db.migrate import upgrade
 from shared.exceptions import Overloaded
-from shared.ids import uuid7
 from shared.messaging import ensure_topics
 from shared.storage import open_object_store
 from tests.e2e.conftest import _free_port, base_settings
+from tests.support.jobs import insert_pending
 
 
 @pytest.fixture
@@ -48,24 +46,7 @@ async def settings(stack: StackEndpoints) -> AsyncIterator[IngestSettings]:
 
 
 async def _pending(db: Database, count: int) -> None:
-    async with db.pool.acquire() as conn:
-        for _ in range(count):
-            data = secrets.token_bytes(32)
-            await db.jobs.insert_job(
-                conn,
-                job_id=uuid7(),
-                user_id="waiting",
-                original_path="original/00/x.png",
-                content_sha256=hashlib.sha256(data).hexdigest(),
-                original_bytes=len(data),
-                image_width=1,
-                image_height=1,
-                params={},
-                params_hash=ProcessingParams().digest(),
-                model_name="m",
-                source="http",
-                tags=[],
-            )
+    await insert_pending(db, user_id="waiting", count=count)
 
 
 async def test_backlog_over_either_limit_is_overloaded(settings: IngestSettings) -> None:

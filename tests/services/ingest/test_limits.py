@@ -3,36 +3,25 @@ the documented fallback when Redis does not answer (limits per process, quota co
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import secrets
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
-from rmbg.stack.postgres import LOCAL_ADMIN_DSN, drop_database, ensure_database, with_database
 from services.ingest.limits import Limits
 from shared.auth import Principal
 from shared.config import PostgresSettings
-from shared.contracts import ProcessingParams
 from shared.db import Database, open_database
-from shared.db.migrate import upgrade
 from shared.exceptions import RateLimited
-from shared.ids import uuid7
+from tests.support.databases import migrated_database
+from tests.support.jobs import insert_pending
 
 
 @pytest.fixture
 async def db() -> AsyncIterator[Database]:
-    name = f"rmbg_lim_{secrets.token_hex(5)}"
-    await ensure_database(LOCAL_ADMIN_DSN, name)
-    dsn = with_database(LOCAL_ADMIN_DSN, name)
-    try:
-        await asyncio.to_thread(upgrade, dsn)
-        async with open_database(PostgresSettings(dsn=dsn, max_pool=2)) as database:
-            yield database
-    finally:
-        await drop_database(LOCAL_ADMIN_DSN, name)
+    async with migrated_database("rmbg_lim") as dsn, open_database(PostgresSettings(dsn=dsn, max_pool=2)) as database:
+        yield database
 
 
 @pytest.fixture
@@ -93,31 +82,10 @@ async def test_with_redis_down_each_process_limits_alone(db: Database, dead_redi
     assert await _allowed(two, who, 6) == 4  # the documented cost: each replica allows a full burst
 
 
-async def _jobs_today(db: Database, user_id: str, count: int) -> None:
-    async with db.pool.acquire() as conn:
-        for _ in range(count):
-            data = secrets.token_bytes(16)
-            await db.jobs.insert_job(
-                conn,
-                job_id=uuid7(),
-                user_id=user_id,
-                original_path="original/00/x.png",
-                content_sha256=hashlib.sha256(data).hexdigest(),
-                original_bytes=len(data),
-                image_width=1,
-                image_height=1,
-                params={},
-                params_hash=ProcessingParams().digest(),
-                model_name="m",
-                source="http",
-                tags=[],
-            )
-
-
 async def test_quota_counts_in_redis_seeded_from_postgres(db: Database, redis: aioredis.Redis) -> None:
     limits = Limits(redis=redis, db=db, rate_per_s=100, burst=10, daily_jobs=3, namespace=f"t{secrets.token_hex(3)}")
     who = _principal()
-    await _jobs_today(db, who.user_id, 2)  # made before this counter existed (e.g. Redis restarted)
+    await insert_pending(db, user_id=who.user_id, count=2)  # made before this counter existed (e.g. Redis restarted)
     await limits.check_quota(who)  # 2 of 3: seeded from PostgreSQL
     await limits.count_job(who)
     with pytest.raises(RateLimited) as over:
@@ -129,9 +97,9 @@ async def test_quota_counts_in_redis_seeded_from_postgres(db: Database, redis: a
 async def test_with_redis_down_the_quota_is_counted_in_postgres(db: Database, dead_redis: aioredis.Redis) -> None:
     limits = Limits(redis=dead_redis, db=db, rate_per_s=100, burst=10, daily_jobs=3)
     who = _principal()
-    await _jobs_today(db, who.user_id, 2)
+    await insert_pending(db, user_id=who.user_id, count=2)
     await limits.check_quota(who)
     await limits.count_job(who)  # nowhere to count: PostgreSQL already holds the job
-    await _jobs_today(db, who.user_id, 1)
+    await insert_pending(db, user_id=who.user_id, count=1)
     with pytest.raises(RateLimited):
         await limits.check_quota(who)

@@ -1,0 +1,32 @@
+"""Job rows made straight in PostgreSQL, for tests that need a backlog or a count and no pipeline."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from shared.contracts import ProcessingParams
+from shared.db import Database
+from shared.ids import uuid7
+
+
+async def insert_pending(db: Database, *, user_id: str, count: int) -> None:
+    """``count`` pending jobs of ``user_id``, each of distinct (random) content, created now."""
+    async with db.pool.acquire() as conn:
+        for _ in range(count):
+            data = secrets.token_bytes(32)
+            await db.jobs.insert_job(
+                conn,
+                job_id=uuid7(),
+                user_id=user_id,
+                original_path="original/00/x.png",
+                content_sha256=hashlib.sha256(data).hexdigest(),
+                original_bytes=len(data),
+                image_width=1,
+                image_height=1,
+                params={},
+                params_hash=ProcessingParams().digest(),
+                model_name="m",
+                source="http",
+                tags=[],
+            )

@@ -28,7 +28,7 @@ def up(
     state_dir: Annotated[Path, typer.Option(help="where embedded servers keep their data")] = Path(".state"),
     backend: Annotated[str, typer.Option(help="rmbg (transformers model) or classic (GrabCut, no weights)")] = "",
     model_source: Annotated[str, typer.Option(help="hub id or local folder of the model")] = "briaai/RMBG-2.0",
-    model_name: Annotated[str | None, typer.Option(help="name stored with results (default: the source)")] = None,
+    model_name: Annotated[str | None, typer.Option(help="catalogue name stored (default: the source's)")] = None,
     api_port: Annotated[int | None, typer.Option(help="HTTP port of the ingest API")] = None,
 ) -> None:
     """Start the stack (servers not configured in the environment, then the four services)."""
@@ -141,6 +141,36 @@ def doctor_cmd(
                 typer.echo(f"{'':<25} hint: {check.hint}")
         typer.echo(f"doctor: {report.verdict.value}")
     raise typer.Exit(report.exit_code)
+
+
+@app.command("models")
+def models_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="print the list as JSON")] = False,
+) -> None:
+    """The models this deployment serves (RMBG_MODELS__SERVED), each with its licence and whether
+    commercial use is allowed; the same list as GET /v1/models."""
+    import json
+
+    from rich.table import Table
+
+    from services.ingest.settings import IngestSettings
+
+    models = IngestSettings().models  # ingest's view: it refuses jobs for any model not listed here
+    listing = models.listing()
+    if as_json:
+        typer.echo(json.dumps({"default": models.default, "items": listing}, indent=2))
+        return
+    table = Table("model", "default", "hub id", "licence", "commercial use", "note")
+    for m in listing:
+        table.add_row(
+            str(m["name"]),
+            "yes" if m["default"] else "",
+            str(m["hub_id"] or ""),
+            str(m["licence"]),
+            "allowed" if m["commercial_use"] else "NO (needs a licence agreement)",
+            str(m["note"]),
+        )
+    Console().print(table)
 
 
 @app.command("backup")

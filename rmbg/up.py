@@ -22,6 +22,7 @@ from rmbg.supervisor import RunningServices, run_services
 from shared.config import BaseServiceSettings
 from shared.db.migrate import upgrade
 from shared.messaging import ensure_topics
+from shared.models import DEFAULT_MODEL, ModelSettings
 from shared.storage import open_object_store
 
 CLASSIC_MODEL = "classic-grabcut"
@@ -35,6 +36,14 @@ class UpOptions:
     model_source: str
     model_name: str | None
     api_port: int | None
+
+
+def _catalogue_name(opts: UpOptions) -> str:
+    """The stable name of what --model-source loads: a hub id's catalogue entry, or for a local folder
+    the default model (a folder's path is never a stored name; --model-name says which model it holds)."""
+    if Path(opts.model_source).exists():
+        return DEFAULT_MODEL
+    return ModelSettings().resolve(opts.model_source)
 
 
 async def provision(settings: BaseServiceSettings) -> list[str]:
@@ -58,7 +67,7 @@ async def run_up(opts: UpOptions, stop: asyncio.Event, console: Console) -> int:
         want_s3=os.environ.get("RMBG_S3__ENDPOINT_URL"),
     ) as endpoints:
         os.environ.update(endpoints.as_env())
-        model_name = CLASSIC_MODEL if opts.backend == "classic" else (opts.model_name or opts.model_source)
+        model_name = CLASSIC_MODEL if opts.backend == "classic" else (opts.model_name or _catalogue_name(opts))
         os.environ.update(
             {
                 "RMBG_INFERENCE__BACKEND": opts.backend,

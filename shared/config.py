@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.exceptions import ConfigError
+from shared.models import ModelSettings
 
 # Consumer groups, named once: the persister's sweeper reads the inference group's committed offsets.
 INFERENCE_GROUP_ID = "rmbg-inference"
@@ -146,6 +147,8 @@ class BaseServiceSettings(BaseSettings):
     images: ImageLimits = ImageLimits()
     outbound: OutboundSettings = OutboundSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    # The model catalogue's served set and default (shared/models.py): RMBG_MODELS__SERVED, __DEFAULT.
+    models: ModelSettings = ModelSettings()
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> BaseServiceSettings:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -86,6 +87,10 @@ def service_env(endpoints: StackEndpoints, model_source: str, backend: str) -> d
             "RMBG_INFERENCE__MODEL_SOURCE": model_source,
             "RMBG_INFERENCE__MODEL_NAME": model,
             "RMBG_INGEST__MODEL": model,
+            # The tiny drill model is no product model: it joins the catalogue for this run only.
+            "RMBG_MODELS__EXTRA": json.dumps(
+                {DRILL_MODEL: {"licence": "test weights", "commercial_use": False, "note": "drill model"}}
+            ),
             "RMBG_KAFKA__SESSION_TIMEOUT_MS": "6000",
             "RMBG_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
             "RMBG_PERSISTER__SWEEP_INTERVAL_S": "5",

@@ -69,6 +69,8 @@ class InferenceHandler:
         self._options = options
         self._images = images
         self._backend = backend
+        # InferenceSettings resolves model_name to the catalogue name; backend.name (for a local folder, its
+        # path) is only the fallback of handlers built by hand without a name.
         self.model_name = options.model_name or backend.name
         self._store = store
         self._producer = producer

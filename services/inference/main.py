@@ -25,10 +25,13 @@ log = logging.getLogger(__name__)
 
 async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> None:
     opts = settings.inference
+    name = settings.model_name  # the stable catalogue name, never the folder the weights come from
+    kind, source = opts.backend, opts.model_source
+    assert kind is not None and source is not None  # resolved by InferenceSettings from the catalogue
     async with ServiceRuntime(settings, name="inference") as rt:
         # First, so probes get "not ready: loading" rather than no answer while the model loads.
         await rt.serve_telemetry()
-        model = rt.health.condition("model", waiting=f"loading {opts.model_source} ({opts.backend})")
+        model = rt.health.condition("model", waiting=f"loading {name} from {opts.model_source} ({opts.backend})")
         watch = rt.health.consumer(group=opts.group_id, topic=rt.topics.jobs.name)
         # One model thread: the model is not re-entrant and one forward pass already uses every core.
         model_executor = rt.executor(workers=1, prefix="model")
@@ -39,8 +42,8 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
         backend = await loop.run_in_executor(
             model_executor,
             lambda: load_backend(
-                opts.backend,
-                model_source=opts.model_source,
+                kind,
+                model_source=source,
                 revision=opts.model_revision,
                 device=opts.device,
                 max_batch=opts.batch_size,
@@ -50,7 +53,6 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
         load_s = time.perf_counter() - started
         model.set_waiting(f"warming up {backend.name}")
         warmup_s = await loop.run_in_executor(model_executor, warm_up, backend)
-        name = opts.model_name or backend.name
         rt.metrics.model_load_seconds.set(load_s)
         rt.metrics.model_warmup_seconds.set(warmup_s)
         rt.metrics.model_info.labels(

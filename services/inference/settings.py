@@ -4,22 +4,28 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.config import INFERENCE_GROUP_ID, BaseServiceSettings
+from shared.exceptions import ConfigError
+
+CLASSIC_MODEL = "classic-grabcut"
 
 
 class InferenceOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # "rmbg" loads model_source through transformers; "classic" is the weights-free GrabCut demo backend.
-    backend: Literal["rmbg", "classic"] = "rmbg"
-    # A hub id or a local folder with the hub layout (config.json, birefnet.py, model.safetensors).
-    model_source: str = "briaai/RMBG-2.0"
-    model_revision: str | None = None
-    # The name jobs ask for and results are stored under; defaults to the backend's own name
-    # (the hub id for "rmbg", "classic-grabcut" for "classic"). Set it when loading from a local folder.
+    # None: the catalogue entry's backend.
+    backend: Literal["rmbg", "classic"] | None = None
+    # The one model this process serves: a catalogue name (shared/models.py), which jobs ask for and results,
+    # rows and object keys store. None: RMBG_MODELS__DEFAULT ("classic-grabcut" for the classic backend).
+    # A catalogue entry's hub id is accepted and stored as its name (briaai/RMBG-2.0 -> rmbg-2.0).
     model_name: str | None = None
+    # Where the weights load from: a hub id or a local folder with the hub layout (config.json, birefnet.py,
+    # model.safetensors). None: the catalogue entry's hub id. Never stored: a folder's path is no name.
+    model_source: str | None = None
+    model_revision: str | None = None
     device: str = "cpu"
     # float16 halves GPU memory and time on CUDA (BiRefNet README: 4.8 -> 3.5 GB); keep float32 on CPU.
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -34,3 +40,31 @@ class InferenceOptions(BaseModel):
 
 class InferenceSettings(BaseServiceSettings):
     inference: InferenceOptions = InferenceOptions()
+
+    @model_validator(mode="after")
+    def _resolve_model(self) -> InferenceSettings:
+        """Fill in model_name (a stable catalogue name), backend and model_source from the catalogue."""
+        opts = self.inference
+        if opts.model_name is not None:
+            name = self.models.resolve(opts.model_name)
+        elif opts.backend == "classic":
+            name = CLASSIC_MODEL
+        else:
+            name = self.models.default_model
+        entry = self.models.catalogue[name]
+        backend = opts.backend or entry.backend
+        if backend != entry.backend:
+            raise ConfigError(
+                f"RMBG_INFERENCE__BACKEND={backend} cannot serve {name}, a model of the {entry.backend} backend"
+            )
+        source = opts.model_source or entry.hub_id
+        if backend == "rmbg" and source is None:
+            raise ConfigError(f"model {name} has no hub id: set RMBG_INFERENCE__MODEL_SOURCE to its folder")
+        resolved = opts.model_copy(update={"model_name": name, "backend": backend, "model_source": source})
+        object.__setattr__(self, "inference", resolved)
+        return self
+
+    @property
+    def model_name(self) -> str:
+        assert self.inference.model_name is not None  # set by the validator
+        return self.inference.model_name

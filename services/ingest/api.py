@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from services.ingest.errors import install_error_handlers
 from services.ingest.handler import run_upload_consumer
 from services.ingest.resources import IngestResources, open_ingest
-from services.ingest.routes import account, admin, events, gallery, health, jobs, results, webhooks
+from services.ingest.routes import account, admin, events, gallery, health, jobs, models, results, webhooks
 from services.ingest.settings import IngestSettings
 from shared.runtime import every
 from shared.telemetry import PipelineMetrics, render_metrics
@@ -73,6 +73,6 @@ def create_app(settings: IngestSettings, *, consume_uploads: bool = True) -> Fas
         res: IngestResources = request.app.state.resources
         return Response(await render_metrics(metrics.registry, res.health), media_type=CONTENT_TYPE_LATEST)
     install_error_handlers(app)
-    for module in (health, jobs, events, webhooks, results, account, admin, gallery):
+    for module in (health, jobs, models, events, webhooks, results, account, admin, gallery):
         app.include_router(module.router)
     return app

@@ -60,12 +60,21 @@ class ErrorResponse(BaseModel):
 class ApiError(Exception):
     """Raised by handlers for a refusal with a status, a stable code and a readable message."""
 
-    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers
+        self.details = details
 
 
 def error_response(
@@ -86,7 +95,7 @@ def not_found(what: str) -> ApiError:
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, headers=exc.headers)
+    return error_response(exc.status, exc.code, exc.message, headers=exc.headers, details=exc.details)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

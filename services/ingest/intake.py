@@ -34,6 +34,7 @@ from shared.exceptions import ContractError, ImageRejected
 from shared.ids import uuid7
 from shared.imaging import ImageInfo, inspect_image
 from shared.messaging import publish
+from shared.models import ModelSettings
 from shared.queueing import record_queue_position
 from shared.storage import ObjectKeys, ObjectStore
 from shared.telemetry import PipelineMetrics
@@ -61,6 +62,15 @@ class IdempotencyConflict(ContractError):
     """The Idempotency-Key was used before for a different request: refused, never a second job."""
 
 
+class ModelNotServed(ContractError):
+    """A job named a model no inference pool of this deployment serves: refused, never queued to wait."""
+
+    def __init__(self, model: str, served: Sequence[str]) -> None:
+        super().__init__(f"model {model!r} is not served here; served: {', '.join(served)}")
+        self.model = model
+        self.served = tuple(served)
+
+
 class _LostRace(Exception):
     """A concurrent request with the same Idempotency-Key committed first (rolls this insert back)."""
 
@@ -78,8 +88,10 @@ class Intake:
         cache: JobCache,
         metrics: PipelineMetrics,
         executor: Executor,
+        models: ModelSettings | None = None,
     ) -> None:
         self._options = options
+        self._models = models or ModelSettings()
         self._images = images
         self._db = db
         self._store = store
@@ -108,14 +120,20 @@ class Intake:
         job_id: uuid.UUID | None = None,
         idempotency: Idempotency | None = None,
         callback_url: str | None = None,
+        model: str | None = None,
     ) -> Accepted:
-        """Validate, store and queue one image. Raises ImageRejected for the HTTP path to answer 4xx.
+        """Validate, store and queue one image for ``model`` (a served model's name; None: the default).
+        Raises ImageRejected for the HTTP path to answer 4xx, ModelNotServed for a model not served.
 
         With ``idempotency``, the key is claimed in the same transaction as the job's row: of two
         concurrent retries one commits, the other rolls back and returns the first one's job.
         ``callback_url`` (already checked by shared.outbound.check_url) registers the job's webhook in
         that transaction too, so a job never ends without its callback on record.
         """
+        model_name = self._models.default_model if model is None else model
+        if not self._models.is_served(model_name):
+            # The HTTP path refuses these with 422 before calling; nothing unserved is ever queued.
+            raise ModelNotServed(model_name, self._models.served)
         if idempotency is not None:
             earlier = await self.replay(user_id=user_id, idempotency=idempotency)
             if earlier is not None:
@@ -143,6 +161,7 @@ class Intake:
                 epoch=epoch,
                 idempotency=idempotency,
                 callback_url=callback_url,
+                model_name=model_name,
             )
         except _LostRace:
             assert idempotency is not None
@@ -182,6 +201,7 @@ class Intake:
         epoch: int,
         idempotency: Idempotency | None,
         callback_url: str | None,
+        model_name: str,
     ) -> Accepted:
         async with self._db.pool.acquire() as conn:
             async with conn.transaction():
@@ -199,7 +219,7 @@ class Intake:
                     image_height=info.height,
                     params=params.canonical(),
                     params_hash=params.digest(),
-                    model_name=self._options.model,
+                    model_name=model_name,
                     source=source,
                     tags=list(tags),
                 )
@@ -256,7 +276,7 @@ class Intake:
                 image_height=None,
                 params=params.canonical(),
                 params_hash=params.digest(),
-                model_name=self._options.model,
+                model_name=self._models.default_model,
                 source="upload",
                 tags=list(tags),
                 status=JobStatus.FAILED,
@@ -291,4 +311,4 @@ class Intake:
             log.error("job event %s not published: %s", event.event_id, exc)
 
 
-__all__ = ["Accepted", "Idempotency", "IdempotencyConflict", "ImageRejected", "Intake"]
+__all__ = ["Accepted", "Idempotency", "IdempotencyConflict", "ImageRejected", "Intake", "ModelNotServed"]

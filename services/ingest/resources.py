@@ -78,6 +78,7 @@ async def open_ingest(settings: IngestSettings, metrics: PipelineMetrics) -> Asy
             cache=cache,
             metrics=metrics,
             executor=executor,
+            models=settings.models,
         )
         yield IngestResources(
             settings=settings,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.config import BaseServiceSettings
+from shared.exceptions import ConfigError
+from shared.models import ModelSettings
 
 
 class IngestOptions(BaseModel):
@@ -14,8 +16,10 @@ class IngestOptions(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    # The model every new job asks for; inference refuses jobs for a model it does not serve.
-    model: str = "briaai/RMBG-2.0"
+    # Single-model shorthand kept for existing setups: RMBG_INGEST__MODEL=x means RMBG_MODELS__SERVED=x and
+    # RMBG_MODELS__DEFAULT=x when neither of those is set. The served set and default live in
+    # RMBG_MODELS__* (shared/models.py); a job names its model or gets the default.
+    model: str | None = None
     group_id: str = "rmbg-ingest"
     # Upload events handled at once (each fetches, validates and stores one image).
     concurrency: int = Field(default=8, ge=1, le=256)
@@ -84,3 +88,20 @@ class LiveOptions(BaseModel):
 class IngestSettings(BaseServiceSettings):
     ingest: IngestOptions = IngestOptions()
     live: LiveOptions = LiveOptions()
+
+    @model_validator(mode="after")
+    def _single_model_shorthand(self) -> IngestSettings:
+        model = self.ingest.model
+        if model is None:
+            return self
+        if {"served", "default"} & self.models.model_fields_set:
+            served = self.models.resolve(model)
+            if served != self.models.default:
+                raise ConfigError(
+                    f"RMBG_INGEST__MODEL={model} contradicts RMBG_MODELS__DEFAULT={self.models.default}: "
+                    "set only the latter"
+                )
+            return self
+        models = ModelSettings(served=(model,), extra=self.models.extra)
+        object.__setattr__(self, "models", models)
+        return self

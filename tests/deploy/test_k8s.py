@@ -512,9 +512,10 @@ def test_jobs_ask_for_the_model_inference_serves(overlay: str, objs: tuple[dict[
     ingest = settings_for(objs, "ingest")
     inference = settings_for(objs, "inference")
     assert isinstance(ingest, IngestSettings) and isinstance(inference, InferenceSettings)
-    opts = inference.inference
-    served = opts.model_name or ("classic-grabcut" if opts.backend == "classic" else opts.model_source)
-    assert ingest.ingest.model == served, f"jobs ask for {ingest.ingest.model}, inference serves {served}"
+    # Stable catalogue names on both sides (shared/models.py), never a folder's path.
+    served = inference.model_name
+    assert ingest.models.default == served, f"jobs ask for {ingest.models.default}, inference serves {served}"
+    assert ingest.models.served == (served,), f"ingest accepts {ingest.models.served}, one pool serves {served}"
 
 
 def test_inference_placement(overlay: str, objs: tuple[dict[str, Any], ...]) -> None:

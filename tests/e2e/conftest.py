@@ -41,10 +41,17 @@ from shared.config import (
 )
 from shared.db.migrate import upgrade
 from shared.messaging import ensure_topics
+from shared.models import ModelEntry, ModelSettings
 from shared.storage import open_object_store
 from tests.support.tiny_rmbg import build_tiny_rmbg
 
 TINY_MODEL = "tiny-rmbg-test"
+# The tiny test model joins the catalogue through settings only (it is no product model), and is the one
+# model these tests' deployment serves.
+TINY_MODELS = ModelSettings(
+    served=(TINY_MODEL,),
+    extra={TINY_MODEL: ModelEntry(licence="test weights", commercial_use=False, note="tests/support/tiny_rmbg.py")},
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ def base_settings(stack: StackEndpoints) -> dict[str, object]:
         # Tests fetch images from, and send webhooks to, servers on loopback at random ports; the
         # refusal of private targets is tested with the default policy (tests/shared/test_outbound.py).
         "outbound": OutboundSettings(allow_private_targets=True, allowed_ports=()),
+        "models": TINY_MODELS,
         "s3": S3Settings(
             endpoint_url=stack.s3_endpoint,
             access_key=stack.s3_access_key,

@@ -218,3 +218,33 @@ async def _read_dead_letters(pipeline: Pipeline, *, keys: set[str], timeout_s: f
     finally:
         await consumer.stop()
     return letters
+
+
+async def test_jobs_name_a_served_model_or_are_refused_at_once(pipeline: Pipeline) -> None:
+    """GET /v1/models lists what is served; a job naming the default completes; a job naming a model no
+    pool serves (a catalogue model or an unknown name) is refused with 422 model_not_served, listing the
+    served ones, and nothing is queued for it."""
+    user = f"models-{uuid.uuid4().hex[:8]}"
+    data = sample_bytes("rocket.jpg")
+    async with pipeline.client(user) as client:
+        listing = (await client.get("/v1/models")).json()
+        assert listing["default"] == TINY_MODEL
+        assert [m["name"] for m in listing["items"]] == [TINY_MODEL]
+        assert listing["items"][0]["default"] is True and listing["items"][0]["commercial_use"] is False
+        assert set(listing["items"][0]) == {"name", "default", "hub_id", "licence", "commercial_use", "note"}
+
+        for model in ("birefnet", "rmbg-2.0", "briaai/RMBG-2.0", "no-such-model"):
+            resp = await _submit(client, data, extra={"model": model})
+            assert resp.status_code == 422, resp.text
+            error = _error(resp)
+            assert error["code"] == "model_not_served" and TINY_MODEL in error["message"]
+            assert error["details"][0]["served"] == [TINY_MODEL]
+        assert (await client.get("/v1/jobs")).json()["items"] == [], "a refused job leaves no row"
+
+        resp = await _submit(client, data, extra={"model": TINY_MODEL})
+        assert resp.status_code == 202, resp.text
+        job_id = resp.json()["job_id"]
+        job = (await _wait(client, [job_id]))[job_id]
+    assert job["status"] == "completed" and job["model_name"] == TINY_MODEL
+    # The weights load from a temporary folder; its path is stored nowhere.
+    assert str(pipeline.model_dir) not in json.dumps(job)

@@ -16,7 +16,7 @@ from services.ingest.intake import Accepted, Idempotency, IdempotencyConflict
 from services.ingest.jobviews import job_detail, owned_job
 from shared.contracts import ProcessingParams, parse_tags
 from shared.db.models import JobStatus
-from shared.exceptions import ContractError, ImageRejected
+from shared.exceptions import ConfigError, ContractError, ImageRejected
 from shared.outbound import check_url, fetch_bytes
 from shared.views import job_view
 
@@ -91,6 +91,9 @@ async def submit_job(
     callback_url: Annotated[
         str | None, Form(max_length=2048, description="https URL to POST a signed webhook to when the job ends")
     ] = None,
+    model: Annotated[
+        str | None, Form(max_length=128, description="a served model's name (GET /v1/models); default: the default")
+    ] = None,
     idempotency_key: Annotated[
         str | None,
         Header(alias="Idempotency-Key", min_length=1, max_length=255, description="retry-safe: same key, same job"),
@@ -106,12 +109,14 @@ async def submit_job(
     await res.limits.check_quota(principal)
     if (image is None) == (image_url is None):
         raise ApiError(422, "invalid_request", "send exactly one of: an image file, or image_url")
+    model_name = _served_model(res, model)
     parsed_tags = _parse_tags(tags)
     parsed_params = _parse_params(params)
     policy = res.settings.outbound
     if callback_url is not None:
         check_url(callback_url, policy)
     options = res.settings.ingest
+    default = res.settings.models.default_model
     max_bytes = res.settings.images.max_bytes
     data = await image.read(max_bytes + 1) if image is not None else None
     if data is not None and len(data) > max_bytes:
@@ -119,7 +124,9 @@ async def submit_job(
     idempotency = (
         Idempotency(
             key=idempotency_key,
-            fingerprint=_fingerprint(data, image_url, parsed_tags, parsed_params, callback_url),
+            fingerprint=_fingerprint(
+                data, image_url, parsed_tags, parsed_params, callback_url, None if model_name == default else model_name
+            ),
         )
         if idempotency_key
         else None
@@ -152,6 +159,7 @@ async def submit_job(
             source="http",
             idempotency=idempotency,
             callback_url=callback_url,
+            model=model_name,
         )
     except ImageRejected as exc:
         res.metrics.records.labels(topic="http", outcome=f"rejected_{exc.code}").inc()
@@ -164,6 +172,28 @@ async def submit_job(
     else:
         response.status_code = 200
     return _accepted(accepted)
+
+
+def _served_model(res: Resources, model: str | None) -> str:
+    """The stable name of the job's model; 422 model_not_served, listing the served ones, for any other.
+
+    Refused here, before the upload is read, rather than queued for no pool to take: the served set is
+    this deployment's settings (RMBG_MODELS__SERVED), the same ones its inference pools are started from."""
+    models = res.settings.models
+    if model is None or not model.strip():
+        return models.default_model
+    try:
+        name = models.resolve(model.strip())
+    except ConfigError:
+        name = model.strip()
+    if not models.is_served(name):
+        raise ApiError(
+            422,
+            "model_not_served",
+            f"model {model!r} is not served here; served: {', '.join(models.served)} (default {models.default})",
+            details=[{"where": "model", "problem": "not served", "served": list(models.served)}],
+        )
+    return name
 
 
 def _accepted(accepted: Accepted) -> JobAccepted:
@@ -182,12 +212,17 @@ def _fingerprint(
     tags: list[str],
     params: ProcessingParams,
     callback_url: str | None,
+    model: str | None = None,
 ) -> bytes:
     """What makes two submissions "the same request" for an Idempotency-Key: the image (its bytes, or
-    the URL as given: a retry is judged before fetching), tags, params and callback."""
+    the URL as given: a retry is judged before fetching), tags, params, callback and a model other than
+    the default (None for the default, so keys stored before models could be named keep matching)."""
     digest = hashlib.sha256()
     image = hashlib.sha256(data).hexdigest() if data is not None else f"url:{image_url}"
-    for part in (image, ",".join(sorted(tags)), params.digest(), callback_url or ""):
+    parts = [image, ",".join(sorted(tags)), params.digest(), callback_url or ""]
+    if model is not None:
+        parts.append(f"model:{model}")
+    for part in parts:
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.digest()

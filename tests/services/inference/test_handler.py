@@ -28,6 +28,7 @@ from shared.exceptions import ContractError, ObjectMissing
 from shared.failures import FailureClass, classify, describe
 from shared.ids import uuid7
 from shared.imaging import encode_mask_png
+from shared.models import ModelEntry, ModelSettings
 from shared.runtime import ServiceRuntime
 from shared.storage import ObjectKeys, ObjectStore
 from shared.worker import Record
@@ -83,7 +84,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 async def inference(service_common: dict[str, object], model_dir: Path) -> AsyncIterator[Inference]:
     opts = InferenceOptions(backend="rmbg", model_source=str(model_dir), model_name=MODEL, batch_size=2)
-    settings = InferenceSettings(**service_common, inference=opts)  # type: ignore[arg-type]
+    # This module's tiny model joins the catalogue through settings, as a deployment's own entry would.
+    models = ModelSettings(served=(MODEL,), extra={MODEL: ModelEntry(licence="test weights", commercial_use=False)})
+    settings = InferenceSettings(**{**service_common, "models": models}, inference=opts)  # type: ignore[arg-type]
     async with ServiceRuntime(settings, name="inference-test") as rt:
         with ThreadPoolExecutor(1) as model_executor, ThreadPoolExecutor(2) as io_executor:
             backend = await asyncio.get_running_loop().run_in_executor(

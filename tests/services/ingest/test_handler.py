@@ -25,6 +25,7 @@ from shared.db.models import JobRecord, JobStatus
 from shared.exceptions import ContractError
 from shared.failures import FailureClass, classify, describe
 from shared.ids import upload_job_id
+from shared.models import ModelEntry, ModelSettings
 from shared.storage import ObjectKeys
 from shared.telemetry import PipelineMetrics
 from shared.worker import Record
@@ -90,7 +91,10 @@ class Ingest:
 
 @pytest.fixture(scope="module")
 async def ingest(service_common: dict[str, object]) -> AsyncIterator[Ingest]:
-    settings = IngestSettings(**service_common, ingest=IngestOptions(model=MODEL, port=0))  # type: ignore[arg-type]
+    # This module's model joins the catalogue through settings; RMBG_INGEST__MODEL makes it the one served.
+    extra = {MODEL: ModelEntry(licence="test weights", commercial_use=False)}
+    common = {**service_common, "models": ModelSettings(served=(MODEL,), extra=extra)}
+    settings = IngestSettings(**common, ingest=IngestOptions(model=MODEL, port=0))  # type: ignore[arg-type]
     async with open_ingest(settings, PipelineMetrics.create()) as res:
         yield Ingest(res=res, handler=UploadHandler(res))
 

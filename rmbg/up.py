@@ -49,7 +49,7 @@ def _catalogue_name(opts: UpOptions) -> str:
 async def provision(settings: BaseServiceSettings) -> list[str]:
     """Migrations, topics and the bucket; each step is idempotent."""
     await asyncio.to_thread(upgrade, settings.postgres.dsn.get_secret_value())
-    created = await ensure_topics(settings.kafka, settings.topics)
+    created = await ensure_topics(settings.kafka, settings.topics, settings.models)
     async with open_object_store(settings.s3) as store:
         await store.ensure_bucket()
     return created

@@ -26,6 +26,7 @@ from shared.contracts import DeadLetter, Topic
 from shared.contracts.events import MAX_DEAD_LETTER_PAYLOAD
 from shared.exceptions import ContractError, RmbgError
 from shared.failures import FailureClass, classify, clean_text, describe
+from shared.models import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +164,20 @@ async def read_topic(kafka: KafkaSettings, topic: Topic[M], *, idle_s: float = 2
     return messages
 
 
-async def ensure_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str]:
-    """Create the pipeline's topics that do not exist yet; returns the names created."""
+async def ensure_topics(
+    kafka: KafkaSettings, topics: TopicSettings, models: ModelSettings | None = None
+) -> list[str]:
+    """Create the pipeline's topics that do not exist yet, with each served model's jobs topic when
+    several are served (ModelSettings.jobs_topic); returns the names created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id=f"{kafka.client_id}-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [name for name in topics.all() if name not in existing]
+        wanted = topics.all()
+        if models is not None:
+            wanted += [models.jobs_topic(topics.jobs, m) for m in models.served]
+        wanted = list(dict.fromkeys(wanted))
+        missing = [name for name in wanted if name not in existing]
         if not missing:
             return []
         resp = await admin.create_topics(

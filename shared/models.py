@@ -124,6 +124,32 @@ class ModelSettings(BaseModel):
     def is_served(self, name: str) -> bool:
         return name in self.served
 
+    # Routing: one inference pool per model. Each served model gets its own jobs topic and consumer group
+    # (`<jobs topic>.<model>`, `<inference group>.<model>`) rather than one shared topic that every pool
+    # reads and filters: a pool then reads only its own model's jobs, its lag is its own backlog (what its
+    # autoscaler should follow), a restart of one pool rebalances no other, and a slow model does not
+    # delay another's jobs behind it in a partition. A deployment serving one model keeps the plain topic
+    # and group, exactly as before models could be named.
+    @property
+    def routed(self) -> bool:
+        return len(self.served) > 1
+
+    def served_name(self, model: str) -> str | None:
+        """The served model's stable name for ``model`` (a name or a hub id, as older rows store), or None."""
+        try:
+            name = self.resolve(model)
+        except ConfigError:
+            return None
+        return name if name in self.served else None
+
+    def jobs_topic(self, base: str, model: str) -> str:
+        """The jobs topic the pool of ``model`` consumes (``base`` itself for a one-model deployment)."""
+        return f"{base}.{self.served_name(model) or model}" if self.routed else base
+
+    def inference_group(self, base: str, model: str) -> str:
+        """The consumer group of ``model``'s inference pool (``base`` itself for a one-model deployment)."""
+        return f"{base}.{self.served_name(model) or model}" if self.routed else base
+
     def listing(self) -> list[dict[str, object]]:
         """What is served, as GET /v1/models and `rmbg models --json` show it."""
         out: list[dict[str, object]] = []

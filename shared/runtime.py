@@ -75,7 +75,7 @@ class ServiceRuntime:
         self.settings = settings
         self.name = name
         self.metrics = metrics or PipelineMetrics.create()
-        self.topics = Topics.from_settings(settings.topics, settings.kafka)
+        self.topics = Topics.from_settings(settings.topics, settings.kafka, settings.models)
         telemetry = settings.telemetry
         self.health = Health(
             timeout_s=ready_timeout_s or telemetry.ready_timeout_s,

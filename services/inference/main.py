@@ -32,7 +32,10 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
         # First, so probes get "not ready: loading" rather than no answer while the model loads.
         await rt.serve_telemetry()
         model = rt.health.condition("model", waiting=f"loading {name} from {opts.model_source} ({opts.backend})")
-        watch = rt.health.consumer(group=opts.group_id, topic=rt.topics.jobs.name)
+        # This pool's own topic and group when several models are served (ModelSettings.jobs_topic).
+        jobs_topic = rt.topics.jobs_for(name).name
+        group_id = settings.models.inference_group(opts.group_id, name)
+        watch = rt.health.consumer(group=group_id, topic=jobs_topic)
         # One model thread: the model is not re-entrant and one forward pass already uses every core.
         model_executor = rt.executor(workers=1, prefix="model")
         # Decode and mask PNG encode: Pillow releases the GIL while it codes, one thread per core.
@@ -84,8 +87,8 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
         )
         await consume_topic(
             settings.kafka,
-            topic=rt.topics.jobs.name,
-            group_id=opts.group_id,
+            topic=jobs_topic,
+            group_id=group_id,
             client_id="inference",
             handler=handler,
             options=LoopOptions(max_records=opts.batch_size, max_wait_ms=opts.batch_wait_ms, grace_s=opts.grace_s),

@@ -296,7 +296,9 @@ class Intake:
     async def queue(self, record: JobRecord) -> None:
         """Publish the job and its ``accepted`` event; a broker outage leaves it to the sweeper."""
         try:
-            landed = await publish(self._producer, self._topics.jobs, job_request(record), key=str(record.job_id))
+            # To the pool of the job's model (its own topic when several models are served).
+            topic = self._topics.jobs_for(record.model_name)
+            landed = await publish(self._producer, topic, job_request(record), key=str(record.job_id))
         except KafkaError as exc:
             log.error("job %s stored but not queued (%s); the sweeper will re-queue it", record.job_id, exc)
             return

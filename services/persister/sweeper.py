@@ -89,18 +89,29 @@ class Sweeper:
             )
         if not candidates:
             return 0, 0
-        consumed = await committed_offsets(self._kafka, group_id=opts.inference_group_id, topic=self._topics.jobs.name)
-        stuck = [job for job in candidates if self._lost(job, consumed, now)]
+        # Each job's request waits on the topic of its model's pool, read by that pool's group.
+        consumed: dict[str, dict[int, int]] = {}
+        for model in {job.model_name for job in candidates}:
+            consumed[model] = await committed_offsets(
+                self._kafka,
+                group_id=self._topics.models.inference_group(opts.inference_group_id, model),
+                topic=self._topics.jobs_for(model).name,
+            )
+        stuck = [job for job in candidates if self._lost(job, consumed[job.model_name], now)]
         requeued = failed = 0
         for job in stuck:
-            if job.attempts >= self._options.max_attempts:
+            unserved = self._topics.models.routed and self._topics.models.served_name(job.model_name) is None
+            if unserved or job.attempts >= self._options.max_attempts:
                 async with self._db.pool.acquire() as conn:
                     updated = await self._db.jobs.mark_failed(
                         conn,
                         job_id=job.job_id,
                         completed_at=now,
                         error_message=(
-                            f"lost {job.attempts} times (no result after its request was consumed, or never "
+                            f"model {job.model_name!r} is no longer served (served: "
+                            f"{', '.join(self._topics.models.served)}); no pool would take it"
+                            if unserved
+                            else f"lost {job.attempts} times (no result after its request was consumed, or never "
                             f"queued); last state {job.status}"
                         ),
                     )
@@ -115,7 +126,10 @@ class Sweeper:
                 continue
             try:
                 landed = await publish(
-                    self._producer, self._topics.jobs, job_request(job, attempt=attempt), key=str(job.job_id)
+                    self._producer,
+                    self._topics.jobs_for(job.model_name),
+                    job_request(job, attempt=attempt),
+                    key=str(job.job_id),
                 )
                 await record_queue_position(self._db, job.job_id, landed)
                 # The first `accepted` may have been lost with the first publish; stats count it once.

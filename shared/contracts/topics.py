@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from shared.config import KafkaSettings, TopicSettings
 from shared.contracts.events import DeadLetter, JobEvent, JobRequested, ResultEvent, UploadEvent
 from shared.exceptions import ContractError
+from shared.models import ModelSettings
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -55,9 +56,22 @@ class Topics:
     results: Topic[ResultEvent]
     job_events: Topic[JobEvent]
     dead_letter: Topic[DeadLetter]
+    # Which models are served, for routing each model's jobs to its own pool (ModelSettings.jobs_topic).
+    models: ModelSettings = field(default_factory=ModelSettings)
+
+    def jobs_for(self, model: str) -> Topic[JobRequested]:
+        """The jobs topic of ``model``'s inference pool: ``jobs`` itself when one model is served."""
+        name = self.models.jobs_topic(self.jobs.name, model)
+        return self.jobs if name == self.jobs.name else Topic(name, JobRequested, self.jobs.max_message_bytes)
+
+    def all_jobs(self) -> list[Topic[JobRequested]]:
+        """Every served model's jobs topic (just ``jobs`` when one model is served)."""
+        return [self.jobs_for(model) for model in self.models.served]
 
     @classmethod
-    def from_settings(cls, topics: TopicSettings, kafka: KafkaSettings) -> Topics:
+    def from_settings(
+        cls, topics: TopicSettings, kafka: KafkaSettings, models: ModelSettings | None = None
+    ) -> Topics:
         limit = kafka.max_message_bytes
         return cls(
             uploads=Topic(topics.uploads, UploadEvent, limit),
@@ -65,4 +79,5 @@ class Topics:
             results=Topic(topics.results, ResultEvent, limit),
             job_events=Topic(topics.job_events, JobEvent, limit),
             dead_letter=Topic(topics.dead_letter, DeadLetter, limit),
+            models=models or ModelSettings(),
         )

@@ -21,18 +21,17 @@ from aiohttp import web
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from rmbg.stack.postgres import LOCAL_ADMIN_DSN, drop_database, ensure_database, with_database
 from services.persister.settings import WebhookOptions
 from services.persister.webhooks import WebhookDispatcher, WebhookMetrics
 from shared.auth import SecretCipher
 from shared.config import AuthSettings, OutboundSettings, PostgresSettings
 from shared.db import Database, open_database
-from shared.db.migrate import upgrade
 from shared.db.repositories.webhooks import WebhookAttempt, WebhookRecord
 from shared.ids import uuid7, uuid7_time
 from shared.outbound import open_outbound
 from shared.telemetry import PipelineMetrics
 from shared.webhooks import WebhookSecrets
+from tests.support.databases import migrated_database
 
 # Fast schedule for tests: the production one waits 5 s, 30 s, 2 min...
 FAST = WebhookOptions(
@@ -42,14 +41,8 @@ FAST = WebhookOptions(
 
 @pytest.fixture(scope="module")
 async def dsn() -> AsyncIterator[str]:
-    name = f"rmbg_whtest_{secrets.token_hex(5)}"
-    await ensure_database(LOCAL_ADMIN_DSN, name)
-    try:
-        dsn = with_database(LOCAL_ADMIN_DSN, name)
-        await asyncio.to_thread(upgrade, dsn)
+    async with migrated_database("rmbg_whtest") as dsn:
         yield dsn
-    finally:
-        await drop_database(LOCAL_ADMIN_DSN, name)
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,9 @@ class Intake:
         Raises ImageRejected for the HTTP path to answer 4xx, ModelNotServed for a model not served.
 
         With ``idempotency``, the key is claimed in the same transaction as the job's row: of two
-        concurrent retries one commits, the other rolls back and returns the first one's job.
+        concurrent retries one commits, the other rolls back and returns the first one's job. Callers
+        look for an earlier job first with :meth:`replay` (the API does, before fetching or validating
+        anything); here only the claim decides.
         ``callback_url`` (already checked by shared.outbound.check_url) registers the job's webhook in
         that transaction too, so a job never ends without its callback on record.
         """
@@ -134,10 +136,6 @@ class Intake:
         if not self._models.is_served(model_name):
             # The HTTP path refuses these with 422 before calling; nothing unserved is ever queued.
             raise ModelNotServed(model_name, self._models.served)
-        if idempotency is not None:
-            earlier = await self.replay(user_id=user_id, idempotency=idempotency)
-            if earlier is not None:
-                return earlier
         info = await self.inspect(data)
         sha = hashlib.sha256(data).hexdigest()
         key = ObjectKeys.original(sha, info.extension)

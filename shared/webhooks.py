@@ -25,7 +25,8 @@ import asyncpg
 from standardwebhooks.webhooks import Webhook
 
 from shared.auth import SecretCipher
-from shared.db.repositories.webhooks import WebhookSecretRecord, WebhooksRepository
+from shared.db.models import WebhookSecretRecord
+from shared.db.repositories.webhooks import WebhooksRepository
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 _SECRET_BYTES = 32

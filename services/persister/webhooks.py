@@ -33,8 +33,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from services.persister.settings import WebhookOptions
 from shared.config import OutboundSettings
 from shared.db import Database
-from shared.db.models import JobRecord, JobStatus
-from shared.db.repositories.webhooks import AttemptResult, WebhookRecord, WebhookState
+from shared.db.models import JobRecord, JobStatus, WebhookRecord, WebhookState
+from shared.db.repositories.webhooks import AttemptResult
 from shared.exceptions import FetchRefused
 from shared.failures import FailureClass, classify, describe
 from shared.outbound import check_url

@@ -191,3 +191,60 @@ class ShardJob(NamedTuple):
     processed_path: str | None
     params: dict[str, Any]
     params_hash: str
+
+
+WebhookState = Literal["pending", "due", "delivered", "gave_up"]
+WebhookEvent = Literal["job.completed", "job.failed"]
+
+
+class WebhookRecord(_Row):
+    """One row of webhooks (migration 0009): a job's callback and where its delivery stands."""
+
+    job_id: UUID
+    created_at: datetime
+    user_id: str
+    url: str
+    state: WebhookState
+    event_type: WebhookEvent | None
+    registered_at: datetime
+    due_at: datetime | None
+    next_attempt_at: datetime | None
+    lease_token: UUID | None
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> WebhookRecord:
+        return cls.model_validate(dict(row))
+
+
+class WebhookAttempt(_Row):
+    """One delivery attempt: status_code is None when no HTTP answer came (refused, timeout, reset)."""
+
+    job_id: UUID
+    attempt: int
+    at: datetime
+    status_code: int | None
+    latency_ms: int
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> WebhookAttempt:
+        return cls.model_validate(dict(row))
+
+
+class WebhookSecretRecord(_Row):
+    """A user's signing secret, as ciphertext (decrypt with shared.auth.SecretCipher)."""
+
+    user_id: str
+    secret_encrypted: bytes
+    previous_encrypted: bytes | None
+    previous_until: datetime | None
+    created_at: datetime
+    rotated_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> WebhookSecretRecord:
+        return cls.model_validate(dict(row))

@@ -16,7 +16,7 @@ from services.ingest.auth import CurrentUser, Resources
 from services.ingest.errors import ERROR_RESPONSES, not_found
 from services.ingest.jobviews import owned_job, parse_job_id
 from shared.auth import SecretCipher
-from shared.db.repositories.webhooks import WebhookAttempt, WebhookRecord
+from shared.db.models import WebhookAttempt, WebhookRecord
 from shared.webhooks import SigningSecrets, WebhookSecrets
 
 router = APIRouter(tags=["webhooks"], responses=ERROR_RESPONSES)

@@ -8,83 +8,19 @@ under a lease and records each attempt. This module stores; it decides nothing a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import cast
 from uuid import UUID
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict
 
+from shared.db.models import WebhookAttempt, WebhookRecord, WebhookSecretRecord, WebhookState
 from shared.db.queryset import Queries, default_queries
 from shared.failures import clean_text
 
 # Errors are kept readable, not whole: an exception chain or an HTML error page is cut here.
 _MAX_ERROR_CHARS = 500
-
-
-class _Row(BaseModel):
-    # The rows of this aggregate live beside it rather than in shared/db/models.py, which every area
-    # shares; same rules: frozen, and extra="ignore" so a later column does not break this version.
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-WebhookState = Literal["pending", "due", "delivered", "gave_up"]
-WebhookEvent = Literal["job.completed", "job.failed"]
-
-
-class WebhookRecord(_Row):
-    """One row of webhooks (migration 0009): a job's callback and where its delivery stands."""
-
-    job_id: UUID
-    created_at: datetime
-    user_id: str
-    url: str
-    state: WebhookState
-    event_type: WebhookEvent | None
-    registered_at: datetime
-    due_at: datetime | None
-    next_attempt_at: datetime | None
-    lease_token: UUID | None
-    attempts: int
-    last_status: int | None
-    last_error: str | None
-    delivered_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> WebhookRecord:
-        return cls.model_validate(dict(row))
-
-
-class WebhookAttempt(_Row):
-    """One delivery attempt: status_code is None when no HTTP answer came (refused, timeout, reset)."""
-
-    job_id: UUID
-    attempt: int
-    at: datetime
-    status_code: int | None
-    latency_ms: int
-    error: str | None
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> WebhookAttempt:
-        return cls.model_validate(dict(row))
-
-
-class WebhookSecretRecord(_Row):
-    """A user's signing secret, as ciphertext (decrypt with shared.auth.SecretCipher)."""
-
-    user_id: str
-    secret_encrypted: bytes
-    previous_encrypted: bytes | None
-    previous_until: datetime | None
-    created_at: datetime
-    rotated_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> WebhookSecretRecord:
-        return cls.model_validate(dict(row))
 
 
 @dataclass(frozen=True)

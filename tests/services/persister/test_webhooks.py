@@ -26,7 +26,7 @@ from services.persister.webhooks import WebhookDispatcher, WebhookMetrics
 from shared.auth import SecretCipher
 from shared.config import AuthSettings, OutboundSettings, PostgresSettings
 from shared.db import Database, open_database
-from shared.db.repositories.webhooks import WebhookAttempt, WebhookRecord
+from shared.db.models import WebhookAttempt, WebhookRecord
 from shared.ids import uuid7, uuid7_time
 from shared.outbound import open_outbound
 from shared.telemetry import PipelineMetrics

@@ -29,8 +29,10 @@ WHERE datname = current_database();
 
 -- name: health_longest_query()^
 -- The longest running statement of another client session (NULL columns when none is running).
+-- clock_timestamp(), not now() (this transaction's start): a session that began a moment later gave a
+-- negative age.
 SELECT pid, usename::text AS username, state,
-       extract(epoch FROM now() - query_start)::float8 AS seconds,
+       greatest(extract(epoch FROM clock_timestamp() - query_start), 0)::float8 AS seconds,
        left(query, 200) AS query
 FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND state = 'active' AND pid <> pg_backend_pid()
@@ -41,7 +43,7 @@ LIMIT 1;
 -- The oldest open transaction of another session, idle in transaction included: it holds back the
 -- xmin horizon, so VACUUM can remove no row version deleted after it began, in any table.
 SELECT pid, usename::text AS username, state,
-       extract(epoch FROM now() - xact_start)::float8 AS seconds,
+       greatest(extract(epoch FROM clock_timestamp() - xact_start), 0)::float8 AS seconds,
        left(query, 200) AS query
 FROM pg_stat_activity
 WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check bench clean chaos load browsers dbtools monitoring
+.PHONY: run test lint typecheck check bench bench-pipeline clean chaos load browsers dbtools monitoring
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,3 +76,10 @@ chaos: $(STAMP)
 load: $(STAMP)
 	$(BIN)/python -c 'from pathlib import Path; from tests.support.tiny_rmbg import build_tiny_rmbg as b; b(Path(".state/drill-model/tiny_rmbg"))'
 	timeout 1800 $(BIN)/python -m rmbg.drills.load --model-source .state/drill-model/tiny_rmbg --state-dir .state/load
+
+# End-to-end bench (bench/pipeline.py): a sweep of offered rates (2 4 8 12 16 20 jobs/s, 45 s each, stopped once
+# the pipeline falls behind) on one embedded stack with the tiny model; jobs/s, latency p50/p95/p99, stage
+# breakdown and CPU per job by process, as Markdown. Bounded (about 15 minutes at most), loopback only.
+bench-pipeline: $(STAMP)
+	$(BIN)/python -c 'from pathlib import Path; from tests.support.tiny_rmbg import build_tiny_rmbg as b; b(Path(".state/drill-model/tiny_rmbg"))'
+	timeout 1800 $(BIN)/python -m bench.pipeline --model-source .state/drill-model/tiny_rmbg --state-dir .state/bench-pipeline $(ARGS)

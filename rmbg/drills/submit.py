@@ -78,11 +78,32 @@ def drill_image(index: int, seed: int, side: int) -> bytes:
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class Upload:
+    """One job's image as submitted: its bytes, content type and file suffix."""
+
+    data: bytes
+    content_type: str = "image/png"
+    suffix: str = "png"
+
+
+# The image of job ``index``; a drill's default is ``drill_image`` (a small synthetic PNG).
+ImageSource = Callable[[int], Upload]
+
+
 class Submitter:
     """Jobs at a steady rate, at most ``concurrency`` at a time, each retried until accepted or the deadline."""
 
-    def __init__(self, plan: Workload, settings: BaseServiceSettings, api_url: str, deadline: float) -> None:
+    def __init__(
+        self,
+        plan: Workload,
+        settings: BaseServiceSettings,
+        api_url: str,
+        deadline: float,
+        images: ImageSource | None = None,
+    ) -> None:
         self.plan = plan
+        self.images: ImageSource = images or (lambda i: Upload(drill_image(i, plan.seed, plan.image_side)))
         self.settings = settings
         self.api_url = api_url
         self.deadline = deadline
@@ -131,9 +152,9 @@ class Submitter:
 
     async def _one(self, index: int, client: httpx.AsyncClient, store: ObjectStore, sem: asyncio.Semaphore) -> None:
         try:
-            data = drill_image(index, self.plan.seed, self.plan.image_side)
+            image = self.images(index)
             upload = self.is_upload(index)
-            job_id = await (self._upload(index, data, store) if upload else self._http(index, data, client))
+            job_id = await (self._upload(index, image, store) if upload else self._http(index, image, client))
             if job_id is None:
                 self.tally.gave_up += 1
             else:
@@ -141,7 +162,7 @@ class Submitter:
         finally:
             sem.release()
 
-    async def _http(self, index: int, data: bytes, client: httpx.AsyncClient) -> str | None:
+    async def _http(self, index: int, image: Upload, client: httpx.AsyncClient) -> str | None:
         self.tally.submitted_http += 1
         form = {"tags": "chaos,http", "params": json.dumps({})}
         headers = await self.keys.headers(self.user_of(index))  # made in run(): no I/O here
@@ -151,7 +172,10 @@ class Submitter:
         while time.monotonic() < self.deadline:
             try:
                 resp = await client.post(
-                    "/v1/jobs", files={"image": (f"{index}.png", data, "image/png")}, data=form, headers=headers
+                    "/v1/jobs",
+                    files={"image": (f"{index}.{image.suffix}", image.data, image.content_type)},
+                    data=form,
+                    headers=headers,
                 )
             except httpx.TransportError:
                 self.tally.retries["connection"] += 1
@@ -169,10 +193,10 @@ class Submitter:
             return None
         return None
 
-    async def _upload(self, index: int, data: bytes, store: ObjectStore) -> str | None:
+    async def _upload(self, index: int, image: Upload, store: ObjectStore) -> str | None:
         self.tally.submitted_upload += 1
-        key = f"uploads/chaos/{self.run_id}/{index}.png"
-        if not await self._retrying("s3-put", lambda: store.put(key, data, content_type="image/png")):
+        key = f"uploads/chaos/{self.run_id}/{index}.{image.suffix}"
+        if not await self._retrying("s3-put", lambda: store.put(key, image.data, content_type=image.content_type)):
             return None
         event = UploadEvent(
             event_id=f"chaos-{self.run_id}-{index}",

@@ -784,6 +784,15 @@ class Statements(abc.ABC):
             completed_ats=completed_ats,
         )
 
+    async def get_jobs(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        job_ids: list[UUID] | None,
+        created_ats: list[datetime] | None,
+    ) -> list[asyncpg.Record]:
+        return await self._rows("get_jobs", conn, job_ids=job_ids, created_ats=created_ats)
+
     # -- users.sql --------------------------------------------------------------------------------------------------
 
     async def upsert_user(

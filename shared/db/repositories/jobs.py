@@ -111,6 +111,11 @@ class InvalidCursor(RmbgError, ValueError):
     """A pagination cursor that this code did not make (or a newer, incompatible one)."""
 
 
+def _by_id(rows: list[asyncpg.Record]) -> dict[UUID, JobRecord]:
+    records = (JobRecord.from_row(row) for row in rows)
+    return {record.job_id: record for record in records}
+
+
 def encode_cursor(created_at: datetime, job_id: UUID) -> str:
     """An opaque, URL-safe cursor for the position just after (created_at, job_id) in newest-first order."""
     micros = (_aware(created_at) - _EPOCH) // timedelta(microseconds=1)
@@ -329,16 +334,24 @@ class JobsRepository:
         return JobRecord.from_row(row) if row is not None else None
 
     # -- batched transitions (transitions.sql) -----------------------------------------------------
-    # The same guards as the single transitions above, many jobs per round trip. Each returns the ids
-    # of the jobs that moved; the others were not in a state they may leave (a repeat, or late). Input
-    # is deduplicated by job id (the first occurrence wins, as the first of two single calls would) and
-    # sent in job_id order, so concurrent batches lock their rows in one order.
+    # The same guards as the single transitions above, many jobs per round trip. Each returns the rows
+    # that moved, with their tags, keyed by job id; the others were not in a state they may leave (a
+    # repeat, or late). Input is deduplicated by job id (the first occurrence wins, as the first of two
+    # single calls would) and sent in job_id order, so concurrent batches lock their rows in one order.
 
-    async def mark_processing_many(self, conn: asyncpg.Connection, items: list[Started]) -> set[UUID]:
-        """pending -> processing for each item; the ids that moved."""
+    async def get_jobs(self, conn: asyncpg.Connection, *, job_ids: list[UUID]) -> dict[UUID, JobRecord]:
+        """get_job for many ids in one round trip: the jobs found, keyed by id."""
+        ids = sorted({job_id for job_id in job_ids if job_id.version == 7})
+        if not ids:
+            return {}
+        rows = await self._q.get_jobs(conn, job_ids=ids, created_ats=[uuid7_time(i) for i in ids])
+        return _by_id(rows)
+
+    async def mark_processing_many(self, conn: asyncpg.Connection, items: list[Started]) -> dict[UUID, JobRecord]:
+        """pending -> processing for each item; the rows that moved."""
         rows = _unique(items)
         if not rows:
-            return set()
+            return {}
         moved = await self._q.mark_processing_many(
             conn,
             job_ids=[r.job_id for r in rows],
@@ -346,13 +359,13 @@ class JobsRepository:
             started_ats=[r.started_at for r in rows],
             attempts=[r.attempt for r in rows],
         )
-        return {m["job_id"] for m in moved}
+        return _by_id(moved)
 
-    async def mark_completed_many(self, conn: asyncpg.Connection, items: list[Completion]) -> set[UUID]:
-        """pending|processing -> completed with each item's results; the ids that moved."""
+    async def mark_completed_many(self, conn: asyncpg.Connection, items: list[Completion]) -> dict[UUID, JobRecord]:
+        """pending|processing -> completed with each item's results; the rows that moved."""
         rows = _unique(items)
         if not rows:
-            return set()
+            return {}
         moved = await self._q.mark_completed_many(
             conn,
             job_ids=[r.job_id for r in rows],
@@ -368,13 +381,13 @@ class JobsRepository:
             completed_ats=[r.completed_at for r in rows],
             reused=[r.reused for r in rows],
         )
-        return {m["job_id"] for m in moved}
+        return _by_id(moved)
 
-    async def mark_failed_many(self, conn: asyncpg.Connection, items: list[Failure]) -> set[UUID]:
-        """pending|processing -> failed with each item's reason; the ids that moved."""
+    async def mark_failed_many(self, conn: asyncpg.Connection, items: list[Failure]) -> dict[UUID, JobRecord]:
+        """pending|processing -> failed with each item's reason; the rows that moved."""
         rows = _unique(items)
         if not rows:
-            return set()
+            return {}
         if any(not r.error_message for r in rows):
             raise ValueError("a failed job needs its error_message")
         moved = await self._q.mark_failed_many(
@@ -384,7 +397,7 @@ class JobsRepository:
             error_messages=[clean_text(r.error_message) for r in rows],
             completed_ats=[r.completed_at for r in rows],
         )
-        return {m["job_id"] for m in moved}
+        return _by_id(moved)
 
     async def mask_wanted(
         self, conn: asyncpg.Connection, *, content_sha256: str, mask_path: str, except_job_id: UUID

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.persister.handler import PersistHandler
+from services.persister.handler import PersistHandler, plan_job
 from services.persister.settings import PersisterSettings
 from shared.cache import JobCache
 from shared.contracts import CutoutFormat, JobEvent, JobEventKind, ProcessingParams, ResultEvent, ResultKind
@@ -271,3 +271,63 @@ async def test_a_second_job_of_the_same_content_reuses_the_cutout(persister: Per
     assert row.processed_path == processed_key
     assert row.processed_bytes == (await persister.row(first.job_id)).processed_bytes
     assert [(o.key, o.last_modified) async for o in persister.store.iter_keys(processed_key)] == before
+
+
+async def test_a_batch_applies_every_job_and_one_bad_job_fails_alone(persister: Persister) -> None:
+    """Many jobs in one polled batch (the batched transitions): each job's results apply in order, a job
+    already ended has its event published again, and a job whose cut-out cannot be made fails with its
+    later results waiting behind it, while the others complete."""
+    good = [await persister.job(_photo()) for _ in range(4)]
+    ended = await persister.job(_photo())
+    bad = await persister.job(_photo())
+    mask_key, _ = _expected_keys(bad, "webp", "webp")
+    await persister.store.put(mask_key, encode_mask_png(np.zeros((5, 5), np.uint8)), content_type="image/png")
+    assert await persister.handler(await persister.records(_result(ended, ResultKind.FAILED, error="early"))) == []
+    ghost = good[0].model_copy(update={"job_id": uuid7()})
+    results = [_result(job, ResultKind.STARTED) for job in good]
+    results += [_result(bad, ResultKind.STARTED), _result(bad, ResultKind.COMPLETED, mask_key=mask_key)]
+    results += [_result(job, ResultKind.COMPLETED, mask_png=_mask_for(job)) for job in good]
+    results += [_result(job, ResultKind.STARTED) for job in (ended, ghost, bad)]
+    records = await persister.records(*results)
+
+    failures = await persister.handler(records)
+
+    assert [(f.record.offset, type(f.error).__name__) for f in failures] == [
+        (records[5].offset, "ImageRejected"),
+        (records[12].offset, "Deferred"),
+    ]
+    assert classify(failures[1].error) is FailureClass.TRANSIENT, "the later result waits, it is not given up"
+    for job in good:
+        row = await persister.row(job.job_id)
+        assert row.status is JobStatus.COMPLETED and row.started_at is not None and row.processed_bytes
+        assert await persister.events(job.job_id, until=3) == [
+            JobEventKind.PROCESSING,
+            JobEventKind.ACCEPTED,
+            JobEventKind.COMPLETED,
+        ]
+    assert (await persister.row(bad.job_id)).status is JobStatus.PROCESSING, "its start applied, its end did not"
+    assert (await persister.row(ended.job_id)).error_message == "early"
+    replayed = await persister.events(ended.job_id, until=4)
+    assert replayed == [JobEventKind.ACCEPTED, JobEventKind.FAILED] * 2, "the ended job's event again, once"
+
+
+def _plan_kinds(status: JobStatus, *kinds: ResultKind) -> tuple[int | None, int | None, bool]:
+    job = JobRecord.model_construct(job_id=uuid7(), status=status)
+    items = [(object(), ResultEvent.model_construct(kind=kind)) for kind in kinds]
+    plan = plan_job(job, items)  # type: ignore[arg-type]
+
+    def index(item: object) -> int | None:
+        return None if item is None else next(i for i, it in enumerate(items) if it is item)
+
+    return index(plan.started), index(plan.end), plan.replay
+
+
+def test_plan_job_follows_the_status_guards() -> None:
+    S, C, F = ResultKind.STARTED, ResultKind.COMPLETED, ResultKind.FAILED
+    assert _plan_kinds(JobStatus.PENDING, S, C) == (0, 1, False)
+    assert _plan_kinds(JobStatus.PENDING, S, S, F, C, S) == (0, 2, False), "the first start and the first end"
+    assert _plan_kinds(JobStatus.PROCESSING, S, C) == (None, 1, False), "started only moves a pending job"
+    assert _plan_kinds(JobStatus.PENDING, C, S) == (None, 0, False), "a start after the end changes nothing"
+    assert _plan_kinds(JobStatus.PENDING, S) == (0, None, False)
+    assert _plan_kinds(JobStatus.COMPLETED, S, C) == (None, None, True)
+    assert _plan_kinds(JobStatus.FAILED, F) == (None, None, True)

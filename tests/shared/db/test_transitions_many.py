@@ -32,13 +32,13 @@ async def test_processing_many_moves_pending_only_once(
     finished = await raw_job(conn, at=NOW, user_id=user, status="completed")
     ghost = uuid7(NOW)
     items = [Started(j, NOW, 2) for j in [*pending, finished, ghost]]
-    assert await repos.jobs.mark_processing_many(conn, items) == set(pending)
+    assert (await repos.jobs.mark_processing_many(conn, items)).keys() == set(pending)
     for job_id in pending:
         job = await repos.jobs.get_job(conn, job_id=job_id)
         assert job is not None and job.status == "processing" and job.attempts == 2
     # A repeat changes nothing and reports nothing moved.
-    assert await repos.jobs.mark_processing_many(conn, items) == set()
-    assert await repos.jobs.mark_processing_many(conn, []) == set()
+    assert (await repos.jobs.mark_processing_many(conn, items)).keys() == set()
+    assert (await repos.jobs.mark_processing_many(conn, [])).keys() == set()
 
 
 async def test_completed_many_matches_the_single_statement(
@@ -53,7 +53,8 @@ async def test_completed_many_matches_the_single_statement(
     moved = await repos.jobs.mark_completed_many(
         conn, [done(a, model_revision="r1"), done(b, reused=True, mask_bytes=None), done(c)]
     )
-    assert moved == {a, b}
+    assert moved.keys() == {a, b}
+    assert moved[a].status == "completed" and moved[a].model_revision == "r1" and moved[b].reused_result
     one = done(single, model_revision="r1")
     expected = await repos.jobs.mark_completed(conn, **one._asdict())
     got = await repos.jobs.get_job(conn, job_id=a)
@@ -68,7 +69,7 @@ async def test_completed_many_matches_the_single_statement(
     failed = await repos.jobs.get_job(conn, job_id=c)
     assert failed is not None and failed.status == "failed"
     # Late and repeated: nothing moves, nothing is rewritten.
-    assert await repos.jobs.mark_completed_many(conn, [done(a, mask_path="mask/other"), done(b)]) == set()
+    assert (await repos.jobs.mark_completed_many(conn, [done(a, mask_path="mask/other"), done(b)])).keys() == set()
     again = await repos.jobs.get_job(conn, job_id=a)
     assert again is not None and again.mask_path == f"mask/{a}"
 
@@ -78,20 +79,34 @@ async def test_duplicates_in_a_batch_first_wins(
 ) -> None:
     job_id = await raw_job(conn, at=NOW, user_id=unique_user("tm"), status="processing")
     moved = await repos.jobs.mark_completed_many(conn, [done(job_id, mask_path="mask/first"), done(job_id)])
-    assert moved == {job_id}
+    assert moved.keys() == {job_id}
     job = await repos.jobs.get_job(conn, job_id=job_id)
     assert job is not None and job.mask_path == "mask/first"
+
+
+async def test_get_jobs_reads_many_ids_across_partitions(
+    conn: asyncpg.Connection, repos: Repositories, raw_job: JobFactory
+) -> None:
+    user = unique_user("tm")
+    a = await raw_job(conn, at=NOW, user_id=user, status="pending")
+    b = await raw_job(conn, at=NOW - timedelta(days=40), user_id=user, status="completed")
+    found = await repos.jobs.get_jobs(conn, job_ids=[b, a, a, uuid7(NOW)])
+    assert found.keys() == {a, b}
+    single = await repos.jobs.get_job(conn, job_id=b)
+    assert found[b] == single and found[a].status == "pending"
+    assert await repos.jobs.get_jobs(conn, job_ids=[]) == {}
 
 
 async def test_failed_many(conn: asyncpg.Connection, repos: Repositories, raw_job: JobFactory) -> None:
     user = unique_user("tm")
     a = await raw_job(conn, at=NOW, user_id=user, status="pending")
     b = await raw_job(conn, at=NOW, user_id=user, status="completed")
-    assert await repos.jobs.mark_failed_many(conn, [Failure(a, "bad\x00input", NOW), Failure(b, "late", NOW)]) == {a}
+    moved = await repos.jobs.mark_failed_many(conn, [Failure(a, "bad\x00input", NOW), Failure(b, "late", NOW)])
+    assert moved.keys() == {a} and moved[a].status == "failed"
     job = await repos.jobs.get_job(conn, job_id=a)
     assert job is not None and job.status == "failed" and job.error_message is not None
     assert "\x00" not in job.error_message
-    assert await repos.jobs.mark_failed_many(conn, [Failure(a, "again", NOW)]) == set()
+    assert (await repos.jobs.mark_failed_many(conn, [Failure(a, "again", NOW)])).keys() == set()
     done_b = await repos.jobs.get_job(conn, job_id=b)
     assert done_b is not None and done_b.status == "completed"
     try:

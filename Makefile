@@ -77,7 +77,7 @@ load: $(STAMP)
 	$(BIN)/python -c 'from pathlib import Path; from tests.support.tiny_rmbg import build_tiny_rmbg as b; b(Path(".state/drill-model/tiny_rmbg"))'
 	timeout 1800 $(BIN)/python -m rmbg.drills.load --model-source .state/drill-model/tiny_rmbg --state-dir .state/load
 
-# End-to-end bench (bench/pipeline.py): a sweep of offered rates (2 4 8 12 16 20 jobs/s, 45 s each, stopped once
+# End-to-end bench (bench/pipeline.py): a sweep of offered rates (0.5 1 1.5 2 3 4 8 12 16 20 jobs/s, 45 s each, stopped once
 # the pipeline falls behind) on one embedded stack with the tiny model; jobs/s, latency p50/p95/p99, stage
 # breakdown and CPU per job by process, as Markdown. Bounded (about 15 minutes at most), loopback only.
 bench-pipeline: $(STAMP)

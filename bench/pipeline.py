@@ -92,7 +92,7 @@ class SweepPlan:
 
     @classmethod
     def short(cls) -> SweepPlan:
-        return cls(rates=(2.0,), duration_s=10.0, warmup_s=0.0, image_side=256, drain_timeout_s=120.0)
+        return cls(rates=(2.0,), duration_s=8.0, warmup_s=0.0, image_side=256, drain_timeout_s=120.0)
 
 
 @dataclass(frozen=True)
@@ -727,7 +727,7 @@ def parse_args(argv: list[str] | None) -> tuple[DrillOptions, SweepPlan, Path | 
         "python -m bench.pipeline",
         __doc__,
         state_dir=".state/bench-pipeline",
-        short_help="the test-suite variant: one step of 10 s at 2 jobs/s, 256 px, no warm-up",
+        short_help="the test-suite variant: one step of 8 s at 2 jobs/s, 256 px, no warm-up",
     )
     p.description, p.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
     p.add_argument(

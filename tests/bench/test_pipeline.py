@@ -1,4 +1,4 @@
-"""bench/pipeline.py, tiny: one step of 10 s at 2 jobs/s with 256 px photos against the real servers.
+"""bench/pipeline.py, tiny: one step of 8 s at 2 jobs/s with 256 px photos against the real servers.
 
 The same code as `make bench-pipeline`; the figures are checked for sanity (every job counted and completed,
 percentiles ordered, a stage table with rows, CPU counted for every process), not for their size. The
@@ -60,13 +60,13 @@ async def test_one_short_step_against_the_real_servers(tmp_path: Path) -> None:
     console.print(text, soft_wrap=True, markup=False, highlight=False)
     assert report.ok, text
     [step] = report.steps
-    assert step.accepted == step.planned == 20
-    assert step.latency is not None and step.latency.completed == 20
+    assert step.accepted == step.planned == 16
+    assert step.latency is not None and step.latency.completed == 16
     assert 0 < step.latency.p50_s <= step.latency.p95_s <= step.latency.p99_s <= step.latency.max_s
     assert 0 < step.completions_per_s <= 2 * plan.rates[0]
     stages = {s.stage: s for s in step.stages}
     assert {"queue_wait", "inference", "encode_cutout", "persist", "end_to_end"} <= set(stages), stages
-    assert stages["end_to_end"].count == 20
+    assert stages["end_to_end"].count == 16
     for s in stages.values():
         assert s.mean_s is not None and s.mean_s >= 0 and s.p95_s is not None
     assert step.model_mean_s is not None and step.model_mean_s > 0

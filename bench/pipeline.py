@@ -606,12 +606,16 @@ def render(report: SweepReport) -> Iterator[str]:
         rows.append(row)
     totals = ["all (excluding other)"]
     busy = ["CPU busy, % of all cores (all processes)"]
+    cores_ours = ["cores busy on average: the pipeline (all but other)"]
+    cores_other = ["cores busy on average: other work"]
     for s in steps:
         done = s.latency.completed if s.latency else 0
         ours = sum(v for k, v in s.cpu_s.items() if k != "other")
         totals.append(f"{ours / done:.3f}" if done else "-")
         busy.append(f"{100 * sum(s.cpu_s.values()) / (s.elapsed_s * s.cores):.0f}%")
-    rows += [totals, busy]
+        cores_ours.append(f"{ours / s.elapsed_s:.2f}")
+        cores_other.append(f"{s.cpu_s.get('other', 0.0) / s.elapsed_s:.2f}")
+    rows += [totals, busy, cores_ours, cores_other]
     yield from _table(["process", *(f"{s.rate:g}/s" for s in steps)], rows)
     yield ""
     kept = report.sustained()

@@ -147,8 +147,8 @@ class _NullS3:
 # Which of the project's statements belong to which part of the work (anything else: "other").
 _PHASES = {
     "partitions": ("retire_month", "drop_retired", "retired_months", "list_partitions"),
-    "object references": ("retired_objects", "referenced_contents", "contents_in_range", "lock_objects_exclusive",
-                          "paths_for_contents"),
+    "object references": ("retired_unreferenced", "retired_objects", "referenced_contents", "contents_in_range",
+                          "lock_objects_exclusive", "paths_for_contents"),
     "cutoff month rows": ("delete_before", "count_before"),
     "params counts": ("prune_params_counts",),
 }

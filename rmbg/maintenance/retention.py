@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
+import asyncpg
+
 from shared.db import Database
 from shared.db.models import ContentObjects
 from shared.db.partitions import month_start
@@ -112,15 +114,21 @@ class Retention:
         await self._finish_retired(month, report)
 
     async def _finish_retired(self, month: date, report: RetentionReport) -> None:
-        """Delete the objects of a detached month that no remaining job uses, then drop it."""
+        """Delete the objects of a detached month that no remaining job uses, then drop it.
+
+        Each batch is read, checked against the remaining jobs and its keys deleted under one hold of the
+        objects lock (the check and the keys to delete are one statement, retention.sql
+        retired_unreferenced), so the shared contents' keys never reach Python."""
         after = b""
         while True:
-            async with self._db.pool.acquire() as conn:
-                rows = await self._db.retention.retired_objects(conn, month=month, after_sha=after, limit=_BATCH)
-            if not rows:
-                break
-            await self._delete_unreferenced(rows, report)
-            after = rows[-1].content_sha256
+            async with self._db.pool.acquire() as conn, conn.transaction():
+                await self._db.jobs.lock_objects_exclusive(conn)
+                batch = await self._db.retention.retired_unreferenced(conn, month=month, after_sha=after, limit=_BATCH)
+                if batch.last_sha is None:
+                    break
+                report.objects_kept_shared += batch.kept
+                await self._delete_locked(conn, list(batch.doomed), report)
+            after = batch.last_sha
         async with self._db.pool.acquire() as conn:
             await self._db.retention.drop_retired(conn, month=month)
 
@@ -149,14 +157,18 @@ class Retention:
             used = await self._db.objects.referenced_contents(conn, shas=sorted(keys_by_sha))
             doomed = sorted({k for sha, keys in keys_by_sha.items() if sha not in used for k in keys})
             report.objects_kept_shared += sum(len(keys) for sha, keys in keys_by_sha.items() if sha in used)
-            # Deleted while the lock is held: an intake of the same content waits, then stores again.
-            # The epoch moves *after* the delete (also when it fails half-way): an intake that read it
-            # before then, and may have found the object still there, sees the change and stores it again.
-            try:
-                report.objects_deleted += await self._store.delete_many(doomed)
-            finally:
-                if doomed:
-                    await self._db.jobs.bump_object_deletion_epoch(conn)
+            await self._delete_locked(conn, doomed, report)
+
+    async def _delete_locked(self, conn: asyncpg.Connection, doomed: list[str], report: RetentionReport) -> None:
+        """Delete objects whose references were just checked, in the transaction that holds the objects lock."""
+        # Deleted while the lock is held: an intake of the same content waits, then stores again.
+        # The epoch moves *after* the delete (also when it fails half-way): an intake that read it
+        # before then, and may have found the object still there, sees the change and stores it again.
+        try:
+            report.objects_deleted += await self._store.delete_many(doomed)
+        finally:
+            if doomed:
+                await self._db.jobs.bump_object_deletion_epoch(conn)
 
 
 def _utc(day: date) -> datetime:

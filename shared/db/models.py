@@ -179,6 +179,16 @@ class ContentObjects(NamedTuple):
     paths: tuple[str, ...]  # original, mask, cut-out: what the jobs named (an upstream s3:// original too)
 
 
+class RetiredBatch(NamedTuple):
+    """One batch of a retired month, already checked against the remaining jobs (retention.sql
+    retired_unreferenced): the object keys to delete, and how many of its keys stay because a remaining
+    job has the same content."""
+
+    last_sha: bytes | None  # the batch's highest content hash (the next batch starts above it); None: done
+    kept: int
+    doomed: tuple[str, ...]  # distinct; upstream s3:// originals are never among them
+
+
 class ShardJob(NamedTuple):
     """One job as fsck checks it against the objects of its content shard (retention.sql jobs_in_shard)."""
 

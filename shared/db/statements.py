@@ -525,15 +525,15 @@ class Statements(abc.ABC):
     async def retired_months(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
         return await self._rows("retired_months", conn)
 
-    async def retired_objects(
+    async def retired_unreferenced(
         self,
         conn: asyncpg.Connection,
         *,
         month: date | None,
         after_sha: bytes | None,
-        max_contents: int | None,
-    ) -> list[asyncpg.Record]:
-        return await self._rows("retired_objects", conn, month=month, after_sha=after_sha, max_contents=max_contents)
+        max_rows: int | None,
+    ) -> asyncpg.Record | None:
+        return await self._row("retired_unreferenced", conn, month=month, after_sha=after_sha, max_rows=max_rows)
 
     async def drop_retired(self, conn: asyncpg.Connection, *, month: date | None) -> str:
         return await self._status("drop_retired", conn, month=month)

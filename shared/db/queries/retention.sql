@@ -7,8 +7,35 @@ SELECT rmbg_retire_month(:month::date);
 -- name: retired_months()
 SELECT m AS month FROM rmbg_retired_months() AS m;
 
--- name: retired_objects(month, after_sha, max_contents)
-SELECT * FROM rmbg_retired_objects(:month::date, :after_sha::bytea, :max_contents::int);
+-- name: retired_unreferenced(month, after_sha, max_rows)^
+-- One batch of a detached month (rmbg_retired_rows: about max_rows job rows after after_sha, in hash
+-- order, no content split), checked against the remaining jobs in this one statement; run under
+-- lock_objects_exclusive. Returns the batch's last hash (NULL: the month is done), how many keys of the
+-- batch a remaining job still uses through its content (kept), and the keys no remaining job uses
+-- (doomed, with repeats when several retired jobs named one key). The EXISTS carries the batch's hash
+-- range as the index bound, so it is planned as one range scan of each partition's ix_jobs_content,
+-- hashed, and a lookup per row (the 0.2% of the hash space a batch covers; ~41k index tuples at 1M or
+-- 10M jobs), not as a probe per content and partition, nor as a client-sent array. A failed upload's
+-- original_path names the upstream's object (s3://...): not ours to delete, not counted.
+WITH r AS MATERIALIZED (
+    SELECT * FROM rmbg_retired_rows(:month::date, :after_sha::bytea, :max_rows::int)
+), hi AS MATERIALIZED (
+    SELECT content_sha256 AS sha FROM r ORDER BY content_sha256 DESC LIMIT 1
+), flagged AS MATERIALIZED (
+    SELECT r.*, EXISTS (
+        SELECT 1 FROM image_process_jobs j
+        WHERE j.content_sha256 = r.content_sha256
+          AND j.content_sha256 > :after_sha::bytea AND j.content_sha256 <= (SELECT sha FROM hi)
+    ) AS used
+    FROM r
+)
+SELECT (SELECT sha FROM hi) AS last_sha,
+       (SELECT count(DISTINCT k.path) FROM flagged f
+        CROSS JOIN LATERAL (VALUES (f.original_path), (f.mask_path), (f.processed_path)) k(path)
+        WHERE f.used AND k.path NOT LIKE 's3://%')::int AS kept,
+       ARRAY(SELECT k.path FROM flagged f
+             CROSS JOIN LATERAL (VALUES (f.original_path), (f.mask_path), (f.processed_path)) k(path)
+             WHERE NOT f.used AND k.path NOT LIKE 's3://%') AS doomed;
 
 -- name: drop_retired(month)!
 SELECT rmbg_drop_retired(:month::date);

@@ -10,7 +10,7 @@ from datetime import date, datetime
 
 import asyncpg
 
-from shared.db.models import ContentObjects
+from shared.db.models import ContentObjects, RetiredBatch
 from shared.db.partitions import list_partitions
 from shared.db.queryset import Queries, default_queries
 
@@ -25,20 +25,24 @@ class RetentionRepository:
 
     async def retire_month(self, conn: asyncpg.Connection, *, month: date) -> int:
         """Drop the month's tags partition, reduce the users' job counts, detach its jobs partition;
-        returns the jobs it held. Their objects are still to be checked: :meth:`retired_objects`."""
+        returns the jobs it held. Their objects are still to be checked: :meth:`retired_unreferenced`."""
         return int(await self._q.retire_month(conn, month=month))
 
     async def retired_months(self, conn: asyncpg.Connection) -> list[date]:
         """Months detached but not yet dropped (a run interrupted in between), oldest first."""
         return [r["month"] for r in await self._q.retired_months(conn)]
 
-    async def retired_objects(
+    async def retired_unreferenced(
         self, conn: asyncpg.Connection, *, month: date, after_sha: bytes, limit: int
-    ) -> list[ContentObjects]:
-        """Up to ``limit`` contents of a detached month after ``after_sha`` (in hash order: the next
-        page starts after the last one's), each with the object keys its jobs named."""
-        rows = await self._q.retired_objects(conn, month=month, after_sha=after_sha, max_contents=limit)
-        return [_content_objects(r) for r in rows]
+    ) -> RetiredBatch:
+        """About ``limit`` job rows of a detached month after ``after_sha`` (in hash order, no content
+        split), checked against the remaining jobs in one statement: the keys no remaining job uses, and
+        the count of those kept. Run it under ``lock_objects_exclusive`` and delete before committing."""
+        row = await self._q.retired_unreferenced(conn, month=month, after_sha=after_sha, max_rows=limit)
+        assert row is not None  # the statement returns one row, also past the month's last hash
+        last = row["last_sha"]
+        # Several retired jobs of one content name the same keys: the statement leaves the repeats.
+        return RetiredBatch(None if last is None else bytes(last), int(row["kept"]), tuple(set(row["doomed"])))
 
     async def drop_retired(self, conn: asyncpg.Connection, *, month: date) -> None:
         await self._q.drop_retired(conn, month=month)

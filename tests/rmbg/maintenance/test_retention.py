@@ -11,8 +11,10 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import numpy as np
+import pytest
 from PIL import Image
 
+import rmbg.maintenance.retention as retention_module
 from rmbg.maintenance.fsck import Fsck
 from rmbg.maintenance.retention import Retention
 from shared.contracts import CutoutFormat, ProcessingParams
@@ -70,9 +72,12 @@ async def _exists(store: ObjectStore, key: str) -> bool:
     return await store.head(key) is not None
 
 
+@pytest.mark.parametrize("batch", [5000, 1], ids=["one-batch", "a-content-per-batch"])
 async def test_retention_drops_months_and_deletes_only_unreferenced_objects(
-    db: Database, store: ObjectStore, executor: ThreadPoolExecutor
+    db: Database, store: ObjectStore, executor: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch, batch: int
 ) -> None:
+    # Batches of one row: each retired content is checked, and its keys deleted, in a batch of its own.
+    monkeypatch.setattr(retention_module, "_BATCH", batch)
     now = datetime.now(UTC)
     cutoff = now - timedelta(days=180)
     shared_photo = _photo(1)

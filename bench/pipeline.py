@@ -775,15 +775,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     console = Console()
-    dirty = _uncommitted()
+    head, dirty = _git_head(), _uncommitted()  # at the start: a shared checkout may move during the run
     report = asyncio.run(run_sweep(opts, plan, console))
-    print(f"\nbench.pipeline, git {_git_head()}, {platform.python_version()}, {platform.machine()}")
+    print(f"\nbench.pipeline, git {head} at the start, {platform.python_version()}, {platform.machine()}")
     print(f"uncommitted changes at the start: {', '.join(dirty) if dirty else 'none'}\n")
     print(report.tables())
     if json_path is not None:
-        json_path.write_text(
-            json.dumps(report.to_json() | {"git": _git_head(), "uncommitted": dirty}, indent=2, default=str)
-        )
+        json_path.write_text(json.dumps(report.to_json() | {"git": head, "uncommitted": dirty}, indent=2, default=str))
     if not report.ok:
         console.print("bench.pipeline: jobs lost or checks failed", style="red")
     return 0 if report.ok else 1

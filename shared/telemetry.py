@@ -41,14 +41,17 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 STAGE_BUCKETS = (*LATENCY_BUCKETS, 300, 600)
 # rmbg_stage_seconds{stage}: where a job's time goes, in the order a job meets them. queue_wait (inference:
 # from the request's publish to its consumption), fetch and decode (inference: the original from S3, to
-# RGB), inference (one forward pass over a batch), encode_mask (inference: the matte as PNG),
+# RGB), preprocess (a batch resized and normalised, on the model's device), inference (one forward pass
+# over a batch), postprocess (a batch's mattes back at full size), encode_mask (inference: the matte as PNG),
 # encode_cutout (persister: the cut-out), persist (persister: a completed result to S3 and PostgreSQL),
 # end_to_end (persister: acceptance to completed, what the user waits).
 STAGES = (
     "queue_wait",
     "fetch",
     "decode",
+    "preprocess",
     "inference",
+    "postprocess",
     "encode_mask",
     "encode_cutout",
     "persist",

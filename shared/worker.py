@@ -85,7 +85,12 @@ async def each_record(
 @dataclass(frozen=True)
 class LoopOptions:
     max_records: int = 100
+    # How long one poll blocks when nothing is waiting (then the stop flag is checked again).
     max_wait_ms: int = 200
+    # Dynamic batching: once a poll has returned records, keep polling for up to this long while the batch
+    # is short of max_records. 0 hands over whatever one poll returned (a poll returns at once with what is
+    # already fetched, so under light load batches are of one record). Inference sets it to fill GPU batches.
+    fill_wait_ms: int = 0
     grace_s: float = 30.0
     # Backoff after a batch with records to retry: 0.5 s doubling to 30 s, so a dead database is not hammered.
     backoff_initial_s: float = 0.5
@@ -134,9 +139,7 @@ class ConsumeLoop:
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self._options.backoff_initial_s
         while not stop.is_set():
-            batch = await self._consumer.getmany(
-                timeout_ms=self._options.max_wait_ms, max_records=self._options.max_records
-            )
+            batch = await self._poll()
             if self._watch is not None:
                 self._watch.progressed()
             if not any(batch.values()):
@@ -163,6 +166,26 @@ class ConsumeLoop:
                 self._watch.progressed()
             await _sleep_or_stop(stop, backoff)
             backoff = min(backoff * 2, self._options.backoff_max_s)
+
+    async def _poll(self) -> dict[TopicPartition, list[Record]]:
+        """Up to ``max_records``: one poll's records, then more for up to ``fill_wait_ms`` (see LoopOptions)."""
+        opts = self._options
+        batch: dict[TopicPartition, list[Record]] = await self._consumer.getmany(
+            timeout_ms=opts.max_wait_ms, max_records=opts.max_records
+        )
+        count = sum(len(records) for records in batch.values())
+        if not opts.fill_wait_ms or not count:
+            return batch
+        deadline = time.monotonic() + opts.fill_wait_ms / 1000
+        while count < opts.max_records and (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
+            more: dict[TopicPartition, list[Record]] = await self._consumer.getmany(
+                timeout_ms=left_ms, max_records=opts.max_records - count
+            )
+            for tp, records in more.items():
+                # A partition's records of successive polls follow each other: one list per partition.
+                batch.setdefault(tp, []).extend(records)
+                count += len(records)
+        return batch
 
     async def _handle(self, records: list[Record], stop: asyncio.Event) -> list[RecordFailure] | None:
         """The handler's failures; None when stopping cancelled the batch."""

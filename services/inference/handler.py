@@ -5,6 +5,12 @@ mask already stored for the same (content, model, threshold), fetch and decode t
 run the model once per chunk of ``batch_size`` images in the dedicated model thread, then publish one
 result per job. The consume loop commits offsets only after every result is acknowledged.
 
+A chunk starts as soon as ``batch_size`` of the batch's images are decoded, not when all are. With a
+:class:`~services.inference.backends.base.StagedBackend` each chunk is prepared (resized, normalised, on
+the device) and finished (mattes at full size, PNG) on the I/O threads, so the model thread runs one
+chunk's forward pass while the next is prepared and the previous one finished; forward passes queue on
+the one model thread in the order their chunks became ready.
+
 Each job's errors stay with that job (``_Work.error``) and are reported per record: a missing original,
 an undecodable image or a model error on that image alone fail that job (``give_up``), an S3 or broker
 outage retries it, and the other jobs of the batch go on.
@@ -15,17 +21,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from aiokafka import AIOKafkaProducer
 from PIL import Image
 
-from services.inference.backends.base import SegmentationBackend
+from services.inference.backends.base import Matte, SegmentationBackend, StagedBackend
 from services.inference.settings import InferenceOptions
 from shared.config import ImageLimits
 from shared.contracts import JobRequested, ResultEvent, ResultKind, Topics
@@ -38,6 +44,15 @@ from shared.telemetry import PipelineMetrics
 from shared.worker import Record, RecordFailure
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_A = TypeVar("_A")
+
+
+def _timed(fn: Callable[[_A], _T], arg: _A) -> tuple[_T, float]:
+    """``fn(arg)`` and its seconds, measured on the thread that runs it."""
+    started = time.perf_counter()
+    return fn(arg), time.perf_counter() - started
 
 
 @dataclass
@@ -69,6 +84,8 @@ class InferenceHandler:
         self._options = options
         self._images = images
         self._backend = backend
+        # Its steps overlap across chunks when the backend has them (StagedBackend); else predict whole.
+        self._staged = backend if isinstance(backend, StagedBackend) else None
         # InferenceSettings resolves model_name to the catalogue name; backend.name (for a local folder, its
         # path) is only the fallback of handlers built by hand without a name.
         self.model_name = options.model_name or backend.name
@@ -96,10 +113,7 @@ class InferenceHandler:
             # re-queue. Host clocks differ by milliseconds; a negative wait counts as none.
             stage.labels(stage="queue_wait").observe(max(0.0, (now_ms - record.timestamp) / 1000))
         with self._metrics.batch_seconds.time():
-            await asyncio.gather(*(self._step(w, self._admit(w)) for w in work))
-            to_compute = [w for w in work if w.image is not None and w.error is None]
-            for start in range(0, len(to_compute), self._options.batch_size):
-                await self._compute(to_compute[start : start + self._options.batch_size])
+            await self._admit_and_compute(work)
             # Every result acknowledged (acks=all) before the loop commits the batch's offsets.
             await asyncio.gather(*(self._step(w, self._acknowledged(w)) for w in work if w.error is None))
         failures.extend(RecordFailure(w.record, w.error) for w in work if w.error is not None)
@@ -157,6 +171,25 @@ class InferenceHandler:
         with stage.labels(stage="decode").time():
             w.image = await loop.run_in_executor(self._io_executor, decode_rgb, data)
 
+    async def _admit_and_compute(self, work: list[_Work]) -> None:
+        """Admit every job concurrently; each ``batch_size`` images decoded start a chunk at once."""
+        size = min(self._options.batch_size, self._backend.max_batch)
+        ready: list[_Work] = []
+        chunks: list[asyncio.Future[None]] = []
+
+        async def admit(w: _Work) -> None:
+            await self._step(w, self._admit(w))
+            if w.image is not None and w.error is None:
+                ready.append(w)
+                if len(ready) == size:
+                    chunks.append(asyncio.ensure_future(self._compute(ready.copy())))
+                    ready.clear()
+
+        await asyncio.gather(*(admit(w) for w in work))
+        if ready:
+            chunks.append(asyncio.ensure_future(self._compute(ready)))
+        await asyncio.gather(*chunks)
+
     async def _compute(self, chunk: list[_Work]) -> None:
         for w in chunk:
             await self._step(w, self._emit(w, self._result(w.job, ResultKind.STARTED)))
@@ -167,10 +200,8 @@ class InferenceHandler:
         if not chunk:
             return
         images = [w.image for w in chunk if w.image is not None]
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
         try:
-            masks = await loop.run_in_executor(self._model_executor, self._backend.predict, images)
+            masks, elapsed = await self._run_model(images)
         except ModelError as exc:
             if len(chunk) == 1:
                 chunk[0].error = ModelFailed(f"model failed on this image: {exc}")
@@ -179,7 +210,6 @@ class InferenceHandler:
             for w in chunk:
                 await self._predict([w])
             return
-        elapsed = time.perf_counter() - started
         self._metrics.model_seconds.observe(elapsed)
         self._metrics.stage_seconds.labels(stage="inference").observe(elapsed)
         self._metrics.batch_images.observe(len(chunk))
@@ -187,6 +217,21 @@ class InferenceHandler:
         await asyncio.gather(
             *(self._step(w, self._deliver(w, mask, per_image_ms)) for w, mask in zip(chunk, masks, strict=True))
         )
+
+    async def _run_model(self, images: list[Image.Image]) -> tuple[list[Matte], float]:
+        """The chunk's mattes, and the seconds of its forward pass (timed on the model thread, so time
+        spent queued behind another chunk's pass is not counted)."""
+        loop = asyncio.get_running_loop()
+        staged = self._staged
+        if staged is None:
+            return await loop.run_in_executor(self._model_executor, _timed, self._backend.predict, images)
+        stage = self._metrics.stage_seconds
+        prepared, took = await loop.run_in_executor(self._io_executor, _timed, staged.prepare, images)
+        stage.labels(stage="preprocess").observe(took)
+        prepared, elapsed = await loop.run_in_executor(self._model_executor, _timed, staged.forward, prepared)
+        masks, took = await loop.run_in_executor(self._io_executor, _timed, staged.finish, prepared)
+        stage.labels(stage="postprocess").observe(took)
+        return masks, elapsed
 
     async def _deliver(self, w: _Work, mask: np.ndarray, inference_ms: int) -> None:
         loop = asyncio.get_running_loop()

@@ -51,6 +51,8 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
                 device=opts.device,
                 max_batch=opts.batch_size,
                 dtype=opts.dtype,
+                preprocess=opts.preprocess,
+                precision=opts.precision,
             ),
         )
         load_s = time.perf_counter() - started
@@ -91,7 +93,12 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
             group_id=group_id,
             client_id="inference",
             handler=handler,
-            options=LoopOptions(max_records=opts.batch_size, max_wait_ms=opts.batch_wait_ms, grace_s=opts.grace_s),
+            options=LoopOptions(
+                max_records=opts.batch_size * opts.batches_per_poll,
+                max_wait_ms=opts.batch_wait_ms,
+                fill_wait_ms=opts.batch_wait_ms,
+                grace_s=opts.grace_s,
+            ),
             metrics=rt.metrics.loop_metrics(),
             stop=stop,
             watch=watch,

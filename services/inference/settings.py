@@ -29,9 +29,22 @@ class InferenceOptions(BaseModel):
     device: str = "cpu"
     # float16 halves GPU memory and time on CUDA (BiRefNet README: 4.8 -> 3.5 GB); keep float32 on CPU.
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    # Up to N images per forward pass, waiting at most T ms to fill a batch.
+    # With a half dtype: "autocast" (torch.autocast, weights kept in float32) or "cast" (the card's
+    # model.half(), half the weight memory). See services/inference/backends/rmbg.py.
+    precision: Literal["autocast", "cast"] = "autocast"
+    # "host": the card's resize and normalisation in PIL, exact. "device": in torch on the model's device,
+    # within 1-2 levels of it (tests/services/inference/backends/test_recipe.py): for a GPU, whose host
+    # would otherwise spend ~30 ms of CPU per image on it (BENCHMARKS.md "CPU per image").
+    preprocess: Literal["host", "device"] = "host"
+    # Up to N images per forward pass. A batch is whatever is waiting when the worker polls; once one
+    # record has arrived it waits up to T ms more for the batch to fill (dynamic batching: no wait when
+    # idle-ish traffic comes one by one, full batches under load).
     batch_size: int = Field(default=4, ge=1, le=64)
     batch_wait_ms: int = Field(default=50, ge=1, le=10_000)
+    # Batches polled at once. Their forward passes run one after another on the model thread while the
+    # next batch is fetched, decoded and preprocessed and the previous one's mattes are encoded and sent:
+    # with 1 the model idles for all of that between batches.
+    batches_per_poll: int = Field(default=2, ge=1, le=16)
     # Originals fetched from S3 at once while the model works on the previous batch.
     fetch_concurrency: int = Field(default=8, ge=1, le=64)
     group_id: str = INFERENCE_GROUP_ID

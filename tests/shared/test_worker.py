@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from rmbg.stack import StackEndpoints
 from shared.config import KafkaSettings, TopicSettings
@@ -167,3 +168,44 @@ async def test_a_handler_that_raises_for_its_batch_is_split_to_find_the_record(s
         await asyncio.wait_for(loop.run(stop), 60)
         committed = await consumer.committed(TopicPartition(topic, 0))
     assert done == [b"a", b"b"] and [v for v, _ in handler.given_up] == [b"poison"] and committed == 3
+
+
+async def test_fill_wait_gathers_records_that_arrive_after_the_first(stack: StackEndpoints) -> None:
+    """Dynamic batching: the first record waits for up to fill_wait_ms for three more that arrive later,
+    and the batch is handed over as soon as it is full, not at the end of the wait."""
+    kafka, topic = await _topic_with(stack, "fill", [b"first"])
+    batches: list[list[bytes]] = []
+    stop = asyncio.Event()
+    sent_last = 0.0
+
+    async def handler(records: list[ConsumerRecord[bytes, bytes]]) -> list[RecordFailure]:
+        batches.append([r.value or b"" for r in records])
+        if sum(len(b) for b in batches) >= 4:
+            stop.set()
+        return []
+
+    async def later(consumer: AIOKafkaConsumer) -> None:
+        nonlocal sent_last
+        for _ in range(600):  # the group forms within seconds; 30 s at most
+            if consumer.assignment():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the first record has been fetched by now and is waiting for company
+        producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+        await producer.start()
+        try:
+            for i in range(3):
+                await producer.send_and_wait(topic, f"later{i}".encode())
+        finally:
+            await producer.stop()
+        sent_last = time.monotonic()
+
+    options = LoopOptions(max_records=4, max_wait_ms=100, fill_wait_ms=8000)
+    group = f"g-{secrets.token_hex(4)}"
+    async with open_consumer(kafka, topics=[topic], group_id=group, client_id="t") as consumer:
+        feeder = asyncio.ensure_future(later(consumer))
+        await asyncio.wait_for(ConsumeLoop(consumer, _Handler(handler), name="t", options=options).run(stop), 60)
+        handed_over = time.monotonic()
+        await feeder
+    assert batches == [[b"first", b"later0", b"later1", b"later2"]]
+    assert handed_over - sent_last < 4, "a full batch does not wait out fill_wait_ms"

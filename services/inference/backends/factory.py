@@ -8,7 +8,7 @@ import torch
 
 from services.inference.backends.base import SegmentationBackend
 from services.inference.backends.classic import ClassicBackend
-from services.inference.backends.rmbg import DEFAULT_SOURCE, RmbgBackend
+from services.inference.backends.rmbg import DEFAULT_SOURCE, Precision, Preprocess, RmbgBackend
 from shared.exceptions import ConfigError
 
 __all__ = ["BackendKind", "DtypeName", "load_backend"]
@@ -30,6 +30,8 @@ def load_backend(
     device: str = "cpu",
     max_batch: int = 8,
     dtype: DtypeName = "float32",
+    preprocess: Preprocess = "host",
+    precision: Precision = "autocast",
 ) -> SegmentationBackend:
     """Load the backend named by ``kind``.
 
@@ -46,5 +48,13 @@ def load_backend(
         torch_dtype = _DTYPES.get(dtype)
         if torch_dtype is None:
             raise ConfigError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
-        return RmbgBackend.load(model_source, revision=revision, device=device, dtype=torch_dtype, max_batch=max_batch)
+        return RmbgBackend.load(
+            model_source,
+            revision=revision,
+            device=device,
+            dtype=torch_dtype,
+            max_batch=max_batch,
+            preprocess=preprocess,
+            precision=precision,
+        )
     raise ConfigError(f"unknown segmentation backend {kind!r}; expected 'rmbg' or 'classic'")

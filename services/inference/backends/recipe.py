@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from services.inference.backends.base import Matte
@@ -34,8 +35,10 @@ __all__ = [
     "STD",
     "logits_to_model_masks",
     "postprocess",
+    "postprocess_on_device",
     "preprocess",
     "preprocess_batch",
+    "preprocess_on_device",
     "resize_for_model",
     "restore_size",
     "select_logits",
@@ -126,11 +129,9 @@ def logits_to_model_masks(logits: torch.Tensor) -> list[Image.Image]:
     # The sigmoid runs in float32 even for an fp16 model: half precision would add its own rounding before
     # the 8-bit truncation. For an fp32 model this is exactly the card's ``.sigmoid()``.
     probs = logits.detach().float().sigmoid().cpu()
-    # After a sigmoid every value is in [0, 1] or NaN, so the sum is finite exactly when every value is
-    # (and costs a fraction of an elementwise isfinite over the whole batch).
-    if not bool(torch.isfinite(probs.sum())):
-        # NaN (e.g. fp16 overflow inside the network) would silently become an arbitrary byte value.
-        raise ModelError("model produced non-finite values")
+    # One finiteness check of the sum costs a fraction of an elementwise isfinite over the whole batch. NaN
+    # (e.g. fp16 overflow inside the network) would otherwise silently become an arbitrary byte value.
+    _check_finite(probs)
     # ToPILImage on a float tensor: mul(255).byte() truncates toward zero; sigmoid keeps values in [0, 1].
     masks_u8 = probs[:, 0].mul(255).byte().numpy()
     # A 2-D uint8 array becomes mode "L", which is what ToPILImage picks for it.
@@ -148,3 +149,62 @@ def postprocess(logits: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[
     if logits.shape[0] != len(sizes):
         raise ValueError(f"{logits.shape[0]} logits for {len(sizes)} sizes")
     return [restore_size(mask, size) for mask, size in zip(logits_to_model_masks(logits), sizes, strict=True)]
+
+
+# -- the same steps on the model's device ------------------------------------------------------------------
+# For a GPU: per image only the uint8 pixels cross to the device (3 MiB at 1024x1024 against 12 MiB of
+# float32), and resize, normalise, sigmoid and the matte's resize back run there instead of in PIL on the
+# host. Not bit-identical to the card's PIL path: torch's antialiased bilinear and bicubic filters differ
+# from PIL's by rounding, and nothing is rounded to 8 bits between steps. How far the mattes move is
+# measured by tests/services/inference/backends/test_recipe.py; the card's path stays the default
+# (RMBG_INFERENCE__PREPROCESS=host).
+
+
+def _check_finite(probs: torch.Tensor) -> None:
+    # After a sigmoid every value is in [0, 1] or NaN: the sum is finite exactly when every value is.
+    if not bool(torch.isfinite(probs.sum())):
+        raise ModelError("model produced non-finite values")
+
+
+def preprocess_on_device(
+    images: Sequence[Image.Image], *, device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """:func:`preprocess_batch` with the resize and normalisation on ``device``: (N, 3, 1024, 1024)."""
+    if not images:
+        raise ValueError("preprocess_on_device needs at least one image")
+    dev = torch.device(device)
+    mean = torch.as_tensor(MEAN, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    std = torch.as_tensor(STD, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
+    width, height = MODEL_SIZE
+    resized = []
+    for image in images:
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        # A copy (np.array, ~1 ms at 1024x1024): PIL's buffer is read-only and torch wants to own it.
+        pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8))
+        if dev.type == "cuda":
+            # Pinned host memory lets the copy run asynchronously to the host thread.
+            pixels = pixels.pin_memory().to(dev, non_blocking=True)
+        chw = pixels.permute(2, 0, 1).unsqueeze(0).to(torch.float32)
+        if rgb.size != MODEL_SIZE:
+            chw = F.interpolate(chw, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+        resized.append(chw)
+    batch = torch.cat(resized).div_(255).sub_(mean).div_(std)
+    return batch.to(dtype=dtype)
+
+
+def postprocess_on_device(logits: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[Matte]:
+    """:func:`postprocess` with the sigmoid and the resize back on the logits' device."""
+    if logits.shape[0] != len(sizes):
+        raise ValueError(f"{logits.shape[0]} logits for {len(sizes)} sizes")
+    probs = logits.detach().float().sigmoid()
+    _check_finite(probs)
+    mattes: list[Matte] = []
+    for prob, (width, height) in zip(probs, sizes, strict=True):
+        one = prob.unsqueeze(0)
+        if one.shape[-2:] != (height, width):
+            # Bicubic as the card's mask.resize; it overshoots [0, 1] near edges, hence the clamp.
+            one = F.interpolate(one, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+        # mul(255) then truncation, as ToPILImage.
+        matte = one[0, 0].clamp_(0, 1).mul_(255).to(torch.uint8).cpu().numpy()
+        mattes.append(np.ascontiguousarray(matte))
+    return mattes

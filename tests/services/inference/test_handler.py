@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ import pytest
 from PIL import Image
 
 from rmbg.demo import sample_bytes
-from services.inference.backends.base import SegmentationBackend
+from services.inference.backends.base import Chunk, SegmentationBackend, StagedBackend
 from services.inference.backends.factory import load_backend
 from services.inference.handler import InferenceHandler
 from services.inference.settings import InferenceOptions, InferenceSettings
@@ -237,3 +238,79 @@ async def test_a_malformed_record_is_dead_lettered(inference: Inference) -> None
 
 def _letter(topics: Topics, record: Record) -> DeadLetter:
     return topics.dead_letter.deserialize(record.value)
+
+
+class _Recording:
+    """A StagedBackend wrapping the tiny model that notes when each step of each chunk starts and ends; its
+    forward pass is slowed to 0.3 s so that overlap shows whatever the machine's speed."""
+
+    def __init__(self, inner: SegmentationBackend) -> None:
+        assert isinstance(inner, StagedBackend)
+        self._inner = inner
+        self.name, self.revision, self.max_batch = inner.name, inner.revision, inner.max_batch
+        self.timeline: list[tuple[str, int, str, float]] = []  # step, chunk size, start|end, monotonic
+
+    def _note(self, step: str, chunk: Chunk | list[Image.Image], edge: str) -> None:
+        size = len(chunk.sizes) if isinstance(chunk, Chunk) else len(chunk)
+        self.timeline.append((step, size, edge, time.monotonic()))
+
+    def predict(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
+        return self._inner.predict(images)
+
+    def prepare(self, images: Sequence[Image.Image]) -> Chunk:
+        self._note("prepare", list(images), "start")
+        chunk = self._inner.prepare(images)
+        self._note("prepare", chunk, "end")
+        return chunk
+
+    def forward(self, chunk: Chunk) -> Chunk:
+        self._note("forward", chunk, "start")
+        time.sleep(0.3)
+        out = self._inner.forward(chunk)
+        self._note("forward", chunk, "end")
+        return out
+
+    def finish(self, chunk: Chunk) -> list[np.ndarray]:
+        return self._inner.finish(chunk)
+
+
+async def test_the_next_chunk_is_prepared_while_the_model_runs(inference: Inference) -> None:
+    """Five jobs, chunks of two: each chunk's forward passes run one at a time on the model thread, and a
+    later chunk is prepared while an earlier one is in the model."""
+    recording = _Recording(inference.backend)
+    with ThreadPoolExecutor(1) as model_executor, ThreadPoolExecutor(2) as io_executor:
+        handler = InferenceHandler(
+            options=InferenceOptions(backend="rmbg", model_name=MODEL, batch_size=2),
+            images=inference.settings.images,
+            backend=recording,
+            store=inference.store,
+            producer=await inference.rt.producer(),
+            topics=inference.topics,
+            metrics=inference.rt.metrics,
+            model_executor=model_executor,
+            io_executor=io_executor,
+        )
+        jobs = [await _job(inference, _distinct_photo(i)) for i in range(5)]
+        assert await handler(await inference.records(*jobs)) == []
+    got = await inference.results(*(j.job_id for j in jobs))
+    assert all([r.kind for r in got[j.job_id]] == [ResultKind.STARTED, ResultKind.COMPLETED] for j in jobs)
+    forwards = sorted((t, edge) for step, _, edge, t in recording.timeline if step == "forward")
+    assert [edge for _, edge in forwards] == ["start", "end"] * 3, "one forward pass at a time"
+    assert sorted(size for step, size, edge, _ in recording.timeline if step == "forward" and edge == "end") == [
+        1, 2, 2
+    ]
+    first_forward_end = forwards[1][0]
+    prepared_during = [
+        t for step, _, edge, t in recording.timeline if step == "prepare" and edge == "start" and t < first_forward_end
+    ]
+    assert len(prepared_during) >= 2, "a later chunk was prepared before the first forward pass ended"
+
+
+def _distinct_photo(seed: int) -> bytes:
+    """The demo photo with a few pixels changed: distinct content, so no mask is reused between jobs."""
+    with Image.open(io.BytesIO(sample_bytes("coffee.png"))) as img:
+        pixels = np.asarray(img.convert("RGB")).copy()
+    pixels[0, : seed + 1] = (seed * 40) % 255
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()

@@ -6,6 +6,7 @@ requires it) while MinIO and SeaweedFS take path style.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -220,21 +221,35 @@ class ObjectStore:
         except BotoCoreError as exc:
             raise _storage_error(f"GET {key}", exc) from exc
 
-    async def delete_many(self, keys: list[str]) -> int:
-        """Batch delete (S3 caps one request at 1,000 keys)."""
-        deleted = 0
-        for start in range(0, len(keys), 1000):
-            chunk = keys[start : start + 1000]
-            try:
-                resp = await self._client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
-                )
-            except (ClientError, BotoCoreError) as exc:
-                raise _storage_error("batch delete", exc) from exc
+    async def delete_many(self, keys: list[str], *, concurrency: int = 4) -> int:
+        """Batch delete (S3 caps one request at 1,000 keys), up to ``concurrency`` requests in flight.
+
+        It returns, or raises the first request's error, only once every request has ended: a caller that
+        acts after the deletes (retention moves the deletion epoch) never runs ahead of one still in flight.
+        """
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(chunk: list[str]) -> int:
+            async with gate:
+                try:
+                    resp = await self._client.delete_objects(
+                        Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+                    )
+                except (ClientError, BotoCoreError) as exc:
+                    raise _storage_error("batch delete", exc) from exc
             errors = resp.get("Errors", [])
             if errors:
                 raise StorageUnavailable(f"batch delete refused {len(errors)} keys, first: {errors[0]}")
-            deleted += len(chunk)
+            return len(chunk)
+
+        ended = await asyncio.gather(
+            *(one(keys[start : start + 1000]) for start in range(0, len(keys), 1000)), return_exceptions=True
+        )
+        deleted = 0
+        for outcome in ended:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            deleted += outcome
         return deleted
 
     async def iter_keys(self, prefix: str) -> AsyncIterator[StoredObject]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -103,6 +104,28 @@ async def test_delete_many_and_iter_keys_over_a_thousand_keys(store: ObjectStore
     assert [obj async for obj in store.iter_keys(f"{prefix}/many/")] == []
     assert await store.get(f"{prefix}/other") == b"kept", "only the named keys are deleted"
     assert await store.delete_many([]) == 0
+
+
+async def test_delete_many_sends_requests_concurrently_and_ends_after_all_of_them() -> None:
+    events: list[str] = []
+
+    class Client:  # stands in for the S3 client: the first request fails at once, the others take a while
+        async def delete_objects(self, *, Bucket: str, Delete: dict[str, Any]) -> dict[str, Any]:
+            first = Delete["Objects"][0]["Key"]
+            events.append(f"start {first}")
+            if first == "k0000":
+                return {"Errors": [{"Key": first, "Code": "AccessDenied"}]}
+            await asyncio.sleep(0.05)
+            events.append(f"end {first}")
+            return {}
+
+    store = ObjectStore(Client(), "bucket")
+    keys = [f"k{i:04d}" for i in range(3500)]
+    with pytest.raises(StorageUnavailable, match="refused 1 keys"):
+        await store.delete_many(keys, concurrency=2)
+    # Two in flight at once, and the error is raised only after every request has ended.
+    assert events[:2] == ["start k0000", "start k1000"]
+    assert sorted(e for e in events if e.startswith("end")) == ["end k1000", "end k2000", "end k3000"]
 
 
 async def test_presigned_get(store: ObjectStore, prefix: str) -> None:

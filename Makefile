@@ -56,7 +56,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy shared services rmbg
+	$(BIN)/mypy shared services rmbg bench
 
 check: lint typecheck test
 

@@ -115,7 +115,8 @@ def postprocess_before(logits: torch.Tensor, sizes: list[tuple[int, int]]) -> li
 
 class Table:
     def __init__(self, title: str, header: list[str], note: str = "") -> None:
-        self.title, self.header, self.note, self.rows = title, header, note, []
+        self.title, self.header, self.note = title, header, note
+        self.rows: list[list[str]] = []
 
     def add(self, *cells: object) -> None:
         self.rows.append([c if isinstance(c, str) else f"{c:,.1f}" if isinstance(c, float) else str(c) for c in cells])
@@ -200,7 +201,8 @@ def run(size: int, repeats: int, bound_ms: float) -> tuple[str, bool]:
     backend = load_tiny_backend()
     r = repeats
     stages: dict[str, list[float]] = {}
-    webp_rows: dict[tuple[str, int, int, int], list[tuple[float, int, bool]]] = {}
+    # (ms, bytes, alpha exact, alpha max error: -1 when not measured)
+    webp_rows: dict[tuple[str, int, int, int], list[tuple[float, int, bool, int]]] = {}
     png_rows: dict[tuple[str, int], list[tuple[float, int]]] = {}
     dec_rows: dict[str, list[tuple[float, int]]] = {}
 
@@ -235,40 +237,40 @@ def run(size: int, repeats: int, bound_ms: float) -> tuple[str, bool]:
         for kind, mask in mattes.items():
             stage(
                 f"inference: threshold (none) + mask PNG BEFORE (level {BEFORE_MASK_LEVEL}), {kind}",
-                cpu_ms(lambda m=mask: png_mask(apply_threshold(m, None), BEFORE_MASK_LEVEL), r)[0],
+                cpu_ms(lambda: png_mask(apply_threshold(mask, None), BEFORE_MASK_LEVEL), r)[0],
             )
             stage(
                 f"inference: threshold (none) + mask PNG NOW (encode_mask_png, level {MASK_PNG_COMPRESS_LEVEL}), "
                 f"{kind}",
-                cpu_ms(lambda m=mask: encode_mask_png(apply_threshold(m, None)), r)[0],
+                cpu_ms(lambda: encode_mask_png(apply_threshold(mask, None)), r)[0],
             )
         # persister
         stage("persister: decode_rgb (original again)", cpu_ms(lambda: decode_rgb(jpeg), r)[0])
         for kind, mask in mattes.items():
             mask_png = encode_mask_png(mask)
-            stage(f"persister: decode_mask_png, {kind}", cpu_ms(lambda p=mask_png: decode_mask_png(p), r)[0])
-            ms, cut = cpu_ms(lambda m=mask: compose_cutout(image, m), r)
+            stage(f"persister: decode_mask_png, {kind}", cpu_ms(lambda: decode_mask_png(mask_png), r)[0])
+            ms, cut = cpu_ms(lambda: compose_cutout(image, mask), r)
             stage(f"persister: compose_cutout, {kind}", ms)
-            ms, data = cpu_ms(lambda c=cut: webp(c, quality=DEFAULT_WEBP_QUALITY, method=BEFORE_WEBP_METHOD), r)
+            ms, data = cpu_ms(lambda: webp(cut, quality=DEFAULT_WEBP_QUALITY, method=BEFORE_WEBP_METHOD), r)
             stage(f"persister: cut-out encode BEFORE (WebP q90 m{BEFORE_WEBP_METHOD}), {kind}", ms)
             ms, data = cpu_ms(
-                lambda c=cut: encode_cutout(c, fmt=CutoutFormat.WEBP, webp_quality=DEFAULT_WEBP_QUALITY), r
+                lambda: encode_cutout(cut, fmt=CutoutFormat.WEBP, webp_quality=DEFAULT_WEBP_QUALITY), r
             )
             stage(f"persister: cut-out encode NOW (encode_cutout, q90 m{CUTOUT_WEBP_METHOD}), {kind}", ms)
             # alternatives: methods x quality, alpha quality
             for q in (90, 80):
                 for m in methods if q == 90 else sorted({BEFORE_WEBP_METHOD, CUTOUT_WEBP_METHOD}):
-                    ms, data = cpu_ms(lambda c=cut, q=q, m=m: webp(c, quality=q, method=m), r)
+                    ms, data = cpu_ms(lambda: webp(cut, quality=q, method=m), r)
                     exact = bool(np.array_equal(alpha_of(data), mask))
-                    webp_rows.setdefault((kind, q, m, 100), []).append((ms, len(data), exact))
+                    webp_rows.setdefault((kind, q, m, 100), []).append((ms, len(data), exact, 0 if exact else -1))
             for aq in (90, 50):
                 ms, data = cpu_ms(
-                    lambda c=cut, aq=aq: webp(c, quality=90, method=CUTOUT_WEBP_METHOD, alpha_quality=aq), r
+                    lambda: webp(cut, quality=90, method=CUTOUT_WEBP_METHOD, alpha_quality=aq), r
                 )
                 err = int(np.abs(alpha_of(data).astype(np.int16) - mask).max())
-                webp_rows.setdefault((kind, 90, CUTOUT_WEBP_METHOD, aq), []).append((ms, len(data), err == 0, err))  # type: ignore[arg-type]
+                webp_rows.setdefault((kind, 90, CUTOUT_WEBP_METHOD, aq), []).append((ms, len(data), err == 0, err))
             for level in (1, 3, 6, 9):
-                ms, data = cpu_ms(lambda m=mask, level=level: png_mask(m, level), r)
+                ms, data = cpu_ms(lambda: png_mask(mask, level), r)
                 png_rows.setdefault((kind, level), []).append((ms, len(data)))
     # method 6 once, on the first image only: it costs seconds.
     jpeg = uploads[0][1]
@@ -277,7 +279,7 @@ def run(size: int, repeats: int, bound_ms: float) -> tuple[str, bool]:
     for kind in ("near-binary", "tiny"):
         mask = make_mattes(backend.predict([image])[0], seed=0)[kind]
         cut = compose_cutout(image, mask)
-        ms, data = cpu_ms(lambda c=cut: webp(c, quality=90, method=6), 1)
+        ms, data = cpu_ms(lambda: webp(cut, quality=90, method=6), 1)
         m6[kind] = (ms, len(data))
 
     # Decoders last: importing pyvips loads the system's libwebp, which Pillow's WebP encoder then uses.
@@ -299,10 +301,9 @@ def run(size: int, repeats: int, bound_ms: float) -> tuple[str, bool]:
             if isinstance(fn, str):
                 dec_rows.setdefault(label + ": " + fn, [])
                 continue
-            ms, out = cpu_ms(lambda fn=fn: fn(jpeg), r)
-            diff = (
-                int(np.abs(np.asarray(out).astype(np.int16) - ref).max()) if np.asarray(out).shape == ref.shape else -2
-            )
+            ms, decoded = cpu_ms(lambda: fn(jpeg), r)
+            pixels = np.asarray(decoded)
+            diff = int(np.abs(pixels.astype(np.int16) - ref).max()) if pixels.shape == ref.shape else -2
             dec_rows.setdefault(label, []).append((ms, diff))
     # ---- render
     out: list[str] = []
@@ -360,16 +361,11 @@ def run(size: int, repeats: int, bound_ms: float) -> tuple[str, bool]:
             continue
         mean, worst = mean_max([v[0] for v in vals])
         kib = statistics.fmean(v[1] for v in vals) / 1024
-        exact = (
-            "exact"
-            if all(v[2] for v in vals)
-            else f"max err {max(v[3] for v in vals)}"
-            if len(vals[0]) > 3
-            else "NOT exact"
-        )
+        worst_err = max(v[3] for v in vals)
+        alpha = "exact" if all(v[2] for v in vals) else f"max err {worst_err}" if worst_err > 0 else "NOT exact"
         tag = " (before)" if m == BEFORE_WEBP_METHOD and q == 90 and aq == 100 else ""
         tag += " (now)" if m == CUTOUT_WEBP_METHOD and q == 90 and aq == 100 else ""
-        t.add(kind, str(q), f"{m}{tag}", str(aq), mean, worst, kib, exact)
+        t.add(kind, str(q), f"{m}{tag}", str(aq), mean, worst, kib, alpha)
     for kind, (ms, n) in m6.items():
         t.add(kind, "90", "6 (first image, 1 run)", "100", ms, ms, n / 1024, "")
     out.append(t.render())
@@ -378,20 +374,20 @@ def run(size: int, repeats: int, bound_ms: float) -> tuple[str, bool]:
         "Mask PNG: compress level vs CPU and size (lossless at every level)",
         ["matte", "level", "mean ms", "worst ms", "mean KiB"],
     )
-    for (kind, level), vals in png_rows.items():
-        mean, worst = mean_max([v[0] for v in vals])
+    for (kind, level), sized in png_rows.items():
+        mean, worst = mean_max([v[0] for v in sized])
         tag = " (before)" if level == BEFORE_MASK_LEVEL else ""
         tag += " (now)" if level == MASK_PNG_COMPRESS_LEVEL else ""
-        t.add(kind, f"{level}{tag}", mean, worst, statistics.fmean(v[1] for v in vals) / 1024)
+        t.add(kind, f"{level}{tag}", mean, worst, statistics.fmean(v[1] for v in sized) / 1024)
     out.append(t.render())
 
     t = Table("JPEG decode of the upload (1024x1024 q90)", ["decoder", "mean ms", "worst ms", "max abs diff vs Pillow"])
-    for label, vals in dec_rows.items():
-        if not vals:
+    for label, decodes in dec_rows.items():
+        if not decodes:
             t.add(label, "", "", "")
             continue
-        mean, worst = mean_max([v[0] for v in vals])
-        diff = max(v[1] for v in vals)
+        mean, worst = mean_max([v[0] for v in decodes])
+        diff = max(v[1] for v in decodes)
         t.add(label, mean, worst, "n/a" if diff == -1 else "shape differs" if diff == -2 else str(diff))
     out.append(t.render())
 

@@ -97,6 +97,7 @@ class WindowAttention(nn.Module):
         nn.init.trunc_normal_(self.bias_table, std=0.02)
         coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
         rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+        self.bias_index: torch.Tensor
         self.register_buffer("bias_index", rel[..., 0] * (2 * window - 1) + rel[..., 1], persistent=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -113,7 +114,8 @@ class WindowAttention(nn.Module):
             attn = attn.view(bw // nw, nw, self.heads, n, n) + mask.to(attn.dtype)[None, :, None]
             attn = attn.view(bw, self.heads, n, n)
         out = attn.softmax(dim=-1) @ v
-        return self.proj(out.transpose(1, 2).reshape(bw, n, c))
+        projected: torch.Tensor = self.proj(out.transpose(1, 2).reshape(bw, n, c))
+        return projected
 
 
 class SwinBlock(nn.Module):
@@ -154,7 +156,8 @@ class SwinBlock(nn.Module):
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
         y = y[:, :h, :wd, :].reshape(b, h * wd, c)
         x = shortcut + y
-        return x + self.mlp(self.norm2(x))
+        mixed: torch.Tensor = x + self.mlp(self.norm2(x))
+        return mixed
 
 
 class PatchMerging(nn.Module):
@@ -168,7 +171,8 @@ class PatchMerging(nn.Module):
         x = x.view(b, h, wd, c)
         x = F.pad(x, (0, 0, 0, wd % 2, 0, h % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
-        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+        reduced: torch.Tensor = self.reduction(self.norm(x.view(b, -1, 4 * c)))
+        return reduced
 
 
 class SwinBackbone(nn.Module):
@@ -203,7 +207,7 @@ class SwinBackbone(nn.Module):
         x = self.embed_norm(x.flatten(2).transpose(1, 2))
         feats = []
         for i, blocks in enumerate(self.stages):
-            for block in blocks:
+            for block in blocks:  # type: ignore[attr-defined]  # an nn.ModuleList of SwinBlocks
                 x = block(x, h, wd)
             feats.append(self.norms[i](x).view(b, h, wd, -1).permute(0, 3, 1, 2).contiguous())
             if i < len(self.stages) - 1:
@@ -321,6 +325,8 @@ class Row:
     repeats: int = 0
     cpu_pre_ms: float = math.nan
     cpu_post_ms: float = math.nan
+    device_pre_ms: float = math.nan
+    device_post_ms: float = math.nan
     notes: list[str] = field(default_factory=list)
 
 
@@ -375,8 +381,9 @@ def measure_config(run_model: Callable[[torch.Tensor], Any], row: Row, args: arg
     row.peak_gib = torch.cuda.max_memory_allocated() / 2**30
 
 
-def cpu_overhead(batch: int, repeats: int) -> tuple[float, float]:
-    """The pipeline's own per-image cost around the network, wall-clock ms: (preprocess, postprocess)."""
+def cpu_overhead(batch: int, repeats: int) -> tuple[float, float, float, float]:
+    """The pipeline's own per-image cost around the network, wall-clock ms: preprocess and postprocess the
+    card's way on the host (RMBG_INFERENCE__PREPROCESS=host), then both on the GPU (=device)."""
     from PIL import Image
 
     from services.inference.backends import recipe
@@ -386,11 +393,18 @@ def cpu_overhead(batch: int, repeats: int) -> tuple[float, float]:
     images = [Image.fromarray(base) for _ in range(batch)]
     logits = torch.randn(batch, 1, 1024, 1024, device="cuda")
     sizes = [image.size for image in images]
-    pre, post = [], []
+    pre, post, dev_pre, dev_post = [], [], [], []
     for _ in range(repeats):
         pre.append(_sync_time(lambda: recipe.preprocess_batch(images, device="cuda", dtype=torch.float32)))
         post.append(_sync_time(lambda: recipe.postprocess(logits, sizes)))
-    return statistics.median(pre) * 1000 / batch, statistics.median(post) * 1000 / batch
+        dev_pre.append(_sync_time(lambda: recipe.preprocess_on_device(images, device="cuda", dtype=torch.float32)))
+        dev_post.append(_sync_time(lambda: recipe.postprocess_on_device(logits, sizes)))
+    return (
+        statistics.median(pre) * 1000 / batch,
+        statistics.median(post) * 1000 / batch,
+        statistics.median(dev_pre) * 1000 / batch,
+        statistics.median(dev_post) * 1000 / batch,
+    )
 
 
 def _fmt(value: float, spec: str) -> str:
@@ -400,14 +414,15 @@ def _fmt(value: float, spec: str) -> str:
 def render(rows: list[Row]) -> str:
     lines = [
         "| precision | torch.compile | batch | images/s | ms/image | peak GPU GiB | first call s | runs "
-        "| CPU pre ms/image | CPU post ms/image | status |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| host pre ms/image | host post ms/image | device pre ms/image | device post ms/image | status |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.dtype} (autocast) | {'on' if r.compiled else 'off'} | {r.batch} | {_fmt(r.images_per_s, '.1f')} "
             f"| {_fmt(r.ms_per_image, '.2f')} | {_fmt(r.peak_gib, '.2f')} | {_fmt(r.first_call_s, '.1f')} "
-            f"| {r.repeats} | {_fmt(r.cpu_pre_ms, '.1f')} | {_fmt(r.cpu_post_ms, '.1f')} | {r.status} |"
+            f"| {r.repeats} | {_fmt(r.cpu_pre_ms, '.1f')} | {_fmt(r.cpu_post_ms, '.1f')} "
+            f"| {_fmt(r.device_pre_ms, '.1f')} | {_fmt(r.device_post_ms, '.1f')} | {r.status} |"
         )
     return "\n".join(lines)
 
@@ -420,7 +435,7 @@ def plan(args: argparse.Namespace) -> list[Row]:
 
 def run_plan(model: nn.Module, rows: list[Row], args: argparse.Namespace, started: float) -> list[Row]:
     """Measure ``rows`` in order within the budgets; return those skipped for the total budget."""
-    overhead: dict[int, tuple[float, float]] = {}
+    overhead: dict[int, tuple[float, float, float, float]] = {}
     skipped: list[Row] = []
     last_compile_s = 0.0
     # One torch.compile per precision, shared by its batch sizes: after the second shape dynamo compiles a
@@ -457,7 +472,9 @@ def run_plan(model: nn.Module, rows: list[Row], args: argparse.Namespace, starte
                     torch._dynamo.reset()
                     compiled.clear()
             torch.cuda.empty_cache()
-        row.cpu_pre_ms, row.cpu_post_ms = overhead.get(row.batch, (math.nan, math.nan))
+        row.cpu_pre_ms, row.cpu_post_ms, row.device_pre_ms, row.device_post_ms = overhead.get(
+            row.batch, (math.nan,) * 4
+        )
         print(
             f"  {row.dtype} compile={'on' if row.compiled else 'off'} batch={row.batch}: {row.status} "
             f"{_fmt(row.ms_per_image, '.2f')} ms/image",
@@ -499,8 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             + ", ".join(f"{r.dtype}/compile {'on' if r.compiled else 'off'}/batch {r.batch}" for r in skipped)
         )
     print(
-        "\nCPU pre/post: recipe.preprocess_batch of 1600x1200 photos to the GPU and recipe.postprocess of GPU "
-        "logits to 1600x1200 mattes, wall-clock per image on this host; the pipeline pays them beside the network."
+        "\nHost pre/post: recipe.preprocess_batch of 1600x1200 photos to the GPU and recipe.postprocess of GPU "
+        "logits to 1600x1200 mattes, wall-clock per image on this host; device pre/post: preprocess_on_device and "
+        "postprocess_on_device (RMBG_INFERENCE__PREPROCESS=device); the pipeline pays them beside the network."
     )
     if args.model_dir is None:
         print("These figures are a stand-in's (the Swin-L backbone's shape and cost), never RMBG-2.0's speed.")

@@ -135,14 +135,15 @@ def test_run_plan_keeps_to_its_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
         row.first_call_s, row.ms_per_image, row.repeats = 0.0, 1.0, 3
 
     monkeypatch.setattr(gpu, "measure_config", fake_measure)
-    monkeypatch.setattr(gpu, "cpu_overhead", lambda batch, repeats: (1.5, 2.5))
+    monkeypatch.setattr(gpu, "cpu_overhead", lambda batch, repeats: (1.5, 2.5, 0.5, 0.25))
     args = gpu.parse_args(["--batch-sizes", "1", "2", "4", "8", "--compile", "off", "--config-budget-s", "1"])
     args.total_budget_s = 1.9  # a row needs its 1 s budget left to start: after the stopped one, 0.9 s is
     rows = gpu.plan(args)
     skipped = gpu.run_plan(torch.nn.Identity(), rows, args, time.monotonic())
     status = {(r.dtype, r.batch): r.status for r in rows}
     assert status[("bf16", 1)] == "ok"
-    assert rows[0].cpu_pre_ms == 1.5 and rows[0].cpu_post_ms == 2.5
+    first = rows[0]
+    assert (first.cpu_pre_ms, first.cpu_post_ms, first.device_pre_ms, first.device_post_ms) == (1.5, 2.5, 0.5, 0.25)
     assert status[("bf16", 2)] == "failed: RuntimeError: boom"
     assert status[("bf16", 4)].startswith("stopped: over its 1 s budget")
     assert [(r.dtype, r.batch) for r in skipped] == [("bf16", 8), ("fp16", 1), ("fp16", 2), ("fp16", 4), ("fp16", 8)]

@@ -7,6 +7,8 @@ A job is lost only when (docs/failures.md):
   the job's queue offset) and no result has moved the job for ``stuck_after_s``; or
 - nothing has moved it for ``max_idle_s`` (a day), wherever its request is: the last resort for a topic
   that was lost or re-created, whose reset offsets would make every stored position look "waiting".
+- or, with several models served, its model is no longer among them (no pool reads its topic) and it has
+  not moved for ``unqueued_after_s``: it is failed at once with that reason, never re-queued.
 A job whose request still waits in the topic is never touched, however long the queue: Kafka keeps it, and
 a dead inference worker's uncommitted requests go to the group's next member. A lost job is re-queued
 with its attempt count raised; after ``max_attempts`` it is failed with the reason. Every step is
@@ -89,19 +91,28 @@ class Sweeper:
             )
         if not candidates:
             return 0, 0
+        models = self._topics.models
+        # A model no pool serves any more (taken out of RMBG_MODELS__SERVED): nothing will ever read its
+        # jobs' requests, so such a job is failed once it has not moved for unqueued_after_s, instead of
+        # waiting out max_idle_s (a day) for a consumer that does not exist.
+        unserved = {job.job_id for job in candidates if models.routed and models.served_name(job.model_name) is None}
         # Each job's request waits on the topic of its model's pool, read by that pool's group.
         consumed: dict[str, dict[int, int]] = {}
-        for model in {job.model_name for job in candidates}:
+        for model in {job.model_name for job in candidates if job.job_id not in unserved}:
             consumed[model] = await committed_offsets(
                 self._kafka,
-                group_id=self._topics.models.inference_group(opts.inference_group_id, model),
+                group_id=models.inference_group(opts.inference_group_id, model),
                 topic=self._topics.jobs_for(model).name,
             )
-        stuck = [job for job in candidates if self._lost(job, consumed[job.model_name], now)]
+        stuck = [
+            job
+            for job in candidates
+            if (job.job_id in unserved and (now - job.updated_at).total_seconds() >= opts.unqueued_after_s)
+            or (job.job_id not in unserved and self._lost(job, consumed[job.model_name], now))
+        ]
         requeued = failed = 0
         for job in stuck:
-            unserved = self._topics.models.routed and self._topics.models.served_name(job.model_name) is None
-            if unserved or job.attempts >= self._options.max_attempts:
+            if job.job_id in unserved or job.attempts >= self._options.max_attempts:
                 async with self._db.pool.acquire() as conn:
                     updated = await self._db.jobs.mark_failed(
                         conn,
@@ -109,8 +120,8 @@ class Sweeper:
                         completed_at=now,
                         error_message=(
                             f"model {job.model_name!r} is no longer served (served: "
-                            f"{', '.join(self._topics.models.served)}); no pool would take it"
-                            if unserved
+                            f"{', '.join(models.served)}); no pool would take it"
+                            if job.job_id in unserved
                             else f"lost {job.attempts} times (no result after its request was consumed, or never "
                             f"queued); last state {job.status}"
                         ),

@@ -8,14 +8,18 @@ Each overlay under ``deploy/k8s/overlays`` is built with ``kubectl kustomize`` (
 - the custom resources, which those schemas do not know (KEDA ScaledObject, Strimzi KafkaTopic), are checked by
   hand for what their operators require (KEDA's kafka scaler docs, Strimzi's KafkaTopic CRD);
 - the settings the pods get (ConfigMap + Secret + container env) are real settings fields and parse into each
-  service's settings class; topics, partitions, message sizes, consumer group, model names, ports and drain times
-  match what the code is configured for.
+  service's settings class; topics, partitions, message sizes, consumer groups, model names, ports and drain times
+  match what the code is configured for;
+- an overlay may run several inference pools, one Deployment per served model (overlays/prod-two-models): every
+  pool's model is served, every served model has exactly one pool, and its jobs topic, consumer group, KafkaTopic and
+  ScaledObject are the ones the settings derive for that model (ModelSettings.jobs_topic / inference_group).
 """
 
 from __future__ import annotations
 
 import ast
 import base64
+import copy
 import functools
 import os
 import re
@@ -23,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -40,7 +45,7 @@ from services.inference.settings import InferenceSettings
 from services.ingest.settings import IngestSettings
 from services.persister.settings import PersisterOptions, PersisterSettings
 from services.stats.settings import StatsOptions, StatsSettings
-from shared.config import INFERENCE_GROUP_ID, BaseServiceSettings, KafkaSettings, TopicSettings
+from shared.config import BaseServiceSettings, KafkaSettings, TopicSettings
 from shared.contracts import Topics
 from shared.contracts.events import (
     MAX_DEAD_LETTER_PAYLOAD,
@@ -53,8 +58,8 @@ from shared.contracts.events import (
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
-# Overlays that run RMBG-2.0 on GPUs under KEDA; the others (dev) run the CPU backend without either.
-GPU_OVERLAYS = {"prod"}
+# Overlays that run their models on GPUs under KEDA; the others (dev) run the CPU backend without either.
+GPU_OVERLAYS = {"prod", "prod-two-models"}
 
 # The oldest Kubernetes these manifests promise to work on, and the newest the validator bundles.
 OLDEST_KUBERNETES = "1.30"
@@ -166,6 +171,23 @@ def deployment_of(objs: tuple[dict[str, Any], ...], service: str) -> dict[str, A
     return found[0]
 
 
+def inference_pools(objs: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    """Every Deployment running inference: one per served model (a pool), one in a one-model overlay."""
+    found = [
+        d
+        for d in kinds(objs, "Deployment")
+        if runs_rmbg(d) and service_of(d["spec"]["template"]["spec"]["containers"][0]) == "inference"
+    ]
+    assert found, "no Deployment runs inference"
+    return found
+
+
+def service_deployments(objs: tuple[dict[str, Any], ...]) -> list[tuple[str, dict[str, Any]]]:
+    """(service, Deployment) of every service Deployment: each inference pool, and the one of each other service."""
+    out = [(s, deployment_of(objs, s)) for s in SERVICE_SETTINGS if s != "inference"]
+    return out + [("inference", d) for d in inference_pools(objs)]
+
+
 def config_env(objs: tuple[dict[str, Any], ...], ref: dict[str, Any], namespace: str) -> dict[str, str]:
     """The variables an envFrom entry brings (a ConfigMap's data, a Secret's decoded data)."""
     if "configMapRef" in ref:
@@ -206,10 +228,38 @@ def environment(env: dict[str, str]) -> Iterator[None]:
 
 
 def settings_for(objs: tuple[dict[str, Any], ...], service: str) -> BaseServiceSettings:
-    deployment = deployment_of(objs, service)
+    """The settings of the one Deployment running ``service`` (inference: see pool_settings)."""
+    return deployment_settings(objs, service, deployment_of(objs, service))
+
+
+def deployment_settings(
+    objs: tuple[dict[str, Any], ...], service: str, deployment: dict[str, Any]
+) -> BaseServiceSettings:
     env = container_env(objs, deployment, deployment["spec"]["template"]["spec"]["containers"][0])
     with environment(env):
         return SERVICE_SETTINGS[service]()
+
+
+def pool_settings(objs: tuple[dict[str, Any], ...]) -> list[tuple[dict[str, Any], InferenceSettings]]:
+    """(Deployment, its InferenceSettings) of every inference pool."""
+    out = []
+    for deployment in inference_pools(objs):
+        settings = deployment_settings(objs, "inference", deployment)
+        assert isinstance(settings, InferenceSettings)
+        out.append((deployment, settings))
+    return out
+
+
+def pool_route(settings: InferenceSettings) -> tuple[str, str]:
+    """(jobs topic, consumer group) the pool consumes, derived as services/inference/main.py derives them."""
+    topics = Topics.from_settings(settings.topics, settings.kafka, settings.models)
+    name = settings.model_name
+    return topics.jobs_for(name).name, settings.models.inference_group(settings.inference.group_id, name)
+
+
+def jobs_topic_names(objs: tuple[dict[str, Any], ...]) -> set[str]:
+    """Every jobs topic: the plain one (TopicSettings.jobs, always created) and each pool's own."""
+    return {overlay_settings(objs).topics.jobs} | {pool_route(s)[0] for _, s in pool_settings(objs)}
 
 
 def overlay_settings(objs: tuple[dict[str, Any], ...]) -> BaseServiceSettings:
@@ -274,6 +324,15 @@ def test_overlays_dev_and_prod_exist() -> None:
     assert {"dev", "prod"} <= set(OVERLAYS), f"overlays found: {OVERLAYS}"
     assert (K8S / "base" / "kustomization.yaml").is_file()
     assert not list(K8S.glob("*.yaml")), "manifests live in base/ and overlays/, not flat in deploy/k8s"
+
+
+def test_an_overlay_runs_a_pool_per_model() -> None:
+    """The checks of several pools (routing, one pool per model, a ScaledObject each) have an overlay to check."""
+    assert "prod-two-models" in OVERLAYS, f"overlays found: {OVERLAYS}"
+    assert set(OVERLAYS) >= GPU_OVERLAYS, f"GPU_OVERLAYS names {GPU_OVERLAYS - set(OVERLAYS)}, which do not exist"
+    objs = build("prod-two-models")
+    served = overlay_settings(objs).models.served
+    assert len(served) > 1 and len(inference_pools(objs)) == len(served), f"served {served}"
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -348,8 +407,10 @@ def test_every_container_runs_the_same_pinned_image(overlay: str, objs: tuple[di
 
 def test_every_deployment_has_probes_requests_and_limits(objs: tuple[dict[str, Any], ...]) -> None:
     deployments = kinds(objs, "Deployment")
-    services = [service_of(d["spec"]["template"]["spec"]["containers"][0]) for d in deployments if runs_rmbg(d)]
-    assert sorted(services) == sorted(SERVICE_SETTINGS), f"one Deployment per service: {services}"
+    services = Counter(service_of(d["spec"]["template"]["spec"]["containers"][0]) for d in deployments if runs_rmbg(d))
+    # One Deployment per service, but inference: one per served model (test_each_served_model_has_one_pool).
+    assert set(services) == set(SERVICE_SETTINGS), f"a Deployment per service: {dict(services)}"
+    assert all(n == 1 for s, n in services.items() if s != "inference"), f"one Deployment per service: {services}"
     for deployment in deployments:
         for container in deployment["spec"]["template"]["spec"]["containers"]:
             where = f"{ident(deployment)} container {container['name']}"
@@ -369,11 +430,10 @@ def test_every_deployment_has_probes_requests_and_limits(objs: tuple[dict[str, A
 
 
 def test_probes_name_the_port_the_service_listens_on(objs: tuple[dict[str, Any], ...]) -> None:
-    for service in SERVICE_SETTINGS:
-        deployment = deployment_of(objs, service)
+    for service, deployment in service_deployments(objs):
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        settings = settings_for(objs, service)
+        settings = deployment_settings(objs, service, deployment)
         if isinstance(settings, IngestSettings):
             # The API serves /healthz and /readyz itself, on all interfaces so the kubelet reaches it.
             expected = {"http": settings.ingest.port}
@@ -413,6 +473,20 @@ def test_a_disruption_budget_selects_every_deployment(objs: tuple[dict[str, Any]
             assert selecting[0]["spec"]["minAvailable"] < replicas, f"{ident(deployment)}: its budget blocks drains"
 
 
+def test_deployment_selectors_select_only_their_own_pods(objs: tuple[dict[str, Any], ...]) -> None:
+    """Two pools of one service must not select each other's pods (a Deployment's selector is immutable)."""
+    deployments = kinds(objs, "Deployment")
+    for deployment in deployments:
+        selector = deployment["spec"]["selector"]["matchLabels"].items()
+        assert selector <= deployment["spec"]["template"]["metadata"]["labels"].items(), ident(deployment)
+        for other in deployments:
+            if other is deployment or other["metadata"]["namespace"] != deployment["metadata"]["namespace"]:
+                continue
+            assert not selector <= other["spec"]["template"]["metadata"]["labels"].items(), (
+                f"{ident(deployment)}'s selector matches the pods of {ident(other)}"
+            )
+
+
 def _module_constant(path: Path, name: str) -> float:
     """A module-level `NAME = <number>`, read without importing the module (and the whole app with it)."""
     for node in ast.parse(path.read_text()).body:
@@ -443,9 +517,8 @@ def _literal_keyword(path: Path, keyword: str, call: str) -> float:
     return float(values[0].value)
 
 
-def drain_seconds(objs: tuple[dict[str, Any], ...], service: str) -> float:
+def drain_seconds(settings: BaseServiceSettings) -> float:
     """How long a service may take to stop after SIGTERM, before its resources close (what grace must cover)."""
-    settings = settings_for(objs, service)
     if isinstance(settings, IngestSettings):
         # uvicorn drains requests first, then the lifespan shutdown stops the upload consumer: one after the other.
         http = _module_constant(ROOT / "services/ingest/main.py", "GRACEFUL_SHUTDOWN_S")
@@ -461,8 +534,8 @@ def drain_seconds(objs: tuple[dict[str, Any], ...], service: str) -> float:
 
 
 def test_termination_grace_covers_each_service_drain(objs: tuple[dict[str, Any], ...]) -> None:
-    for service in SERVICE_SETTINGS:
-        deployment = deployment_of(objs, service)
+    for service, deployment in service_deployments(objs):
+        settings = deployment_settings(objs, service, deployment)
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
         pre_stop = 0.0
@@ -473,11 +546,11 @@ def test_termination_grace_covers_each_service_drain(objs: tuple[dict[str, Any],
                 case {"sleep": {"seconds": seconds}}:
                     pre_stop = float(seconds)
         # The margin covers closing: the producer flushes for up to its request timeout, then the pools close.
-        margin = settings_for(objs, service).kafka.request_timeout_ms / 1000
-        needed = pre_stop + drain_seconds(objs, service) + margin
+        margin = settings.kafka.request_timeout_ms / 1000
+        needed = pre_stop + drain_seconds(settings) + margin
         grace = pod.get("terminationGracePeriodSeconds", 30)
         assert needed <= grace <= needed + 30, (
-            f"{service}: terminationGracePeriodSeconds {grace}; drain + preStop + close margin is {needed:g} s"
+            f"{ident(deployment)}: terminationGracePeriodSeconds {grace}; drain + preStop + close margin {needed:g} s"
         )
 
 
@@ -508,35 +581,105 @@ def test_pod_env_parses_into_each_service_settings(overlay: str, objs: tuple[dic
                 assert settings.environment == "production", f"{ident(workload)}: environment {settings.environment}"
 
 
-def test_jobs_ask_for_the_model_inference_serves(overlay: str, objs: tuple[dict[str, Any], ...]) -> None:
+def test_jobs_ask_for_a_model_a_pool_serves(overlay: str, objs: tuple[dict[str, Any], ...]) -> None:
+    """Every inference pool's model is served, and every served model has exactly one pool."""
     ingest = settings_for(objs, "ingest")
-    inference = settings_for(objs, "inference")
-    assert isinstance(ingest, IngestSettings) and isinstance(inference, InferenceSettings)
+    assert isinstance(ingest, IngestSettings)
     # Stable catalogue names on both sides (shared/models.py), never a folder's path.
-    served = inference.model_name
-    assert ingest.models.default == served, f"jobs ask for {ingest.models.default}, inference serves {served}"
-    assert ingest.models.served == (served,), f"ingest accepts {ingest.models.served}, one pool serves {served}"
+    pools = Counter(settings.model_name for _, settings in pool_settings(objs))
+    shared = [model for model, n in pools.items() if n > 1]
+    assert not shared, f"models with more than one inference Deployment: {shared} (one pool per model)"
+    assert set(pools) == set(ingest.models.served), (
+        f"ingest accepts {ingest.models.served} (RMBG_MODELS__SERVED), the pools serve {sorted(pools)}"
+    )
+    assert ingest.models.default in pools, f"jobs ask for {ingest.models.default} by default, which no pool serves"
+
+
+def test_every_service_routes_each_model_to_its_pool(overlay: str, objs: tuple[dict[str, Any], ...]) -> None:
+    """Ingest publishes a model's jobs to the topic its pool consumes, the persister's sweeper re-queues there and
+    reads that pool's consumer group, and no two pools share a topic or a group (ModelSettings.jobs_topic /
+    inference_group, from the settings each pod gets)."""
+    ingest, persister = settings_for(objs, "ingest"), settings_for(objs, "persister")
+    assert isinstance(ingest, IngestSettings) and isinstance(persister, PersisterSettings)
+    pools = pool_settings(objs)
+    routes = {settings.model_name: pool_route(settings) for _, settings in pools}
+    assert len(set(routes.values())) == len(routes), f"pools share a jobs topic or group: {routes}"
+    ingest_topics = Topics.from_settings(ingest.topics, ingest.kafka, ingest.models)
+    sweeper_topics = Topics.from_settings(persister.topics, persister.kafka, persister.models)
+    sweeper_group = persister.persister.inference_group_id
+    for model, (topic, group) in routes.items():
+        assert ingest_topics.jobs_for(model).name == topic, f"ingest sends {model} jobs elsewhere than {topic}"
+        assert sweeper_topics.jobs_for(model).name == topic, f"the sweeper re-queues {model} elsewhere than {topic}"
+        assert persister.models.inference_group(sweeper_group, model) == group, (
+            f"the sweeper reads {persister.models.inference_group(sweeper_group, model)}'s offsets, the {model} pool "
+            f"commits as {group}"
+        )
+    # The sweeper watches one (topic, group) per model it believes served: exactly the pools'.
+    watched = {
+        (sweeper_topics.jobs_for(m).name, persister.models.inference_group(sweeper_group, m))
+        for m in persister.models.served
+    }
+    assert watched == set(routes.values()), f"the sweeper watches {sorted(watched)}, the pools are {routes}"
+    # Routing by model (more than one served) needs every service to agree on the served set and the default.
+    everyone = [("ingest", ingest), ("persister", persister), ("stats", settings_for(objs, "stats"))]
+    everyone += [(ident(d), settings) for d, settings in pools]
+    if any(settings.models.routed for _, settings in everyone):
+        views = {where: (settings.models.served, settings.models.default) for where, settings in everyone}
+        assert len(set(views.values())) == 1, f"RMBG_MODELS__SERVED / __DEFAULT differ between services: {views}"
+
+
+def test_inference_pools_differ_only_in_their_model(objs: tuple[dict[str, Any], ...]) -> None:
+    """A second pool is a copy of the first but for its model (its env, its labels): they cannot drift apart."""
+    model_env = {"RMBG_INFERENCE__MODEL_NAME", "RMBG_INFERENCE__MODEL_SOURCE", "RMBG_INFERENCE__MODEL_REVISION"}
+
+    def shape(deployment: dict[str, Any]) -> dict[str, Any]:
+        spec = copy.deepcopy(deployment["spec"])
+        spec.pop("selector")
+        spec["template"]["metadata"].pop("labels")
+        for container in spec["template"]["spec"]["containers"]:
+            # By name: the order of literal values does not matter (no $(VAR) references here).
+            env = sorted((v for v in container.get("env", []) if v["name"] not in model_env), key=lambda v: v["name"])
+            container["env"] = env
+        return spec
+
+    pools = pool_settings(objs)
+    for deployment, settings in pools:
+        label = deployment["spec"]["template"]["metadata"]["labels"].get("model")
+        if len(pools) > 1:
+            assert label == settings.model_name, f"{ident(deployment)}: label model={label}, runs {settings.model_name}"
+        assert shape(deployment) == shape(pools[0][0]), (
+            f"{ident(deployment)} differs from {ident(pools[0][0])} in more than its model"
+        )
 
 
 def test_inference_placement(overlay: str, objs: tuple[dict[str, Any], ...]) -> None:
-    deployment = deployment_of(objs, "inference")
-    pod = deployment["spec"]["template"]["spec"]
-    settings = settings_for(objs, "inference")
-    assert isinstance(settings, InferenceSettings)
-    gpus = [c["resources"].get("limits", {}).get("nvidia.com/gpu") for c in pod["containers"]]
-    if overlay in GPU_OVERLAYS:
-        assert gpus[0] and int(gpus[0]) >= 1, "inference asks for no nvidia.com/gpu"
-        assert settings.inference.device.startswith("cuda"), f"inference on {settings.inference.device}, not cuda"
-        assert settings.inference.backend == "rmbg"
-        assert pod.get("nodeSelector") or pod.get("affinity", {}).get("nodeAffinity"), "no GPU node selection"
-        assert any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", [])), "no nvidia.com/gpu toleration"
-        assert kinds(objs, "ScaledObject"), "no KEDA ScaledObject for inference"
-    else:
-        assert not any(gpus), "a GPU in a CPU overlay"
-        assert settings.inference.device == "cpu"
-        assert not kinds(objs, "ScaledObject")
+    pools = pool_settings(objs)
+    for deployment, settings in pools:
+        pod = deployment["spec"]["template"]["spec"]
+        where = ident(deployment)
+        gpus = [c["resources"].get("limits", {}).get("nvidia.com/gpu") for c in pod["containers"]]
+        scalers = [
+            s
+            for s in kinds(objs, "ScaledObject")
+            if s["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+            and s["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+        ]
+        if overlay in GPU_OVERLAYS:
+            assert gpus[0] and int(gpus[0]) >= 1, f"{where}: asks for no nvidia.com/gpu"
+            assert settings.inference.device.startswith("cuda"), f"{where}: on {settings.inference.device}, not cuda"
+            assert settings.inference.backend == "rmbg"
+            assert pod.get("nodeSelector") or pod.get("affinity", {}).get("nodeAffinity"), f"{where}: no GPU nodes"
+            assert any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", [])), (
+                f"{where}: no nvidia.com/gpu toleration"
+            )
+            assert len(scalers) == 1, f"{where}: {len(scalers)} KEDA ScaledObjects scale it"
+        else:
+            assert not any(gpus), f"{where}: a GPU in a CPU overlay"
+            assert settings.inference.device == "cpu"
+            assert not kinds(objs, "ScaledObject")
+    pooled = [d for d, _ in pools]
     for deploy in kinds(objs, "Deployment"):
-        if deploy is not deployment:
+        if not any(deploy is d for d in pooled):
             assert not any("nvidia.com/gpu" in c["resources"].get("limits", {}) for c in containers(deploy))
 
 
@@ -547,8 +690,14 @@ def test_kafka_topics_match_topic_settings(objs: tuple[dict[str, Any], ...]) -> 
     settings = overlay_settings(objs)
     topics = topics_by_name(objs)
     names = {field: getattr(TopicSettings(), field) for field in TOPIC_FIELDS}
-    assert set(topics) == set(names.values()) == set(settings.topics.all()), (
-        f"KafkaTopics {sorted(topics)}; TopicSettings has {sorted(names.values())}"
+    assert set(names.values()) == set(settings.topics.all())
+    # What shared/messaging.py ensure_topics creates: every TopicSettings topic and each served model's jobs topic,
+    # which is the one each inference pool consumes.
+    per_model = {t.name for t in Topics.from_settings(settings.topics, settings.kafka, settings.models).all_jobs()}
+    assert per_model <= jobs_topic_names(objs), f"served models' jobs topics {per_model}, not all a pool's"
+    assert set(topics) == set(names.values()) | jobs_topic_names(objs), (
+        f"KafkaTopics {sorted(topics)}; TopicSettings has {sorted(names.values())}, the pools consume "
+        f"{sorted(jobs_topic_names(objs))}"
     )
     clusters = set()
     for name, topic in topics.items():
@@ -596,8 +745,12 @@ def test_topic_retention_fits_what_reads_the_topics(objs: tuple[dict[str, Any], 
     retention = {field: int(topics[getattr(names, field)]["spec"]["config"]["retention.ms"]) for field in TOPIC_FIELDS}
     persister, stats = settings_for(objs, "persister"), settings_for(objs, "stats")
     assert isinstance(persister, PersisterSettings) and isinstance(stats, StatsSettings)
-    # A request is never deleted unconsumed before the sweeper's last resort (re-queue after max_idle_s) has fired.
-    assert retention["jobs"] > persister.persister.max_idle_s * 1000 * 2
+    # A request is never deleted unconsumed before the sweeper's last resort (re-queue after max_idle_s) has fired,
+    # on the plain jobs topic and on each model's own.
+    for name in jobs_topic_names(objs):
+        jobs_retention = int(topics[name]["spec"]["config"]["retention.ms"])
+        assert jobs_retention > persister.persister.max_idle_s * 1000 * 2, f"{name}: retention {jobs_retention} ms"
+        assert topics[name]["spec"]["config"] == topics[names.jobs]["spec"]["config"], f"{name}: not as {names.jobs}"
     # Re-reading all of job-events (a reset group) must stay inside the stats dedup ledger.
     assert retention["job_events"] < stats.stats.ledger_days * DAY_MS
     # Dead letters wait for a person; they outlive what they came from.
@@ -608,11 +761,16 @@ def test_topic_retention_fits_what_reads_the_topics(objs: tuple[dict[str, Any], 
 
 
 def test_partitions_are_equal_across_overlays() -> None:
-    """Key-to-partition placement, KEDA's bound and consumer parallelism behave the same in every environment."""
-    per_overlay = {
-        overlay: {name: t["spec"]["partitions"] for name, t in topics_by_name(build(overlay)).items()}
-        for overlay in OVERLAYS
-    }
+    """Key-to-partition placement, KEDA's bound and consumer parallelism behave the same in every environment;
+    a model's own jobs topic has the plain jobs topic's partitions."""
+    jobs = TopicSettings().jobs
+    per_overlay = {}
+    for overlay in OVERLAYS:
+        objs = build(overlay)
+        partitions = {name: t["spec"]["partitions"] for name, t in topics_by_name(objs).items()}
+        for name in jobs_topic_names(objs) - {jobs}:
+            assert partitions.pop(name) == partitions[jobs], f"{overlay}: {name} has other partitions than {jobs}"
+        per_overlay[overlay] = partitions
     first = per_overlay[OVERLAYS[0]]
     for overlay, partitions in per_overlay.items():
         assert partitions == first, f"{overlay}: {partitions} != {OVERLAYS[0]}: {first}"
@@ -676,6 +834,10 @@ def test_scaled_objects_follow_the_kafka_scaler(objs: tuple[dict[str, Any], ...]
         assert deployment, f"{where}: scaleTargetRef {target['name']} is no Deployment of the build"
         assert "replicas" not in deployment[0]["spec"], f"{where}: the HPA owns replicas; apply would reset them"
         assert service_of(deployment[0]["spec"]["template"]["spec"]["containers"][0]) == "inference"
+        pool = deployment_settings(objs, "inference", deployment[0])
+        assert isinstance(pool, InferenceSettings)
+        # The pool's own topic and group: the plain ones with one model served, `<base>.<model>` with several.
+        topic, group = pool_route(pool)
 
         triggers = spec["triggers"]
         assert len(triggers) == 1 and set(triggers[0]) <= TRIGGER_FIELDS, f"{where}: triggers {triggers}"
@@ -683,8 +845,8 @@ def test_scaled_objects_follow_the_kafka_scaler(objs: tuple[dict[str, Any], ...]
         meta = triggers[0]["metadata"]
         assert all(type(v) is str for v in meta.values()), f"{where}: trigger metadata must be strings: {meta}"
         assert meta["bootstrapServers"] == settings.kafka.bootstrap_servers
-        assert meta["consumerGroup"] == INFERENCE_GROUP_ID == settings_for(objs, "inference").inference.group_id  # type: ignore[attr-defined]
-        assert meta["topic"] == settings.topics.jobs
+        assert meta["consumerGroup"] == group, f"{where}: lag of group {meta['consumerGroup']}, the pool is {group}"
+        assert meta["topic"] == topic, f"{where}: lag on {meta['topic']}, the pool consumes {topic}"
         assert meta["lagThreshold"].isdigit() and int(meta["lagThreshold"]) > 0
         assert meta.get("offsetResetPolicy", "latest") == "earliest", "the consumer starts a new group at earliest"
         # Never more consumers than partitions, than partitions with lag, nor for lag stuck on one record.

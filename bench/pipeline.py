@@ -4,7 +4,8 @@ Run: ``.venv/bin/python -m bench.pipeline --model-source DIR`` (``make bench-pip
 folder and runs it). Loopback only, the same pipeline as ``make load`` (rmbg/drills/pipeline.py: a fresh
 embedded stack, the four services as supervised child processes) and the same submitter (rmbg/drills/
 submit.py: HTTP and the upload topic, 20% uploads), here with 1024x1024 JPEG q90 photos (the five
-scikit-image samples, each job's bytes made distinct by a JPEG comment so no two jobs share objects).
+scikit-image samples, each job's bytes made distinct by a JPEG comment so no two jobs share objects);
+``--images drill`` sends the drills' synthetic PNGs instead (a flat background and a blob, as ``make load``).
 
 Each step of the sweep offers one rate for ``--duration`` seconds, then waits for every job it submitted to
 end (so a step starts on an empty pipeline and everything counted between its start and its end is its
@@ -84,6 +85,9 @@ class SweepPlan:
     upload_share: float = 0.2
     concurrency: int = 64
     seed: int = 1
+    # "photos": the sample photos as JPEG; "drill": the drills' synthetic PNGs (a flat background and a blob,
+    # rmbg.drills.submit.drill_image, what `make load` sends), far cheaper to encode as a cut-out.
+    images: str = "photos"
     drain_timeout_s: float = 240.0
     keep_up: float = 0.8
     backlog_s: float = 5.0
@@ -377,16 +381,18 @@ async def run_step(
     settings: Any,
     api_url: str,
     metrics_urls: dict[str, str],
+    step: int,
     tag: str,
 ) -> StepResult:
     dsn = settings.postgres.dsn.get_secret_value()
-    work = StepWorkload(rate, duration_s, plan.upload_share, plan.concurrency, plan.image_side, plan.seed)
+    # A seed per step: the drill's images repeat per (seed, index), and a repeated image shares its objects.
+    seed = plan.seed * 1000 + step
+    work = StepWorkload(rate, duration_s, plan.upload_share, plan.concurrency, plan.image_side, seed)
+    source = photo_source(plan.image_side, tag) if plan.images == "photos" else None
     metrics_before = await scrape(metrics_urls)
     cpu_before = CpuSnapshot.take(stack, opts.state_dir)
     began, window_start = time.monotonic(), datetime.now(UTC)
-    submitter = Submitter(
-        work, settings, api_url, time.monotonic() + duration_s + 60, images=photo_source(plan.image_side, tag)
-    )
+    submitter = Submitter(work, settings, api_url, time.monotonic() + duration_s + 60, images=source)
     await submitter.run()
     window_end, submit_s = datetime.now(UTC), time.monotonic() - began
     ids = submitter.tally.accepted
@@ -512,7 +518,8 @@ def render(report: SweepReport) -> Iterator[str]:
     plan, steps = report.plan, report.steps
     yield (
         f"Sweep: {', '.join(f'{r:g}' for r in plan.rates)} jobs/s offered, {plan.duration_s:g} s each after a "
-        f"{plan.warmup_s:g} s warm-up at {plan.warmup_rate:g}/s; {plan.image_side}x{plan.image_side} JPEG q90, "
+        f"{plan.warmup_s:g} s warm-up at {plan.warmup_rate:g}/s; {plan.image_side}x{plan.image_side} "
+        f"{'JPEG q90 photos' if plan.images == 'photos' else 'synthetic PNGs (the drills)'}, "
         f"{plan.upload_share:.0%} by the upload topic; started {report.started_at:%Y-%m-%d %H:%M} UTC, "
         f"{report.elapsed_s:.0f} s in all (stack and services up in {report.stack_up_s:.0f} s); load average "
         f"before {' '.join(f'{x:.2f}' for x in report.load_before)}, after "
@@ -652,11 +659,11 @@ async def run_sweep(opts: DrillOptions, plan: SweepPlan, console: Console) -> Sw
             "metrics_urls": svc.metrics_urls,
         }
         if plan.warmup_s > 0:
-            warm = await run_step(plan.warmup_rate, plan.warmup_s, plan, tag="warmup", **common)
+            warm = await run_step(plan.warmup_rate, plan.warmup_s, plan, step=0, tag="warmup", **common)
             accepted += warm.job_ids
             console.print(f"warm-up: {warm.accepted} jobs, drained {warm.drained}")
         for i, rate in enumerate(plan.rates):
-            step = await run_step(rate, plan.duration_s, plan, tag=f"step{i}", **common)
+            step = await run_step(rate, plan.duration_s, plan, step=i + 1, tag=f"step{i}", **common)
             steps.append(step)
             accepted += step.job_ids
             lat = step.latency
@@ -746,6 +753,11 @@ def parse_args(argv: list[str] | None) -> tuple[DrillOptions, SweepPlan, Path | 
     p.add_argument("--backlog-s", type=float, help="a backlog at the window's end over this many seconds of jobs")
     p.add_argument("--no-stop", action="store_true", help="run every rate even after one was not kept up with")
     p.add_argument("--no-verify", action="store_true", help="skip the drill checks (rows, objects, stats, fsck)")
+    p.add_argument(
+        "--images",
+        choices=("photos", "drill"),
+        help="photos: the sample photos as JPEG q90 (default); drill: the drills' synthetic PNGs, as make load",
+    )
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     args = p.parse_args(argv)
     plan = SweepPlan.short() if args.short else SweepPlan()
@@ -758,6 +770,7 @@ def parse_args(argv: list[str] | None) -> tuple[DrillOptions, SweepPlan, Path | 
         "drain_timeout_s": args.drain_timeout,
         "keep_up": args.keep_up,
         "backlog_s": args.backlog_s,
+        "images": args.images,
     }
     fields = {k: v for k, v in changes.items() if v is not None}
     if args.no_stop:

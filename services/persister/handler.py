@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -280,6 +280,7 @@ class PersistHandler:
         mask_bytes, processed_bytes = await self._store_results(
             record,
             mask_png,
+            result,
             mask_key=mask_key,
             processed_key=processed_key,
             fmt=fmt,
@@ -305,6 +306,7 @@ class PersistHandler:
         self,
         record: JobRecord,
         mask_png: bytes,
+        result: ResultEvent,
         *,
         mask_key: str,
         processed_key: str,
@@ -312,20 +314,31 @@ class PersistHandler:
         quality: int,
         content_type: str,
     ) -> tuple[int, int]:
-        existing = await self._store.head(processed_key)
-        if existing is not None and existing.size > 0:
-            # The same cut-out was made for an earlier job.
-            await self._store.put_if_absent(mask_key, mask_png, content_type="image/png")
-            return len(mask_png), existing.size
+        """Write what is not stored yet, with as few S3 requests as the result allows.
+
+        A fresh result (not ``reused``) was segmented just now, so no earlier job made its cut-out: no HEAD
+        for it (a concurrent duplicate would only write the same bytes again). Its mask is written with one
+        PUT when it came inline, and not at all when it came by key (inference stored it). On the embedded
+        S3 server every request costs about 20-30 ms of its CPU (BENCHMARKS.md, "End to end"): this takes a
+        fresh job from four requests here to two (GET original, PUT cut-out) plus the mask's PUT.
+        """
+        if result.reused:
+            existing = await self._store.head(processed_key)
+            if existing is not None and existing.size > 0:
+                # The same cut-out was made for an earlier job.
+                await self._store.put_if_absent(mask_key, mask_png, content_type="image/png")
+                return len(mask_png), existing.size
         original = await self._store.get(record.original_path, max_bytes=self._images.max_bytes)
         loop = asyncio.get_running_loop()
         # Encode before writing anything: a cut-out that cannot be made leaves no object behind.
         with self._metrics.stage_seconds.labels(stage="encode_cutout").time():
             cutout = await loop.run_in_executor(self._executor, make_cutout, original, mask_png, fmt, quality)
-        await asyncio.gather(
-            self._store.put_if_absent(mask_key, mask_png, content_type="image/png"),
-            self._store.put(processed_key, cutout, content_type=content_type),
-        )
+        writes: list[Awaitable[object]] = [self._store.put(processed_key, cutout, content_type=content_type)]
+        if result.mask_png is not None and not result.reused:
+            writes.append(self._store.put(mask_key, mask_png, content_type="image/png"))
+        elif result.reused or result.mask_key != mask_key:
+            writes.append(self._store.put_if_absent(mask_key, mask_png, content_type="image/png"))
+        await asyncio.gather(*writes)
         return len(mask_png), len(cutout)
 
 __all__ = ["PersistHandler", "StorageError"]

@@ -331,3 +331,29 @@ def test_plan_job_follows_the_status_guards() -> None:
     assert _plan_kinds(JobStatus.PENDING, S) == (0, None, False)
     assert _plan_kinds(JobStatus.COMPLETED, S, C) == (None, None, True)
     assert _plan_kinds(JobStatus.FAILED, F) == (None, None, True)
+
+
+async def test_a_fresh_result_costs_one_get_and_two_puts(
+    persister: Persister, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3 requests per fresh job (BENCHMARKS.md "End to end": each costs the embedded S3 server 20-30 ms of
+    CPU): the original read once, the inline mask and the cut-out written once each, no HEAD."""
+    job = await persister.job(_photo())
+    records = await persister.records(
+        _result(job, ResultKind.STARTED), _result(job, ResultKind.COMPLETED, mask_png=_mask_for(job))
+    )
+    calls: list[str] = []
+    for name in ("head", "get", "put"):
+        real = getattr(persister.store, name)
+
+        async def counted(*args: object, _real=real, _name=name, **kwargs: object) -> object:  # type: ignore[no-untyped-def]
+            calls.append(_name)
+            return await _real(*args, **kwargs)
+
+        monkeypatch.setattr(persister.store, name, counted)
+    assert await persister.handler(records) == []
+    assert sorted(calls) == ["get", "put", "put"], calls
+    row = await persister.row(job.job_id)
+    assert row.status is JobStatus.COMPLETED
+    assert row.mask_path is not None and row.processed_path is not None
+    assert await persister.store.head(row.mask_path) is not None and await persister.store.head(row.processed_path)

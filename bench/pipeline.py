@@ -22,7 +22,9 @@ own). Per step:
   records per consumed batch);
 - CPU seconds per completed job of every process (psutil, user + system, reaped children included): the four
   services, the broker (Tansu), the S3 server (SeaweedFS), PostgreSQL (postmaster and its backends), Redis,
-  this bench (the submitter), and the machine's busy CPU not accounted to any of them (other work).
+  this bench (the submitter), and the machine's busy CPU not accounted to any of them (other work); for each
+  service also its main thread alone (the event loop: Kafka, S3 and PostgreSQL clients), the rest being its
+  threads (the image pools' decode and encode, executors).
 
 The sweep stops after a step the system could not keep up with: completions/s under ``--keep-up`` times the
 offered rate, a backlog at the window's end of more than ``--backlog-s`` seconds of offered jobs, or a drain
@@ -262,16 +264,31 @@ class CpuSnapshot:
     at: float
     machine: float
     processes: dict[str, tuple[int, float]]  # name -> (pid, seconds)
+    # A service's main thread, where its event loop runs (Kafka, S3 and PostgreSQL clients, JSON); the rest
+    # of its CPU is its threads: the image pools (decode, encode) and any executor.
+    loops: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     @classmethod
     def take(cls, stack: EmbeddedStack, state_dir: Path) -> CpuSnapshot:
         procs: dict[str, tuple[int, float]] = {}
+        loops: dict[str, tuple[int, float]] = {}
         for name, pid in process_pids(stack, state_dir).items():
             with contextlib.suppress(psutil.Error):
+                if name in SERVICES:  # the thread first: the process, read after it, never counts less
+                    main = [t for t in psutil.Process(pid).threads() if t.id == pid]
+                    if main:
+                        loops[name] = (pid, main[0].user_time + main[0].system_time)
                 procs[name] = (pid, process_cpu(pid))
         me = psutil.Process()
         procs["bench"] = (me.pid, _busy(me.cpu_times()))  # services are its children: not theirs
-        return cls(time.monotonic(), machine_busy(), procs)
+        return cls(time.monotonic(), machine_busy(), procs, loops)
+
+    def loops_since(self, before: CpuSnapshot) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, (pid, seconds) in self.loops.items():
+            old = before.loops.get(name)
+            out[name] = seconds - old[1] if old is not None and old[0] == pid else seconds
+        return out
 
     def since(self, before: CpuSnapshot) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -316,6 +333,7 @@ class StepResult:
     cores: int
     failed: int = 0
     job_ids: list[str] = field(default_factory=list, repr=False)
+    cpu_loop_s: dict[str, float] = field(default_factory=dict)  # a service's main (event-loop) thread
 
     @property
     def goal_s(self) -> float:
@@ -446,6 +464,7 @@ async def run_step(
         forward_passes=images.count,
         records_per_batch={k: v.mean for k, v in sorted(records.items()) if v.mean is not None},
         cpu_s=cpu,
+        cpu_loop_s=cpu_after.loops_since(cpu_before),
         elapsed_s=cpu_after.at - cpu_before.at,
         cores=psutil.cpu_count() or 1,
         failed=sum(1 for r in rows if r["status"] == "failed"),
@@ -622,6 +641,12 @@ def render(report: SweepReport) -> Iterator[str]:
         busy.append(f"{100 * sum(s.cpu_s.values()) / (s.elapsed_s * s.cores):.0f}%")
         cores_ours.append(f"{ours / s.elapsed_s:.2f}")
         cores_other.append(f"{s.cpu_s.get('other', 0.0) / s.elapsed_s:.2f}")
+    for name in SERVICES[::-1]:
+        row = [f"{name}: of which its event-loop thread"]
+        for s in steps:
+            done = s.latency.completed if s.latency else 0
+            row.append("-" if name not in s.cpu_loop_s or not done else f"{s.cpu_loop_s[name] / done:.3f}")
+        rows.append(row)
     rows += [totals, busy, cores_ours, cores_other]
     yield from _table(["process", *(f"{s.rate:g}/s" for s in steps)], rows)
     yield ""

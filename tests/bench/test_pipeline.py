@@ -33,7 +33,8 @@ def test_quantile_interpolates_within_buckets() -> None:
 def test_arguments() -> None:
     opts, plan, json_path = parse_args(["--model-source", "m", "--rates", "1", "3", "--duration", "20", "--no-stop"])
     assert (plan.rates, plan.duration_s, plan.stop_early, json_path) == ((1.0, 3.0), 20.0, False, None)
-    assert opts.model_source == "m"
+    assert opts.model_source == "m" and plan.images == "photos"
+    assert parse_args(["--model-source", "m", "--images", "drill"])[1].images == "drill"
     _, default, _ = parse_args(["--model-source", "m"])
     assert default.rates == (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0, 12.0, 16.0, 20.0) and default.image_side == 1024
     # The default run stays bounded: at most every step and its drain, far under the Makefile's timeout.
@@ -73,5 +74,8 @@ async def test_one_short_step_against_the_real_servers(tmp_path: Path) -> None:
     assert set(step.db_wait) == {"created_at -> started_at", "started_at -> completed_at"}
     assert {*SERVICES, "tansu", "seaweedfs", "postgres", "bench"} <= set(step.cpu_s)
     assert all(v >= 0 for v in step.cpu_s.values()) and step.cpu_s["inference"] > 0
+    assert set(step.cpu_loop_s) == set(SERVICES)
+    # Clock ticks: a thread and its process are read at slightly different times.
+    assert all(0 <= step.cpu_loop_s[n] <= step.cpu_s[n] + 0.05 for n in SERVICES), (step.cpu_loop_s, step.cpu_s)
     assert "| end_to_end |" in text and "| inference |" in text and "p95 ms" in text
     assert pipeline.GOAL_S == 0.5

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from uuid import UUID
 
 from shared.contracts import ProcessingParams
 from shared.db import Database
 from shared.ids import uuid7
 
 
-async def insert_pending(db: Database, *, user_id: str, count: int) -> None:
-    """``count`` pending jobs of ``user_id``, each of distinct (random) content, created now."""
+async def insert_pending(db: Database, *, user_id: str, count: int, model_name: str = "m") -> list[UUID]:
+    """``count`` pending jobs of ``user_id``, each of distinct (random) content, created now; their ids."""
+    ids: list[UUID] = []
     async with db.pool.acquire() as conn:
         for _ in range(count):
             data = secrets.token_bytes(32)
+            ids.append(uuid7())
             await db.jobs.insert_job(
                 conn,
-                job_id=uuid7(),
+                job_id=ids[-1],
                 user_id=user_id,
                 original_path="original/00/x.png",
                 content_sha256=hashlib.sha256(data).hexdigest(),
@@ -26,7 +29,8 @@ async def insert_pending(db: Database, *, user_id: str, count: int) -> None:
                 image_height=1,
                 params={},
                 params_hash=ProcessingParams().digest(),
-                model_name="m",
+                model_name=model_name,
                 source="http",
                 tags=[],
             )
+    return ids

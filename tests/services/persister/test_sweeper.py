@@ -4,8 +4,6 @@ served model's job whose request waits in its topic is never touched."""
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,13 +13,12 @@ import pytest
 
 from services.persister.settings import PersisterOptions, PersisterSettings
 from services.persister.sweeper import Sweeper
-from shared.contracts import ProcessingParams
 from shared.db import Database
 from shared.db.models import JobRecord, JobStatus
-from shared.ids import uuid7
 from shared.messaging import ensure_topics
 from shared.models import ModelSettings
 from shared.runtime import ServiceRuntime
+from tests.support.jobs import insert_pending
 
 
 @dataclass(frozen=True)
@@ -29,27 +26,10 @@ class Swept:
     sweeper: Sweeper
     db: Database
 
-    async def job(self, model: str, *, queued_at: int | None = None) -> JobRecord:
-        data = secrets.token_bytes(32)
-        job_id = uuid7()
+    async def job(self, model: str, *, queued_at: int) -> JobRecord:
+        (job_id,) = await insert_pending(self.db, user_id="sweep-user", count=1, model_name=model)
         async with self.db.pool.acquire() as conn:
-            assert await self.db.jobs.insert_job(
-                conn,
-                job_id=job_id,
-                user_id="sweep-user",
-                original_path="original/00/x.png",
-                content_sha256=hashlib.sha256(data).hexdigest(),
-                original_bytes=len(data),
-                image_width=1,
-                image_height=1,
-                params={},
-                params_hash=ProcessingParams().digest(),
-                model_name=model,
-                source="http",
-                tags=[],
-            )
-            if queued_at is not None:
-                await self.db.jobs.mark_queued(conn, job_id=job_id, partition=0, offset=queued_at)
+            await self.db.jobs.mark_queued(conn, job_id=job_id, partition=0, offset=queued_at)
         return await self.row(job_id)
 
     async def row(self, job_id: UUID) -> JobRecord:

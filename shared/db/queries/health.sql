@@ -40,13 +40,16 @@ ORDER BY query_start
 LIMIT 1;
 
 -- name: health_oldest_transaction()^
--- The oldest open transaction of another session, idle in transaction included: it holds back the
--- xmin horizon, so VACUUM can remove no row version deleted after it began, in any table.
+-- The oldest open transaction of another session in this database, idle in transaction included: it
+-- holds back this database's xmin horizon, so VACUUM can remove no row version deleted after it began, in
+-- any of its tables. Sessions in other databases hold back only the shared catalogs (PostgreSQL computes
+-- the horizon of a table per database), so they are not counted.
 SELECT pid, usename::text AS username, state,
        greatest(extract(epoch FROM clock_timestamp() - xact_start), 0)::float8 AS seconds,
        left(query, 200) AS query
 FROM pg_stat_activity
 WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+  AND datname = current_database()
 ORDER BY xact_start
 LIMIT 1;
 

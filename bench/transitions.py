@@ -35,6 +35,7 @@ from uuid import UUID
 
 import asyncpg
 
+from shared.contracts.events import CutoutFormat
 from shared.db.migrate import upgrade
 from shared.db.partitions import ensure_partitions, month_start
 from shared.db.pool import create_pool
@@ -44,12 +45,12 @@ from shared.ids import uuid7, uuid7_time
 
 DB = "rmbg_bench_transitions"
 _JOB_COLUMNS = (
-    "job_id", "created_at", "user_id", "original_path", "status", "params_hash",
+    "job_id", "created_at", "user_id", "original_ext", "status", "params_hash",
     "content_sha256", "model_name", "original_bytes", "source", "file_size_kb",
 )
 _STAGING = """
 CREATE UNLOGGED TABLE IF NOT EXISTS transition_staging (
-    job_id uuid NOT NULL, created_at timestamptz NOT NULL, mask_path varchar(512), processed_path varchar(512),
+    job_id uuid NOT NULL, created_at timestamptz NOT NULL, cutout_format varchar(16),
     mask_bytes integer, processed_bytes integer, model_name varchar(200), model_revision varchar(100),
     processing_time_ms integer, completed_at timestamptz, reused boolean)
 """
@@ -75,7 +76,7 @@ def dsn_for(dsn: str, database: str) -> str:
 
 def completion(job_id: UUID, now: datetime) -> Completion:
     return Completion(
-        job_id=job_id, mask_path=f"masks/{job_id}.png", processed_path=f"processed/{job_id}.webp",
+        job_id=job_id, cutout_format=CutoutFormat.WEBP,
         mask_bytes=48_213, processed_bytes=311_774, model_name="briaai/RMBG-2.0", model_revision="main",
         processing_time_ms=812, completed_at=now, reused=False,
     )
@@ -92,7 +93,7 @@ async def load_pending(conn: asyncpg.Connection, n: int) -> list[UUID]:
         at = now - timedelta(days=35) + timedelta(seconds=i * 3_000_000 / n)  # ~35 days: two partitions
         job_id = uuid7(at)
         ids.append(job_id)
-        records.append((job_id, uuid7_time(job_id), "bench", f"originals/{job_id}", "pending", "p0",
+        records.append((job_id, uuid7_time(job_id), "bench", "jpg", "pending", "p0",
                         secrets.token_bytes(32), "briaai/RMBG-2.0", 123_456, "http", 121))
     await conn.copy_records_to_table("image_process_jobs", records=records, columns=_JOB_COLUMNS)
     await conn.execute("VACUUM ANALYZE image_process_jobs")
@@ -126,7 +127,7 @@ async def run_single(conn: asyncpg.Connection, ids: list[UUID]) -> float:
 async def run_copy(conn: asyncpg.Connection, ids: list[UUID], chunk: int) -> float:
     await conn.execute("TRUNCATE transition_staging")
     now = datetime.now(UTC)
-    rows = [(c.job_id, uuid7_time(c.job_id), c.mask_path, c.processed_path, c.mask_bytes, c.processed_bytes,
+    rows = [(c.job_id, uuid7_time(c.job_id), c.cutout_format.value, c.mask_bytes, c.processed_bytes,
              c.model_name, c.model_revision, c.processing_time_ms, c.completed_at, c.reused)
             for c in (completion(j, now) for j in ids)]
     start = time.perf_counter()

@@ -78,19 +78,16 @@ SELECT st.*, encode(st.sha, 'hex') AS h, 'u' || lpad(st.user_no::text, 6, '0') A
 FROM bench_stage st
 """
 
-# Object keys exactly as shared.storage.keys.ObjectKeys builds them (checked after the load).
+# Ours stores no object keys (migration 0014): the original's extension, and a completed job's cut-out
+# format, are what the keys derive from (shared.storage.keys.ObjectKeys).
 OURS_JOBS = f"""
 INSERT INTO image_process_jobs (
-    job_id, created_at, user_id, original_path, mask_path, processed_path, status, updated_at,
+    job_id, created_at, user_id, original_ext, cutout_format, status, updated_at,
     started_at, completed_at, processing_time_ms, image_width, image_height, file_size_kb, params,
     params_hash, error_message, content_sha256, model_name, model_revision, original_bytes, mask_bytes,
     processed_bytes, source, attempts, reused_result)
-SELECT s.job7, s.created_at, s.user_id,
-       'original/' || left(s.h, 2) || '/' || s.h || '.' || s.ext,
-       CASE WHEN s.status = 2 THEN 'mask/' || left(s.h, 2) || '/' || s.h || '/' || m.slug || '/'
-                                   || p.threshold_tag || '.png' END,
-       CASE WHEN s.status = 2 THEN 'processed/' || left(s.h, 2) || '/' || s.h || '/' || m.slug || '/'
-                                   || p.params_hash || '-' || p.cutout_format || '.' || p.cutout_ext END,
+SELECT s.job7, s.created_at, s.user_id, s.ext,
+       CASE WHEN s.status = 2 THEN p.cutout_format END,
        s.status_name, COALESCE(s.finished_at, s.started_at, s.created_at), s.started_at, s.finished_at,
        NULLIF(s.processing_ms, -1), NULLIF(s.width, 0), NULLIF(s.height, 0), s.file_kb,
        p.params, p.params_hash, e.message, s.sha, m.model_name,

@@ -59,8 +59,11 @@ async def drain(dsn: str, job_ids: list[str], timeout_s: float) -> bool:
 
 
 _ROWS_SQL = """
-SELECT job_id::text AS job_id, status::text AS status, created_at, original_path::text AS original_path,
-       mask_path::text AS mask_path, processed_path::text AS processed_path,
+SELECT job_id::text AS job_id, status::text AS status, created_at,
+       rmbg_original_key(original_path, original_ext, content_sha256) AS original_path,
+       rmbg_mask_key(mask_path, cutout_format, content_sha256, model_name, model_revision, params) AS mask_path,
+       rmbg_cutout_key(processed_path, cutout_format, content_sha256, model_name, model_revision, params_hash)
+           AS processed_path,
        original_bytes, mask_bytes, processed_bytes
 FROM image_process_jobs"""
 

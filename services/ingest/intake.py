@@ -210,7 +210,7 @@ class Intake:
                     conn,
                     job_id=job_id,
                     user_id=user_id,
-                    original_path=key,
+                    original_ext=info.extension,  # the row derives ``key`` from it (ObjectKeys.original)
                     content_sha256=sha,
                     original_bytes=len(data),
                     image_width=info.width,
@@ -267,6 +267,7 @@ class Intake:
                 conn,
                 job_id=job_id,
                 user_id=user_id,
+                original_ext=None,
                 original_path=original_path[:512],
                 content_sha256=sha,
                 original_bytes=len(data),

@@ -288,10 +288,10 @@ class PersistHandler:
             content_type=content_type,
         )
         completed_at = datetime.now(UTC)
+        # The row derives mask_key and processed_key again from model_name, model_revision and fmt.
         return Completion(
             job_id=record.job_id,
-            mask_path=mask_key,
-            processed_path=processed_key,
+            cutout_format=fmt,
             mask_bytes=mask_bytes,
             processed_bytes=processed_bytes,
             model_name=model_name,

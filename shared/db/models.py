@@ -11,6 +11,9 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
+from shared.contracts.events import CutoutFormat
+from shared.storage.keys import ObjectKeys
+
 
 class JobStatus(StrEnum):
     """A job's status, the one vocabulary for it: forward only, pending → processing → completed | failed
@@ -42,7 +45,10 @@ class _Row(BaseModel):
 
 
 class JobRecord(_Row):
-    """One row of image_process_jobs, with its tag names."""
+    """One row of image_process_jobs, with its tag names and its object keys.
+
+    The row stores a key only where it is not the derived one (migration 0014): ``from_row`` fills the
+    three paths in with ObjectKeys from the columns that determine them."""
 
     job_id: UUID
     created_at: datetime
@@ -50,6 +56,8 @@ class JobRecord(_Row):
     original_path: str
     mask_path: str | None
     processed_path: str | None
+    original_ext: str | None = None
+    cutout_format: CutoutFormat | None = None  # set once completed: the format the cut-out was made in
     status: JobStatus
     updated_at: datetime
     started_at: datetime | None
@@ -82,7 +90,24 @@ class JobRecord(_Row):
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> JobRecord:
         data = dict(row)
-        data["content_sha256"] = bytes(data["content_sha256"]).hex()
+        sha = data["content_sha256"] = bytes(data["content_sha256"]).hex()
+        if data.get("original_path") is None:
+            data["original_path"] = ObjectKeys.original(sha, data["original_ext"])
+        fmt = data.get("cutout_format")
+        if fmt is not None:
+            model_name, model_revision = data["model_name"], data["model_revision"]
+            if data.get("mask_path") is None:
+                data["mask_path"] = ObjectKeys.job_mask(
+                    sha, model_name=model_name, model_revision=model_revision, threshold=data["params"].get("threshold")
+                )
+            if data.get("processed_path") is None:
+                data["processed_path"] = ObjectKeys.cutout(
+                    sha,
+                    model_name=model_name,
+                    model_revision=model_revision,
+                    params_hash=data["params_hash"],
+                    fmt=CutoutFormat(fmt),
+                )
         data["tags"] = tuple(data.get("tags") or ())
         return cls.model_validate(data)
 

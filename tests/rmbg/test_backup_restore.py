@@ -99,7 +99,7 @@ async def _make_job(db: Database, store: ObjectStore, seed: int, status: str) ->
     keys: tuple[str, ...] = (original,)
     async with db.pool.acquire() as conn, conn.transaction():
         assert await db.jobs.insert_job(
-            conn, job_id=job_id, user_id=f"u{seed % 5}", original_path=original, content_sha256=sha,
+            conn, job_id=job_id, user_id=f"u{seed % 5}", original_ext="png", content_sha256=sha,
             original_bytes=len(data), image_width=64, image_height=48, params=params.canonical(),
             params_hash=params.digest(), model_name=MODEL, source="http", tags=["drill"],
         )
@@ -127,7 +127,7 @@ async def _complete(db: Database, store: ObjectStore, job_id: UUID, sha: str, da
     done = datetime.now(UTC)
     async with db.pool.acquire() as conn, conn.transaction():
         assert await db.jobs.mark_completed(
-            conn, job_id=job_id, mask_path=mask_key, processed_path=processed, mask_bytes=len(mask),
+            conn, job_id=job_id, cutout_format=CutoutFormat.WEBP, mask_bytes=len(mask),
             processed_bytes=len(cutout), model_name=MODEL, model_revision="r1", processing_time_ms=7,
             completed_at=done, reused=False,
         )

@@ -19,7 +19,10 @@ FROM processing_stats;
 -- name: restore_object_page(after_created, after_job, max_rows)
 -- One keyset page of jobs with their object keys, oldest first; the first page starts after
 -- ('-infinity', the nil UUID).
-SELECT job_id, created_at, original_path, mask_path, processed_path
+SELECT job_id, created_at, rmbg_original_key(original_path, original_ext, content_sha256) AS original_path,
+       rmbg_mask_key(mask_path, cutout_format, content_sha256, model_name, model_revision, params) AS mask_path,
+       rmbg_cutout_key(processed_path, cutout_format, content_sha256, model_name, model_revision,
+                       params_hash) AS processed_path
 FROM image_process_jobs
 WHERE (created_at, job_id) > (:after_created::timestamptz, :after_job::uuid)
 ORDER BY created_at, job_id

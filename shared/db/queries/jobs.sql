@@ -8,16 +8,17 @@
 -- (EXPLAIN ANALYZE, 400k-job bench). Range operators are B-tree only.
 -- Note for editors: aiosql reads a colon followed by a word as a parameter, comments included.
 
--- name: insert_job(job_id, created_at, user_id, original_path, status, error_message, image_width, image_height, file_size_kb, params, params_hash, content_sha256, model_name, original_bytes, source)$
+-- name: insert_job(job_id, created_at, user_id, original_path, original_ext, status, error_message, image_width, image_height, file_size_kb, params, params_hash, content_sha256, model_name, original_bytes, source)$
 -- Insert once per job id; returns true when this call inserted it, NULL when it already existed.
--- The user row is created on first sight (username = user_id) in the same statement.
+-- The user row is created on first sight (username = user_id) in the same statement. original_path is
+-- NULL unless the original is not under its derived key (migration 0014: a rejected upload's s3:// name).
 WITH job AS (
     INSERT INTO image_process_jobs (
-        job_id, created_at, user_id, original_path, status, completed_at, error_message,
+        job_id, created_at, user_id, original_path, original_ext, status, completed_at, error_message,
         image_width, image_height, file_size_kb, params, params_hash, content_sha256,
         model_name, original_bytes, source)
     VALUES (
-        :job_id, :created_at, :user_id, :original_path, :status,
+        :job_id, :created_at, :user_id, :original_path, :original_ext, :status,
         CASE WHEN :status::varchar = 'failed' THEN now() END, :error_message,
         :image_width, :image_height, :file_size_kb, :params, :params_hash, :content_sha256,
         :model_name, :original_bytes, :source)
@@ -71,10 +72,11 @@ WHERE j.job_id = :job_id AND j.created_at = :created_at AND j.status = 'pending'
 RETURNING j.*,
        (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags;
 
--- name: mark_completed(job_id, created_at, mask_path, processed_path, mask_bytes, processed_bytes, model_name, model_revision, processing_time_ms, completed_at, reused)^
--- Only from pending or processing (pending: a reused result or a lost "started" event).
+-- name: mark_completed(job_id, created_at, cutout_format, mask_bytes, processed_bytes, model_name, model_revision, processing_time_ms, completed_at, reused)^
+-- Only from pending or processing (pending: a reused result or a lost "started" event). The mask and
+-- cut-out keys derive from the row (migration 0014): cutout_format is the one input it lacked.
 UPDATE image_process_jobs AS j
-SET status = 'completed', mask_path = :mask_path, processed_path = :processed_path,
+SET status = 'completed', cutout_format = :cutout_format,
     mask_bytes = :mask_bytes, processed_bytes = :processed_bytes, model_name = :model_name,
     model_revision = :model_revision, processing_time_ms = :processing_time_ms,
     completed_at = :completed_at, reused_result = :reused, updated_at = now()
@@ -246,7 +248,10 @@ LIMIT :limit;
 SELECT EXISTS (
     SELECT 1 FROM image_process_jobs j
     WHERE j.content_sha256 = :content_sha256 AND j.job_id <> :except_job_id
-      AND (j.status IN ('pending', 'processing') OR (j.status = 'completed' AND j.mask_path = :mask_path))
+      AND (j.status IN ('pending', 'processing')
+           OR (j.status = 'completed'
+               AND rmbg_mask_key(j.mask_path, j.cutout_format, j.content_sha256, j.model_name, j.model_revision,
+                                 j.params) = :mask_path))
 );
 
 -- name: mark_queued(job_id, created_at, queue_partition, queue_offset)!

@@ -57,7 +57,12 @@ WITH gone AS (
            ORDER BY created_at LIMIT :max_rows) old
     WHERE j.job_id = old.job_id AND j.created_at = old.created_at
     RETURNING j.user_id, j.content_sha256,
-              array_remove(ARRAY[j.original_path::text, j.mask_path::text, j.processed_path::text], NULL) AS paths
+              array_remove(ARRAY[
+                  rmbg_original_key(j.original_path, j.original_ext, j.content_sha256),
+                  rmbg_mask_key(j.mask_path, j.cutout_format, j.content_sha256, j.model_name, j.model_revision,
+                                j.params),
+                  rmbg_cutout_key(j.processed_path, j.cutout_format, j.content_sha256, j.model_name,
+                                  j.model_revision, j.params_hash)], NULL) AS paths
 ), counted AS (
     UPDATE user_job_counts u SET jobs = u.jobs - d.n
     FROM (SELECT user_id, count(*) AS n FROM gone GROUP BY user_id) d
@@ -71,18 +76,24 @@ SELECT DISTINCT content_sha256 FROM image_process_jobs WHERE content_sha256 = AN
 
 -- name: paths_for_contents(shas)
 -- Every object key the remaining jobs reference for these contents.
-SELECT original_path::text AS path FROM image_process_jobs WHERE content_sha256 = ANY(:shas::bytea[])
-UNION
-SELECT mask_path::text FROM image_process_jobs
-WHERE content_sha256 = ANY(:shas::bytea[]) AND mask_path IS NOT NULL
-UNION
-SELECT processed_path::text FROM image_process_jobs
-WHERE content_sha256 = ANY(:shas::bytea[]) AND processed_path IS NOT NULL;
+-- The keys derive from the row where it stores none (migration 0014).
+SELECT k.path FROM image_process_jobs j
+CROSS JOIN LATERAL (VALUES
+    (rmbg_original_key(j.original_path, j.original_ext, j.content_sha256)),
+    (rmbg_mask_key(j.mask_path, j.cutout_format, j.content_sha256, j.model_name, j.model_revision, j.params)),
+    (rmbg_cutout_key(j.processed_path, j.cutout_format, j.content_sha256, j.model_name, j.model_revision,
+                     j.params_hash))) k(path)
+WHERE j.content_sha256 = ANY(:shas::bytea[]) AND k.path IS NOT NULL
+GROUP BY k.path;
 
 -- name: jobs_in_shard(low, high)
 -- The jobs whose content hash starts with one byte (fsck walks 256 shards, one index range each).
-SELECT job_id, created_at, status, content_sha256, original_path::text, mask_path::text,
-       processed_path::text, params, params_hash
+SELECT job_id, created_at, status, content_sha256,
+       rmbg_original_key(original_path, original_ext, content_sha256) AS original_path,
+       rmbg_mask_key(mask_path, cutout_format, content_sha256, model_name, model_revision, params) AS mask_path,
+       rmbg_cutout_key(processed_path, cutout_format, content_sha256, model_name, model_revision,
+                       params_hash) AS processed_path,
+       params, params_hash
 FROM image_process_jobs WHERE content_sha256 >= :low::bytea AND content_sha256 < :high::bytea;
 
 -- name: lock_objects_exclusive()!

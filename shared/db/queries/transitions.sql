@@ -22,18 +22,18 @@ WHERE j.job_id = b.job_id AND j.created_at = b.created_at AND j.status = 'pendin
 RETURNING j.*,
           (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags;
 
--- name: mark_completed_many(job_ids, created_ats, mask_paths, processed_paths, mask_bytes, processed_bytes, model_names, model_revisions, processing_times_ms, completed_ats, reused)
--- Only from pending or processing, as mark_completed.
+-- name: mark_completed_many(job_ids, created_ats, cutout_formats, mask_bytes, processed_bytes, model_names, model_revisions, processing_times_ms, completed_ats, reused)
+-- Only from pending or processing, as mark_completed (the keys derive from the row, as there).
 UPDATE image_process_jobs AS j
-SET status = 'completed', mask_path = b.mask_path, processed_path = b.processed_path,
+SET status = 'completed', cutout_format = b.cutout_format,
     mask_bytes = b.mask_bytes, processed_bytes = b.processed_bytes, model_name = b.model_name,
     model_revision = b.model_revision, processing_time_ms = b.processing_time_ms,
     completed_at = b.completed_at, reused_result = b.reused, updated_at = now()
-FROM unnest(:job_ids::uuid[], :created_ats::timestamptz[], :mask_paths::varchar[], :processed_paths::varchar[],
+FROM unnest(:job_ids::uuid[], :created_ats::timestamptz[], :cutout_formats::varchar[],
             :mask_bytes::integer[], :processed_bytes::integer[], :model_names::varchar[],
             :model_revisions::varchar[], :processing_times_ms::integer[], :completed_ats::timestamptz[],
             :reused::boolean[])
-     AS b(job_id, created_at, mask_path, processed_path, mask_bytes, processed_bytes, model_name,
+     AS b(job_id, created_at, cutout_format, mask_bytes, processed_bytes, model_name,
           model_revision, processing_time_ms, completed_at, reused)
 WHERE j.job_id = b.job_id AND j.created_at = b.created_at AND j.status IN ('pending', 'processing')
 RETURNING j.*,

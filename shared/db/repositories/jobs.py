@@ -18,6 +18,7 @@ from uuid import UUID
 
 import asyncpg
 
+from shared.contracts.events import CutoutFormat
 from shared.db.models import JobRecord, JobSource, JobStatus, UserJobCount
 from shared.db.partitions import ensure_partitions, month_start
 from shared.db.queryset import Queries, default_queries
@@ -40,7 +41,8 @@ class _NewJob(TypedDict):
     job_id: UUID
     created_at: datetime
     user_id: str
-    original_path: str
+    original_path: str | None
+    original_ext: str | None
     status: JobStatus
     error_message: str | None
     image_width: int | None
@@ -77,8 +79,7 @@ class Completion(NamedTuple):
     """One -> completed transition for :meth:`JobsRepository.mark_completed_many` (mark_completed's arguments)."""
 
     job_id: UUID
-    mask_path: str
-    processed_path: str
+    cutout_format: CutoutFormat  # the mask and cut-out keys derive from the row and this (ObjectKeys)
     mask_bytes: int | None
     processed_bytes: int | None
     model_name: str
@@ -151,7 +152,6 @@ class JobsRepository:
         *,
         job_id: UUID,
         user_id: str,
-        original_path: str,
         content_sha256: str,
         original_bytes: int,
         image_width: int | None,
@@ -163,6 +163,8 @@ class JobsRepository:
         tags: list[str],
         status: Literal[JobStatus.PENDING, JobStatus.FAILED] = JobStatus.PENDING,
         error_message: str | None = None,
+        original_ext: str | None = None,
+        original_path: str | None = None,
     ) -> bool:
         """Insert the job once; True when this call inserted it, False when the id already existed.
 
@@ -170,7 +172,12 @@ class JobsRepository:
         transaction. ``status='failed'`` records a job refused at intake: completed_at is now() and
         ``error_message`` is required. Only 'pending' and 'failed' can be inserted: a completed row
         needs its results, which mark_completed writes.
+
+        The original's key derives from the content hash and ``original_ext`` (ObjectKeys.original); only an
+        original stored elsewhere names ``original_path`` instead (a rejected upload: the upstream's object).
         """
+        if (original_ext is None) == (original_path is None):
+            raise ValueError("name the original by original_ext (its derived key) or by original_path, not both")
         if status not in (JobStatus.PENDING, JobStatus.FAILED):
             raise ValueError(f"a job is inserted pending or failed, not {status!r}")
         if status == JobStatus.FAILED and not error_message:
@@ -184,6 +191,7 @@ class JobsRepository:
             "created_at": created_at,
             "user_id": user_id,
             "original_path": original_path,
+            "original_ext": original_ext,
             "status": status,
             "error_message": clean_text(error_message) if error_message else None,
             "image_width": image_width,
@@ -290,8 +298,7 @@ class JobsRepository:
         conn: asyncpg.Connection,
         *,
         job_id: UUID,
-        mask_path: str,
-        processed_path: str,
+        cutout_format: CutoutFormat,
         mask_bytes: int | None,
         processed_bytes: int | None,
         model_name: str,
@@ -305,8 +312,7 @@ class JobsRepository:
             conn,
             job_id=job_id,
             created_at=uuid7_time(job_id),
-            mask_path=mask_path,
-            processed_path=processed_path,
+            cutout_format=cutout_format.value,
             mask_bytes=mask_bytes,
             processed_bytes=processed_bytes,
             model_name=model_name,
@@ -370,8 +376,7 @@ class JobsRepository:
             conn,
             job_ids=[r.job_id for r in rows],
             created_ats=[uuid7_time(r.job_id) for r in rows],
-            mask_paths=[r.mask_path for r in rows],
-            processed_paths=[r.processed_path for r in rows],
+            cutout_formats=[r.cutout_format.value for r in rows],
             # Elements may be None (unknown size): asyncpg sends NULL; the generated type only names the element.
             mask_bytes=cast(list[int], [r.mask_bytes for r in rows]),
             processed_bytes=cast(list[int], [r.processed_bytes for r in rows]),

@@ -111,7 +111,7 @@ async def _completed(
     await _insert(db, job_id, data, original, params)
     async with db.pool.acquire() as conn:
         assert await db.jobs.mark_completed(
-            conn, job_id=job_id, mask_path=mask_key, processed_path=processed, mask_bytes=len(mask),
+            conn, job_id=job_id, cutout_format=fmt, mask_bytes=len(mask),
             processed_bytes=len(cutout), model_name=MODEL, model_revision=REVISION, processing_time_ms=5,
             completed_at=datetime.now(UTC),
             reused=False,

@@ -56,12 +56,12 @@ async def _make_job(db: Database, store: ObjectStore, data: bytes, at: datetime)
     job_id = uuid7(at)
     async with db.pool.acquire() as conn:
         assert await db.jobs.insert_job(
-            conn, job_id=job_id, user_id="u1", original_path=original, content_sha256=sha, original_bytes=len(data),
+            conn, job_id=job_id, user_id="u1", original_ext="png", content_sha256=sha, original_bytes=len(data),
             image_width=64, image_height=48, params=params.canonical(), params_hash=params.digest(),
             model_name=MODEL, source="http", tags=["t"],
         )
         assert await db.jobs.mark_completed(
-            conn, job_id=job_id, mask_path=mask_key, processed_path=processed, mask_bytes=len(mask),
+            conn, job_id=job_id, cutout_format=CutoutFormat.WEBP, mask_bytes=len(mask),
             processed_bytes=1, model_name=MODEL, model_revision="r1", processing_time_ms=5,
             completed_at=at + timedelta(seconds=1), reused=False,
         )

@@ -25,6 +25,7 @@ from services.persister.settings import WebhookOptions
 from services.persister.webhooks import WebhookDispatcher, WebhookMetrics
 from shared.auth import SecretCipher
 from shared.config import AuthSettings, OutboundSettings, PostgresSettings
+from shared.contracts.events import CutoutFormat
 from shared.db import Database, open_database
 from shared.db.models import WebhookAttempt, WebhookRecord
 from shared.ids import uuid7, uuid7_time
@@ -161,8 +162,7 @@ async def ended_job(db: Database, url: str, *, user: str | None = None, fail: bo
             await db.jobs.mark_completed(
                 conn,
                 job_id=job_id,
-                mask_path="mask/x.png",
-                processed_path="processed/x.webp",
+                cutout_format=CutoutFormat.WEBP,
                 mask_bytes=10,
                 processed_bytes=20,
                 model_name="tiny",

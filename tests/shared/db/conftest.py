@@ -154,16 +154,15 @@ def raw_job() -> JobFactory:
         await conn.execute(
             """
             INSERT INTO image_process_jobs (
-                job_id, created_at, user_id, original_path, mask_path, processed_path, status,
+                job_id, created_at, user_id, original_ext, cutout_format, status,
                 completed_at, processing_time_ms, params, params_hash, error_message, content_sha256,
                 model_name, original_bytes, source, file_size_kb)
-            VALUES ($1, $2, $3, 'original/x', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1000, 'http', $14)
+            VALUES ($1, $2, $3, 'png', $4, $5, $6, $7, $8, $9, $10, $11, $12, 1000, 'http', $13)
             """,
             job_id,
             uuid7_time(job_id),
             user_id,
-            "mask/x" if status == "completed" else None,
-            "processed/x" if status == "completed" else None,
+            "webp" if status == "completed" else None,  # the keys derive from the row (migration 0014)
             status,
             datetime.now(UTC) if finished else None,
             processing_time_ms if status == "completed" else None,

@@ -9,9 +9,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+from shared.contracts.events import CutoutFormat
 from shared.db.partitions import list_partitions, partition_name
 from shared.db.repositories import InvalidCursor, Repositories, decode_cursor, encode_cursor
 from shared.ids import uuid7, uuid7_time
+from shared.storage.keys import ObjectKeys
 from tests.shared.db.conftest import JobFactory, sha_of, unique_user
 
 
@@ -19,7 +21,7 @@ def job_args(user_id: str, **over: Any) -> dict[str, Any]:
     args: dict[str, Any] = {
         "job_id": uuid7(),
         "user_id": user_id,
-        "original_path": "original/abc.png",
+        "original_ext": "png",
         "content_sha256": sha_of("abc"),
         "original_bytes": 5000,
         "image_width": 640,
@@ -36,8 +38,7 @@ def job_args(user_id: str, **over: Any) -> dict[str, Any]:
 
 def completion(**over: Any) -> dict[str, Any]:
     args: dict[str, Any] = {
-        "mask_path": "mask/abc.png",
-        "processed_path": "processed/abc.webp",
+        "cutout_format": CutoutFormat.WEBP,
         "mask_bytes": 1000,
         "processed_bytes": 2000,
         "model_name": "briaai/RMBG-2.0",
@@ -55,13 +56,13 @@ async def test_insert_is_idempotent_and_creates_user_and_tags(conn: asyncpg.Conn
     args = job_args(user)
     assert await repos.jobs.insert_job(conn, **args) is True
     # Same id again (a redelivered upload event), even with other content: nothing changes.
-    assert await repos.jobs.insert_job(conn, **{**args, "original_path": "other", "tags": ["x"]}) is False
+    assert await repos.jobs.insert_job(conn, **{**args, "original_ext": "jpg", "tags": ["x"]}) is False
 
     record = await repos.jobs.get_job(conn, job_id=args["job_id"])
     assert record is not None
     assert record.status == "pending"
     assert record.created_at == uuid7_time(args["job_id"])
-    assert record.original_path == "original/abc.png"
+    assert record.original_path == ObjectKeys.original(sha_of("abc"), "png")
     assert record.tags == ("cat", "product")
     assert record.content_sha256 == sha_of("abc")
     assert record.file_size_kb == 5  # ceil(5000 / 1024)
@@ -128,11 +129,17 @@ async def test_transitions_move_forward_once(conn: asyncpg.Connection, repos: Re
 
     done = await repos.jobs.mark_completed(conn, job_id=job_id, **completion())
     assert done is not None and done.status == "completed"
-    assert done.mask_path == "mask/abc.png" and done.processed_path == "processed/abc.webp"
+    assert done.mask_path == ObjectKeys.job_mask(
+        sha_of("abc"), model_name="briaai/RMBG-2.0", model_revision="rev1", threshold=0.5
+    )
+    assert done.processed_path == ObjectKeys.cutout(
+        sha_of("abc"), model_name="briaai/RMBG-2.0", model_revision="rev1", params_hash="0123456789abcdef",
+        fmt=CutoutFormat.WEBP,
+    )
     assert done.model_revision == "rev1" and done.processing_time_ms == 321
 
     # Late or repeated events change nothing and say so.
-    assert await repos.jobs.mark_completed(conn, job_id=job_id, **completion(mask_path="mask/other")) is None
+    assert await repos.jobs.mark_completed(conn, job_id=job_id, **completion(cutout_format=CutoutFormat.PNG)) is None
     assert (
         await repos.jobs.mark_failed(conn, job_id=job_id, error_message="late", completed_at=datetime.now(UTC)) is None
     )

@@ -40,7 +40,7 @@ async def test_empty_database_upgrades_to_head(scratch_database: ScratchDb) -> N
     dsn = await scratch_database()
     assert await asyncio.to_thread(current, dsn) is None
     await asyncio.to_thread(upgrade, dsn)
-    assert await asyncio.to_thread(current, dsn) == head_revision() == "0013"
+    assert await asyncio.to_thread(current, dsn) == head_revision() == "0014"
     # A second upgrade is a no-op.
     await asyncio.to_thread(upgrade, dsn)
 
@@ -192,7 +192,7 @@ def test_config_does_not_depend_on_cwd(tmp_path: Path) -> None:
     here = Path.cwd()
     os.chdir(tmp_path)
     try:
-        assert head_revision() == "0013"
+        assert head_revision() == "0014"
         assert (script_location() / "env.py").is_file()
         sql = render_sql(None)
     finally:
@@ -229,5 +229,71 @@ async def test_failed_upgrade_changes_nothing(scratch_database: ScratchDb) -> No
         await conn.execute("DROP TABLE tags")
         await asyncio.to_thread(upgrade, dsn)
         assert await asyncio.to_thread(current, dsn) == head_revision()
+    finally:
+        await conn.close()
+
+
+async def test_0014_derives_keys_and_its_downgrade_stores_them_back(scratch_database: ScratchDb) -> None:
+    """Rows from before 0014 keep their stored keys; rows after store none; the downgrade writes them in."""
+    import io
+
+    from alembic import command
+
+    from shared.contracts.events import CutoutFormat
+    from shared.db.migrate import alembic_config
+    from shared.db.pool import create_pool
+    from shared.db.repositories import create_repositories
+    from shared.ids import uuid7
+    from shared.storage.keys import ObjectKeys
+
+    dsn = await scratch_database()
+    await asyncio.to_thread(upgrade, dsn, "0013")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(FILL_SQL)
+        await asyncio.to_thread(upgrade, dsn)
+        legacy = await conn.fetchval("SELECT count(*) FROM image_process_jobs WHERE original_path IS NOT NULL")
+        assert legacy == 3000
+    finally:
+        await conn.close()
+
+    sha = "cd" * 32
+    jobs = create_repositories().jobs
+    pool = await create_pool(dsn, min_size=1, max_size=1, command_timeout=30)
+    try:
+        async with pool.acquire() as c:
+            job_id = uuid7()
+            assert await jobs.insert_job(
+                c, job_id=job_id, user_id="mig", original_ext="jpg", content_sha256=sha, original_bytes=10,
+                image_width=1, image_height=1, params={"threshold": 0.25}, params_hash="h14", model_name="m/x",
+                source="http", tags=[],
+            )
+            done = await jobs.mark_completed(
+                c, job_id=job_id, cutout_format=CutoutFormat.PNG, mask_bytes=1, processed_bytes=1, model_name="m/x",
+                model_revision="r2", processing_time_ms=1, completed_at=datetime.now(UTC), reused=False,
+            )
+            assert done is not None
+    finally:
+        await pool.close()
+    expected = (
+        ObjectKeys.original(sha, "jpg"),
+        ObjectKeys.job_mask(sha, model_name="m/x", model_revision="r2", threshold=0.25),
+        ObjectKeys.cutout(sha, model_name="m/x", model_revision="r2", params_hash="h14", fmt=CutoutFormat.PNG),
+    )
+    assert (done.original_path, done.mask_path, done.processed_path) == expected
+
+    cfg = alembic_config()
+    cfg.output_buffer = buffer = io.StringIO()
+    command.downgrade(cfg, "0014:0013", sql=True)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(buffer.getvalue())
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0013"
+        row = await conn.fetchrow(
+            "SELECT original_path, mask_path, processed_path FROM image_process_jobs WHERE job_id = $1", job_id
+        )
+        assert row is not None and tuple(row) == expected
+        after = await conn.fetchrow(CHECKSUM_SQL + " WHERE user_id <> 'mig'")
+        assert after["n"] == 3000
     finally:
         await conn.close()

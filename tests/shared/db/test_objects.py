@@ -8,11 +8,23 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from shared.contracts.events import CutoutFormat
 from shared.db.models import ContentObjects, JobStatus, ShardJob
 from shared.db.partitions import ensure_partitions, month_start
 from shared.db.repositories import Repositories
 from shared.ids import uuid7, uuid7_time
+from shared.storage.keys import ObjectKeys
 from tests.shared.db.conftest import JobFactory, sha_of, unique_user
+
+
+def _raw_job_keys(content: str) -> tuple[str, str, str]:
+    """The keys a completed raw_job row derives (conftest: png original, webp cut-out, params_hash p0)."""
+    sha, model = sha_of(content), "briaai/RMBG-2.0"
+    return (
+        ObjectKeys.original(sha, "png"),
+        ObjectKeys.job_mask(sha, model_name=model, model_revision=None, threshold=None),
+        ObjectKeys.cutout(sha, model_name=model, model_revision=None, params_hash="p0", fmt=CutoutFormat.WEBP),
+    )
 
 
 async def test_jobs_in_shard_and_references(conn: asyncpg.Connection, repos: Repositories, raw_job: JobFactory) -> None:
@@ -22,11 +34,12 @@ async def test_jobs_in_shard_and_references(conn: asyncpg.Connection, repos: Rep
     rows = [r for r in await repos.objects.jobs_in_shard(conn, shard=sha[0]) if r.job_id == job_id]
     assert len(rows) == 1 and isinstance(rows[0], ShardJob)
     assert rows[0].status is JobStatus.COMPLETED and rows[0].content_sha256 == sha
-    assert (rows[0].original_path, rows[0].mask_path, rows[0].processed_path) == ("original/x", "mask/x", "processed/x")
+    keys = _raw_job_keys(content)
+    assert (rows[0].original_path, rows[0].mask_path, rows[0].processed_path) == keys
     if sha[0] < 255:  # the next shard starts above this hash
         assert job_id not in {r.job_id for r in await repos.objects.jobs_in_shard(conn, shard=sha[0] + 1)}
     assert await repos.objects.referenced_contents(conn, shas=[sha, b"\x00" * 32]) == {sha}
-    assert await repos.objects.paths_for_contents(conn, shas=[sha]) == {"original/x", "mask/x", "processed/x"}
+    assert await repos.objects.paths_for_contents(conn, shas=[sha]) == set(keys)
     with pytest.raises(ValueError):
         await repos.objects.jobs_in_shard(conn, shard=256)
 
@@ -45,7 +58,7 @@ async def test_delete_before_returns_content_objects(
         cutoff = at + timedelta(days=1)
         assert await repos.retention.count_before(conn, cutoff=cutoff, month_from=month_from) == 1
         gone = await repos.retention.delete_before(conn, cutoff=cutoff, month_from=month_from, limit=10)
-        assert gone == [ContentObjects(bytes.fromhex(sha_of(content)), ("original/x", "mask/x", "processed/x"))]
+        assert gone == [ContentObjects(bytes.fromhex(sha_of(content)), _raw_job_keys(content))]
         assert "image_process_jobs_y2044m03" in await repos.retention.job_partitions(conn)
     finally:
         await tx.rollback()

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from shared.contracts.events import CutoutFormat
 from shared.db.models import StatKind
 from shared.db.repositories import ReconcileRefused, Repositories
 from shared.ids import uuid7
@@ -84,8 +85,7 @@ async def test_mixed_run_matches_jobs_table(pool: asyncpg.Pool, repos: Repositor
                 await repos.jobs.mark_completed(
                     conn,
                     job_id=job_id,
-                    mask_path="m",
-                    processed_path="p",
+                    cutout_format=CutoutFormat.WEBP,
                     mask_bytes=1,
                     processed_bytes=1,
                     model_name="m",
@@ -137,8 +137,7 @@ async def test_reconcile_rewrites_day_and_ledger(conn: asyncpg.Connection, repos
         await repos.jobs.mark_completed(
             conn,
             job_id=job_id,
-            mask_path="m",
-            processed_path="p",
+            cutout_format=CutoutFormat.WEBP,
             mask_bytes=1,
             processed_bytes=1,
             model_name="m",

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from shared.contracts.events import CutoutFormat
 from shared.db.repositories import Repositories
 from shared.db.repositories.jobs import Completion, Failure, Started
 from shared.ids import uuid7
@@ -16,7 +17,7 @@ NOW = datetime.now(UTC)
 
 def done(job_id, **over) -> Completion:  # type: ignore[no-untyped-def]
     values = dict(
-        job_id=job_id, mask_path=f"mask/{job_id}", processed_path=f"processed/{job_id}", mask_bytes=10,
+        job_id=job_id, cutout_format=CutoutFormat.WEBP, mask_bytes=10,
         processed_bytes=None, model_name="briaai/RMBG-2.0", model_revision=None, processing_time_ms=120,
         completed_at=NOW, reused=False,
     )
@@ -63,25 +64,27 @@ async def test_completed_many_matches_the_single_statement(
     assert {k: v for k, v in got.model_dump().items() if k not in skip} == {
         k: v for k, v in expected.model_dump().items() if k not in skip
     }
-    assert got.mask_path == f"mask/{a}" and got.status == "completed"
+    assert got.status == "completed" and got.cutout_format == CutoutFormat.WEBP
+    assert got.processed_path is not None and got.processed_path.endswith("-webp.webp")
     job_b = await repos.jobs.get_job(conn, job_id=b)
     assert job_b is not None and job_b.reused_result and job_b.mask_bytes is None
     failed = await repos.jobs.get_job(conn, job_id=c)
     assert failed is not None and failed.status == "failed"
     # Late and repeated: nothing moves, nothing is rewritten.
-    assert (await repos.jobs.mark_completed_many(conn, [done(a, mask_path="mask/other"), done(b)])).keys() == set()
+    late = [done(a, cutout_format=CutoutFormat.PNG), done(b)]
+    assert (await repos.jobs.mark_completed_many(conn, late)).keys() == set()
     again = await repos.jobs.get_job(conn, job_id=a)
-    assert again is not None and again.mask_path == f"mask/{a}"
+    assert again is not None and again.cutout_format == CutoutFormat.WEBP
 
 
 async def test_duplicates_in_a_batch_first_wins(
     conn: asyncpg.Connection, repos: Repositories, raw_job: JobFactory
 ) -> None:
     job_id = await raw_job(conn, at=NOW, user_id=unique_user("tm"), status="processing")
-    moved = await repos.jobs.mark_completed_many(conn, [done(job_id, mask_path="mask/first"), done(job_id)])
+    moved = await repos.jobs.mark_completed_many(conn, [done(job_id, cutout_format=CutoutFormat.PNG), done(job_id)])
     assert moved.keys() == {job_id}
     job = await repos.jobs.get_job(conn, job_id=job_id)
-    assert job is not None and job.mask_path == "mask/first"
+    assert job is not None and job.cutout_format == CutoutFormat.PNG
 
 
 async def test_get_jobs_reads_many_ids_across_partitions(

@@ -172,7 +172,9 @@ async def test_a_job_whose_accepted_event_was_lost_is_still_counted(pipeline: Pi
                     "SELECT array_agg(kind::text ORDER BY kind) FROM stats_ledger WHERE job_id = $1", job_id
                 )
                 counted = await conn.fetchval("SELECT jobs FROM user_job_counts WHERE user_id = $1", user)
-            if (kinds and "accepted" in kinds and counted == 1) or asyncio.get_running_loop().time() > deadline:
+            # Both events, not just `accepted`: the two are consumed independently and may land apart.
+            done = sorted(kinds or []) == ["accepted", "completed"] and counted == 1
+            if done or asyncio.get_running_loop().time() > deadline:
                 break
             await asyncio.sleep(0.3)
     assert sorted(kinds) == ["accepted", "completed"] and counted == 1

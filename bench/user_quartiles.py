@@ -12,7 +12,10 @@ services' pools), interleaved per round, and reports p50 / p95 per variant:
   user, 50k rows to the client) and the bounds computed in Python;
 - ``bounds``: StatsRepository.user_quartiles; ``one_user``: bounds, then user_quartile of a random
   user; ``top100``: bounds, then top_users(limit=100); ``endpoint_all`` / ``endpoint_user``: the new
-  endpoint's work (bounds and the page, or bounds and one user, in one REPEATABLE READ read-only transaction).
+  endpoint's work when it computes the bounds live (bounds and the page, or bounds and one user, in one
+  REPEATABLE READ read-only transaction); ``snapshot_all`` / ``snapshot_user``: the endpoint's work when
+  it serves the stats service's snapshot (migration 0015: one row read, then the page or one user);
+  ``refresh``: what the stats service spends once a minute to store that snapshot.
 
 Then the same again after 20,000 count_user increments with no VACUUM since (index-only scans then visit
 the heap for the pages those updates touched), as a busy stats service leaves the table.
@@ -27,7 +30,7 @@ import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -53,6 +56,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def _snapshot_variants(conn: asyncpg.Connection, repos: Repositories, users: list[str],
+                       rng: random.Random) -> dict[str, Callable[[], Awaitable[None]]]:
+    fresh = timedelta(hours=1)
+
+    async def snapshot_all() -> None:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            q = await repos.stats.user_quartiles_snapshot(conn, max_age=fresh)
+            assert q is not None
+            await repos.stats.top_users(conn, limit=100, bounds=q.bounds)
+
+    async def snapshot_user() -> None:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            q = await repos.stats.user_quartiles_snapshot(conn, max_age=fresh)
+            assert q is not None
+            await repos.stats.user_quartile(conn, user_id=rng.choice(users), bounds=q.bounds)
+
+    async def refresh() -> None:
+        await repos.stats.refresh_user_quartiles(conn)
+
+    return {"snapshot_all": snapshot_all, "snapshot_user": snapshot_user, "refresh": refresh}
 
 
 async def phase(conn: asyncpg.Connection, repos: Repositories, users: list[str], runs: int,
@@ -88,7 +113,9 @@ async def phase(conn: asyncpg.Connection, repos: Repositories, users: list[str],
     variants: dict[str, Callable[[], Awaitable[None]]] = {
         "ntile_all": ntile_all, "bounds": bounds, "one_user": one_user, "top100": top100,
         "endpoint_all": endpoint_all, "endpoint_user": endpoint_user,
+        **_snapshot_variants(conn, repos, users, rng),
     }
+    await repos.stats.refresh_user_quartiles(conn)
     for fn in variants.values():  # warm-up
         for _ in range(5):
             await fn()

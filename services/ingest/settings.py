@@ -58,6 +58,9 @@ class IngestOptions(BaseModel):
     rate_limit_per_s: float = Field(default=20.0, gt=0)
     rate_limit_burst: int = Field(default=40, ge=1)
     daily_job_quota: int = Field(default=400_000, ge=0)
+    # GET /v1/admin/stats/users serves the stats service's quartile snapshot (refreshed every 60 s) while it
+    # is at most this old; older (the stats service stopped), it computes the bounds live (4.5-16 ms).
+    quartiles_max_age_s: float = Field(default=300.0, gt=0)
 
 
 class LiveOptions(BaseModel):

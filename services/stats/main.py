@@ -37,7 +37,7 @@ async def run_stats(settings: StatsSettings, stop: asyncio.Event) -> None:
             stop=stop,
             watch=watch,
         )
-        await asyncio.gather(consume, prune_ledger(db, opts, stop))
+        await asyncio.gather(consume, prune_ledger(db, opts, stop), refresh_quartiles(db, opts, stop))
 
 
 async def prune_ledger(db: Database, opts: StatsOptions, stop: asyncio.Event) -> None:
@@ -51,6 +51,16 @@ async def prune_ledger(db: Database, opts: StatsOptions, stop: asyncio.Event) ->
             log.info("pruned %d stats ledger rows before %s", removed, before)
 
     await every(opts.prune_interval_s, stop, prune, name="ledger pruning")
+
+
+async def refresh_quartiles(db: Database, opts: StatsOptions, stop: asyncio.Event) -> None:
+    """Every minute: store the per-user quartile bounds the admin endpoint serves (migration 0015)."""
+
+    async def refresh() -> None:
+        async with db.pool.acquire() as conn:
+            await db.stats.refresh_user_quartiles(conn)
+
+    await every(opts.quartiles_interval_s, stop, refresh, name="user quartile refresh")
 
 
 def main() -> None:

@@ -676,6 +676,12 @@ class Statements(abc.ABC):
     async def user_quartile_bounds(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
         return await self._rows("user_quartile_bounds", conn)
 
+    async def save_user_quartiles(self, conn: asyncpg.Connection, *, total_users: Any, bounds: Any) -> Any:
+        return await self._value("save_user_quartiles", conn, total_users=total_users, bounds=bounds)
+
+    async def user_quartile_snapshot(self, conn: asyncpg.Connection) -> asyncpg.Record | None:
+        return await self._row("user_quartile_snapshot", conn)
+
     async def user_quartile(
         self,
         conn: asyncpg.Connection,

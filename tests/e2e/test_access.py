@@ -125,6 +125,7 @@ async def test_admin_views_need_an_admin_key(pipeline: Pipeline) -> None:
         users = (await admin.get("/v1/admin/stats/users", params={"user": user})).json()
         assert users["items"] == [{"user_id": user, "job_count": 1, "quartile": users["items"][0]["quartile"]}]
         assert sum(q["users"] for q in users["quartiles"]) == users["users"] >= 1
+        assert "as_of" in users  # the stats service's snapshot time, or null when computed for this request
 
 
 async def test_results_come_back_through_urls_that_expire(pipeline: Pipeline) -> None:

@@ -36,10 +36,14 @@ async def user_counts(
 ) -> dict[str, Any]:
     """Per-user job counts and quartiles (design query 6), the busiest first, with the quartiles' bounds."""
     if days is None:
-        # All time: bounds, the page and a user's rank from ix_user_job_counts_rank (migration 0011), in one
-        # snapshot, without ranking every user.
+        # All time: the bounds the stats service stored (migration 0015; live from ix_user_job_counts_rank when
+        # that is missing or stale), then the page or one user's quartile against them, without ranking every
+        # user. Live bounds are read in the same snapshot as the page, so they agree exactly.
+        max_age = timedelta(seconds=res.settings.ingest.quartiles_max_age_s)
         async with res.db.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            quartiles = await res.db.stats.user_quartiles(conn)
+            quartiles = await res.db.stats.user_quartiles_snapshot(conn, max_age=max_age)
+            if quartiles is None:
+                quartiles = await res.db.stats.user_quartiles(conn)
             if user:
                 one = await res.db.stats.user_quartile(conn, user_id=user, bounds=quartiles.bounds)
                 chosen = [one] if one is not None else []
@@ -47,6 +51,8 @@ async def user_counts(
                 chosen = await res.db.stats.top_users(conn, limit=limit, bounds=quartiles.bounds)
         return {
             "users": quartiles.total_users,
+            # When the bounds were computed (null: just now); users' counts are always current.
+            "as_of": quartiles.as_of.isoformat() if quartiles.as_of is not None else None,
             "quartiles": [
                 {"quartile": b.quartile, "min_jobs": b.min_jobs, "max_jobs": b.max_jobs, "users": b.users}
                 for b in quartiles.bounds

@@ -211,19 +211,35 @@ LEFT JOIN lo nx ON nx.q = l.q + 1
 WHERE s.size > 0
 ORDER BY l.q;
 
+-- name: save_user_quartiles(total_users, bounds)$
+-- The stats service's snapshot of user_quartile_bounds (migration 0015): one row, replaced.
+INSERT INTO user_quartile_snapshot (id, computed_at, total_users, bounds)
+VALUES (true, now(), :total_users, :bounds)
+ON CONFLICT (id) DO UPDATE
+SET computed_at = EXCLUDED.computed_at, total_users = EXCLUDED.total_users, bounds = EXCLUDED.bounds
+RETURNING computed_at;
+
+-- name: user_quartile_snapshot()^
+-- Its age by the database's clock (the one that stamped it), not the caller's.
+SELECT computed_at, total_users, bounds,
+       greatest(extract(epoch FROM clock_timestamp() - computed_at), 0)::float8 AS age_s
+FROM user_quartile_snapshot WHERE id;
+
 -- name: user_quartile(user_id, first_jobs, first_users)^
--- One user's count and quartile (no row: no jobs), given user_quartile_bounds' first rows.
+-- One user's count and quartile (no row: no jobs), given user_quartile_bounds' first rows. Against live
+-- bounds the count is at least 1 (the first row is the smallest); against a snapshot's (migration 0015) a
+-- user who since sorts before its first row is in the first quartile, hence greatest(1, ...).
 SELECT c.user_id, c.jobs AS job_count,
-       (SELECT count(*) FROM unnest(:first_jobs::bigint[], :first_users::varchar[]) AS b(jobs, user_id)
-        WHERE (b.jobs, b.user_id) <= (c.jobs, c.user_id))::int AS quartile
+       greatest(1, (SELECT count(*) FROM unnest(:first_jobs::bigint[], :first_users::varchar[]) AS b(jobs, user_id)
+                    WHERE (b.jobs, b.user_id) <= (c.jobs, c.user_id)))::int AS quartile
 FROM user_job_counts c
 WHERE c.user_id = :user_id::varchar AND c.jobs > 0;
 
 -- name: top_users(limit, first_jobs, first_users)
 -- The busiest users, as user_job_quartiles_all orders them, with their quartiles as in user_quartile.
 SELECT c.user_id, c.jobs AS job_count,
-       (SELECT count(*) FROM unnest(:first_jobs::bigint[], :first_users::varchar[]) AS b(jobs, user_id)
-        WHERE (b.jobs, b.user_id) <= (c.jobs, c.user_id))::int AS quartile
+       greatest(1, (SELECT count(*) FROM unnest(:first_jobs::bigint[], :first_users::varchar[]) AS b(jobs, user_id)
+                    WHERE (b.jobs, b.user_id) <= (c.jobs, c.user_id)))::int AS quartile
 FROM user_job_counts c
 WHERE c.jobs > 0
 ORDER BY c.jobs DESC, c.user_id

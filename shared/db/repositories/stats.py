@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple, get_args
 from uuid import UUID
 
@@ -36,6 +36,8 @@ class QuartileBound(NamedTuple):
 class UserQuartiles(NamedTuple):
     total_users: int
     bounds: list[QuartileBound]
+    # When these were computed: a snapshot's time (user_quartile_snapshot), or None when computed just now.
+    as_of: datetime | None = None
 
 
 class StatsRepository:
@@ -167,6 +169,23 @@ class StatsRepository:
             for r in rows
         ]
         return UserQuartiles(int(rows[0]["total_users"]) if rows else 0, bounds)
+
+    async def refresh_user_quartiles(self, conn: asyncpg.Connection) -> UserQuartiles:
+        """Compute the bounds now and store them as the snapshot (the stats service, every minute)."""
+        live = await self.user_quartiles(conn)
+        as_of = await self._q.save_user_quartiles(
+            conn, total_users=live.total_users, bounds=[b._asdict() for b in live.bounds]
+        )
+        return live._replace(as_of=as_of)
+
+    async def user_quartiles_snapshot(self, conn: asyncpg.Connection, *, max_age: timedelta) -> UserQuartiles | None:
+        """The stored bounds if computed within ``max_age``; None: no snapshot, an older one, or an empty one."""
+        row = await self._q.user_quartile_snapshot(conn)
+        # No users at the time (a new deployment's first minute) says nothing about now: computed live then.
+        if row is None or row["age_s"] > max_age.total_seconds() or not row["total_users"]:
+            return None
+        bounds = [QuartileBound(**b) for b in row["bounds"]]
+        return UserQuartiles(int(row["total_users"]), bounds, row["computed_at"])
 
     async def user_quartile(
         self, conn: asyncpg.Connection, *, user_id: str, bounds: list[QuartileBound]

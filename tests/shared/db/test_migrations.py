@@ -40,7 +40,7 @@ async def test_empty_database_upgrades_to_head(scratch_database: ScratchDb) -> N
     dsn = await scratch_database()
     assert await asyncio.to_thread(current, dsn) is None
     await asyncio.to_thread(upgrade, dsn)
-    assert await asyncio.to_thread(current, dsn) == head_revision() == "0014"
+    assert await asyncio.to_thread(current, dsn) == head_revision() == "0015"
     # A second upgrade is a no-op.
     await asyncio.to_thread(upgrade, dsn)
 
@@ -192,7 +192,7 @@ def test_config_does_not_depend_on_cwd(tmp_path: Path) -> None:
     here = Path.cwd()
     os.chdir(tmp_path)
     try:
-        assert head_revision() == "0014"
+        assert head_revision() == "0015"
         assert (script_location() / "env.py").is_file()
         sql = render_sql(None)
     finally:
@@ -251,7 +251,7 @@ async def test_0014_derives_keys_and_its_downgrade_stores_them_back(scratch_data
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(FILL_SQL)
-        await asyncio.to_thread(upgrade, dsn)
+        await asyncio.to_thread(upgrade, dsn, "0014")
         legacy = await conn.fetchval("SELECT count(*) FROM image_process_jobs WHERE original_path IS NOT NULL")
         assert legacy == 3000
     finally:

@@ -82,3 +82,38 @@ async def test_bounds_use_the_rank_index(conn: asyncpg.Connection) -> None:
         plan = "\n".join(r[0] for r in await conn.fetch(
             "EXPLAIN SELECT c.jobs FROM user_job_counts c WHERE c.jobs > 0 ORDER BY c.jobs, c.user_id LIMIT 1"))
         assert "ix_user_job_counts_rank" in plan
+
+
+async def test_snapshot_serves_the_stored_bounds_while_fresh(conn: asyncpg.Connection, repos: Repositories) -> None:
+    from datetime import timedelta
+
+    async with rolled_back(conn):
+        await conn.execute("DELETE FROM user_job_counts")
+        await conn.execute("DELETE FROM user_quartile_snapshot")
+        minute = timedelta(minutes=1)
+        assert await repos.stats.user_quartiles_snapshot(conn, max_age=minute) is None  # none stored
+        await repos.stats.refresh_user_quartiles(conn)
+        assert await repos.stats.user_quartiles_snapshot(conn, max_age=minute) is None  # no users then: live
+
+        await conn.executemany(
+            "INSERT INTO user_job_counts (user_id, jobs) VALUES ($1, $2)", [(f"s-{i:02d}", i + 1) for i in range(8)]
+        )
+        stored = await repos.stats.refresh_user_quartiles(conn)
+        assert stored.as_of is not None and stored.total_users == 8
+        snap = await repos.stats.user_quartiles_snapshot(conn, max_age=minute)
+        assert snap is not None
+        assert snap == stored and snap.bounds == (await repos.stats.user_quartiles(conn)).bounds
+
+        # Counts move on; the snapshot's bounds stay until the next refresh, and users are placed against them.
+        await conn.execute("INSERT INTO user_job_counts (user_id, jobs) VALUES ('a-new', 1), ('z-big', 500)")
+        again = await repos.stats.user_quartiles_snapshot(conn, max_age=minute)
+        assert again is not None and again.total_users == 8
+        newcomer = await repos.stats.user_quartile(conn, user_id="a-new", bounds=again.bounds)
+        assert newcomer is not None and newcomer.quartile == 1  # sorts before the stored first row: still 1
+        big = await repos.stats.user_quartile(conn, user_id="z-big", bounds=again.bounds)
+        assert big is not None and (big.job_count, big.quartile) == (500, 4)
+
+        # Too old: not served (the endpoint computes live then).
+        await conn.execute("UPDATE user_quartile_snapshot SET computed_at = computed_at - interval '10 minutes'")
+        assert await repos.stats.user_quartiles_snapshot(conn, max_age=minute) is None
+        assert await repos.stats.user_quartiles_snapshot(conn, max_age=timedelta(hours=1)) is not None

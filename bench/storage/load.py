@@ -157,12 +157,15 @@ SELECT (created_at AT TIME ZONE 'UTC')::date, job_id, status FROM image_process_
 WHERE status IN ('completed', 'failed') AND created_at >= $1
 """
 # The stats service's other two aggregates (migrations 0004 and 0005), counted on `accepted`: the same
-# statements as those migrations' backfills.
+# statements as those migrations' backfills. Ordered by day, as the stats service writes them (a day's
+# rows appear as its jobs arrive): in hash-aggregate order the last 7 days' 1,067 rows sat on 335 of 359
+# pages at 10M jobs, and params_share read them all (about 1.5 ms); by day they take 17 pages.
 OURS_PARAMS_COUNTS = """
 INSERT INTO params_daily_counts (stat_date, params_hash, params, jobs)
 SELECT (created_at AT TIME ZONE 'UTC')::date, params_hash, min(params::text)::jsonb, count(*)
 FROM image_process_jobs
 GROUP BY 1, 2
+ORDER BY 1, 2
 """
 OURS_USER_COUNTS = (
     "INSERT INTO user_job_counts (user_id, jobs) SELECT user_id, count(*) FROM image_process_jobs GROUP BY 1"

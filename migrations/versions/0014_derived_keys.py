@@ -44,48 +44,54 @@ down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# LANGUAGE sql, IMMUTABLE, one expression each: the planner inlines them into the calling statement.
+# LANGUAGE sql, IMMUTABLE, one SELECT of one expression each: the planner inlines them into the calling
+# statement. Quoted bodies, not SQL-standard RETURN bodies, which need PostgreSQL 14.
 # Each mirrors one function of shared/storage/keys.py (named in its comment).
 _FUNCTIONS = [
     # model_slug: _SLUG.sub("_", name).strip("_") + "@" + _SLUG.sub("_", revision or "norev")[:12]
     """
     CREATE FUNCTION rmbg_model_slug(model_name text, model_revision text) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN btrim(regexp_replace(model_name, '[^A-Za-z0-9._-]+', '_', 'g'), '_') || '@'
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+    SELECT btrim(regexp_replace(model_name, '[^A-Za-z0-9._-]+', '_', 'g'), '_') || '@'
         || left(regexp_replace(coalesce(nullif(model_revision, ''), 'norev'), '[^A-Za-z0-9._-]+', '_', 'g'), 12)
+    $fn$
     """,
     # ObjectKeys.threshold_tag: "soft", or f"t{round(threshold * 1000):04d}" (round half to even, as rint)
     """
     CREATE FUNCTION rmbg_threshold_tag(params jsonb) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN CASE WHEN params->'threshold' IS NULL OR params->'threshold' = 'null'::jsonb THEN 'soft'
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+    SELECT CASE WHEN params->'threshold' IS NULL OR params->'threshold' = 'null'::jsonb THEN 'soft'
                 ELSE 't' || lpad(round((params->>'threshold')::float8 * 1000)::bigint::text, 4, '0') END
+    $fn$
     """,
     # ObjectKeys.original, with the stored override first
     """
     CREATE FUNCTION rmbg_original_key(original_path text, original_ext text, content_sha256 bytea) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN coalesce(original_path, 'original/' || left(encode(content_sha256, 'hex'), 2) || '/'
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+    SELECT coalesce(original_path, 'original/' || left(encode(content_sha256, 'hex'), 2) || '/'
         || encode(content_sha256, 'hex') || '.' || original_ext)
+    $fn$
     """,
     # ObjectKeys.job_mask; a job has a mask key once it completed (cutout_format is written then)
     """
     CREATE FUNCTION rmbg_mask_key(mask_path text, cutout_format text, content_sha256 bytea, model_name text,
                                   model_revision text, params jsonb) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN coalesce(mask_path, CASE WHEN cutout_format IS NOT NULL THEN
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+    SELECT coalesce(mask_path, CASE WHEN cutout_format IS NOT NULL THEN
         'mask/' || left(encode(content_sha256, 'hex'), 2) || '/' || encode(content_sha256, 'hex') || '/'
         || rmbg_model_slug(model_name, model_revision) || '/' || rmbg_threshold_tag(params) || '.png' END)
+    $fn$
     """,
     # ObjectKeys.cutout: <params_hash>-<format>.<extension>, the extension from CUTOUT_CONTENT_TYPES
     """
     CREATE FUNCTION rmbg_cutout_key(processed_path text, cutout_format text, content_sha256 bytea,
                                     model_name text, model_revision text, params_hash text) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN coalesce(processed_path, CASE WHEN cutout_format IS NOT NULL THEN
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+    SELECT coalesce(processed_path, CASE WHEN cutout_format IS NOT NULL THEN
         'processed/' || left(encode(content_sha256, 'hex'), 2) || '/' || encode(content_sha256, 'hex') || '/'
         || rmbg_model_slug(model_name, model_revision) || '/' || params_hash || '-' || cutout_format || '.'
         || CASE cutout_format WHEN 'png' THEN 'png' ELSE 'webp' END END)
+    $fn$
     """,
 ]
 
@@ -141,11 +147,48 @@ _COMPLETED_FIELDS_0001 = (
 )
 
 
+# A month retention detached and has not dropped yet (an interrupted run, finished by the next) is a table of
+# its own: ALTER on the partitioned table does not reach it, and rmbg_retired_rows reads these columns.
+_DETACHED_ADD = """
+DO $do$
+DECLARE
+    m date;
+BEGIN
+    FOR m IN SELECT * FROM rmbg_retired_months() LOOP
+        EXECUTE format('ALTER TABLE %I ADD COLUMN original_ext varchar(8), ADD COLUMN cutout_format varchar(16)',
+                       'image_process_jobs_' || to_char(m, '"y"YYYY"m"MM'));
+    END LOOP;
+END
+$do$
+"""
+
+# The downgrade's way back for those tables: the derived keys stored, then the columns dropped.
+_DETACHED_DROP = """
+DO $do$
+DECLARE
+    m date;
+    t text;
+BEGIN
+    FOR m IN SELECT * FROM rmbg_retired_months() LOOP
+        t := 'image_process_jobs_' || to_char(m, '"y"YYYY"m"MM');
+        EXECUTE format(
+            'UPDATE %I SET original_path = rmbg_original_key(original_path, original_ext, content_sha256), '
+            'mask_path = rmbg_mask_key(mask_path, cutout_format, content_sha256, model_name, model_revision, params), '
+            'processed_path = rmbg_cutout_key(processed_path, cutout_format, content_sha256, model_name, '
+            'model_revision, params_hash) WHERE original_path IS NULL OR cutout_format IS NOT NULL', t);
+        EXECUTE format('ALTER TABLE %I DROP COLUMN original_ext, DROP COLUMN cutout_format', t);
+    END LOOP;
+END
+$do$
+"""
+
+
 def upgrade() -> None:
     # Adding nullable columns without a default and dropping NOT NULL change the catalog only.
     op.execute(
         "ALTER TABLE image_process_jobs ADD COLUMN original_ext varchar(8), ADD COLUMN cutout_format varchar(16)"
     )
+    op.execute(_DETACHED_ADD)
     op.execute("ALTER TABLE image_process_jobs ALTER COLUMN original_path DROP NOT NULL")
     op.execute("ALTER TABLE image_process_jobs DROP CONSTRAINT ck_jobs_completed_fields")
     op.execute(
@@ -174,6 +217,7 @@ def downgrade() -> None:
         "model_revision, params_hash) "
         "WHERE original_path IS NULL OR (cutout_format IS NOT NULL AND (mask_path IS NULL OR processed_path IS NULL))"
     )
+    op.execute(_DETACHED_DROP)
     for name in ("rmbg_cutout_key", "rmbg_mask_key", "rmbg_original_key", "rmbg_threshold_tag", "rmbg_model_slug"):
         op.execute(f"DROP FUNCTION IF EXISTS {name} CASCADE")
     op.execute("ALTER TABLE image_process_jobs DROP CONSTRAINT ck_jobs_original_named")

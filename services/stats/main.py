@@ -56,9 +56,13 @@ async def prune_ledger(db: Database, opts: StatsOptions, stop: asyncio.Event) ->
 async def refresh_quartiles(db: Database, opts: StatsOptions, stop: asyncio.Event) -> None:
     """Every minute: store the per-user quartile bounds the admin endpoint serves (migration 0015)."""
 
+    # Several replicas each run this: one that finds a snapshot younger than half the interval skips it.
+    fresh = timedelta(seconds=opts.quartiles_interval_s / 2)
+
     async def refresh() -> None:
         async with db.pool.acquire() as conn:
-            await db.stats.refresh_user_quartiles(conn)
+            if await db.stats.user_quartiles_snapshot(conn, max_age=fresh) is None:
+                await db.stats.refresh_user_quartiles(conn)
 
     await every(opts.quartiles_interval_s, stop, refresh, name="user quartile refresh")
 

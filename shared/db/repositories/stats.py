@@ -184,7 +184,10 @@ class StatsRepository:
         # No users at the time (a new deployment's first minute) says nothing about now: computed live then.
         if row is None or row["age_s"] > max_age.total_seconds() or not row["total_users"]:
             return None
-        bounds = [QuartileBound(**b) for b in row["bounds"]]
+        try:
+            bounds = [QuartileBound(**b) for b in row["bounds"]]
+        except (TypeError, KeyError):  # written by a version with other fields: computed live until replaced
+            return None
         return UserQuartiles(int(row["total_users"]), bounds, row["computed_at"])
 
     async def user_quartile(

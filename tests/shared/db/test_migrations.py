@@ -297,3 +297,27 @@ async def test_0014_derives_keys_and_its_downgrade_stores_them_back(scratch_data
         assert after["n"] == 3000
     finally:
         await conn.close()
+
+
+async def test_a_month_detached_before_0014_is_finished_after_the_upgrade(scratch_database: ScratchDb) -> None:
+    """An interrupted retention leaves a detached month (a table of its own); 0014 adds its columns too, and
+    retention's reads of it work after the upgrade."""
+    from shared.db.repositories import create_repositories
+
+    dsn = await scratch_database()
+    await asyncio.to_thread(upgrade, dsn, "0013")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(FILL_SQL)
+        month = await conn.fetchval(
+            "SELECT date_trunc('month', min(created_at) AT TIME ZONE 'UTC')::date FROM image_process_jobs"
+        )
+        retired = await conn.fetchval("SELECT rmbg_retire_month($1)", month)
+        assert retired > 0
+        await asyncio.to_thread(upgrade, dsn)
+        rows = await conn.fetch("SELECT * FROM rmbg_retired_rows($1, '\\x'::bytea, 100000)", month)
+        assert len(rows) == retired and all(r["original_path"].startswith("original/") for r in rows)
+        batch = await create_repositories().retention.retired_unreferenced(conn, month=month, after_sha=b"", limit=10)
+        assert batch.last_sha is not None
+    finally:
+        await conn.close()

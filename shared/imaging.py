@@ -172,19 +172,26 @@ DEFAULT_WEBP_QUALITY = 90
 # libwebp's effort (0-6) for the lossy cut-out. It also sets the effort of the lossless alpha plane
 # (alpha_quality=100 keeps alpha exact), which is what soft, textured mattes cost: method 2 measured at
 # about half of method 4's CPU for a few % more bytes, and method 6 costs seconds on any soft matte
-# (BENCHMARKS.md "CPU per image"). Fixed here, never taken from a job, so no matte can cost seconds.
+# (BENCHMARKS.md "CPU per image"). A deployment setting at most (RMBG_PERSISTER__CUTOUT_WEBP_METHOD), never
+# taken from a job, and at most 4, so no matte can cost seconds. Method 0 measured 25-48% less CPU than 2
+# for 11-19% more bytes (BENCHMARKS.md, "Cut-out encode: Pillow vs libvips").
 CUTOUT_WEBP_METHOD = 2
+MAX_CUTOUT_WEBP_METHOD = 4
 
 
-def encode_cutout(image: Image.Image, *, fmt: CutoutFormat, webp_quality: int) -> bytes:
+def encode_cutout(
+    image: Image.Image, *, fmt: CutoutFormat, webp_quality: int, webp_method: int = CUTOUT_WEBP_METHOD
+) -> bytes:
     """Encode the cut-out; an encoder limit is a classified ImageRejected, not a crash."""
+    if not 0 <= webp_method <= MAX_CUTOUT_WEBP_METHOD:
+        raise ValueError(f"webp_method must be 0-{MAX_CUTOUT_WEBP_METHOD} (5 and 6 cost seconds per soft matte)")
     try:
-        return _encode_cutout(image, fmt=fmt, webp_quality=webp_quality)
+        return _encode_cutout(image, fmt=fmt, webp_quality=webp_quality, webp_method=webp_method)
     except (OSError, ValueError) as exc:
         raise ImageRejected(f"cut-out cannot be encoded as {fmt.value}: {exc}", code="encode_failed") from None
 
 
-def _encode_cutout(image: Image.Image, *, fmt: CutoutFormat, webp_quality: int) -> bytes:
+def _encode_cutout(image: Image.Image, *, fmt: CutoutFormat, webp_quality: int, webp_method: int) -> bytes:
     buf = io.BytesIO()
     if fmt is CutoutFormat.PNG:
         image.save(buf, format="PNG", compress_level=6)
@@ -193,11 +200,13 @@ def _encode_cutout(image: Image.Image, *, fmt: CutoutFormat, webp_quality: int) 
         image.save(buf, format="WEBP", lossless=True, method=4, exact=True)
     else:
         # exact=False lets the encoder discard RGB under fully transparent pixels, which nobody sees.
-        image.save(buf, format="WEBP", quality=webp_quality, alpha_quality=100, method=CUTOUT_WEBP_METHOD)
+        image.save(buf, format="WEBP", quality=webp_quality, alpha_quality=100, method=webp_method)
     return buf.getvalue()
 
 
-def make_cutout(original: bytes, mask_png: bytes, fmt: CutoutFormat, quality: int) -> bytes:
+def make_cutout(
+    original: bytes, mask_png: bytes, fmt: CutoutFormat, quality: int, webp_method: int = CUTOUT_WEBP_METHOD
+) -> bytes:
     """Decode the original and the mask, check they match, and encode the cut-out."""
     image = decode_rgb(original)
     mask = decode_mask_png(mask_png)
@@ -206,4 +215,4 @@ def make_cutout(original: bytes, mask_png: bytes, fmt: CutoutFormat, quality: in
             f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.size[0]}x{image.size[1]}",
             code="corrupt",
         )
-    return encode_cutout(compose_cutout(image, mask), fmt=fmt, webp_quality=quality)
+    return encode_cutout(compose_cutout(image, mask), fmt=fmt, webp_quality=quality, webp_method=webp_method)

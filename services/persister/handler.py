@@ -332,7 +332,9 @@ class PersistHandler:
         loop = asyncio.get_running_loop()
         # Encode before writing anything: a cut-out that cannot be made leaves no object behind.
         with self._metrics.stage_seconds.labels(stage="encode_cutout").time():
-            cutout = await loop.run_in_executor(self._executor, make_cutout, original, mask_png, fmt, quality)
+            cutout = await loop.run_in_executor(
+                self._executor, make_cutout, original, mask_png, fmt, quality, self._options.cutout_webp_method
+            )
         writes: list[Awaitable[object]] = [self._store.put(processed_key, cutout, content_type=content_type)]
         if result.mask_png is not None and not result.reused:
             writes.append(self._store.put(mask_key, mask_png, content_type="image/png"))

@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.config import INFERENCE_GROUP_ID, BaseServiceSettings
 from shared.contracts import CutoutFormat
-from shared.imaging import DEFAULT_WEBP_QUALITY
+from shared.imaging import CUTOUT_WEBP_METHOD, DEFAULT_WEBP_QUALITY, MAX_CUTOUT_WEBP_METHOD
 
 
 class PersisterOptions(BaseModel):
@@ -20,6 +20,10 @@ class PersisterOptions(BaseModel):
     # RGB PSNR >= 37.6 dB, and the original and mask stay lossless. Jobs may ask for png or webp_lossless.
     cutout_format: CutoutFormat = CutoutFormat.WEBP
     webp_quality: int = Field(default=DEFAULT_WEBP_QUALITY, ge=1, le=100)
+    # libwebp effort of the lossy cut-out, the persister's largest CPU cost (about three quarters of it,
+    # BENCHMARKS.md "The live services, profiled"). 2: 120-250 ms per 1024x1024 cut-out here; 0 takes 25-48%
+    # less CPU for 11-19% more bytes; 3-4 cost more CPU for a few % fewer bytes. 5-6 are refused: seconds.
+    cutout_webp_method: int = Field(default=CUTOUT_WEBP_METHOD, ge=0, le=MAX_CUTOUT_WEBP_METHOD)
     # The sweeper judges a job lost only when it really is (docs/failures.md), never for waiting in a queue:
     # - its request was never acknowledged by the broker and the row is older than this. Intake publishes
     #   within milliseconds of the insert and the producer gives up after 15 s (request_timeout_ms), so

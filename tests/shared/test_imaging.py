@@ -108,3 +108,22 @@ def test_a_noisy_soft_matte_never_costs_seconds() -> None:
 def test_mismatched_mask_is_refused() -> None:
     with pytest.raises(ImageRejected):
         make_cutout(_png(), encode_mask_png(np.zeros((10, 10), dtype=np.uint8)), CutoutFormat.PNG, 90)
+
+
+@pytest.mark.parametrize("method", [0, 4])
+def test_the_operator_chosen_webp_method_keeps_alpha_exact(method: int) -> None:
+    mask = np.random.default_rng(3).integers(0, 256, (48, 64), dtype=np.uint8)
+    data = make_cutout(_png(), encode_mask_png(mask), CutoutFormat.WEBP, 90, webp_method=method)
+    out = Image.open(io.BytesIO(data))
+    assert np.array_equal(np.asarray(out.getchannel("A")), mask)
+
+
+def test_webp_methods_that_cost_seconds_are_refused() -> None:
+    from services.persister.settings import PersisterOptions
+
+    with pytest.raises(ValueError, match="0-4"):
+        make_cutout(_png(), encode_mask_png(np.zeros((48, 64), dtype=np.uint8)), CutoutFormat.WEBP, 90, webp_method=6)
+    assert PersisterOptions(cutout_webp_method=0).cutout_webp_method == 0
+    for bad in (-1, 5, 6):
+        with pytest.raises(ValueError):
+            PersisterOptions(cutout_webp_method=bad)

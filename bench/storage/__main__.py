@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true",
                    help="skip generate/load: use the bench databases a --keep run left (no retention run since)")
     p.add_argument("--skip-retention", action="store_true", help="do not run retention (keeps --reuse possible)")
+    p.add_argument("--db-prefix", default="rmbg_bench",
+                   help="the bench databases are <prefix>_ours and <prefix>_baseline (default rmbg_bench)")
     return p.parse_args(argv)
 
 
@@ -67,9 +69,17 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({model}), {mem} GiB RAM, {platform.system()} {platform.release()}"
 
 
+def _databases(prefix: str) -> tuple[str, str]:
+    if prefix == "rmbg_bench":
+        return OURS_DB, BASELINE_DB
+    return f"{prefix}_ours", f"{prefix}_baseline"
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     results_dir: Path = args.results
-    ours_dsn, base_dsn = dsn_for(args.dsn, OURS_DB), dsn_for(args.dsn, BASELINE_DB)
+    await asyncio.to_thread((results_dir / "plans").mkdir, parents=True, exist_ok=True)
+    ours_db, base_db = _databases(args.db_prefix)
+    ours_dsn, base_dsn = dsn_for(args.dsn, ours_db), dsn_for(args.dsn, base_db)
     meta: dict[str, Any] = {
         "command": "python -m bench.storage " + shlex.join(sys.argv[1:]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -82,7 +92,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         data = generate(Shape(jobs=args.jobs, seed=args.seed))
         meta["generate_s"] = time.perf_counter() - t0
         log(f"generated {data.n:,} jobs and {data.tag_job.shape[0]:,} tags in {meta['generate_s']:.1f} s")
-        loaded = await load(args.dsn, data)
+        loaded = await load(args.dsn, data, ours_db=ours_db, base_db=base_db)
         meta["load_s"] = loaded.seconds
         load_timings = loaded.timings
         del data
@@ -136,13 +146,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.to_thread((results_dir / "results.json").write_text, json.dumps(result, indent=1, default=str))
     print(report)
     if not args.keep:
-        await drop_database(args.dsn, OURS_DB)
-        await drop_database(args.dsn, BASELINE_DB)
+        await drop_database(args.dsn, ours_db)
+        await drop_database(args.dsn, base_db)
         log("dropped both bench databases")
     return result
 
 
 if __name__ == "__main__":
-    arguments = parse_args()
-    (arguments.results / "plans").mkdir(parents=True, exist_ok=True)
-    asyncio.run(main(arguments))
+    asyncio.run(main(parse_args()))

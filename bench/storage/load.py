@@ -376,11 +376,11 @@ class LoadResult:
     seconds: float
 
 
-async def load(admin_dsn: str, data: JobsData) -> LoadResult:
+async def load(admin_dsn: str, data: JobsData, *, ours_db: str = OURS_DB, base_db: str = BASELINE_DB) -> LoadResult:
     """Create both databases afresh and fill them with ``data``."""
     t_start = time.perf_counter()
-    ours_dsn, base_dsn = dsn_for(admin_dsn, OURS_DB), dsn_for(admin_dsn, BASELINE_DB)
-    await asyncio.gather(recreate_database(admin_dsn, OURS_DB), recreate_database(admin_dsn, BASELINE_DB))
+    ours_dsn, base_dsn = dsn_for(admin_dsn, ours_db), dsn_for(admin_dsn, base_db)
+    await asyncio.gather(recreate_database(admin_dsn, ours_db), recreate_database(admin_dsn, base_db))
     await asyncio.to_thread(upgrade, ours_dsn)
     log("created both databases; ours migrated to head")
     ours, base = await connect(ours_dsn), await connect(base_dsn)

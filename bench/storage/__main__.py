@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.storage import queries as qmod
 from bench.storage.generate import Shape, generate
-from bench.storage.load import BASELINE_DB, OURS_DB, connect, drop_database, dsn_for, load
+from bench.storage.load import DB_PREFIX, bench_databases, connect, drop_database, dsn_for, load
 from bench.storage.log import log
 from bench.storage.report import render
 from bench.storage.retention import baseline_retention, cutoff_for, ours_retention
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true",
                    help="skip generate/load: use the bench databases a --keep run left (no retention run since)")
     p.add_argument("--skip-retention", action="store_true", help="do not run retention (keeps --reuse possible)")
-    p.add_argument("--db-prefix", default="rmbg_bench",
+    p.add_argument("--db-prefix", default=DB_PREFIX,
                    help="the bench databases are <prefix>_ours and <prefix>_baseline (default rmbg_bench)")
     return p.parse_args(argv)
 
@@ -69,16 +69,10 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({model}), {mem} GiB RAM, {platform.system()} {platform.release()}"
 
 
-def _databases(prefix: str) -> tuple[str, str]:
-    if prefix == "rmbg_bench":
-        return OURS_DB, BASELINE_DB
-    return f"{prefix}_ours", f"{prefix}_baseline"
-
-
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     results_dir: Path = args.results
     await asyncio.to_thread((results_dir / "plans").mkdir, parents=True, exist_ok=True)
-    ours_db, base_db = _databases(args.db_prefix)
+    ours_db, base_db = bench_databases(args.db_prefix)
     ours_dsn, base_dsn = dsn_for(args.dsn, ours_db), dsn_for(args.dsn, base_db)
     meta: dict[str, Any] = {
         "command": "python -m bench.storage " + shlex.join(sys.argv[1:]),

@@ -37,8 +37,14 @@ from shared.db.migrate import upgrade
 from shared.db.partitions import ensure_partitions, month_start
 from shared.db.pool import init_connection
 
-OURS_DB = "rmbg_bench_ours"
-BASELINE_DB = "rmbg_bench_baseline"
+DB_PREFIX = "rmbg_bench"  # the two databases are <prefix>_ours and <prefix>_baseline
+
+
+def bench_databases(prefix: str = DB_PREFIX) -> tuple[str, str]:
+    return f"{prefix}_ours", f"{prefix}_baseline"
+
+
+OURS_DB, BASELINE_DB = bench_databases()
 CHUNK = 500_000
 
 STAGE = (

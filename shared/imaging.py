@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import webp
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.contracts.events import CutoutFormat
@@ -199,9 +200,49 @@ def _encode_cutout(image: Image.Image, *, fmt: CutoutFormat, webp_quality: int, 
         # method 4 of 0-6: close to the best size at a fraction of method 6's time.
         image.save(buf, format="WEBP", lossless=True, method=4, exact=True)
     else:
-        # exact=False lets the encoder discard RGB under fully transparent pixels, which nobody sees.
-        image.save(buf, format="WEBP", quality=webp_quality, alpha_quality=100, method=webp_method)
+        return _encode_webp_lossy(image, quality=webp_quality, method=webp_method)
     return buf.getvalue()
+
+
+# libwebp's alpha_filtering: 0 none, 1 fast (its default, and all Pillow offers). For an alpha plane of
+# more than 192 levels, "fast" encodes the plane twice, once with an estimated predictive filter and once
+# with none, and keeps the smaller. On mattes whose soft (0 < alpha < 255) pixels are at most half the
+# image, "none" won or came within 1% every time measured, at about half the alpha plane's CPU
+# (BENCHMARKS.md, "Cut-out WebP: the alpha plane's filter"); a real matte is soft only along its edges.
+# Over half soft (a textured matte), the filter pays: 15% fewer bytes on the tiny model's own mattes.
+_ALPHA_FILTER_NONE = 0
+_ALPHA_FILTER_FAST = 1
+_MAX_SOFT_SHARE_FOR_NO_FILTER = 0.5
+
+
+def _alpha_filtering(alpha: np.ndarray) -> int:
+    # alpha - 1 wraps 0 to 255, so "< 254" is exactly 1..254: one pass, no temporary boolean pair.
+    soft = np.count_nonzero((alpha - np.uint8(1)) < 254)
+    return _ALPHA_FILTER_NONE if soft <= _MAX_SOFT_SHARE_FOR_NO_FILTER * alpha.size else _ALPHA_FILTER_FAST
+
+
+def _encode_webp_lossy(image: Image.Image, *, quality: int, method: int) -> bytes:
+    """Lossy RGB with an exact (lossless) alpha plane, through libwebp's full config (the `webp` package).
+
+    Pillow's encoder cannot choose the alpha plane's filter, which is half of a near-binary cut-out's CPU.
+    exact stays off: the encoder may discard RGB under fully transparent pixels, which nobody sees. An
+    all-opaque image is stored without an alpha plane, as Pillow's encoder does.
+    """
+    if max(image.size) > MAX_SIDE:
+        raise ValueError(f"WebP stores at most {MAX_SIDE} pixels a side, not {image.size[0]}x{image.size[1]}")
+    rgba = np.ascontiguousarray(np.asarray(image.convert("RGBA")))
+    config = webp.WebPConfig.new(quality=quality, method=method)
+    config.ptr.alpha_quality = 100
+    config.ptr.alpha_filtering = _alpha_filtering(rgba[..., 3])
+    if not config.validate():
+        raise ValueError(f"libwebp refused the settings quality={quality} method={method}")
+    try:
+        picture = webp.WebPPicture.from_numpy(rgba)
+        return bytes(picture.encode(config).buffer())
+    except (webp.WebPError, AttributeError) as exc:
+        # webp 0.4.0 raises AttributeError when libwebp fails to encode (it reads a field its bindings do
+        # not declare); the only failures left once the side is checked are out of memory.
+        raise ValueError(f"libwebp could not encode {image.size[0]}x{image.size[1]}: {exc}") from None
 
 
 def make_cutout(

@@ -20,6 +20,7 @@ from shared.imaging import (
     inspect_image,
     make_cutout,
 )
+from shared.imaging import _alpha_filtering as alpha_filtering
 from tests.support.images import bomb_png
 
 LIMITS = {"max_bytes": 5_000_000, "max_pixels": 4_000_000}
@@ -127,3 +128,48 @@ def test_webp_methods_that_cost_seconds_are_refused() -> None:
     for bad in (-1, 5, 6):
         with pytest.raises(ValueError):
             PersisterOptions(cutout_webp_method=bad)
+
+
+def _edge_matte(soft_rows: int, h: int = 96, w: int = 128) -> np.ndarray:
+    """A binary matte (object in the middle) whose first soft_rows rows are a soft ramp."""
+    mask = np.zeros((h, w), dtype=np.uint8)
+    mask[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 255
+    mask[:soft_rows] = np.tile(np.linspace(1, 254, w).astype(np.uint8), (soft_rows, 1))
+    return mask
+
+
+def test_the_alpha_filter_is_skipped_unless_most_of_the_matte_is_soft() -> None:
+    """libwebp's "fast" filter encodes a many-level alpha plane twice; it only pays when over half the
+    matte is soft (BENCHMARKS.md "Cut-out WebP: the alpha plane's filter")."""
+    assert alpha_filtering(_edge_matte(0)) == 0  # binary
+    assert alpha_filtering(_edge_matte(48)) == 0  # exactly half soft
+    assert alpha_filtering(_edge_matte(49)) == 1  # just over half
+    assert alpha_filtering(np.full((8, 8), 128, dtype=np.uint8)) == 1
+    assert alpha_filtering(np.full((8, 8), 255, dtype=np.uint8)) == 0
+
+
+@pytest.mark.parametrize("soft_rows", [0, 10, 90])
+def test_alpha_stays_exact_with_either_filter(soft_rows: int) -> None:
+    mask = _edge_matte(soft_rows)
+    image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    data = encode_cutout(compose_cutout(image, mask), fmt=CutoutFormat.WEBP, webp_quality=90)
+    out = Image.open(io.BytesIO(data))
+    assert out.format == "WEBP" and out.size == (128, 96)
+    assert np.array_equal(np.asarray(out.getchannel("A")), mask)
+
+
+def test_an_all_opaque_webp_cutout_has_no_alpha_plane() -> None:
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    data = encode_cutout(
+        compose_cutout(image, np.full((48, 64), 255, dtype=np.uint8)), fmt=CutoutFormat.WEBP, webp_quality=90
+    )
+    out = Image.open(io.BytesIO(data))
+    assert out.mode == "RGB" and np.array_equal(np.asarray(out.convert("RGBA"))[..., 3], np.full((48, 64), 255))
+
+
+def test_a_cutout_the_encoder_refuses_is_a_classified_rejection() -> None:
+    # WebP stores at most 16383 pixels a side: libwebp refuses the picture, which must not crash.
+    wide = Image.new("RGBA", (16384, 1))
+    with pytest.raises(ImageRejected) as info:
+        encode_cutout(wide, fmt=CutoutFormat.WEBP, webp_quality=90)
+    assert info.value.code == "encode_failed" and "webp" in str(info.value)

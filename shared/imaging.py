@@ -230,7 +230,8 @@ def _encode_webp_lossy(image: Image.Image, *, quality: int, method: int) -> byte
     """
     if max(image.size) > MAX_SIDE:
         raise ValueError(f"WebP stores at most {MAX_SIDE} pixels a side, not {image.size[0]}x{image.size[1]}")
-    rgba = np.ascontiguousarray(np.asarray(image.convert("RGBA")))
+    # compose_cutout already gives RGBA: converting again would copy 4 MiB per 1024x1024 cut-out.
+    rgba = np.ascontiguousarray(np.asarray(image if image.mode == "RGBA" else image.convert("RGBA")))
     config = webp.WebPConfig.new(quality=quality, method=method)
     config.ptr.alpha_quality = 100
     config.ptr.alpha_filtering = _alpha_filtering(rgba[..., 3])

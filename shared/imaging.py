@@ -232,17 +232,17 @@ def _encode_webp_lossy(image: Image.Image, *, quality: int, method: int) -> byte
         raise ValueError(f"WebP stores at most {MAX_SIDE} pixels a side, not {image.size[0]}x{image.size[1]}")
     # compose_cutout already gives RGBA: converting again would copy 4 MiB per 1024x1024 cut-out.
     rgba = np.ascontiguousarray(np.asarray(image if image.mode == "RGBA" else image.convert("RGBA")))
-    config = webp.WebPConfig.new(quality=quality, method=method)
-    config.ptr.alpha_quality = 100
-    config.ptr.alpha_filtering = _alpha_filtering(rgba[..., 3])
-    if not config.validate():
-        raise ValueError(f"libwebp refused the settings quality={quality} method={method}")
     try:
+        # WebPConfig.new validates the settings itself and raises WebPError for any libwebp refuses.
+        config = webp.WebPConfig.new(quality=quality, method=method)
+        config.ptr.alpha_quality = 100
+        config.ptr.alpha_filtering = _alpha_filtering(rgba[..., 3])
         picture = webp.WebPPicture.from_numpy(rgba)
         return bytes(picture.encode(config).buffer())
-    except (webp.WebPError, AttributeError) as exc:
-        # webp 0.4.0 raises AttributeError when libwebp fails to encode (it reads a field its bindings do
-        # not declare); the only failures left once the side is checked are out of memory.
+    except (webp.WebPError, AttributeError, TypeError) as exc:
+        # webp 0.4.0 raises AttributeError when libwebp fails to encode (it reads an error field its
+        # bindings do not declare; a release that declares it would raise TypeError adding an int to a str).
+        # The only failures left once the side is checked are out of memory.
         raise ValueError(f"libwebp could not encode {image.size[0]}x{image.size[1]}: {exc}") from None
 
 

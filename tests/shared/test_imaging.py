@@ -173,3 +173,11 @@ def test_a_cutout_the_encoder_refuses_is_a_classified_rejection() -> None:
     with pytest.raises(ImageRejected) as info:
         encode_cutout(wide, fmt=CutoutFormat.WEBP, webp_quality=90)
     assert info.value.code == "encode_failed" and "webp" in str(info.value)
+
+
+@pytest.mark.parametrize("quality", [101, -5])
+def test_settings_libwebp_refuses_are_a_classified_rejection(quality: int) -> None:
+    cut = compose_cutout(Image.new("RGB", (8, 8)), np.zeros((8, 8), dtype=np.uint8))
+    with pytest.raises(ImageRejected) as info:
+        encode_cutout(cut, fmt=CutoutFormat.WEBP, webp_quality=quality)
+    assert info.value.code == "encode_failed"

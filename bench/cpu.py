@@ -402,6 +402,15 @@ def run(size: int, repeats: int, bound_ms: float) -> tuple[str, bool]:
     return f"Pillow encoders measured with {libs}.\n\n" + "\n".join(out), ok
 
 
+def run_header(started: datetime, libraries: str) -> str:
+    """The line a bench prints above its tables: machine, Python, the libraries measured, date, duration."""
+    return (
+        f"Machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} usable CPUs; Python "
+        f"{platform.python_version()}, {libraries}. Run {started:%Y-%m-%d %H:%M} UTC, "
+        f"{(datetime.now(UTC) - started).total_seconds():.0f} s.\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024)
@@ -411,11 +420,12 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     report, ok = run(args.size, args.repeats, args.bound_ms)
     print(
-        f"Machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} usable CPUs; Python "
-        f"{platform.python_version()}, Pillow {PIL.__version__} (libwebp {PIL.features.version('webp')}, "
-        f"libjpeg-turbo {PIL.features.version('jpg')}, zlib {PIL.features.version('zlib')}), numpy "
-        f"{np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads). Run "
-        f"{started:%Y-%m-%d %H:%M} UTC, {(datetime.now(UTC) - started).total_seconds():.0f} s.\n"
+        run_header(
+            started,
+            f"Pillow {PIL.__version__} (libwebp {PIL.features.version('webp')}, libjpeg-turbo "
+            f"{PIL.features.version('jpg')}, zlib {PIL.features.version('zlib')}), numpy {np.__version__}, torch "
+            f"{torch.__version__} ({torch.get_num_threads()} threads)",
+        )
     )
     print(report)
     return 0 if ok else 1

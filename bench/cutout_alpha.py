@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
 import statistics
 import sys
 from collections.abc import Callable
@@ -32,9 +31,17 @@ import PIL.features
 import webp
 from PIL import Image
 
-from bench.cpu import MATTES, Table, cpu_ms, load_tiny_backend, load_uploads, make_mattes, mean_max
+from bench.cpu import MATTES, Table, cpu_ms, load_tiny_backend, load_uploads, make_mattes, mean_max, run_header
 from shared.contracts.events import CutoutFormat
-from shared.imaging import CUTOUT_WEBP_METHOD, DEFAULT_WEBP_QUALITY, compose_cutout, decode_rgb, encode_cutout
+from shared.imaging import (
+    CUTOUT_WEBP_METHOD,
+    DEFAULT_WEBP_QUALITY,
+    compose_cutout,
+    decode_rgb,
+    encode_cutout,
+    encode_webp_rgba,
+    soft_share,
+)
 
 TEXTURED_SHARES = (0.05, 0.1, 0.2, 0.4, 0.7)
 
@@ -46,10 +53,9 @@ def pillow(cut: Image.Image) -> bytes:
 
 
 def libwebp(cut: Image.Image, alpha_filtering: int) -> bytes:
-    config = webp.WebPConfig.new(quality=DEFAULT_WEBP_QUALITY, method=CUTOUT_WEBP_METHOD)
-    config.ptr.alpha_quality = 100
-    config.ptr.alpha_filtering = alpha_filtering
-    return bytes(webp.WebPPicture.from_numpy(np.asarray(cut)).encode(config).buffer())
+    return encode_webp_rgba(
+        np.asarray(cut), quality=DEFAULT_WEBP_QUALITY, method=CUTOUT_WEBP_METHOD, alpha_filtering=alpha_filtering
+    )
 
 
 def encoders() -> dict[str, Callable[[Image.Image], bytes]]:
@@ -71,10 +77,6 @@ def webp_libwebp_version() -> str:
     so = next(Path(webp.__file__).parent.glob("_webp*.so"))
     v = int(ctypes.CDLL(str(so)).WebPGetEncoderVersion())
     return f"{v >> 16}.{(v >> 8) & 255}.{v & 255}"
-
-
-def soft_share(mask: np.ndarray) -> float:
-    return float(np.count_nonzero((mask > 0) & (mask < 255)) / mask.size)
 
 
 def run(size: int, repeats: int) -> tuple[str, bool]:
@@ -121,11 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     report, ok = run(args.size, args.repeats)
     print(
-        f"Machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} usable CPUs; Python "
-        f"{platform.python_version()}, Pillow {PIL.__version__} (libwebp {PIL.features.version('webp')}), "
-        f"webp {__import__('importlib.metadata').metadata.version('webp')} (libwebp {webp_libwebp_version()}). "
-        f"Run {started:%Y-%m-%d %H:%M} UTC, "
-        f"{(datetime.now(UTC) - started).total_seconds():.0f} s.\n"
+        run_header(
+            started,
+            f"Pillow {PIL.__version__} (libwebp {PIL.features.version('webp')}), webp "
+            f"{__import__('importlib.metadata').metadata.version('webp')} (libwebp {webp_libwebp_version()})",
+        )
     )
     print(report)
     return 0 if ok else 1

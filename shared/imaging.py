@@ -215,35 +215,45 @@ _ALPHA_FILTER_FAST = 1
 _MAX_SOFT_SHARE_FOR_NO_FILTER = 0.5
 
 
-def _alpha_filtering(alpha: np.ndarray) -> int:
+def soft_share(alpha: np.ndarray) -> float:
+    """The share of soft pixels (0 < alpha < 255) of a matte."""
     # alpha - 1 wraps 0 to 255, so "< 254" is exactly 1..254: one pass, no temporary boolean pair.
-    soft = np.count_nonzero((alpha - np.uint8(1)) < 254)
-    return _ALPHA_FILTER_NONE if soft <= _MAX_SOFT_SHARE_FOR_NO_FILTER * alpha.size else _ALPHA_FILTER_FAST
+    return int(np.count_nonzero((alpha - np.uint8(1)) < 254)) / max(alpha.size, 1)
+
+
+def _alpha_filtering(alpha: np.ndarray) -> int:
+    return _ALPHA_FILTER_NONE if soft_share(alpha) <= _MAX_SOFT_SHARE_FOR_NO_FILTER else _ALPHA_FILTER_FAST
 
 
 def _encode_webp_lossy(image: Image.Image, *, quality: int, method: int) -> bytes:
-    """Lossy RGB with an exact (lossless) alpha plane, through libwebp's full config (the `webp` package).
-
-    Pillow's encoder cannot choose the alpha plane's filter, which is half of a near-binary cut-out's CPU.
-    exact stays off: the encoder may discard RGB under fully transparent pixels, which nobody sees. An
-    all-opaque image is stored without an alpha plane, as Pillow's encoder does.
-    """
+    """Lossy RGB with an exact (lossless) alpha plane; the alpha filter chosen by the matte's soft share."""
     if max(image.size) > MAX_SIDE:
         raise ValueError(f"WebP stores at most {MAX_SIDE} pixels a side, not {image.size[0]}x{image.size[1]}")
     # compose_cutout already gives RGBA: converting again would copy 4 MiB per 1024x1024 cut-out.
     rgba = np.ascontiguousarray(np.asarray(image if image.mode == "RGBA" else image.convert("RGBA")))
+    return encode_webp_rgba(rgba, quality=quality, method=method, alpha_filtering=_alpha_filtering(rgba[..., 3]))
+
+
+def encode_webp_rgba(rgba: np.ndarray, *, quality: int, method: int, alpha_filtering: int) -> bytes:
+    """Encode an HxWx4 uint8 array through libwebp's full config (the `webp` package).
+
+    Pillow's encoder cannot choose the alpha plane's filter, which is half of a near-binary cut-out's CPU.
+    Alpha is lossless (alpha_quality 100). exact stays off: the encoder may discard RGB under fully
+    transparent pixels, which nobody sees. An all-opaque image is stored without an alpha plane, as
+    Pillow's encoder does.
+    """
     try:
         # WebPConfig.new validates the settings itself and raises WebPError for any libwebp refuses.
         config = webp.WebPConfig.new(quality=quality, method=method)
         config.ptr.alpha_quality = 100
-        config.ptr.alpha_filtering = _alpha_filtering(rgba[..., 3])
+        config.ptr.alpha_filtering = alpha_filtering
         picture = webp.WebPPicture.from_numpy(rgba)
         return bytes(picture.encode(config).buffer())
     except (webp.WebPError, AttributeError, TypeError) as exc:
         # webp 0.4.0 raises AttributeError when libwebp fails to encode (it reads an error field its
         # bindings do not declare; a release that declares it would raise TypeError adding an int to a str).
         # The only failures left once the side is checked are out of memory.
-        raise ValueError(f"libwebp could not encode {image.size[0]}x{image.size[1]}: {exc}") from None
+        raise ValueError(f"libwebp could not encode {rgba.shape[1]}x{rgba.shape[0]}: {exc}") from None
 
 
 def make_cutout(

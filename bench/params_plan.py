@@ -6,8 +6,10 @@
 Runs on the database a `bench.storage --keep` run left (ours). If it is not at head, it is upgraded first
 (migration 0012 builds ix_jobs_params_hash_created; the build time and index size are reported). Then for
 each of the storage bench's 8 param values (10% to 0.02% of jobs), interleaved per round, times
-client-side: ``plain``, the single statement jobs.sql by_params; ``chosen``, the repository's per-request
-choice (params_share, then by_params_hashes or by_params), and checks both return the same 20 jobs.
+client-side: ``plain``, the single statement jobs.sql by_params; ``two_trips``, the per-request choice as
+the repository made it until 2026-12-03 (params_share, then by_params_hashes or by_params: two round
+trips); ``chosen``, the repository's JobsRepository.by_params now (params.sql by_params_chosen: the
+choice and the read in one statement), and checks all three return the same 20 jobs.
 Connections use jit=off, as the services' pools do.
 """
 
@@ -18,6 +20,7 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +31,8 @@ from shared.db.migrate import current, head_revision, upgrade
 from shared.db.models import JobRecord
 from shared.db.pool import create_pool
 from shared.db.queryset import Queries, default_queries
-from shared.db.repositories import create_repositories
+from shared.db.repositories import Repositories, create_repositories
+from shared.db.repositories.jobs import RARE_PARAMS_MAX_HASHES, RARE_PARAMS_SHARE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,19 +60,48 @@ async def server_side(conn: asyncpg.Connection, q: Queries) -> dict[str, Any]:
     for p in PARAMS_MIX:
         s = await q.params_share(conn, contains=p)
         assert s is not None
-        rare = len(s["hashes"]) <= 16 and int(s["jobs"]) < 0.01 * int(s["all_jobs"])
-        pl, ch = [], []
+        rare = len(s["hashes"]) <= RARE_PARAMS_MAX_HASHES and int(s["jobs"]) < RARE_PARAMS_SHARE * int(s["all_jobs"])
+        pl, two, one = [], [], []
         for _ in range(7):
             pl.append(await server_ms(q.sql("by_params"), p, 20))
             share_ms = await server_ms(q.sql("params_share"), p)
             if rare:
-                ch.append(share_ms + await server_ms(q.sql("by_params_hashes"), list(s["hashes"]), 20))
+                two.append(share_ms + await server_ms(q.sql("by_params_hashes"), list(s["hashes"]), 20))
             else:
-                ch.append(share_ms + pl[-1])
+                two.append(share_ms + pl[-1])
+            one.append(await server_ms(q.sql("by_params_chosen"), p, 20, RARE_PARAMS_SHARE, RARE_PARAMS_MAX_HASHES))
         server[json.dumps(p)] = {"path": "hashes" if rare else "created_at/GIN",
                                  "plain_ms": round(statistics.median(pl), 2),
-                                 "chosen_ms": round(statistics.median(ch), 2)}
+                                 "two_trips_ms": round(statistics.median(two), 2),
+                                 "chosen_ms": round(statistics.median(one), 2)}
     return server
+
+
+Variant = tuple[str, Callable[[dict[str, Any]], Awaitable[list[JobRecord]]]]
+
+
+def _variants(conn: asyncpg.Connection, q: Queries, repos: Repositories) -> tuple[Variant, ...]:
+    """The three ways to answer one value, by name, in the order they are timed."""
+
+    async def plain(contains: dict[str, Any]) -> list[JobRecord]:
+        rows = await q.by_params(conn, contains=contains, limit=20)
+        return [JobRecord.from_row(r) for r in rows]
+
+    async def two_trips(contains: dict[str, Any]) -> list[JobRecord]:
+        share = await q.params_share(conn, contains=contains)
+        assert share is not None
+        hashes = list(share["hashes"])
+        rare = int(share["jobs"]) < RARE_PARAMS_SHARE * int(share["all_jobs"])
+        if len(hashes) <= RARE_PARAMS_MAX_HASHES and rare:
+            rows = await q.by_params_hashes(conn, hashes=hashes, limit=20) if hashes else []
+        else:
+            rows = await q.by_params(conn, contains=contains, limit=20)
+        return [JobRecord.from_row(r) for r in rows]
+
+    async def chosen(contains: dict[str, Any]) -> list[JobRecord]:
+        return await repos.jobs.by_params(conn, contains=contains, limit=20)
+
+    return (("plain", plain), ("two_trips", two_trips), ("chosen", chosen))
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -88,27 +121,22 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree('ix_jobs_params_hash_created')") or 0)
             out["jobs"] = int(await conn.fetchval("SELECT count(*) FROM image_process_jobs"))
 
-            async def plain(contains: dict[str, Any]) -> list[JobRecord]:
-                rows = await q.by_params(conn, contains=contains, limit=20)
-                return [JobRecord.from_row(r) for r in rows]
-
-            async def chosen(contains: dict[str, Any]) -> list[JobRecord]:
-                return await repos.jobs.by_params(conn, contains=contains, limit=20)
-
-            times: dict[str, dict[str, list[float]]] = {json.dumps(p): {"plain": [], "chosen": []} for p in PARAMS_MIX}
+            variants = _variants(conn, q, repos)
+            times: dict[str, dict[str, list[float]]] = {json.dumps(p): {n: [] for n, _ in variants} for p in PARAMS_MIX}
             shares: dict[str, Any] = {}
             for p in PARAMS_MIX:
-                assert [r.job_id for r in await plain(p)] == [r.job_id for r in await chosen(p)], p
+                answers = {name: [r.job_id for r in await fn(p)] for name, fn in variants}
+                assert answers["two_trips"] == answers["chosen"] == answers["plain"], p
                 s = await q.params_share(conn, contains=p)
                 assert s is not None
                 shares[json.dumps(p)] = {"hashes": len(s["hashes"]),
                                          "share": round(int(s["jobs"]) / max(1, int(s["all_jobs"])), 5)}
                 for _ in range(3):
-                    await plain(p)
-                    await chosen(p)
+                    for _, fn in variants:
+                        await fn(p)
             for _ in range(args.runs):
                 for p in PARAMS_MIX:
-                    for name, fn in (("plain", plain), ("chosen", chosen)):
+                    for name, fn in variants:
                         t = time.perf_counter()
                         await fn(p)
                         times[json.dumps(p)][name].append((time.perf_counter() - t) * 1000)
@@ -116,7 +144,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 k: {**shares[k], **{n: f"{statistics.median(v):.2f} / {pct(v, 0.95):.2f} ms" for n, v in d.items()}}
                 for k, d in times.items()
             }
-            for name in ("plain", "chosen"):
+            for name, _ in variants:
                 every = [x for d in times.values() for x in d[name]]
                 out[f"all_values_{name}"] = f"{statistics.median(every):.2f} / {pct(every, 0.95):.2f} ms"
             out["server_side_median"] = await server_side(conn, q)

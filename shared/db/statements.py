@@ -500,6 +500,24 @@ class Statements(abc.ABC):
     ) -> list[asyncpg.Record]:
         return await self._rows("by_params_hashes", conn, hashes=hashes, limit=limit)
 
+    async def by_params_chosen(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        contains: Any,
+        limit: int | None,
+        rare_share: Any,
+        max_hashes: int | None,
+    ) -> list[asyncpg.Record]:
+        return await self._rows(
+            "by_params_chosen",
+            conn,
+            contains=contains,
+            limit=limit,
+            rare_share=rare_share,
+            max_hashes=max_hashes,
+        )
+
     # -- partitions.sql ---------------------------------------------------------------------------------------------
 
     async def ensure_partitions(

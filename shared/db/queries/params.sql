@@ -1,5 +1,8 @@
--- Design query 4 (params containment) for rare values (migration 0012), chosen per request by
--- JobsRepository.by_params from what params_daily_counts says about the value.
+-- Design query 4 (params containment) for rare values (migration 0012), chosen per request from what
+-- params_daily_counts says about the value. JobsRepository.by_params runs by_params_chosen (one statement,
+-- migration 0016); params_share and by_params_hashes are its two steps as separate statements, which is
+-- how it ran before 0016: bench.params_plan times them as its baseline, and params_share shows an operator
+-- or a test a value's share and combinations.
 -- Note for editors: aiosql reads a colon followed by a word as a parameter, comments included.
 
 -- name: params_share(contains)^
@@ -32,3 +35,9 @@ CROSS JOIN LATERAL (
 ) j
 ORDER BY j.created_at DESC, j.job_id DESC
 LIMIT :limit;
+
+-- name: by_params_chosen(contains, limit, rare_share, max_hashes)
+-- params_share's choice and the read it chooses, in one round trip, planned once per connection: the
+-- statement is rmbg_jobs_by_params (migration 0016), which holds both branches and why.
+SELECT (r.job_row).*, r.tag_names AS tags
+FROM rmbg_jobs_by_params(:contains::jsonb, :limit::int, :rare_share::float8, :max_hashes::int) AS r;

@@ -478,24 +478,17 @@ class JobsRepository:
     ) -> list[JobRecord]:
         """Design query 4: jobs whose params contain ``contains`` (JSONB @>), newest first.
 
-        The plan is chosen per request from params_daily_counts (params.sql params_share): a value on under
-        RARE_PARAMS_SHARE of the last 7 days' jobs, spread over at most RARE_PARAMS_MAX_HASHES combinations, is read per
-        matching params_hash from ix_jobs_params_hash_created (migration 0012); a common one walks
-        ix_jobs_created_at newest first (jobs.sql by_params), which stops at LIMIT early. The counts come
-        from the stats service, so a combination accepted for the first time moments ago can be missing
-        from the rare path until it is counted.
+        The path is chosen per request, inside the one statement (params.sql by_params_chosen, migration
+        0016), from params_daily_counts: a value on under RARE_PARAMS_SHARE of the last 7 days' jobs, spread
+        over at most RARE_PARAMS_MAX_HASHES combinations, is read per matching params_hash from
+        ix_jobs_params_hash_created (migration 0012); any other walks the jobs newest first and stops at
+        ``limit``. The counts come from the stats service, so a combination accepted for the first time
+        moments ago can be missing from the rare path until it is counted.
         """
         limit = _check_limit(limit)
-        share = await self._q.params_share(conn, contains=contains)
-        if share is not None:
-            hashes: list[str] = list(share["hashes"])
-            all_jobs = int(share["all_jobs"])
-            if len(hashes) <= RARE_PARAMS_MAX_HASHES and int(share["jobs"]) < RARE_PARAMS_SHARE * all_jobs:
-                if not hashes:
-                    return []
-                rows = await self._q.by_params_hashes(conn, hashes=hashes, limit=limit)
-                return [JobRecord.from_row(row) for row in rows]
-        rows = await self._q.by_params(conn, contains=contains, limit=limit)
+        rows = await self._q.by_params_chosen(
+            conn, contains=contains, limit=limit, rare_share=RARE_PARAMS_SHARE, max_hashes=RARE_PARAMS_MAX_HASHES
+        )
         return [JobRecord.from_row(row) for row in rows]
 
     async def user_job_quartiles(

@@ -60,8 +60,19 @@ async def test_rare_and_common_values_match_the_plain_statement(
         assert rare["all_jobs"] == 303
         common = await repos.jobs._q.params_share(conn, contains={"cutout_format": "png"})
         assert common is not None and list(common["hashes"]) == ["h-common", "h-rare-b"] and common["jobs"] == 301
+        # by_params is one statement with both paths; only the chosen one runs. A job of a combination not
+        # counted yet is seen by the plain walk only, so a rare value's answer without it shows that the walk
+        # did not run (with both, UNION ALL would also repeat the three counted jobs).
+        uncounted = await raw_job(
+            conn, at=NOW, user_id=user, params={"threshold": 0.05, "cutout_format": "jpeg"}, params_hash="h-new"
+        )
+        rare_answer = await repos.jobs.by_params(conn, contains={"threshold": 0.05}, limit=20)
+        plain_answer = await _plain(conn, repos, {"threshold": 0.05})
+        assert [j.job_id for j in plain_answer][1:] == [j.job_id for j in rare_answer] and len(rare_answer) == 3
+        assert plain_answer[0].job_id == uncounted
         # The rare path reads the new index.
         await conn.execute("SET LOCAL enable_seqscan = off")
         plan = "\n".join(r[0] for r in await conn.fetch(
             "EXPLAIN " + repos.jobs._q.sql("by_params_hashes"), ["h-rare-a"], 20))
         assert "ix_jobs_params_hash_created" in plan or "params_hash_created" in plan
+

@@ -40,7 +40,7 @@ async def test_empty_database_upgrades_to_head(scratch_database: ScratchDb) -> N
     dsn = await scratch_database()
     assert await asyncio.to_thread(current, dsn) is None
     await asyncio.to_thread(upgrade, dsn)
-    assert await asyncio.to_thread(current, dsn) == head_revision() == "0016"
+    assert await asyncio.to_thread(current, dsn) == head_revision() == "0017"
     # A second upgrade is a no-op.
     await asyncio.to_thread(upgrade, dsn)
 
@@ -192,7 +192,7 @@ def test_config_does_not_depend_on_cwd(tmp_path: Path) -> None:
     here = Path.cwd()
     os.chdir(tmp_path)
     try:
-        assert head_revision() == "0016"
+        assert head_revision() == "0017"
         assert (script_location() / "env.py").is_file()
         sql = render_sql(None)
     finally:

@@ -321,3 +321,37 @@ async def test_a_month_detached_before_0014_is_finished_after_the_upgrade(scratc
         assert batch.last_sha is not None
     finally:
         await conn.close()
+
+
+async def test_0017_keys_are_unchanged_and_its_downgrade_restores_0014s_functions(scratch_database: ScratchDb) -> None:
+    """0017 rewrites the key functions over their parts: the same keys before, at and after it."""
+    import io
+
+    from alembic import command
+
+    from shared.db.migrate import alembic_config
+
+    derive = """
+        SELECT rmbg_original_key(NULL, 'jpg', $1), rmbg_original_key('s3://b/k', 'jpg', $1),
+               rmbg_mask_key(NULL, 'webp', $1, 'briaai/RMBG-2.0', NULL, '{"threshold": 0.0125}'),
+               rmbg_mask_key(NULL, NULL, $1, 'm', 'r', '{}'),
+               rmbg_cutout_key(NULL, 'png', $1, '/models/x y/', 'rév/1', 'h1'),
+               rmbg_cutout_key('processed/kept', 'png', $1, 'm', 'r', 'h1')
+    """
+    sha = bytes.fromhex("ab" * 32)
+    dsn = await scratch_database()
+    await asyncio.to_thread(upgrade, dsn, "0016")
+    conn = await asyncpg.connect(dsn)
+    try:
+        before = tuple(await conn.fetchrow(derive, sha) or ())
+        await asyncio.to_thread(upgrade, dsn, "0017")
+        assert tuple(await conn.fetchrow(derive, sha) or ()) == before
+        assert await conn.fetchval("SELECT to_regproc('rmbg_mask_key_of') IS NOT NULL")
+        cfg = alembic_config()
+        cfg.output_buffer = buffer = io.StringIO()
+        command.downgrade(cfg, "0017:0016", sql=True)
+        await conn.execute(buffer.getvalue())
+        assert tuple(await conn.fetchrow(derive, sha) or ()) == before
+        assert await conn.fetchval("SELECT to_regproc('rmbg_mask_key_of') IS NULL")
+    finally:
+        await conn.close()

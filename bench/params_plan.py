@@ -50,7 +50,9 @@ def pct(xs: list[float], q: float) -> float:
 
 async def server_side(conn: asyncpg.Connection, q: Queries) -> dict[str, Any]:
     # Server-side planning + execution (EXPLAIN ANALYZE), less exposed to a busy client machine than
-    # the client-side times: medians of 7 runs per value; chosen = params_share + the statement used.
+    # the client-side times: medians of 7 runs per value. two_trips = params_share + the statement it
+    # chooses; chosen = the one statement, whose function's plans are cached after its first call on this
+    # connection (the earlier client-side rounds made them), so its planning is not in these figures.
     async def server_ms(sql: str, *a: Any) -> float:
         raw = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *a)
         plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]  # the pool's json codec may decode it

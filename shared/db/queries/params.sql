@@ -37,7 +37,12 @@ ORDER BY j.created_at DESC, j.job_id DESC
 LIMIT :limit;
 
 -- name: by_params_chosen(contains, limit, rare_share, max_hashes)
--- params_share's choice and the read it chooses, in one round trip, planned once per connection: the
--- statement is rmbg_jobs_by_params (migration 0016), which holds both branches and why.
+-- params_share's choice and the read it chooses, in one round trip, on plans made once per connection:
+-- rmbg_jobs_by_params (migration 0016) holds the paths and why. The NOT EXISTS reads nothing; it names
+-- image_process_jobs so that this statement's cached plan depends on the table, and a migration that
+-- changes its columns makes the statement prepare again (the function's row type alone is not a
+-- dependency PostgreSQL tracks: the columns would stay as prepared).
 SELECT (r.job_row).*, r.tag_names AS tags
-FROM rmbg_jobs_by_params(:contains::jsonb, :limit::int, :rare_share::float8, :max_hashes::int) AS r;
+FROM rmbg_jobs_by_params(:contains::jsonb, :limit::int, :rare_share::float8, :max_hashes::int) AS r
+WHERE NOT EXISTS (SELECT FROM ONLY image_process_jobs WHERE false)
+ORDER BY (r.job_row).created_at DESC, (r.job_row).job_id DESC;

@@ -3,16 +3,22 @@ one walks created_at; both give the answer of jobs.sql by_params."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from shared.db.migrate import upgrade
 from shared.db.models import JobRecord
-from shared.db.repositories import Repositories
+from shared.db.pool import create_pool
+from shared.db.repositories import Repositories, create_repositories
+from shared.ids import uuid7
 from tests.shared.db.conftest import JobFactory, rolled_back, unique_user
 
 NOW = datetime.now(UTC)
+ScratchDb = Callable[[], Awaitable[str]]
 
 
 async def _plain(conn: asyncpg.Connection, repos: Repositories, contains: dict[str, Any]) -> list[JobRecord]:
@@ -70,9 +76,55 @@ async def test_rare_and_common_values_match_the_plain_statement(
         plain_answer = await _plain(conn, repos, {"threshold": 0.05})
         assert [j.job_id for j in plain_answer][1:] == [j.job_id for j in rare_answer] and len(rare_answer) == 3
         assert plain_answer[0].job_id == uncounted
+        # A LIMIT below the matches, on both paths (the uncounted job is the plain walk's alone).
+        for contains in ({"threshold": 0.05}, {"cutout_format": "png"}):
+            expected = [j for j in await _plain(conn, repos, contains) if j.job_id != uncounted][:2]
+            assert await repos.jobs.by_params(conn, contains=contains, limit=2) == expected, contains
+        # No counts for the week (the stats service behind): the plain statement, planned for the value.
+        await conn.execute("DELETE FROM params_daily_counts")
+        for contains in ({"threshold": 0.05}, {"cutout_format": "png"}):
+            expected = await _plain(conn, repos, contains)
+            assert await repos.jobs.by_params(conn, contains=contains, limit=20) == expected, contains
+        assert uncounted in {j.job_id for j in await repos.jobs.by_params(conn, contains={"threshold": 0.05})}
+        config = await conn.fetchval("SELECT proconfig FROM pg_proc WHERE proname = 'rmbg_jobs_by_params'")
+        assert config == ["plan_cache_mode=force_generic_plan"]
         # The rare path reads the new index.
         await conn.execute("SET LOCAL enable_seqscan = off")
         plan = "\n".join(r[0] for r in await conn.fetch(
             "EXPLAIN " + repos.jobs._q.sql("by_params_hashes"), ["h-rare-a"], 20))
         assert "ix_jobs_params_hash_created" in plan or "params_hash_created" in plan
 
+
+
+async def test_a_column_change_prepares_the_statement_again(scratch_database: ScratchDb) -> None:
+    """by_params_chosen names image_process_jobs, so asyncpg's cached statement follows a migration that adds
+    or drops a column (the function's row type alone would keep the columns as first prepared)."""
+    dsn = await scratch_database()
+    await asyncio.to_thread(upgrade, dsn)
+    pool = await create_pool(dsn, min_size=1, max_size=1, command_timeout=30)
+    repos = create_repositories()
+    try:
+        async with pool.acquire() as conn:
+            user = unique_user("pc")
+            job_id = uuid7()
+            assert await repos.jobs.insert_job(
+                conn, job_id=job_id, user_id=user, original_ext="png", content_sha256="ef" * 32, original_bytes=1,
+                image_width=1, image_height=1, params={"threshold": 0.5}, params_hash="h-pc", model_name="m",
+                source="http", tags=[],
+            )
+
+            async def keys() -> set[str]:
+                rows = await repos.jobs._q.by_params_chosen(
+                    conn, contains={"threshold": 0.5}, limit=20, rare_share=0.01, max_hashes=16
+                )
+                assert [r["job_id"] for r in rows] == [job_id]
+                return set(rows[0].keys())
+
+            first = await keys()
+            assert first == await keys()  # cached
+            await conn.execute("ALTER TABLE image_process_jobs ADD COLUMN zz_later int")
+            assert await keys() == first | {"zz_later"}
+            await conn.execute("ALTER TABLE image_process_jobs DROP COLUMN zz_later, DROP COLUMN queue_offset")
+            assert await keys() == first - {"queue_offset"}
+    finally:
+        await pool.close()

@@ -478,12 +478,13 @@ class JobsRepository:
     ) -> list[JobRecord]:
         """Design query 4: jobs whose params contain ``contains`` (JSONB @>), newest first.
 
-        The path is chosen per request, inside the one statement (params.sql by_params_chosen, migration
-        0016), from params_daily_counts: a value on under RARE_PARAMS_SHARE of the last 7 days' jobs, spread
-        over at most RARE_PARAMS_MAX_HASHES combinations, is read per matching params_hash from
-        ix_jobs_params_hash_created (migration 0012); any other walks the jobs newest first and stops at
-        ``limit``. The counts come from the stats service, so a combination accepted for the first time
-        moments ago can be missing from the rare path until it is counted.
+        The path is chosen per request, in the one round trip (params.sql by_params_chosen, migration 0016),
+        from params_daily_counts: a value on under RARE_PARAMS_SHARE of the last 7 days' jobs, spread over
+        at most RARE_PARAMS_MAX_HASHES combinations, is read per matching params_hash from
+        ix_jobs_params_hash_created (migration 0012); a common one walks the jobs newest first and stops at
+        ``limit``; one the counts cannot judge runs jobs.sql by_params planned for the call. The counts come
+        from the stats service, so a combination accepted for the first time moments ago can be missing
+        from the rare path until it is counted.
         """
         limit = _check_limit(limit)
         rows = await self._q.by_params_chosen(

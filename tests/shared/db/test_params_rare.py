@@ -14,6 +14,7 @@ from shared.db.migrate import upgrade
 from shared.db.models import JobRecord
 from shared.db.pool import create_pool
 from shared.db.repositories import Repositories, create_repositories
+from shared.db.repositories.jobs import RARE_PARAMS_MAX_HASHES, RARE_PARAMS_SHARE
 from shared.ids import uuid7
 from tests.shared.db.conftest import JobFactory, rolled_back, unique_user
 
@@ -66,9 +67,8 @@ async def test_rare_and_common_values_match_the_plain_statement(
         assert rare["all_jobs"] == 303
         common = await repos.jobs._q.params_share(conn, contains={"cutout_format": "png"})
         assert common is not None and list(common["hashes"]) == ["h-common", "h-rare-b"] and common["jobs"] == 301
-        # by_params is one statement with both paths; only the chosen one runs. A job of a combination not
-        # counted yet is seen by the plain walk only, so a rare value's answer without it shows that the walk
-        # did not run (with both, UNION ALL would also repeat the three counted jobs).
+        # by_params runs only the chosen path. A job of a combination not counted yet is seen by the plain walk
+        # only, so a rare value's answer without it shows that the walk did not run.
         uncounted = await raw_job(
             conn, at=NOW, user_id=user, params={"threshold": 0.05, "cutout_format": "jpeg"}, params_hash="h-new"
         )
@@ -95,7 +95,6 @@ async def test_rare_and_common_values_match_the_plain_statement(
         assert "ix_jobs_params_hash_created" in plan or "params_hash_created" in plan
 
 
-
 async def test_a_column_change_prepares_the_statement_again(scratch_database: ScratchDb) -> None:
     """by_params_chosen names image_process_jobs, so asyncpg's cached statement follows a migration that adds
     or drops a column (the function's row type alone would keep the columns as first prepared)."""
@@ -115,7 +114,8 @@ async def test_a_column_change_prepares_the_statement_again(scratch_database: Sc
 
             async def keys() -> set[str]:
                 rows = await repos.jobs._q.by_params_chosen(
-                    conn, contains={"threshold": 0.5}, limit=20, rare_share=0.01, max_hashes=16
+                    conn, contains={"threshold": 0.5}, limit=20, rare_share=RARE_PARAMS_SHARE,
+                    max_hashes=RARE_PARAMS_MAX_HASHES,
                 )
                 assert [r["job_id"] for r in rows] == [job_id]
                 return set(rows[0].keys())

@@ -147,9 +147,7 @@ class _NullS3:
 # Which of the project's statements belong to which part of the work (anything else: "other").
 _PHASES = {
     "partitions": ("retire_month", "drop_retired", "retired_months", "list_partitions"),
-    # Older trees' names stay, so that a baseline run from one splits its time the same way.
-    "object references": ("doom_month", "doomed_batch", "mark_run", "clear_run", "empty_doomed",
-                          "retired_unreferenced", "retired_objects", "referenced_contents", "contents_in_range",
+    "object references": ("retired_unreferenced", "retired_objects", "referenced_contents", "contents_in_range",
                           "lock_objects_exclusive", "paths_for_contents"),
     "cutoff month rows": ("delete_before", "count_before"),
     "params counts": ("prune_params_counts",),

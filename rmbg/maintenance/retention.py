@@ -5,12 +5,12 @@ jobs partition, then DROP once its objects are gone): no DELETE, so no bloat and
 the cutoff's own month is trimmed row by row, in bounded batches.
 
 An object is deleted only when no remaining job has the same content: keys derive from content, so a
-newer job of the same image still owns its original, mask and cut-out. A retired month is checked in one
-statement while uploads go on; an upload racing it is either seen by the check, or claims its content
-(migration 0018), or is stored again after the delete, which runs under an exclusive advisory lock that
-intake takes shared while it inserts its row. Rows go first and objects second: a crash in between leaves
-orphan objects (which `rmbg fsck --repair` removes), never a row pointing at a deleted object. A retired
-month that was detached but not yet dropped is finished by the next run.
+newer job of the same image still owns its original, mask and cut-out. The reference check and the
+delete run under an exclusive advisory lock that intake takes shared while it stores an original and
+inserts its row, so an upload racing the retention is either seen by the check or stored again after
+the delete. Rows go first and objects second: a crash in between leaves orphan objects (which
+`rmbg fsck --repair` removes), never a row pointing at a deleted object. A retired month that was
+detached but not yet dropped is finished by the next run.
 """
 
 from __future__ import annotations
@@ -26,18 +26,12 @@ import asyncpg
 from shared.db import Database
 from shared.db.models import ContentObjects
 from shared.db.partitions import month_start
-from shared.exceptions import TransientError
 from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-# Doomed contents per locked batch of a retired month (about 2.3 keys each, so a dozen S3 delete requests
-# of up to 1,000 keys under one hold of the lock), and rows deleted per batch from the cutoff's month.
+# Rows read per round trip from a retired month, and deleted per batch from the cutoff's month.
 _BATCH = 5000
-
-
-class RetentionBusy(TransientError):
-    """Another retention run holds the run lock: try again when it has ended."""
 
 
 @dataclass
@@ -79,20 +73,6 @@ class Retention:
     async def run(self, *, cutoff: datetime, dry_run: bool = False) -> RetentionReport:
         if cutoff.tzinfo is None:
             raise ValueError("cutoff must be timezone-aware")
-        if dry_run:  # reads only
-            return await self._run(cutoff=cutoff, dry_run=True)
-        # One run at a time (a CronJob that overran its schedule, an operator by hand): the run's mark,
-        # claims and doomed keys are single tables. The lock is a session lock on a connection of its own,
-        # so it lapses with the process; the pool needs two connections (PostgresSettings: 10).
-        async with self._db.pool.acquire() as lock_conn:
-            if not await self._db.retention.try_lock_run(lock_conn):
-                raise RetentionBusy("another retention run is in progress (it holds advisory lock 7270/4)")
-            try:
-                return await self._run(cutoff=cutoff, dry_run=False)
-            finally:
-                await self._db.retention.unlock_run(lock_conn)
-
-    async def _run(self, *, cutoff: datetime, dry_run: bool) -> RetentionReport:
         started = time.perf_counter()
         report = RetentionReport(cutoff=cutoff, dry_run=dry_run)
         boundary = month_start(cutoff)
@@ -134,40 +114,23 @@ class Retention:
         await self._finish_retired(month, report)
 
     async def _finish_retired(self, month: date, report: RetentionReport) -> None:
-        """Delete the objects of a detached month that no job uses, then drop it.
+        """Delete the objects of a detached month that no remaining job uses, then drop it.
 
-        The month is checked in one statement without the objects lock (a sequential read of the month
-        and one of the remaining jobs' content index; batches under the lock read it in hash order, 288
-        statements for a month at 10M jobs). What keeps an intake of the same content safe meanwhile
-        (migration 0018): the run is marked first, so every job inserted from then on claims its content;
-        then the lock is taken exclusively once and let go, so every intake that held it shared before the
-        mark was visible has committed, and the check, which starts after, sees its row. The deletes then
-        go per batch under the exclusive lock, skipping what was claimed."""
-        try:
-            async with self._db.pool.acquire() as conn:
-                async with conn.transaction():
-                    await self._db.retention.mark_run(conn, month=month)
-                async with conn.transaction():
-                    await self._db.jobs.lock_objects_exclusive(conn)  # the barrier: released at once
-                checked = await self._db.retention.doom_month(conn, month=month)
-            report.objects_kept_shared += checked.kept
-            after = b""
-            while True:
-                async with self._db.pool.acquire() as conn, conn.transaction():
-                    await self._db.jobs.lock_objects_exclusive(conn)
-                    batch = await self._db.retention.doomed_batch(conn, after_sha=after, limit=_BATCH)
-                    if batch.last_sha is None:
-                        break
-                    report.objects_kept_shared += batch.kept
-                    await self._delete_locked(conn, list(batch.doomed), report)
-                after = batch.last_sha
-            async with self._db.pool.acquire() as conn:
-                await self._db.retention.drop_retired(conn, month=month)
-        finally:
-            # Also after a failure: the month stays detached and the next run checks it again, so the mark
-            # must not keep every insert claiming until then.
-            async with self._db.pool.acquire() as conn:
-                await self._db.retention.end_run(conn)
+        Each batch is read, checked against the remaining jobs and its keys deleted under one hold of the
+        objects lock (the check and the keys to delete are one statement, retention.sql
+        retired_unreferenced), so the shared contents' keys never reach Python."""
+        after = b""
+        while True:
+            async with self._db.pool.acquire() as conn, conn.transaction():
+                await self._db.jobs.lock_objects_exclusive(conn)
+                batch = await self._db.retention.retired_unreferenced(conn, month=month, after_sha=after, limit=_BATCH)
+                if batch.last_sha is None:
+                    break
+                report.objects_kept_shared += batch.kept
+                await self._delete_locked(conn, list(batch.doomed), report)
+            after = batch.last_sha
+        async with self._db.pool.acquire() as conn:
+            await self._db.retention.drop_retired(conn, month=month)
 
     async def _trim_boundary(self, cutoff: datetime, boundary: date, report: RetentionReport, *, dry_run: bool) -> None:
         month_from = _utc(boundary)

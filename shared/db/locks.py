@@ -24,10 +24,7 @@ class AdvisoryLock(IntEnum):
     # Transaction lock of stats writers (stats.sql apply_event): fixes the order in which batches touch
     # days, so two batches wait for each other instead of deadlocking.
     STATS = 2
-    # Transaction lock on stored objects (retention.sql): exclusive while retention deletes objects (and
-    # while it checks the cutoff month's rows), shared while intake stores an original and inserts its row.
+    # Transaction lock on stored objects (retention.sql): exclusive while retention checks references
+    # and deletes objects, shared while intake stores an original and inserts its row.
     OBJECTS = 3
-    # Session lock of rmbg/maintenance/retention.py, tried, never waited on: one run at a time, because a
-    # run's mark, claims and doomed keys (migration 0018) are single tables that a second run would reset.
-    RETENTION = 4
 

@@ -204,16 +204,10 @@ class ContentObjects(NamedTuple):
     paths: tuple[str, ...]  # original, mask, cut-out: what the jobs named (an upstream s3:// original too)
 
 
-class DoomedMonth(NamedTuple):
-    """A retired month checked against the remaining jobs (retention.sql doom_month)."""
-
-    doomed: int  # contents no remaining job uses, waiting in retention_doomed with their keys
-    kept: int  # distinct keys that stay because a remaining job has their content
-
-
 class RetiredBatch(NamedTuple):
-    """One batch of a retired month's doomed contents (retention.sql doomed_batch): the object keys to
-    delete, and how many keys stay because a job inserted during the run claimed their content."""
+    """One batch of a retired month, already checked against the remaining jobs (retention.sql
+    retired_unreferenced): the object keys to delete, and how many of its keys stay because a remaining
+    job has the same content."""
 
     last_sha: bytes | None  # the batch's highest content hash (the next batch starts above it); None: done
     kept: int

@@ -543,32 +543,15 @@ class Statements(abc.ABC):
     async def retired_months(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
         return await self._rows("retired_months", conn)
 
-    async def lock_retention(self, conn: asyncpg.Connection) -> Any:
-        return await self._value("lock_retention", conn)
-
-    async def unlock_retention(self, conn: asyncpg.Connection) -> Any:
-        return await self._value("unlock_retention", conn)
-
-    async def clear_run(self, conn: asyncpg.Connection) -> str:
-        return await self._status("clear_run", conn)
-
-    async def mark_run(self, conn: asyncpg.Connection, *, month: date | None) -> str:
-        return await self._status("mark_run", conn, month=month)
-
-    async def doom_month(self, conn: asyncpg.Connection, *, month: date | None) -> asyncpg.Record | None:
-        return await self._row("doom_month", conn, month=month)
-
-    async def doomed_batch(
+    async def retired_unreferenced(
         self,
         conn: asyncpg.Connection,
         *,
+        month: date | None,
         after_sha: bytes | None,
-        max_contents: int | None,
+        max_rows: int | None,
     ) -> asyncpg.Record | None:
-        return await self._row("doomed_batch", conn, after_sha=after_sha, max_contents=max_contents)
-
-    async def empty_doomed(self, conn: asyncpg.Connection) -> str:
-        return await self._status("empty_doomed", conn)
+        return await self._row("retired_unreferenced", conn, month=month, after_sha=after_sha, max_rows=max_rows)
 
     async def drop_retired(self, conn: asyncpg.Connection, *, month: date | None) -> str:
         return await self._status("drop_retired", conn, month=month)

@@ -7,48 +7,35 @@ SELECT rmbg_retire_month(:month::date);
 -- name: retired_months()
 SELECT m AS month FROM rmbg_retired_months() AS m;
 
--- A retired month's objects (migration 0018, rmbg/maintenance/retention.py has the order): mark the run,
--- let the objects lock go round once, check the whole month in one statement without the lock, then
--- delete per batch, under the lock, the doomed contents no new job has claimed.
-
--- name: lock_retention()$
--- Session lock of one retention run: the run's marks, claims and doomed keys are its own.
-SELECT pg_try_advisory_lock(7270, 4);  -- shared/db/locks.py RETENTION
-
--- name: unlock_retention()$
-SELECT pg_advisory_unlock(7270, 4);  -- shared/db/locks.py RETENTION
-
--- name: clear_run()!
--- What a run leaves (also one that was interrupted): with no run marked, inserts record no claims.
-WITH claims AS (DELETE FROM retention_claims) DELETE FROM retention_runs;
-
--- name: mark_run(month)!
--- From the commit of this mark on, every insert of jobs records their contents (trg_jobs_retention_claim).
-INSERT INTO retention_runs (month) VALUES (:month::date);
-
--- name: doom_month(month)^
--- The whole detached month checked against the remaining jobs in one statement (rmbg_retention_doom):
--- retention_doomed then holds each unused content with its keys. Returns the doomed contents and the
--- distinct keys kept because a remaining job has their content.
-SELECT doomed, kept FROM rmbg_retention_doom(:month::date);
-
--- name: doomed_batch(after_sha, max_contents)^
--- Up to max_contents doomed contents after after_sha, in hash order; run under lock_objects_exclusive. A
--- content a job inserted since the run was marked has claimed is kept (its keys counted), the others'
--- keys are returned to delete (distinct: the keys of one content are distinct, and name their content).
-WITH b AS MATERIALIZED (
-    SELECT d.content_sha256, d.paths,
-           EXISTS (SELECT FROM retention_claims c WHERE c.content_sha256 = d.content_sha256) AS claimed
-    FROM retention_doomed d
-    WHERE d.content_sha256 > :after_sha::bytea
-    ORDER BY d.content_sha256 LIMIT :max_contents::int
+-- name: retired_unreferenced(month, after_sha, max_rows)^
+-- One batch of a detached month (rmbg_retired_rows: about max_rows job rows after after_sha, in hash
+-- order, no content split), checked against the remaining jobs in this one statement; run under
+-- lock_objects_exclusive. Returns the batch's last hash (NULL: the month is done), how many keys of the
+-- batch a remaining job still uses through its content (kept), and the keys no remaining job uses
+-- (doomed, with repeats when several retired jobs named one key). The EXISTS carries the batch's hash
+-- range as the index bound, so it is planned as one range scan of each partition's ix_jobs_content,
+-- hashed, and a lookup per row (the 0.2% of the hash space a batch covers; ~41k index tuples at 1M or
+-- 10M jobs), not as a probe per content and partition, nor as a client-sent array. A failed upload's
+-- original_path names the upstream's object (s3://...): not ours to delete, not counted.
+WITH r AS MATERIALIZED (
+    SELECT * FROM rmbg_retired_rows(:month::date, :after_sha::bytea, :max_rows::int)
+), hi AS MATERIALIZED (
+    SELECT content_sha256 AS sha FROM r ORDER BY content_sha256 DESC LIMIT 1
+), flagged AS MATERIALIZED (
+    SELECT r.*, EXISTS (
+        SELECT 1 FROM image_process_jobs j
+        WHERE j.content_sha256 = r.content_sha256
+          AND j.content_sha256 > :after_sha::bytea AND j.content_sha256 <= (SELECT sha FROM hi)
+    ) AS used
+    FROM r
 )
-SELECT (SELECT b.content_sha256 FROM b ORDER BY b.content_sha256 DESC LIMIT 1) AS last_sha,
-       (SELECT coalesce(sum(cardinality(b.paths)), 0) FROM b WHERE b.claimed)::int AS kept,
-       ARRAY(SELECT unnest(b.paths) FROM b WHERE NOT b.claimed) AS doomed;
-
--- name: empty_doomed()!
-TRUNCATE retention_doomed;
+SELECT (SELECT sha FROM hi) AS last_sha,
+       (SELECT count(DISTINCT k.path) FROM flagged f
+        CROSS JOIN LATERAL (VALUES (f.original_path), (f.mask_path), (f.processed_path)) k(path)
+        WHERE f.used AND k.path NOT LIKE 's3://%')::int AS kept,
+       ARRAY(SELECT k.path FROM flagged f
+             CROSS JOIN LATERAL (VALUES (f.original_path), (f.mask_path), (f.processed_path)) k(path)
+             WHERE NOT f.used AND k.path NOT LIKE 's3://%') AS doomed;
 
 -- name: drop_retired(month)!
 SELECT rmbg_drop_retired(:month::date);
@@ -110,10 +97,9 @@ SELECT job_id, created_at, status, content_sha256,
 FROM image_process_jobs WHERE content_sha256 >= :low::bytea AND content_sha256 < :high::bytea;
 
 -- name: lock_objects_exclusive()!
--- Retention holds this while it deletes objects (and once, briefly, as a barrier before a month's check);
--- intake holds it shared while it inserts its row, so an upload of the same content either lands before
--- the barrier (and the check sees its row), claims its content (migration 0018), or comes after the delete
--- (and stores the object again).
+-- Retention holds this while it checks references and deletes objects; intake holds it shared while it
+-- stores an original and inserts its row, so an upload of the same content either lands before the
+-- check (and is seen) or after the delete (and stores the object again).
 SELECT pg_advisory_xact_lock(7270, 3);  -- shared/db/locks.py OBJECTS
 
 -- name: lock_objects_shared()!

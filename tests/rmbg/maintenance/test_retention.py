@@ -7,20 +7,18 @@ import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-import asyncpg
 import numpy as np
 import pytest
 from PIL import Image
 
 import rmbg.maintenance.retention as retention_module
 from rmbg.maintenance.fsck import Fsck
-from rmbg.maintenance.retention import Retention, RetentionBusy
+from rmbg.maintenance.retention import Retention
 from shared.contracts import CutoutFormat, ProcessingParams
 from shared.db import Database
-from shared.db.models import DoomedMonth
 from shared.db.partitions import list_partitions
 from shared.ids import uuid7
 from shared.imaging import encode_mask_png, make_cutout
@@ -140,50 +138,3 @@ async def test_an_interrupted_retirement_is_finished_by_the_next_run(
     async with db.pool.acquire() as conn:
         assert await conn.fetch("SELECT * FROM rmbg_retired_months()") == []
     assert (await Fsck(db, store, executor).run(repair=False, grace=timedelta(0))).clean
-
-
-async def test_an_upload_during_the_months_check_keeps_the_objects_it_reuses(
-    db: Database, store: ObjectStore, executor: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The month's check runs without the objects lock (migration 0018). A new job of a retired content,
-    # inserted after the check saw no remaining job of it, must still keep its objects: its insert claims
-    # the content, and the locked delete skips it. The upload lands at the worst moment: right after the
-    # check, before the first delete.
-    now = datetime.now(UTC)
-    reused_photo = _photo(20)
-    old_reused = await _make_job(db, store, reused_photo, now - timedelta(days=240))
-    old_only = await _make_job(db, store, _photo(21), now - timedelta(days=240))
-    made: list[Made] = []
-    check = db.retention.doom_month
-
-    async def check_then_upload(conn: asyncpg.Connection, *, month: date) -> DoomedMonth:
-        checked = await check(conn, month=month)
-        assert checked.doomed == 2  # neither content had a remaining job when the check ran
-        made.append(await _make_job(db, store, reused_photo, now))
-        return checked
-
-    monkeypatch.setattr(db.retention, "doom_month", check_then_upload)
-    report = await Retention(db, store).run(cutoff=now - timedelta(days=180))
-    assert len(made) == 1
-    for key in old_reused.keys:  # the same keys as the new job's: content, model and parameters match
-        assert await _exists(store, key), f"object {key} of the racing upload was deleted"
-    for key in old_only.keys:
-        assert not await _exists(store, key)
-    assert report.objects_deleted == 3 and report.objects_kept_shared == 3
-    async with db.pool.acquire() as conn:  # the run cleared its mark: inserts claim nothing any more
-        assert await conn.fetchval("SELECT count(*) FROM retention_runs") == 0
-        assert await conn.fetchval("SELECT count(*) FROM retention_claims") == 0
-    assert (await Fsck(db, store, executor).run(repair=False, grace=timedelta(0))).clean
-
-
-async def test_a_second_run_while_one_holds_the_lock_is_refused(db: Database, store: ObjectStore) -> None:
-    async with db.pool.acquire() as conn:
-        assert await db.retention.try_lock_run(conn)
-        try:
-            with pytest.raises(RetentionBusy, match="in progress"):
-                await Retention(db, store).run(cutoff=datetime.now(UTC) - timedelta(days=180))
-            # A dry run only reads, and is not refused.
-            assert (await Retention(db, store).run(cutoff=datetime.now(UTC) - timedelta(days=180), dry_run=True))
-        finally:
-            await db.retention.unlock_run(conn)
-    await Retention(db, store).run(cutoff=datetime.now(UTC) - timedelta(days=180))

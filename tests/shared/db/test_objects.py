@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from shared.contracts.events import CutoutFormat
-from shared.db.models import ContentObjects, DoomedMonth, JobStatus, ShardJob
+from shared.db.models import ContentObjects, JobStatus, ShardJob
 from shared.db.partitions import ensure_partitions, month_start
 from shared.db.repositories import Repositories
 from shared.ids import uuid7, uuid7_time
@@ -64,7 +64,7 @@ async def test_delete_before_returns_content_objects(
         await tx.rollback()
 
 
-async def test_a_detached_month_is_checked_at_once_and_claimed_contents_are_kept(
+async def test_retired_unreferenced_checks_a_detached_month_against_the_remaining_jobs(
     conn: asyncpg.Connection, repos: Repositories, raw_job: JobFactory
 ) -> None:
     # Months of their own far ahead, so no other test's rows are in them; rolled back at the end.
@@ -94,21 +94,17 @@ async def test_a_detached_month_is_checked_at_once_and_claimed_contents_are_kept
 
         only = await job("only", retired)
         await job("only", retired + timedelta(hours=1))  # two retired jobs of one content: its keys once
-        await job("shared", retired)
+        shared = await job("shared", retired)
         await job("shared", later)  # a remaining job has the content: its keys stay
-        await job("upstream", retired, failed=True, original="s3://their-bucket/a.png")  # nothing of ours
+        upstream = await job("upstream", retired, failed=True, original="s3://their-bucket/a.png")
         failed = await job("failed", retired, failed=True)  # our original only, no mask or cut-out
         await conn.execute("SELECT rmbg_retire_month($1)", retired.date().replace(day=1))
         month = retired.date().replace(day=1)
-        assert await conn.fetchval("SELECT count(*) FROM retention_claims") == 0  # no run marked: no claims
-
-        await repos.retention.mark_run(conn, month=month)
-        assert await repos.retention.doom_month(conn, month=month) == DoomedMonth(doomed=2, kept=3)
 
         async def walk(limit: int) -> tuple[list[bytes], int, list[str]]:
             after, lasts, kept, doomed = b"", [], 0, []
             while True:
-                batch = await repos.retention.doomed_batch(conn, after_sha=after, limit=limit)
+                batch = await repos.retention.retired_unreferenced(conn, month=month, after_sha=after, limit=limit)
                 if batch.last_sha is None:
                     return lasts, kept, doomed
                 assert batch.last_sha > after
@@ -117,22 +113,14 @@ async def test_a_detached_month_is_checked_at_once_and_claimed_contents_are_kept
                 doomed.extend(batch.doomed)
                 after = batch.last_sha
 
-        only_keys = {f"{k}/{only.hex()}" for k in ("original", "mask", "processed")}
+        expected = {f"{k}/{only.hex()}" for k in ("original", "mask", "processed")} | {f"original/{failed.hex()}"}
         for limit in (1, 2, 100):
             lasts, kept, doomed = await walk(limit)
-            assert sorted(doomed) == sorted(only_keys | {f"original/{failed.hex()}"}), limit  # each key once
-            assert kept == 0, limit
-            assert lasts == (sorted([only, failed]) if limit == 1 else [max(only, failed)]), limit
-
-        # A job of `only` inserted while the run is marked claims it: its keys are no longer doomed.
-        await job("only", later)
-        assert bytes(await conn.fetchval("SELECT content_sha256 FROM retention_claims")) == only
-        lasts, kept, doomed = await walk(100)
-        assert doomed == [f"original/{failed.hex()}"] and kept == 3
-
-        await repos.retention.end_run(conn)
-        assert await conn.fetchval("SELECT count(*) FROM retention_doomed") == 0
-        await job("failed", later)  # the run has ended: nothing is claimed any more
-        assert await conn.fetchval("SELECT count(*) FROM retention_claims") == 0
+            assert sorted(doomed) == sorted(expected), limit  # each key once, even across batches
+            assert kept == 3, limit  # the shared content's three keys
+            if limit == 1:  # one content per batch: the two jobs of `only` are never split
+                assert lasts == sorted([only, shared, upstream, failed])
+            else:
+                assert lasts[-1] == max(only, shared, upstream, failed)
     finally:
         await tx.rollback()

@@ -41,7 +41,7 @@ async def test_empty_database_upgrades_to_head(scratch_database: ScratchDb) -> N
     dsn = await scratch_database()
     assert await asyncio.to_thread(current, dsn) is None
     await asyncio.to_thread(upgrade, dsn)
-    assert await asyncio.to_thread(current, dsn) == head_revision() == "0017"
+    assert await asyncio.to_thread(current, dsn) == head_revision() == "0018"
     # A second upgrade is a no-op.
     await asyncio.to_thread(upgrade, dsn)
 
@@ -193,7 +193,7 @@ def test_config_does_not_depend_on_cwd(tmp_path: Path) -> None:
     here = Path.cwd()
     os.chdir(tmp_path)
     try:
-        assert head_revision() == "0017"
+        assert head_revision() == "0018"
         assert (script_location() / "env.py").is_file()
         sql = render_sql(None)
     finally:
@@ -397,5 +397,51 @@ async def test_0017_keys_are_unchanged_and_its_downgrade_restores_0014s_function
         assert "rmbg_original_key(" in await conn.fetchval(
             "SELECT prosrc FROM pg_proc WHERE proname = 'rmbg_retired_rows'"
         )
+    finally:
+        await conn.close()
+
+
+async def test_0018_statement_triggers_and_their_downgrade(scratch_database: ScratchDb) -> None:
+    """0018's triggers behave as 0001's and 0009's did (a webhook due once when its job ends, a terminal row
+    refused), and its downgrade restores those row triggers."""
+    import io
+
+    from alembic import command
+
+    from shared.db.migrate import alembic_config
+
+    dsn = await scratch_database()
+    await asyncio.to_thread(upgrade, dsn)
+    conn = await asyncpg.connect(dsn)
+    triggers = "SELECT array_agg(DISTINCT tgname ORDER BY tgname) FROM pg_trigger WHERE tgname LIKE 'trg_jobs_%'"
+    try:
+        await conn.execute(FILL_SQL)
+
+        async def behaves() -> None:
+            job_id, created_at = await conn.fetchrow(
+                "SELECT job_id, created_at FROM image_process_jobs WHERE status = 'pending' LIMIT 1")
+            await conn.execute(
+                "INSERT INTO webhooks (job_id, created_at, user_id, url) VALUES ($1, $2, 'mig', 'https://h.example')",
+                job_id, created_at)
+            await conn.execute("UPDATE image_process_jobs SET status = 'processing' WHERE job_id = $1", job_id)
+            assert await conn.fetchval("SELECT state FROM webhooks WHERE job_id = $1", job_id) == "pending"
+            await conn.execute(
+                "UPDATE image_process_jobs SET status = 'failed', error_message = 'e', completed_at = now() "
+                "WHERE job_id = $1", job_id)
+            assert await conn.fetchval("SELECT event_type FROM webhooks WHERE job_id = $1 AND state = 'due'",
+                                       job_id) == "job.failed"
+            for change in ("status = 'processing'", "error_message = 'x'"):
+                with pytest.raises(asyncpg.IntegrityConstraintViolationError):
+                    await conn.execute(f"UPDATE image_process_jobs SET {change} WHERE job_id = $1", job_id)
+
+        assert await conn.fetchval(triggers) == [
+            "trg_jobs_status_guard", "trg_jobs_webhook_due_insert", "trg_jobs_webhook_due_update"]
+        await behaves()
+        cfg = alembic_config()
+        cfg.output_buffer = buffer = io.StringIO()
+        command.downgrade(cfg, "0018:0017", sql=True)
+        await conn.execute(buffer.getvalue())
+        assert await conn.fetchval(triggers) == ["trg_jobs_status_guard", "trg_jobs_webhook_due"]
+        await behaves()
     finally:
         await conn.close()

@@ -9,8 +9,10 @@ from uuid import UUID
 
 import asyncpg
 
+from shared.contracts.events import CutoutFormat
 from shared.db.models import JobStatus
 from shared.db.repositories import Repositories
+from shared.db.repositories.jobs import Completion, Failure, Started
 from shared.db.repositories.webhooks import AttemptResult
 from shared.ids import uuid7, uuid7_time
 from tests.shared.db.conftest import JobFactory, sha_of, unique_user
@@ -239,3 +241,31 @@ async def test_prune_removes_old_jobs_webhooks_with_their_attempts(
     assert await repos.webhooks.prune(conn, before=cutoff) >= 1
     assert await repos.webhooks.get(conn, job_id=old) is None
     assert await conn.fetchval("SELECT count(*) FROM webhook_attempts WHERE job_id = $1", old) == 0
+
+
+async def test_a_batch_of_endings_makes_each_webhook_due_once(
+    conn: asyncpg.Connection, repos: Repositories, raw_job: JobFactory
+) -> None:
+    # One statement ends several jobs (transitions.sql): the statement trigger of 0018 makes each of their
+    # webhooks due with its own event, leaves the others alone, and a repeated batch owes nothing twice.
+    user = unique_user("wh")
+    done, failed, started, unhooked = [await _job(conn, raw_job, user) for _ in range(4)]
+    for job_id in (done, failed, started):
+        assert await _register(conn, repos, job_id, user) == "pending"
+    now = datetime.now(UTC)
+    completion = Completion(
+        job_id=done, cutout_format=CutoutFormat.WEBP, mask_bytes=10, processed_bytes=None,
+        model_name="briaai/RMBG-2.0", model_revision=None, processing_time_ms=5, completed_at=now, reused=False,
+    )
+    assert (await repos.jobs.mark_processing_many(conn, [Started(started, now, 1)])).keys() == {started}
+    assert (await repos.jobs.mark_completed_many(conn, [completion, completion._replace(job_id=unhooked)])).keys() == {
+        done, unhooked}
+    assert (await repos.jobs.mark_failed_many(conn, [Failure(failed, "boom", now)])).keys() == {failed}
+    rows = {j: await repos.webhooks.get(conn, job_id=j) for j in (done, failed, started)}
+    assert {j: (r.state, r.event_type) for j, r in rows.items() if r is not None} == {
+        done: ("due", "job.completed"), failed: ("due", "job.failed"), started: ("pending", None)}
+    assert await repos.webhooks.get(conn, job_id=unhooked) is None
+    # The repeat moves no job, and the rows that are due keep their first due time.
+    assert not (await repos.jobs.mark_completed_many(conn, [completion])).keys()
+    again = await repos.webhooks.get(conn, job_id=done)
+    assert again is not None and rows[done] is not None and again.due_at == rows[done].due_at

@@ -32,7 +32,7 @@ from shared.db.models import JobRecord
 from shared.db.pool import create_pool
 from shared.db.queryset import Queries, default_queries
 from shared.db.repositories import Repositories, create_repositories
-from shared.db.repositories.jobs import RARE_PARAMS_MAX_HASHES, RARE_PARAMS_SHARE
+from shared.db.repositories.jobs import RARE_PARAMS_MAX_HASHES, RARE_PARAMS_SHARE, is_rare_share
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,9 +49,8 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def _rare(share: asyncpg.Record) -> bool:
-    """params_share's answer judged as the repository judged it before 0016 (the two-trip baseline)."""
-    return len(share["hashes"]) <= RARE_PARAMS_MAX_HASHES and int(share["jobs"]) < RARE_PARAMS_SHARE * int(
-        share["all_jobs"])
+    """params_share's answer judged by the repository's rule (the two-trip baseline's choice)."""
+    return is_rare_share(hashes=len(share["hashes"]), jobs=int(share["jobs"]), all_jobs=int(share["all_jobs"]))
 
 
 async def server_side(conn: asyncpg.Connection, q: Queries) -> dict[str, Any]:

@@ -324,6 +324,30 @@ class Statements(abc.ABC):
             limit=limit,
         )
 
+    async def list_jobs_by_hashes(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        hashes: list[str] | None,
+        status: str | None,
+        created_from: datetime | None,
+        created_to: datetime | None,
+        cursor_created_at: datetime | None,
+        cursor_job_id: UUID | None,
+        limit: Any,
+    ) -> list[asyncpg.Record]:
+        return await self._rows(
+            "list_jobs_by_hashes",
+            conn,
+            hashes=hashes,
+            status=status,
+            created_from=created_from,
+            created_to=created_to,
+            cursor_created_at=cursor_created_at,
+            cursor_job_id=cursor_job_id,
+            limit=limit,
+        )
+
     async def list_jobs_for_user(
         self,
         conn: asyncpg.Connection,

@@ -503,6 +503,17 @@ class JobsRepository:
             rows = await self._q.user_job_quartiles(conn, since=_aware(since))
         return [UserJobCount(str(r["user_id"]), int(r["job_count"]), int(r["quartile"])) for r in rows]
 
+    async def _rare_hashes(self, conn: asyncpg.Connection, contains: dict[str, Any]) -> list[str] | None:
+        """The params_hash of every combination containing ``contains`` when the value is rare
+        (:func:`is_rare_share`), else None. As for by_params, a combination first accepted moments ago may be
+        missing from the counts (the stats service fills them)."""
+        share = await self._q.params_share(conn, contains=contains)
+        assert share is not None  # an aggregate: one row
+        hashes = list(share["hashes"])
+        if is_rare_share(hashes=len(hashes), jobs=int(share["jobs"]), all_jobs=int(share["all_jobs"])):
+            return hashes
+        return None
+
     async def list_jobs(
         self,
         conn: asyncpg.Connection,
@@ -541,6 +552,20 @@ class JobsRepository:
             rows = await self._q.list_jobs_by_tag(conn, tag=tag_name, user_id=user_id, **args)
         elif user_id is not None:
             rows = await self._q.list_jobs_for_user(conn, user_id=user_id, **args)
+        elif params and (hashes := await self._rare_hashes(conn, params)) is not None:
+            # A rare value read per params_hash: the walk below filters every job for it (0.5-0.9 s warm at
+            # 10M jobs, and past the 30 s statement timeout with a status filter). The extra round trip
+            # costs a common value about 2 ms (BENCHMARKS.md, "list_jobs for a rare params value").
+            rows = await self._q.list_jobs_by_hashes(
+                conn,
+                hashes=hashes,
+                status=args["status"],
+                created_from=args["created_from"],
+                created_to=args["created_to"],
+                cursor_created_at=args["cursor_created_at"],
+                cursor_job_id=args["cursor_job_id"],
+                limit=args["limit"],
+            )
         else:
             rows = await self._q.list_jobs(conn, **args)
         records = [JobRecord.from_row(row) for row in rows[:limit]]
@@ -549,6 +574,13 @@ class JobsRepository:
             last = records[-1]
             next_cursor = encode_cursor(last.created_at, last.job_id)
         return records, next_cursor
+
+
+def is_rare_share(*, hashes: int, jobs: int, all_jobs: int) -> bool:
+    """Whether params.sql params_share's answer makes a value rare: on under RARE_PARAMS_SHARE of the last
+    7 days' jobs, over at most RARE_PARAMS_MAX_HASHES combinations. No counts for the week (all_jobs 0)
+    judge nothing. Migration 0016's rmbg_jobs_by_params applies the same rule in SQL."""
+    return hashes <= RARE_PARAMS_MAX_HASHES and jobs < RARE_PARAMS_SHARE * all_jobs
 
 
 def normalise_tags(tags: list[str]) -> list[str]:

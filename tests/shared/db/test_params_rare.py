@@ -128,3 +128,66 @@ async def test_a_column_change_prepares_the_statement_again(scratch_database: Sc
             assert await keys() == first - {"queue_offset"}
     finally:
         await pool.close()
+
+
+async def test_list_jobs_reads_a_rare_value_per_hash_with_every_filter_and_the_cursor(
+    clean_conn: asyncpg.Connection, repos: Repositories, raw_job: JobFactory
+) -> None:
+    """list_jobs over all users with a rare params value reads per params_hash (jobs.sql list_jobs_by_hashes)
+    and gives the walk's pages under the status, time and cursor filters; a common value walks."""
+    conn = clean_conn
+    async with rolled_back(conn):
+        await conn.execute("DELETE FROM params_daily_counts")
+        await conn.execute("DELETE FROM params_combos")
+        combos = {
+            "h-common": {"threshold": 0.5, "cutout_format": "png"},
+            "h-rare-a": {"threshold": 0.05, "cutout_format": "webp"},
+            "h-rare-b": {"threshold": 0.05, "cutout_format": "png"},
+        }
+        jobs = {"h-common": 30, "h-rare-a": 12, "h-rare-b": 9}
+        i = 0
+        for h, n in jobs.items():
+            for k in range(n):
+                i += 1
+                at = NOW - timedelta(days=i % 50, minutes=i)  # two months: two partitions
+                await raw_job(conn, at=at, user_id=unique_user("pl"), params=combos[h], params_hash=h,
+                              status=("failed", "completed", "pending")[k % 3])
+        # The counts say the value is on 21 of 10,021 jobs this week: rare (under 1%).
+        for h, n in {"h-common": 10000, "h-rare-a": 12, "h-rare-b": 9}.items():
+            await conn.execute(
+                "INSERT INTO params_daily_counts (stat_date, params_hash, params, jobs) VALUES ($1, $2, $3, $4)",
+                NOW.date() - timedelta(days=1), h, combos[h], n,
+            )
+        uncounted = await raw_job(
+            conn, at=NOW, user_id=unique_user("pl"), params={"threshold": 0.05, "cutout_format": "jpeg"},
+            params_hash="h-new",
+        )
+
+        rare = {"threshold": 0.05}
+        for filters in ({}, {"status": "failed"}, {"status": "pending"},
+                        {"created_from": NOW - timedelta(days=45), "created_to": NOW - timedelta(days=35)}):
+            walked = [j for page in await _pages(conn, repos, rare, walk=True, **filters) for j in page]
+            read = [j for page in await _pages(conn, repos, rare, walk=False, **filters) for j in page]
+            # Only the walk sees the combination the counts do not know yet: that is how the rare path shows.
+            assert read == [j for j in walked if j != uncounted] and read, filters
+        assert uncounted in [j for page in await _pages(conn, repos, rare, walk=True) for j in page]
+        # A common value walks: the repository's pages are the walk's, the uncounted job included.
+        for contains in ({"cutout_format": "png"}, {}):
+            assert await _pages(conn, repos, contains, walk=False) == await _pages(conn, repos, contains, walk=True)
+
+
+async def _pages(
+    conn: asyncpg.Connection, repos: Repositories, contains: dict[str, Any], *, walk: bool, **filters: Any
+) -> list[list[Any]]:
+    """list_jobs' pages of 5 over all users. walk: with the week's counts hidden (rolled back), so that no
+    value is judged rare and jobs.sql list_jobs walks."""
+    pages: list[list[Any]] = []
+    cursor = None
+    while True:
+        async with rolled_back(conn):
+            if walk:
+                await conn.execute("DELETE FROM params_daily_counts")
+            page, cursor = await repos.jobs.list_jobs(conn, params=contains, cursor=cursor, limit=5, **filters)
+        pages.append([j.job_id for j in page])
+        if cursor is None:
+            return pages

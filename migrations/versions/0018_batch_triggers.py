@@ -13,7 +13,11 @@ and 1.0 ms in the status guard of 0001 (a PL/pgSQL call per row, also for every 
   table cannot go with a column list, so the UPDATE trigger fires for every UPDATE statement, not only
   those that SET status; the join keeps only rows that ended (completed or failed) whose webhook is still
   pending, so the effect is the row trigger's: due once, when the job ends (an operator's repair of an
-  ended job finds it no longer pending).
+  ended job finds it no longer pending). Two differences: PostgreSQL fires a statement trigger only for the
+  table a statement names, so job rows must be written through image_process_jobs, not a partition (no
+  code here names one; an operator's UPDATE must not either); and every INSERT or UPDATE statement keeps
+  its rows for the trigger, so a bulk load of millions of rows in one statement (bench/storage/load.py)
+  spills them to temporary files, where before it made one PL/pgSQL call per ended row.
 - The status guard keeps its PL/pgSQL function for what it refuses, and the allowed moves move into the
   trigger's WHEN clause, which PostgreSQL evaluates inline: pending to anything, processing to anything
   but pending. The function is now reached only by a row that was terminal or goes back from processing to

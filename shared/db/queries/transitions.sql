@@ -7,8 +7,8 @@
 -- The join probes each job's month partition by primary key (run-time pruning on created_at per row).
 -- Callers pass each job id once and in job_id order (the repository does): UPDATE ... FROM updates a row
 -- once even when several source rows match, and two batches that lock rows in the same order cannot
--- deadlock each other. The BEFORE UPDATE trigger of 0001 and the webhook trigger of 0009 fire per row as
--- they do for the single statements.
+-- deadlock each other. The status guard (0001, its allowed moves in the trigger's WHEN since 0018) is
+-- checked per row; the webhook trigger (0018) runs once per statement, for the rows it ended.
 -- Note for editors: aiosql reads a colon followed by a word as a parameter, comments included.
 
 -- name: mark_processing_many(job_ids, created_ats, started_ats, attempts)

@@ -433,6 +433,14 @@ async def test_0018_statement_triggers_and_their_downgrade(scratch_database: Scr
             for change in ("status = 'processing'", "error_message = 'x'"):
                 with pytest.raises(asyncpg.IntegrityConstraintViolationError):
                     await conn.execute(f"UPDATE image_process_jobs SET {change} WHERE job_id = $1", job_id)
+            # Delivered, then the ended row repaired: the trigger runs and owes nothing again.
+            await conn.execute("UPDATE webhooks SET state = 'delivered', delivered_at = now() WHERE job_id = $1",
+                               job_id)
+            async with conn.transaction():
+                await conn.execute("SET LOCAL rmbg.allow_terminal_update = on")
+                await conn.execute(
+                    "UPDATE image_process_jobs SET status = status, error_message = 'y' WHERE job_id = $1", job_id)
+            assert await conn.fetchval("SELECT state FROM webhooks WHERE job_id = $1", job_id) == "delivered"
 
         assert await conn.fetchval(triggers) == [
             "trg_jobs_status_guard", "trg_jobs_webhook_due_insert", "trg_jobs_webhook_due_update"]

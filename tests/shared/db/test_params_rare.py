@@ -19,6 +19,12 @@ from shared.ids import uuid7
 from tests.shared.db.conftest import JobFactory, rolled_back, unique_user
 
 NOW = datetime.now(UTC)
+# Three parameter combinations: threshold 0.05 is in two of them, cutout_format png in two.
+COMBOS: dict[str, dict[str, Any]] = {
+    "h-common": {"threshold": 0.5, "cutout_format": "png"},
+    "h-rare-a": {"threshold": 0.05, "cutout_format": "webp"},
+    "h-rare-b": {"threshold": 0.05, "cutout_format": "png"},
+}
 ScratchDb = Callable[[], Awaitable[str]]
 
 
@@ -35,11 +41,7 @@ async def test_rare_and_common_values_match_the_plain_statement(
         await conn.execute("DELETE FROM params_daily_counts")
         await conn.execute("DELETE FROM params_combos")
         user = unique_user("pr")
-        combos = {
-            "h-common": {"threshold": 0.5, "cutout_format": "png"},
-            "h-rare-a": {"threshold": 0.05, "cutout_format": "webp"},
-            "h-rare-b": {"threshold": 0.05, "cutout_format": "png"},
-        }
+        combos = COMBOS
         counts = {"h-common": 300, "h-rare-a": 2, "h-rare-b": 1}
         i = 0
         for h, n in counts.items():
@@ -139,11 +141,7 @@ async def test_list_jobs_reads_a_rare_value_per_hash_with_every_filter_and_the_c
     async with rolled_back(conn):
         await conn.execute("DELETE FROM params_daily_counts")
         await conn.execute("DELETE FROM params_combos")
-        combos = {
-            "h-common": {"threshold": 0.5, "cutout_format": "png"},
-            "h-rare-a": {"threshold": 0.05, "cutout_format": "webp"},
-            "h-rare-b": {"threshold": 0.05, "cutout_format": "png"},
-        }
+        combos = COMBOS
         jobs = {"h-common": 30, "h-rare-a": 12, "h-rare-b": 9}
         i = 0
         for h, n in jobs.items():

@@ -27,7 +27,9 @@ and 1.0 ms in the status guard of 0001 (a PL/pgSQL call per row, also for every 
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 
 from alembic import op
 
@@ -95,61 +97,30 @@ _UP = [
     """,
 ]
 
-# As 0001 and 0009 created them.
-_DOWN = [
-    "DROP TRIGGER trg_jobs_status_guard ON image_process_jobs",
-    """
-    CREATE OR REPLACE FUNCTION rmbg_jobs_status_guard() RETURNS trigger
-    LANGUAGE plpgsql AS $fn$
-    BEGIN
-        IF NEW.status = OLD.status THEN
-            IF OLD.status IN ('pending', 'processing')
-               OR current_setting('rmbg.allow_terminal_update', true) = 'on' THEN
-                RETURN NEW;
-            END IF;
-            RAISE EXCEPTION 'job % is % (a terminal state) and may not be updated', OLD.job_id, OLD.status
-                USING ERRCODE = 'integrity_constraint_violation',
-                      CONSTRAINT = 'image_process_jobs_status_forward_only',
-                      HINT = 'a terminal job is final; create a new job to process the image again';
-        END IF;
-        IF (OLD.status = 'pending' AND NEW.status IN ('processing', 'completed', 'failed'))
-           OR (OLD.status = 'processing' AND NEW.status IN ('completed', 'failed')) THEN
-            RETURN NEW;
-        END IF;
-        RAISE EXCEPTION 'job % may not move from status % to %', OLD.job_id, OLD.status, NEW.status
-            USING ERRCODE = 'integrity_constraint_violation',
-                  CONSTRAINT = 'image_process_jobs_status_forward_only',
-                  HINT = 'allowed: pending to processing, completed or failed; '
-                         'processing to completed or failed';
-    END
-    $fn$
-    """,
-    """
-    CREATE TRIGGER trg_jobs_status_guard
-        BEFORE UPDATE ON image_process_jobs
-        FOR EACH ROW EXECUTE FUNCTION rmbg_jobs_status_guard()
-    """,
-    "DROP TRIGGER trg_jobs_webhook_due_update ON image_process_jobs",
-    "DROP TRIGGER trg_jobs_webhook_due_insert ON image_process_jobs",
-    "DROP FUNCTION rmbg_webhooks_jobs_ended()",
-    """
-    CREATE FUNCTION rmbg_webhooks_job_ended() RETURNS trigger
-    LANGUAGE plpgsql AS $fn$
-    BEGIN
-        UPDATE webhooks w
-        SET state = 'due', event_type = 'job.' || NEW.status, due_at = now(), next_attempt_at = now()
-        WHERE w.job_id = NEW.job_id AND w.state = 'pending';
-        RETURN NULL;
-    END
-    $fn$
-    """,
-    """
-    CREATE TRIGGER trg_jobs_webhook_due
-        AFTER INSERT OR UPDATE OF status ON image_process_jobs
-        FOR EACH ROW WHEN (NEW.status IN ('completed', 'failed'))
-        EXECUTE FUNCTION rmbg_webhooks_job_ended()
-    """,
-]
+def _statements(revision_file: str, table: str, *needles: str) -> list[str]:
+    """The statements of an earlier migration's list ``table`` that contain every needle, as it wrote them
+    (read from its file beside this one, so that the downgrade restores exactly what it created)."""
+    spec = importlib.util.spec_from_file_location(f"_rmbg_{revision_file[:4]}", Path(__file__).with_name(revision_file))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found = [str(s) for s in getattr(module, table) if all(n in s for n in needles)]
+    assert len(found) == 1, (revision_file, needles, len(found))
+    return found
+
+
+def _down() -> list[str]:
+    guard = _statements("0001_initial_schema.py", "_JOBS", "CREATE FUNCTION rmbg_jobs_status_guard()")
+    return [
+        "DROP TRIGGER trg_jobs_status_guard ON image_process_jobs",
+        guard[0].replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1),  # it exists: 0018 replaced it
+        *_statements("0001_initial_schema.py", "_JOBS", "CREATE TRIGGER trg_jobs_status_guard"),
+        "DROP TRIGGER trg_jobs_webhook_due_update ON image_process_jobs",
+        "DROP TRIGGER trg_jobs_webhook_due_insert ON image_process_jobs",
+        "DROP FUNCTION rmbg_webhooks_jobs_ended()",
+        *_statements("0009_webhooks.py", "_UP", "CREATE FUNCTION rmbg_webhooks_job_ended()"),
+        *_statements("0009_webhooks.py", "_UP", "CREATE TRIGGER trg_jobs_webhook_due"),
+    ]
 
 
 def upgrade() -> None:
@@ -158,5 +129,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for statement in _DOWN:
+    for statement in _down():
         op.execute(statement)

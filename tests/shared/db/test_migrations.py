@@ -411,10 +411,22 @@ async def test_0018_statement_triggers_and_their_downgrade(scratch_database: Scr
     from shared.db.migrate import alembic_config
 
     dsn = await scratch_database()
-    await asyncio.to_thread(upgrade, dsn)
+    await asyncio.to_thread(upgrade, dsn, "0017")
     conn = await asyncpg.connect(dsn)
     triggers = "SELECT array_agg(DISTINCT tgname ORDER BY tgname) FROM pg_trigger WHERE tgname LIKE 'trg_jobs_%'"
+    # The definitions as PostgreSQL prints them: the downgrade must bring back exactly these.
+    definitions = """
+        SELECT array_agg(d ORDER BY d) FROM (
+            SELECT pg_get_functiondef(p.oid) AS d FROM pg_proc p
+            WHERE p.proname IN ('rmbg_jobs_status_guard', 'rmbg_webhooks_job_ended')
+            UNION ALL
+            SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t
+            WHERE t.tgrelid = 'image_process_jobs'::regclass AND t.tgname LIKE 'trg_jobs_%') x
+    """
     try:
+        at_0017 = await conn.fetchval(definitions)
+        assert len(at_0017) == 4
+        await asyncio.to_thread(upgrade, dsn, "0018")
         await conn.execute(FILL_SQL)
 
         async def behaves() -> None:
@@ -450,6 +462,7 @@ async def test_0018_statement_triggers_and_their_downgrade(scratch_database: Scr
         command.downgrade(cfg, "0018:0017", sql=True)
         await conn.execute(buffer.getvalue())
         assert await conn.fetchval(triggers) == ["trg_jobs_status_guard", "trg_jobs_webhook_due"]
+        assert await conn.fetchval(definitions) == at_0017
         await behaves()
     finally:
         await conn.close()

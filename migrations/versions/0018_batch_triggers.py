@@ -97,29 +97,28 @@ _UP = [
     """,
 ]
 
-def _statements(revision_file: str, table: str, *needles: str) -> list[str]:
-    """The statements of an earlier migration's list ``table`` that contain every needle, as it wrote them
+def _statement(revision_file: str, table: str, needle: str) -> str:
+    """The one statement of an earlier migration's list ``table`` that contains ``needle``, as it wrote it
     (read from its file beside this one, so that the downgrade restores exactly what it created)."""
     spec = importlib.util.spec_from_file_location(f"_rmbg_{revision_file[:4]}", Path(__file__).with_name(revision_file))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    found = [str(s) for s in getattr(module, table) if all(n in s for n in needles)]
-    assert len(found) == 1, (revision_file, needles, len(found))
+    (found,) = [str(s) for s in getattr(module, table) if needle in s]
     return found
 
 
 def _down() -> list[str]:
-    guard = _statements("0001_initial_schema.py", "_JOBS", "CREATE FUNCTION rmbg_jobs_status_guard()")
+    guard = _statement("0001_initial_schema.py", "_JOBS", "CREATE FUNCTION rmbg_jobs_status_guard()")
     return [
         "DROP TRIGGER trg_jobs_status_guard ON image_process_jobs",
-        guard[0].replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1),  # it exists: 0018 replaced it
-        *_statements("0001_initial_schema.py", "_JOBS", "CREATE TRIGGER trg_jobs_status_guard"),
+        guard.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1),  # it exists: 0018 replaced it
+        _statement("0001_initial_schema.py", "_JOBS", "CREATE TRIGGER trg_jobs_status_guard"),
         "DROP TRIGGER trg_jobs_webhook_due_update ON image_process_jobs",
         "DROP TRIGGER trg_jobs_webhook_due_insert ON image_process_jobs",
         "DROP FUNCTION rmbg_webhooks_jobs_ended()",
-        *_statements("0009_webhooks.py", "_UP", "CREATE FUNCTION rmbg_webhooks_job_ended()"),
-        *_statements("0009_webhooks.py", "_UP", "CREATE TRIGGER trg_jobs_webhook_due"),
+        _statement("0009_webhooks.py", "_UP", "CREATE FUNCTION rmbg_webhooks_job_ended()"),
+        _statement("0009_webhooks.py", "_UP", "CREATE TRIGGER trg_jobs_webhook_due"),
     ]
 
 

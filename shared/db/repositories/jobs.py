@@ -57,9 +57,9 @@ class _NewJob(TypedDict):
 
 
 class _ListFilters(TypedDict):
-    # The filters the three list_jobs statements share (see list_jobs).
+    # The filters the list_jobs statements share (see list_jobs); the walks also take params, the per-hash
+    # read has the params in its hashes.
     status: str | None
-    params: dict[str, Any] | None
     created_from: datetime | None
     created_to: datetime | None
     cursor_created_at: datetime | None
@@ -538,7 +538,6 @@ class JobsRepository:
         position = decode_cursor(cursor) if cursor else None
         args: _ListFilters = {
             "status": status,
-            "params": params,
             "created_from": _aware(created_from) if created_from is not None else None,
             "created_to": _aware(created_to) if created_to is not None else None,
             "cursor_created_at": position[0] if position else None,
@@ -549,25 +548,16 @@ class JobsRepository:
         tag_name = tag.strip().lower() if tag is not None else ""
         # One statement per shape, so each keeps a plan that uses its index (see jobs.sql).
         if tag_name:
-            rows = await self._q.list_jobs_by_tag(conn, tag=tag_name, user_id=user_id, **args)
+            rows = await self._q.list_jobs_by_tag(conn, tag=tag_name, user_id=user_id, params=params, **args)
         elif user_id is not None:
-            rows = await self._q.list_jobs_for_user(conn, user_id=user_id, **args)
+            rows = await self._q.list_jobs_for_user(conn, user_id=user_id, params=params, **args)
         elif params and (hashes := await self._rare_hashes(conn, params)) is not None:
             # A rare value read per params_hash: the walk below filters every job for it (0.5-0.9 s warm at
             # 10M jobs, and past the 30 s statement timeout with a status filter). The extra round trip
             # costs a common value about 2 ms (BENCHMARKS.md, "list_jobs for a rare params value").
-            rows = await self._q.list_jobs_by_hashes(
-                conn,
-                hashes=hashes,
-                status=args["status"],
-                created_from=args["created_from"],
-                created_to=args["created_to"],
-                cursor_created_at=args["cursor_created_at"],
-                cursor_job_id=args["cursor_job_id"],
-                limit=args["limit"],
-            )
+            rows = await self._q.list_jobs_by_hashes(conn, hashes=hashes, **args)
         else:
-            rows = await self._q.list_jobs(conn, **args)
+            rows = await self._q.list_jobs(conn, params=params, **args)
         records = [JobRecord.from_row(row) for row in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:

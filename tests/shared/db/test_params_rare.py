@@ -41,23 +41,22 @@ async def test_rare_and_common_values_match_the_plain_statement(
         await conn.execute("DELETE FROM params_daily_counts")
         await conn.execute("DELETE FROM params_combos")
         user = unique_user("pr")
-        combos = COMBOS
         counts = {"h-common": 300, "h-rare-a": 2, "h-rare-b": 1}
         i = 0
         for h, n in counts.items():
             for _ in range(n):
                 i += 1
                 at = NOW - timedelta(days=i % 50, minutes=i)  # two months: two partitions
-                await raw_job(conn, at=at, user_id=user, params=combos[h], params_hash=h)
+                await raw_job(conn, at=at, user_id=user, params=COMBOS[h], params_hash=h)
         for h, n in counts.items():
             await conn.execute(
                 "INSERT INTO params_daily_counts (stat_date, params_hash, params, jobs) VALUES ($1, $2, $3, $4)",
-                NOW.date() - timedelta(days=2), h, combos[h], n,
+                NOW.date() - timedelta(days=2), h, COMBOS[h], n,
             )
         # The trigger keeps one row per combination; an old day's row adds no combination and no recent jobs.
         await conn.execute(
             "INSERT INTO params_daily_counts (stat_date, params_hash, params, jobs) VALUES ($1, $2, $3, $4)",
-            NOW.date() - timedelta(days=30), "h-common", combos["h-common"], 1000,
+            NOW.date() - timedelta(days=30), "h-common", COMBOS["h-common"], 1000,
         )
         assert await conn.fetchval("SELECT count(*) FROM params_combos") == 3
         for contains in ({"threshold": 0.05}, {"threshold": 0.05, "cutout_format": "webp"}, {"threshold": 0.5},
@@ -141,20 +140,19 @@ async def test_list_jobs_reads_a_rare_value_per_hash_with_every_filter_and_the_c
     async with rolled_back(conn):
         await conn.execute("DELETE FROM params_daily_counts")
         await conn.execute("DELETE FROM params_combos")
-        combos = COMBOS
         jobs = {"h-common": 30, "h-rare-a": 12, "h-rare-b": 9}
         i = 0
         for h, n in jobs.items():
             for k in range(n):
                 i += 1
                 at = NOW - timedelta(days=i % 50, minutes=i)  # two months: two partitions
-                await raw_job(conn, at=at, user_id=unique_user("pl"), params=combos[h], params_hash=h,
+                await raw_job(conn, at=at, user_id=unique_user("pl"), params=COMBOS[h], params_hash=h,
                               status=("failed", "completed", "pending")[k % 3])
         # The counts say the value is on 21 of 10,021 jobs this week: rare (under 1%).
         for h, n in {"h-common": 10000, "h-rare-a": 12, "h-rare-b": 9}.items():
             await conn.execute(
                 "INSERT INTO params_daily_counts (stat_date, params_hash, params, jobs) VALUES ($1, $2, $3, $4)",
-                NOW.date() - timedelta(days=1), h, combos[h], n,
+                NOW.date() - timedelta(days=1), h, COMBOS[h], n,
             )
         uncounted = await raw_job(
             conn, at=NOW, user_id=unique_user("pl"), params={"threshold": 0.05, "cutout_format": "jpeg"},

@@ -6,6 +6,9 @@ embedded stack, the four services as supervised child processes) and the same su
 submit.py: HTTP and the upload topic, 20% uploads), here with 1024x1024 JPEG q90 photos (the five
 scikit-image samples, each job's bytes made distinct by a JPEG comment so no two jobs share objects);
 ``--images drill`` sends the drills' synthetic PNGs instead (a flat background and a blob, as ``make load``).
+``--params JSON`` gives every job those processing params (default none: the model's soft matte, which the
+tiny model makes textured; ``'{"threshold": 0.5}'`` gives binary mattes, closer to what a real model's
+near-binary matte costs to store).
 
 Each step of the sweep offers one rate for ``--duration`` seconds, then waits for every job it submitted to
 end (so a step starts on an empty pipeline and everything counted between its start and its end is its
@@ -68,6 +71,7 @@ from rmbg.drills.verify import drain, verify
 from rmbg.stack.processes import StackError
 from rmbg.stack.stack import EmbeddedStack
 from rmbg.supervisor import SERVICES
+from shared.contracts import ProcessingParams
 from shared.telemetry import STAGES
 
 GOAL_S = 0.5  # p95 from acceptance to completed under this plus the model's time
@@ -90,6 +94,8 @@ class SweepPlan:
     # "photos": the sample photos as JPEG; "drill": the drills' synthetic PNGs (a flat background and a blob,
     # rmbg.drills.submit.drill_image, what `make load` sends), far cheaper to encode as a cut-out.
     images: str = "photos"
+    # Every job's params (the submitter sends them over HTTP and in each upload event).
+    params: ProcessingParams = field(default_factory=ProcessingParams)
     drain_timeout_s: float = 240.0
     keep_up: float = 0.8
     backlog_s: float = 5.0
@@ -410,7 +416,9 @@ async def run_step(
     metrics_before = await scrape(metrics_urls)
     cpu_before = CpuSnapshot.take(stack, opts.state_dir)
     began, window_start = time.monotonic(), datetime.now(UTC)
-    submitter = Submitter(work, settings, api_url, time.monotonic() + duration_s + 60, images=source)
+    submitter = Submitter(
+        work, settings, api_url, time.monotonic() + duration_s + 60, images=source, params=plan.params
+    )
     await submitter.run()
     window_end, submit_s = datetime.now(UTC), time.monotonic() - began
     ids = submitter.tally.accepted
@@ -509,7 +517,7 @@ class SweepReport:
             item["kept_up"] = s.reason_not_kept_up(self.plan) is None
             steps.append(item)
         return {
-            "plan": asdict(self.plan),
+            "plan": asdict(self.plan) | {"params": self.plan.params.canonical()},
             "steps": steps,
             "stopped": self.stopped,
             "lost": self.lost,
@@ -539,6 +547,7 @@ def render(report: SweepReport) -> Iterator[str]:
         f"Sweep: {', '.join(f'{r:g}' for r in plan.rates)} jobs/s offered, {plan.duration_s:g} s each after a "
         f"{plan.warmup_s:g} s warm-up at {plan.warmup_rate:g}/s; {plan.image_side}x{plan.image_side} "
         f"{'JPEG q90 photos' if plan.images == 'photos' else 'synthetic PNGs (the drills)'}, "
+        f"params {json.dumps(plan.params.canonical())}, "
         f"{plan.upload_share:.0%} by the upload topic; started {report.started_at:%Y-%m-%d %H:%M} UTC, "
         f"{report.elapsed_s:.0f} s in all (stack and services up in {report.stack_up_s:.0f} s); load average "
         f"before {' '.join(f'{x:.2f}' for x in report.load_before)}, after "
@@ -705,10 +714,17 @@ async def run_sweep(opts: DrillOptions, plan: SweepPlan, console: Console) -> Sw
         await drain(dsn, accepted, plan.drain_timeout_s)
         conn = await asyncpg.connect(dsn, timeout=10)
         try:
+            ids = [uuid.UUID(j) for j in accepted]
             rows = await conn.fetch(
                 "SELECT status::text AS status, count(*) AS n FROM image_process_jobs "
                 "WHERE job_id = ANY($1::uuid[]) GROUP BY 1",
-                [uuid.UUID(j) for j in accepted],
+                ids,
+            )
+            # What was measured is what the header says: every job stored the plan's params.
+            other_params = await conn.fetchval(
+                "SELECT count(*) FROM image_process_jobs WHERE job_id = ANY($1::uuid[]) AND params <> $2::jsonb",
+                ids,
+                json.dumps(plan.params.canonical()),
             )
         finally:
             await conn.close()
@@ -718,6 +734,8 @@ async def run_sweep(opts: DrillOptions, plan: SweepPlan, console: Console) -> Sw
         if plan.verify:
             verdict = await verify(settings, accepted)
             problems = list(verdict.problems)
+        if other_params:
+            problems.append(f"{other_params} jobs stored params other than {json.dumps(plan.params.canonical())}")
         restarts = {k: v for k, v in svc.supervisor.restarts.items() if v}
         if restarts:
             problems.append(f"services restarted during the run: {restarts}")
@@ -758,6 +776,13 @@ def _uncommitted() -> list[str]:
     return []
 
 
+def _job_params(text: str) -> ProcessingParams:
+    try:
+        return ProcessingParams.model_validate_json(text)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise argparse.ArgumentTypeError(f"not valid job params: {exc}") from None
+
+
 def parse_args(argv: list[str] | None) -> tuple[DrillOptions, SweepPlan, Path | None]:
     p = drill_arguments(
         "python -m bench.pipeline",
@@ -783,6 +808,11 @@ def parse_args(argv: list[str] | None) -> tuple[DrillOptions, SweepPlan, Path | 
         choices=("photos", "drill"),
         help="photos: the sample photos as JPEG q90 (default); drill: the drills' synthetic PNGs, as make load",
     )
+    p.add_argument(
+        "--params",
+        type=_job_params,
+        help="every job's processing params as JSON, e.g. '{\"threshold\": 0.5}' (default {}: the soft matte)",
+    )
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     args = p.parse_args(argv)
     plan = SweepPlan.short() if args.short else SweepPlan()
@@ -796,6 +826,7 @@ def parse_args(argv: list[str] | None) -> tuple[DrillOptions, SweepPlan, Path | 
         "keep_up": args.keep_up,
         "backlog_s": args.backlog_s,
         "images": args.images,
+        "params": args.params,
     }
     fields = {k: v for k, v in changes.items() if v is not None}
     if args.no_stop:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from rmbg.keyring import KeyRing
 from shared.config import BaseServiceSettings
-from shared.contracts import Topics, UploadEvent
+from shared.contracts import ProcessingParams, Topics, UploadEvent
 from shared.ids import upload_job_id
 from shared.messaging import open_producer, publish
 from shared.storage import ObjectStore, open_object_store
@@ -101,8 +101,11 @@ class Submitter:
         api_url: str,
         deadline: float,
         images: ImageSource | None = None,
+        params: ProcessingParams | None = None,
     ) -> None:
         self.plan = plan
+        # Every job's params, sent as the form's JSON and in each upload event (default: none, the soft matte).
+        self.params = params or ProcessingParams()
         self.images: ImageSource = images or (lambda i: Upload(drill_image(i, plan.seed, plan.image_side)))
         self.settings = settings
         self.api_url = api_url
@@ -164,7 +167,7 @@ class Submitter:
 
     async def _http(self, index: int, image: Upload, client: httpx.AsyncClient) -> str | None:
         self.tally.submitted_http += 1
-        form = {"tags": "chaos,http", "params": json.dumps({})}
+        form = {"tags": "chaos,http", "params": json.dumps(self.params.canonical())}
         headers = await self.keys.headers(self.user_of(index))  # made in run(): no I/O here
         # A retry after a lost answer (ingest killed between its commit and the 202) must not make a
         # second job: the key names this submission, so the retry gets the first job back (200).
@@ -203,6 +206,7 @@ class Submitter:
             user_id=self.user_of(index),
             key=key,
             tags=["chaos", "upload"],
+            params=self.params,
             occurred_at=datetime.now(UTC),
         )
         if not await self._retrying("publish", lambda: self._publish(event)):

@@ -7,6 +7,7 @@ histogram quantile and the argument parsing are checked without servers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from bench import pipeline
 from bench.pipeline import Histo, SweepPlan, parse_args, photo_source, run_sweep
 from rmbg.drills.pipeline import DrillOptions
 from rmbg.supervisor import SERVICES
+from shared.contracts import ProcessingParams
 from shared.imaging import decode_rgb
 from tests.support.tiny_rmbg import build_tiny_rmbg
 
@@ -35,7 +37,12 @@ def test_arguments() -> None:
     assert (plan.rates, plan.duration_s, plan.stop_early, json_path) == ((1.0, 3.0), 20.0, False, None)
     assert opts.model_source == "m" and plan.images == "photos"
     assert parse_args(["--model-source", "m", "--images", "drill"])[1].images == "drill"
+    binary = parse_args(["--model-source", "m", "--params", '{"threshold": 0.5}'])[1]
+    assert binary.params == ProcessingParams(threshold=0.5)
+    with pytest.raises(SystemExit):  # argparse's error: a param the contract does not know
+        parse_args(["--model-source", "m", "--params", '{"treshold": 0.5}'])
     _, default, _ = parse_args(["--model-source", "m"])
+    assert default.params == ProcessingParams()
     assert default.rates == (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0, 12.0, 16.0, 20.0) and default.image_side == 1024
     # The default run stays bounded: at most every step and its drain, far under the Makefile's timeout.
     assert len(default.rates) * default.duration_s + default.warmup_s < 15 * 60
@@ -54,7 +61,8 @@ def test_photos_are_distinct_jpegs() -> None:
 async def test_one_short_step_against_the_real_servers(tmp_path: Path) -> None:
     model = build_tiny_rmbg(tmp_path / "tiny_rmbg")
     opts = DrillOptions(state_dir=tmp_path / "bench", model_source=str(model))
-    plan = SweepPlan.short()
+    # With params, so the run also checks that every job stored them (a problem, and not ok, otherwise).
+    plan = dataclasses.replace(SweepPlan.short(), params=ProcessingParams(threshold=0.5))
     console = Console(width=200)
     report = await run_sweep(opts, plan, console)
     text = report.tables()
@@ -77,5 +85,6 @@ async def test_one_short_step_against_the_real_servers(tmp_path: Path) -> None:
     assert set(step.cpu_loop_s) == set(SERVICES)
     # Clock ticks: a thread and its process are read at slightly different times.
     assert all(0 <= step.cpu_loop_s[n] <= step.cpu_s[n] + 0.05 for n in SERVICES), (step.cpu_loop_s, step.cpu_s)
+    assert 'params {"threshold": 0.5}' in text
     assert "| end_to_end |" in text and "| inference |" in text and "p95 ms" in text
     assert pipeline.GOAL_S == 0.5

@@ -55,6 +55,11 @@ class KafkaSettings(_Group):
     # Kafka's default message limit is 1 MiB; claim-check keeps every message far below it.
     max_message_bytes: int = Field(default=1_000_000, ge=10_000, le=1_048_576)
     request_timeout_ms: int = Field(default=15_000, ge=1000)
+    # How long the broker may hold a consumer's fetch when no partition has data: Kafka's and aiokafka's
+    # default. Kafka answers a parked fetch as soon as any of its partitions has a record, so this adds no
+    # latency there. The embedded stack's broker (Tansu) answers a fetch over several partitions only at
+    # this limit, so `rmbg up` and the drills set 100 ms for it (docs/test-servers.md).
+    fetch_max_wait_ms: int = Field(default=500, ge=1, le=60_000)
 
 
 class TopicSettings(_Group):

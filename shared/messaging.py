@@ -78,6 +78,7 @@ async def open_consumer(
         max_poll_interval_ms=600_000,
         fetch_max_bytes=16 * 1024 * 1024,
         max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         request_timeout_ms=max(kafka.request_timeout_ms, kafka.session_timeout_ms + 5000),
     )
     consumer.subscribe(topics=topics, listener=listener)
@@ -107,6 +108,7 @@ async def open_tail_consumer(kafka: KafkaSettings, *, topic: str, client_id: str
         # a tail reader wants what happens from now on.
         auto_offset_reset="latest",
         max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         request_timeout_ms=kafka.request_timeout_ms,
     )
     await consumer.start()
@@ -139,6 +141,7 @@ async def read_topic(kafka: KafkaSettings, topic: Topic[M], *, idle_s: float = 2
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         request_timeout_ms=kafka.request_timeout_ms,
     )
     await consumer.start()

@@ -110,7 +110,10 @@ async def test_stack_is_up(stack: StackEndpoints) -> None:
         assert "tansu-log" in names
     for name in stack.started:
         assert (stack.state_dir / "logs" / f"{name}.log").exists()
-    assert stack.as_env()["RMBG_KAFKA__BOOTSTRAP_SERVERS"] == stack.kafka_bootstrap
+    env = stack.as_env()
+    assert env["RMBG_KAFKA__BOOTSTRAP_SERVERS"] == stack.kafka_bootstrap
+    # Our Tansu holds a multi-partition fetch for its whole max wait: the services get a short one.
+    assert ("RMBG_KAFKA__FETCH_MAX_WAIT_MS" in env) == ("tansu" in stack.started)
     assert stack.s3_secret_key not in repr(stack)
 
 

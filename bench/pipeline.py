@@ -273,21 +273,25 @@ class CpuSnapshot:
     # A service's main thread, where its event loop runs (Kafka, S3 and PostgreSQL clients, JSON); the rest
     # of its CPU is its threads: the image pools (decode, encode) and any executor.
     loops: dict[str, tuple[int, float]] = field(default_factory=dict)
+    rss: dict[str, int] = field(default_factory=dict)  # a service's resident memory, bytes
 
     @classmethod
     def take(cls, stack: EmbeddedStack, state_dir: Path) -> CpuSnapshot:
         procs: dict[str, tuple[int, float]] = {}
         loops: dict[str, tuple[int, float]] = {}
+        rss: dict[str, int] = {}
         for name, pid in process_pids(stack, state_dir).items():
             with contextlib.suppress(psutil.Error):
                 if name in SERVICES:  # the thread first: the process, read after it, never counts less
-                    main = [t for t in psutil.Process(pid).threads() if t.id == pid]
+                    process = psutil.Process(pid)
+                    main = [t for t in process.threads() if t.id == pid]
                     if main:
                         loops[name] = (pid, main[0].user_time + main[0].system_time)
+                    rss[name] = process.memory_info().rss
                 procs[name] = (pid, process_cpu(pid))
         me = psutil.Process()
         procs["bench"] = (me.pid, _busy(me.cpu_times()))  # services are its children: not theirs
-        return cls(time.monotonic(), machine_busy(), procs, loops)
+        return cls(time.monotonic(), machine_busy(), procs, loops, rss)
 
     def loops_since(self, before: CpuSnapshot) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -340,6 +344,7 @@ class StepResult:
     failed: int = 0
     job_ids: list[str] = field(default_factory=list, repr=False)
     cpu_loop_s: dict[str, float] = field(default_factory=dict)  # a service's main (event-loop) thread
+    rss_mib: dict[str, float] = field(default_factory=dict)  # each service's resident memory at the step's end
 
     @property
     def goal_s(self) -> float:
@@ -473,6 +478,7 @@ async def run_step(
         records_per_batch={k: v.mean for k, v in sorted(records.items()) if v.mean is not None},
         cpu_s=cpu,
         cpu_loop_s=cpu_after.loops_since(cpu_before),
+        rss_mib={k: v / 2**20 for k, v in cpu_after.rss.items()},
         elapsed_s=cpu_after.at - cpu_before.at,
         cores=psutil.cpu_count() or 1,
         failed=sum(1 for r in rows if r["status"] == "failed"),
@@ -539,6 +545,17 @@ def _table(header: list[str], rows: list[list[str]]) -> Iterator[str]:
     yield "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"
     for row in rows:
         yield "| " + " | ".join(row) + " |"
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _rss_rows(steps: list[StepResult]) -> list[list[str]]:
+    return [
+        [f"{name}: RSS at the step's end, MiB", *(_mib(s.rss_mib.get(name)) for s in steps)]
+        for name in SERVICES[::-1]
+    ]
 
 
 def render(report: SweepReport) -> Iterator[str]:
@@ -656,7 +673,7 @@ def render(report: SweepReport) -> Iterator[str]:
             done = s.latency.completed if s.latency else 0
             row.append("-" if name not in s.cpu_loop_s or not done else f"{s.cpu_loop_s[name] / done:.3f}")
         rows.append(row)
-    rows += [totals, busy, cores_ours, cores_other]
+    rows += [totals, busy, cores_ours, cores_other, *_rss_rows(steps)]
     yield from _table(["process", *(f"{s.rate:g}/s" for s in steps)], rows)
     yield ""
     kept = report.sustained()

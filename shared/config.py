@@ -123,6 +123,13 @@ class OutboundSettings(_Group):
     allowed_ports: tuple[int, ...] = (80, 443, 8080, 8443)
 
 
+class MemorySettings(_Group):
+    # Blocks under this many MiB come from the heap and freed ones are kept for reuse (shared/allocator.py);
+    # 0 keeps the C library's own policy. 64 MiB holds a 4032x3024 photo's RGBA (47 MiB). mallopt takes a C
+    # int and the trim threshold is twice this, hence at most 1023.
+    reuse_below_mib: int = Field(default=64, ge=0, le=1023)
+
+
 class TelemetrySettings(_Group):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
@@ -152,6 +159,7 @@ class BaseServiceSettings(BaseSettings):
     images: ImageLimits = ImageLimits()
     outbound: OutboundSettings = OutboundSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    memory: MemorySettings = MemorySettings()
     # The model catalogue's served set and default (shared/models.py): RMBG_MODELS__SERVED, __DEFAULT.
     models: ModelSettings = ModelSettings()
 

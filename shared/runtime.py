@@ -26,6 +26,7 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
+from shared.allocator import reuse_freed_memory
 from shared.cache import JobCache, open_redis
 from shared.config import BaseServiceSettings
 from shared.contracts import Topics
@@ -34,7 +35,7 @@ from shared.health import Health
 from shared.messaging import open_producer
 from shared.outbound import open_outbound
 from shared.storage import ObjectStore, open_object_store
-from shared.telemetry import PipelineMetrics, PoolCollector, ScrapeHook, open_telemetry_server
+from shared.telemetry import PipelineMetrics, PoolCollector, ScrapeHook, configure_logging, open_telemetry_server
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,13 @@ class ServiceRuntime:
                 opened(value)
         result: _T = self._opened[key]  # type: ignore[assignment]
         return result
+
+
+def prepare_process(settings: BaseServiceSettings) -> None:
+    """What a service process sets once before it starts: its logging, then the allocator's policy."""
+    configure_logging(settings.telemetry)
+    if reuse_freed_memory(settings.memory.reuse_below_mib):
+        log.info("freed blocks under %d MiB are kept for reuse (shared/allocator.py)", settings.memory.reuse_below_mib)
 
 
 def run_service(main: Callable[[asyncio.Event], Awaitable[_T]]) -> _T:

@@ -16,8 +16,8 @@ from services.inference.backends.base import SegmentationBackend
 from services.inference.backends.factory import load_backend
 from services.inference.handler import InferenceHandler
 from services.inference.settings import InferenceSettings
-from shared.runtime import ServiceRuntime, cpu_cores, run_service
-from shared.telemetry import configure_logging, register_gpu_memory
+from shared.runtime import ServiceRuntime, cpu_cores, prepare_process, run_service
+from shared.telemetry import register_gpu_memory
 from shared.worker import LoopOptions, consume_topic
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def warm_up(backend: SegmentationBackend) -> float:
 
 def main() -> None:
     settings = InferenceSettings()
-    configure_logging(settings.telemetry)
+    prepare_process(settings)
     run_service(lambda stop: run_inference(settings, stop))
 
 

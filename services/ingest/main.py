@@ -10,8 +10,7 @@ import uvicorn
 
 from services.ingest.api import create_app
 from services.ingest.settings import IngestSettings
-from shared.runtime import run_service
-from shared.telemetry import configure_logging
+from shared.runtime import prepare_process, run_service
 
 # uvicorn drains open requests on a stop for up to this long, then runs the lifespan shutdown (the upload
 # consumer's grace follows). deploy/k8s gives the pod this plus a margin.
@@ -57,7 +56,7 @@ async def serve_ingest(settings: IngestSettings, stop: asyncio.Event) -> None:
 
 def main() -> None:
     settings = IngestSettings()
-    configure_logging(settings.telemetry)
+    prepare_process(settings)
     run_service(lambda stop: serve_ingest(settings, stop))
 
 

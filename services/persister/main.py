@@ -9,8 +9,7 @@ from services.persister.settings import PersisterSettings
 from services.persister.sweeper import Sweeper
 from services.persister.webhooks import WebhookDispatcher, WebhookMetrics
 from shared.auth import SecretCipher
-from shared.runtime import ServiceRuntime, cpu_cores, run_service
-from shared.telemetry import configure_logging
+from shared.runtime import ServiceRuntime, cpu_cores, prepare_process, run_service
 from shared.webhooks import WebhookSecrets
 from shared.worker import LoopOptions, consume_topic
 
@@ -76,7 +75,7 @@ async def run_persister(settings: PersisterSettings, stop: asyncio.Event) -> Non
 
 def main() -> None:
     settings = PersisterSettings()
-    configure_logging(settings.telemetry)
+    prepare_process(settings)
     run_service(lambda stop: run_persister(settings, stop))
 
 

@@ -9,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 from services.stats.handler import StatsHandler
 from services.stats.settings import StatsOptions, StatsSettings
 from shared.db import Database
-from shared.runtime import ServiceRuntime, every, run_service
-from shared.telemetry import configure_logging
+from shared.runtime import ServiceRuntime, every, prepare_process, run_service
 from shared.worker import LoopOptions, consume_topic
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ async def refresh_quartiles(db: Database, opts: StatsOptions, stop: asyncio.Even
 
 def main() -> None:
     settings = StatsSettings()
-    configure_logging(settings.telemetry)
+    prepare_process(settings)
     run_service(lambda stop: run_stats(settings, stop))
 
 

@@ -82,9 +82,10 @@ async def test_one_short_step_against_the_real_servers(tmp_path: Path) -> None:
     assert set(step.db_wait) == {"created_at -> started_at", "started_at -> completed_at"}
     assert {*SERVICES, "tansu", "seaweedfs", "postgres", "bench"} <= set(step.cpu_s)
     assert all(v >= 0 for v in step.cpu_s.values()) and step.cpu_s["inference"] > 0
-    assert set(step.cpu_loop_s) == set(SERVICES)
+    assert set(step.cpu_loop_s) == set(SERVICES) == set(step.rss_mib)
+    assert all(v > 10 for v in step.rss_mib.values()), step.rss_mib  # MiB: a Python service, at least
     # Clock ticks: a thread and its process are read at slightly different times.
     assert all(0 <= step.cpu_loop_s[n] <= step.cpu_s[n] + 0.05 for n in SERVICES), (step.cpu_loop_s, step.cpu_s)
-    assert 'params {"threshold": 0.5}' in text
+    assert 'params {"threshold": 0.5}' in text and "| persister: RSS at the step's end, MiB |" in text
     assert "| end_to_end |" in text and "| inference |" in text and "p95 ms" in text
     assert pipeline.GOAL_S == 0.5

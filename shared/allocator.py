@@ -3,10 +3,11 @@
 Every 1024x1024 job allocates and frees buffers of 3-12 MiB (decoded RGB, RGBA, float32 tensors, encoder
 planes). glibc serves blocks above its mmap threshold (128 KiB, raised at most to 32 MiB as big blocks are
 freed) with fresh mmap()s and gives them back on free(), so each such buffer is faulted in again page by page
-and zeroed by the kernel. Measured on the project's own per-job image path (ingest's validation, inference's
-decode + predict + mask PNG, the persister's make_cutout; 5 photos x 6, one thread): 174-185 ms CPU per job
-with glibc's policy, of which 24 ms system time in about 9,000 page faults, against 150-160 ms and no faults
-with blocks under 64 MiB kept in the heap, the same peak RSS (BENCHMARKS.md, "CPU per image").
+and zeroed by the kernel. Measured (`python -m bench.allocator`, BENCHMARKS.md "CPU per image"): on the
+project's own per-job image path a job paid about 24 ms of system time in 8,300-8,600 page faults with glibc's
+policy (in one round of three glibc's own threshold adapted and it paid 3 ms), and none with blocks under
+64 MiB kept in the heap, at the same peak RSS; end to end the persister used 8-14% less CPU per job for
+20-36 MiB more RSS.
 
 mallopt(3) is glibc's; on another C library (musl) nothing is changed and the caller is told so.
 """

@@ -1,6 +1,6 @@
 """The per-job image path's CPU with and without the allocator policy (shared/allocator.py).
 
-Run: ``.venv/bin/python -m bench.allocator`` (``--policies 0 64 --rounds 2 --repeats 6``). Prints a Markdown
+Run: ``.venv/bin/python -m bench.allocator`` (``--policies 0 32 --rounds 3 --repeats 6``). Prints a Markdown
 table.
 
 Each (round, policy) runs in a fresh interpreter, since the policy is per process and cannot be undone: it
@@ -75,8 +75,8 @@ def measure(policy_mib: int, repeats: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.allocator", description=__doc__.splitlines()[0])
-    p.add_argument("--policies", type=int, nargs="+", default=[0, 64], help="reuse_below_mib values (0: glibc's)")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--policies", type=int, nargs="+", default=[0, 32], help="reuse_below_mib values (0: glibc's)")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=6, help="timed passes over the five photos per run")
     args = p.parse_args(argv)
     started = datetime.now(UTC)

@@ -62,15 +62,20 @@ def _quantile(ordered: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _topic(bootstrap: str, partitions: int) -> str:
+@contextlib.asynccontextmanager
+async def _topic(bootstrap: str, partitions: int) -> AsyncIterator[str]:
+    """A fresh topic for one measurement, deleted afterwards (a real cluster keeps no bench leftovers)."""
     name = f"bench-latency-{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, 1)])
+        try:
+            yield name
+        finally:
+            await admin.delete_topics([name])
     finally:
         await admin.close()
-    return name
 
 
 def _kafka(bootstrap: str, wait_ms: int) -> KafkaSettings:
@@ -81,9 +86,9 @@ def _kafka(bootstrap: str, wait_ms: int) -> KafkaSettings:
 
 
 async def hop(bootstrap: str, *, partitions: int, wait_ms: int, messages: int, gap_s: float) -> Hop:
-    topic = await _topic(bootstrap, partitions)
     kafka = _kafka(bootstrap, wait_ms)
     async with (
+        _topic(bootstrap, partitions) as topic,
         open_producer(kafka, client_id="bench-latency") as producer,
         open_consumer(kafka, topics=[topic], group_id=f"{topic}-g", client_id="bench-latency") as consumer,
     ):
@@ -98,7 +103,8 @@ async def hop(bootstrap: str, *, partitions: int, wait_ms: int, messages: int, g
             await producer.send_and_wait(topic, repr(sent).encode(), key=uuid.uuid4().bytes)
             acks.append((time.perf_counter() - sent) * 1000)
             record = await consumer.getone()
-            assert record.value is not None
+            if record.value is None:
+                raise RuntimeError(f"a record without a value on {topic}: another producer is writing to it")
             seen.append((time.perf_counter() - float(record.value)) * 1000)
     seen.sort()
     return Hop(
@@ -124,9 +130,9 @@ async def idle_cpu(
     bootstrap: str, procs: dict[str, psutil.Process], *, wait_ms: int, consumers: int, idle_s: float
 ) -> dict[str, float]:
     """CPU ms per second of each server while ``consumers`` consumers sit on an empty 6-partition topic."""
-    topic = await _topic(bootstrap, 6)
     kafka = _kafka(bootstrap, wait_ms)
     async with contextlib.AsyncExitStack() as stack:
+        topic = await stack.enter_async_context(_topic(bootstrap, 6))
         for i in range(consumers):
             consumer = await stack.enter_async_context(
                 open_consumer(kafka, topics=[topic], group_id=f"{topic}-g{i}", client_id=f"bench-idle-{i}")

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.allocator import MAX_REUSE_BELOW_MIB
 from shared.exceptions import ConfigError
 from shared.models import ModelSettings
 
@@ -60,6 +61,16 @@ class KafkaSettings(_Group):
     # latency there. The embedded stack's broker (Tansu) answers a fetch over several partitions only at
     # this limit, so `rmbg up` and the drills set 100 ms for it (docs/test-servers.md).
     fetch_max_wait_ms: int = Field(default=500, ge=1, le=60_000)
+
+    @model_validator(mode="after")
+    def _fetch_wait_within_request_timeout(self) -> KafkaSettings:
+        # aiokafka times every request out after request_timeout_ms: a longer held fetch would always fail.
+        if self.fetch_max_wait_ms >= self.request_timeout_ms:
+            raise ValueError(
+                f"fetch_max_wait_ms ({self.fetch_max_wait_ms}) must be under "
+                f"request_timeout_ms ({self.request_timeout_ms})"
+            )
+        return self
 
 
 class TopicSettings(_Group):
@@ -125,9 +136,9 @@ class OutboundSettings(_Group):
 
 class MemorySettings(_Group):
     # Blocks under this many MiB come from the heap and freed ones are kept for reuse (shared/allocator.py);
-    # 0 keeps the C library's own policy. 64 MiB holds a 4032x3024 photo's RGBA (47 MiB). mallopt takes a C
-    # int and the trim threshold is twice this, hence at most 1023.
-    reuse_below_mib: int = Field(default=64, ge=0, le=1023)
+    # 0 keeps the C library's own policy. 32 holds every buffer of a 1024x1024 job (12 MiB at most) and is
+    # the most every glibc accepts.
+    reuse_below_mib: int = Field(default=MAX_REUSE_BELOW_MIB, ge=0, le=MAX_REUSE_BELOW_MIB)
 
 
 class TelemetrySettings(_Group):

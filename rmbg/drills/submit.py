@@ -105,7 +105,7 @@ class Submitter:
     ) -> None:
         self.plan = plan
         # Every job's params, sent as the form's JSON and in each upload event (default: none, the soft matte).
-        self.params = params or ProcessingParams()
+        self.params = ProcessingParams() if params is None else params
         self.images: ImageSource = images or (lambda i: Upload(drill_image(i, plan.seed, plan.image_side)))
         self.settings = settings
         self.api_url = api_url

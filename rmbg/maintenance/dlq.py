@@ -58,6 +58,7 @@ async def read_dead_letters(
         group_id=f"rmbg-dlq-reader-{secrets.token_hex(4)}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=kafka.heartbeat_interval_ms,
         max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024,

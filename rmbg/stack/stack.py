@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import functools
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,9 +42,9 @@ logger = logging.getLogger(__name__)
 
 
 # Tansu answers a consumer's fetch over several partitions only when its max wait runs out, not when a
-# record arrives (Kafka answers at once). Measured on this stack, one message every 0.23 s into a
-# 6-partition topic: publish to consumed mean 158-193 ms (p95 376-391) at aiokafka's 500 ms, 39 ms (p95 80)
-# at 100 ms, for about 30 ms/s more broker CPU with four idle consumers (docs/test-servers.md).
+# record arrives (Kafka answers at once). `python -m bench.broker_latency` on this stack, 6 partitions: 132 ms
+# p50 / 265 ms p95 from publish to consumed at aiokafka's 500 ms, 40 / 89 ms at 100, for 66 instead of 32 ms/s
+# of broker CPU with four idle consumers (BENCHMARKS.md, "The broker's fetch wait").
 TANSU_FETCH_MAX_WAIT_MS = 100
 
 
@@ -69,7 +70,14 @@ class StackEndpoints:
             "RMBG_S3__ENDPOINT_URL": self.s3_endpoint,
             "RMBG_S3__ACCESS_KEY": self.s3_access_key,
             "RMBG_S3__SECRET_KEY": self.s3_secret_key,
-        } | ({"RMBG_KAFKA__FETCH_MAX_WAIT_MS": str(TANSU_FETCH_MAX_WAIT_MS)} if "tansu" in self.started else {})
+        } | self._consumer_env()
+
+    def _consumer_env(self) -> dict[str, str]:
+        # An operator's own RMBG_KAFKA__FETCH_MAX_WAIT_MS wins over the stand-in's (rmbg up applies as_env).
+        if "tansu" not in self.started:
+            return {}
+        name = "RMBG_KAFKA__FETCH_MAX_WAIT_MS"
+        return {name: os.environ.get(name, str(TANSU_FETCH_MAX_WAIT_MS))}
 
 
 class EmbeddedStack:

@@ -10,6 +10,6 @@ from bench import allocator
 
 @pytest.mark.timeout(300)
 def test_one_round_of_both_policies(capsys: pytest.CaptureFixture[str]) -> None:
-    assert allocator.main(["--policies", "0", "64", "--rounds", "1", "--repeats", "1"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 0 |", "| 64 |"))]
+    assert allocator.main(["--policies", "0", "32", "--rounds", "1", "--repeats", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 0 |", "| 32 |"))]
     assert [r.split(" | ")[1] for r in rows] == ["False", "True"], rows

@@ -40,3 +40,19 @@ def test_invalid_values_are_refused_at_start(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("RMBG_KAFKA__MAX_MESSAGE_BYTES", "5000000")  # above Kafka's 1 MiB default
     with pytest.raises(ValueError, match="max_message_bytes"):
         BaseServiceSettings()
+
+
+def test_a_fetch_wait_past_the_request_timeout_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # aiokafka would time every held fetch out: refused at start instead of failing every idle poll.
+    monkeypatch.setenv("RMBG_KAFKA__FETCH_MAX_WAIT_MS", "20000")
+    with pytest.raises(ValueError, match="fetch_max_wait_ms"):
+        BaseServiceSettings()
+    monkeypatch.setenv("RMBG_KAFKA__REQUEST_TIMEOUT_MS", "30000")
+    assert BaseServiceSettings().kafka.fetch_max_wait_ms == 20000
+
+
+def test_the_allocator_policy_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert BaseServiceSettings().memory.reuse_below_mib == 32
+    monkeypatch.setenv("RMBG_MEMORY__REUSE_BELOW_MIB", "64")  # older glibc refuses over 32 MiB
+    with pytest.raises(ValueError, match="reuse_below_mib"):
+        BaseServiceSettings()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
 import socket
@@ -25,6 +26,7 @@ from botocore.exceptions import ClientError
 from rmbg.stack import EmbeddedStack, StackEndpoints, StackError
 from rmbg.stack.processes import ChildProcess, PortBook
 from rmbg.stack.seaweed import ensure_bucket, s3_client_config
+from rmbg.stack.stack import TANSU_FETCH_MAX_WAIT_MS
 
 BUCKET = "stack-test"
 
@@ -114,6 +116,8 @@ async def test_stack_is_up(stack: StackEndpoints) -> None:
     assert env["RMBG_KAFKA__BOOTSTRAP_SERVERS"] == stack.kafka_bootstrap
     # Our Tansu holds a multi-partition fetch for its whole max wait: the services get a short one.
     assert ("RMBG_KAFKA__FETCH_MAX_WAIT_MS" in env) == ("tansu" in stack.started)
+    if "tansu" in stack.started and "RMBG_KAFKA__FETCH_MAX_WAIT_MS" not in os.environ:
+        assert env["RMBG_KAFKA__FETCH_MAX_WAIT_MS"] == str(TANSU_FETCH_MAX_WAIT_MS) == "100"
     assert stack.s3_secret_key not in repr(stack)
 
 

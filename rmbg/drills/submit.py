@@ -106,6 +106,7 @@ class Submitter:
         self.plan = plan
         # Every job's params, sent as the form's JSON and in each upload event (default: none, the soft matte).
         self.params = ProcessingParams() if params is None else params
+        self._params_form = json.dumps(self.params.canonical())  # the same for every HTTP submission
         self.images: ImageSource = images or (lambda i: Upload(drill_image(i, plan.seed, plan.image_side)))
         self.settings = settings
         self.api_url = api_url
@@ -167,7 +168,7 @@ class Submitter:
 
     async def _http(self, index: int, image: Upload, client: httpx.AsyncClient) -> str | None:
         self.tally.submitted_http += 1
-        form = {"tags": "chaos,http", "params": json.dumps(self.params.canonical())}
+        form = {"tags": "chaos,http", "params": self._params_form}
         headers = await self.keys.headers(self.user_of(index))  # made in run(): no I/O here
         # A retry after a lost answer (ingest killed between its commit and the 202) must not make a
         # second job: the key names this submission, so the retry gets the first job back (200).

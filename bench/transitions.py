@@ -12,7 +12,14 @@ fresh pending rows:
   path: the persister's handler today), returning the row with its tags;
 - ``copy``: the same completion rows (job_id, created_at and the ten result columns) COPYed into an
   unlogged staging table with copy_records_to_table, in chunks of the largest batch, one transaction each:
-  the raw rate at which these rows reach PostgreSQL with no UPDATE at all.
+  the raw rate at which these rows reach PostgreSQL with no UPDATE at all;
+- ``copy-shaped``: the row versions a completion writes (every column of a completed job) COPYed, in the
+  same chunks, into a logged table made ``LIKE image_process_jobs INCLUDING ALL`` (its columns, defaults,
+  checks and all nine indexes; no triggers) and first filled with as many rows as one month's partition
+  holds here. An UPDATE that is not HOT writes exactly that (a new heap tuple and an entry in every
+  index; status is in two partial-index predicates, so a status change is never HOT), so this is the rate
+  the table's shape allows, and the share of it says what the UPDATE itself (finding the row, the guard,
+  the triggers, RETURNING with tags) costs on top.
 
 Prints one JSON object per measurement and a summary (medians over the rounds) as JSON at the end.
 """
@@ -54,6 +61,15 @@ CREATE UNLOGGED TABLE IF NOT EXISTS transition_staging (
     mask_bytes integer, processed_bytes integer, model_name varchar(200), model_revision varchar(100),
     processing_time_ms integer, completed_at timestamptz, reused boolean)
 """
+# A table of the jobs' shape, without the partitioning (one month's partition, as the UPDATEs write into)
+# and without the triggers (a COPY into the jobs table would fire the intake ones, which an UPDATE does not).
+_SHAPED = "CREATE TABLE IF NOT EXISTS transition_shaped (LIKE image_process_jobs INCLUDING ALL)"
+_SHAPED_COLUMNS = (
+    "job_id", "created_at", "user_id", "original_ext", "status", "updated_at", "started_at", "completed_at",
+    "processing_time_ms", "file_size_kb", "params_hash", "content_sha256", "model_name",
+    "model_revision", "original_bytes", "mask_bytes", "processed_bytes", "source", "attempts",
+    "reused_result", "cutout_format",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--single-rows", type=int, default=3_000, help="rows per one-UPDATE-per-row measurement")
     p.add_argument("--small-batch-rows", type=int, default=3_000, help="rows for batch sizes below 10")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
+    p.add_argument("--database", default=DB, help=f"the scratch database's name (default {DB})")
     p.add_argument("--keep", action="store_true")
     return p.parse_args(argv)
 
@@ -137,6 +154,44 @@ async def run_copy(conn: asyncpg.Connection, ids: list[UUID], chunk: int) -> flo
     return len(ids) / elapsed
 
 
+async def fill_shaped(conn: asyncpg.Connection, rows: int) -> None:
+    """transition_shaped with ``rows`` completed rows, so its indexes are as deep as one month's partition."""
+    await conn.execute(_SHAPED)
+    now = datetime.now(UTC)
+    await copy_shaped(conn, [uuid7(now - timedelta(seconds=i)) for i in range(rows)], chunk=10_000)
+    await conn.execute("VACUUM ANALYZE transition_shaped")
+
+
+async def index_shapes(conn: asyncpg.Connection, table: str) -> list[str]:
+    """The table's index definitions with the index and table names taken out, sorted: equal lists mean
+    the same indexes (columns, methods, predicates)."""
+    rows = await conn.fetch(
+        "SELECT pg_get_indexdef(i.indexrelid) AS d, c.relname AS index, t.relname AS tab "
+        "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
+        "WHERE i.indrelid = $1::regclass", table)
+    return sorted(r["d"].replace(r["index"], "").replace(r["tab"], "") for r in rows)
+
+
+def shaped_row(job_id: UUID, c: Completion) -> tuple[Any, ...]:
+    """Every column of job ``job_id`` as mark_completed_many leaves it (the pending row's values + ``c``).
+
+    params is left to its default ('{}', as the pending rows have): the pool's jsonb codec has no binary
+    form for COPY."""
+    return (job_id, uuid7_time(job_id), "bench", "jpg", "completed", c.completed_at, c.completed_at,
+            c.completed_at, c.processing_time_ms, 121, "p0", secrets.token_bytes(32), c.model_name,
+            c.model_revision, 123_456, c.mask_bytes, c.processed_bytes, "http", 1, c.reused, c.cutout_format.value)
+
+
+async def copy_shaped(conn: asyncpg.Connection, ids: list[UUID], chunk: int) -> float:
+    now = datetime.now(UTC)
+    rows = [shaped_row(j, completion(j, now)) for j in ids]
+    start = time.perf_counter()
+    for lo in range(0, len(rows), chunk):
+        await conn.copy_records_to_table("transition_shaped", records=rows[lo:lo + chunk], columns=_SHAPED_COLUMNS)
+    elapsed = time.perf_counter() - start
+    return len(ids) / elapsed
+
+
 async def measure(conn: asyncpg.Connection, args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, str]]:
     sizes = [int(s) for s in args.batches.split(",")]
     await conn.execute(_STAGING)
@@ -144,6 +199,13 @@ async def measure(conn: asyncpg.Connection, args: argparse.Namespace) -> tuple[d
     per_round = sum(rows_for.values()) + args.single_rows
     t0 = time.perf_counter()
     ids = await load_pending(conn, per_round * args.rounds)
+    # One month's partition holds about half the pending rows (load_pending splits them over two).
+    await fill_shaped(conn, len(ids) // 2)
+    partition = await conn.fetchval(
+        "SELECT tableoid::regclass::text FROM image_process_jobs WHERE job_id = $1 AND created_at = $2",
+        ids[-1], uuid7_time(ids[-1]))
+    if await index_shapes(conn, "transition_shaped") != await index_shapes(conn, partition):
+        raise RuntimeError(f"transition_shaped's indexes differ from {partition}'s")
     print(json.dumps({"loaded": len(ids), "s": round(time.perf_counter() - t0, 1)}), flush=True)
     settings = {r["name"]: r["setting"] for r in await conn.fetch(
         "SELECT name, setting FROM pg_settings WHERE name IN "
@@ -152,12 +214,19 @@ async def measure(conn: asyncpg.Connection, args: argparse.Namespace) -> tuple[d
     # runs first, on the oldest rows, or right after the load's VACUUM.
     results: dict[str, list[float]] = {}
     copy_name = f"copy(chunk={max(sizes)})"
+    shaped_name = f"copy-shaped(chunk={max(sizes)})"
     pos = 0
     for rnd in range(args.rounds):
-        modes = [(f"batch={s}", rows_for[s]) for s in sizes] + [("single", args.single_rows), (copy_name, args.rows)]
+        modes = [(f"batch={s}", rows_for[s]) for s in sizes] + [
+            ("single", args.single_rows), (copy_name, args.rows), (shaped_name, args.rows)]
         for name, n in modes:
             if name == copy_name:
                 rate = await run_copy(conn, ids[:n], max(sizes))  # copies rows, moves none: any ids will do
+            elif name == shaped_name:
+                # New rows each round (the table keeps them): fresh ids, this month, as the UPDATEs' rows.
+                now = datetime.now(UTC)
+                rate = await copy_shaped(conn, [uuid7(now - timedelta(seconds=i)) for i in range(n)],
+                                         max(sizes))
             else:
                 chunk = ids[pos:pos + n]
                 pos += n
@@ -172,9 +241,10 @@ async def measure(conn: asyncpg.Connection, args: argparse.Namespace) -> tuple[d
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     admin = await asyncpg.connect(args.dsn)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-    await admin.execute(f'CREATE DATABASE "{DB}"')
-    dsn = dsn_for(args.dsn, DB)
+    db = args.database
+    await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{db}"')
+    dsn = dsn_for(args.dsn, db)
     try:
         await asyncio.to_thread(upgrade, dsn)
         pool = await create_pool(dsn, min_size=1, max_size=1, command_timeout=600)
@@ -185,9 +255,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             await pool.close()
     finally:
         if not args.keep:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+            await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         await admin.close()
-    copy_rate = statistics.median(next(v for k, v in results.items() if k.startswith("copy")))
+    copy_rate = statistics.median(next(v for k, v in results.items() if k.startswith("copy(")))
+    shaped_rate = statistics.median(next(v for k, v in results.items() if k.startswith("copy-shaped")))
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, Python {sys.version.split()[0]}",
@@ -195,7 +266,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "median_per_s": {k: round(statistics.median(v)) for k, v in results.items()},
         "runs_per_s": {k: [round(x) for x in v] for k, v in results.items()},
-        "share_of_copy": {k: round(statistics.median(v) / copy_rate, 2) for k, v in results.items()},
+        "share_of_copy": {k: round(statistics.median(v) / copy_rate, 3) for k, v in results.items()},
+        "share_of_copy_shaped": {k: round(statistics.median(v) / shaped_rate, 3) for k, v in results.items()},
     }
 
 

@@ -28,7 +28,6 @@ from shared.config import (
     DEV_S3_ACCESS_KEY,
     DEV_S3_SECRET_KEY,
     BaseServiceSettings,
-    KafkaSettings,
     PostgresSettings,
     RedisSettings,
     S3Settings,
@@ -65,9 +64,7 @@ def harness_settings(endpoints: StackEndpoints) -> BaseServiceSettings:
     return _ExplicitSettings(
         postgres=PostgresSettings(dsn=SecretStr(endpoints.postgres_dsn), max_pool=4),
         redis=RedisSettings(url=endpoints.redis_url),
-        kafka=KafkaSettings(
-            bootstrap_servers=endpoints.kafka_bootstrap, session_timeout_ms=6000, heartbeat_interval_ms=1000
-        ),
+        kafka=endpoints.kafka_settings(session_timeout_ms=6000, heartbeat_interval_ms=1000),
         s3=S3Settings(
             endpoint_url=endpoints.s3_endpoint,
             access_key=endpoints.s3_access_key,

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from rmbg.stack.postgres import (
     LOCAL_ADMIN_DSN,
@@ -37,6 +38,7 @@ from rmbg.stack.processes import ChildProcess, PortBook, StackError, listens_on
 from rmbg.stack.redis import LOCAL_URL, redis_answers, start_redis
 from rmbg.stack.seaweed import ensure_bucket, s3_answers, start_seaweed, write_s3_config
 from rmbg.stack.tansu import kafka_answers, start_tansu
+from shared.config import KafkaSettings
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +74,25 @@ class StackEndpoints:
             "RMBG_S3__SECRET_KEY": self.s3_secret_key,
         } | self._consumer_env()
 
+    @property
+    def fetch_max_wait_ms(self) -> int | None:
+        """The consumers' fetch wait this stack's broker needs: TANSU_FETCH_MAX_WAIT_MS when the stack
+        started Tansu, else None (a real Kafka answers a parked fetch at once: its default serves)."""
+        return TANSU_FETCH_MAX_WAIT_MS if "tansu" in self.started else None
+
+    def kafka_settings(self, **options: Any) -> KafkaSettings:
+        """Kafka settings for clients run in-process against this stack (tests, the drills' harness), with
+        this stack's fetch wait; ``options`` sets the rest."""
+        if self.fetch_max_wait_ms is not None:
+            options.setdefault("fetch_max_wait_ms", self.fetch_max_wait_ms)
+        return KafkaSettings(bootstrap_servers=self.kafka_bootstrap, **options)
+
     def _consumer_env(self) -> dict[str, str]:
         # An operator's own RMBG_KAFKA__FETCH_MAX_WAIT_MS wins over the stand-in's (rmbg up applies as_env).
-        if "tansu" not in self.started:
+        if self.fetch_max_wait_ms is None:
             return {}
         name = "RMBG_KAFKA__FETCH_MAX_WAIT_MS"
-        return {name: os.environ.get(name, str(TANSU_FETCH_MAX_WAIT_MS))}
+        return {name: os.environ.get(name, str(self.fetch_max_wait_ms))}
 
 
 class EmbeddedStack:

@@ -31,7 +31,7 @@ from tests.support.kafka import read_back, read_topic, wait_committed
 @pytest.fixture(scope="module")
 async def kafka(stack: StackEndpoints) -> KafkaSettings:
     # A short session timeout: the stand-in broker holds a group's first join for half of it.
-    return KafkaSettings(bootstrap_servers=stack.kafka_bootstrap, session_timeout_ms=2000, heartbeat_interval_ms=500)
+    return stack.kafka_settings(session_timeout_ms=2000, heartbeat_interval_ms=500)
 
 
 @pytest.fixture

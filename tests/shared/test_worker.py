@@ -32,7 +32,7 @@ class _Handler:
 
 async def _topic_with(stack: StackEndpoints, prefix: str, values: list[bytes]) -> tuple[KafkaSettings, str]:
     """A fresh one-partition topic holding ``values``, and settings tuned for quick group joins."""
-    kafka = KafkaSettings(bootstrap_servers=stack.kafka_bootstrap, session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    kafka = stack.kafka_settings(session_timeout_ms=6000, heartbeat_interval_ms=1000)
     topic = f"{prefix}-{secrets.token_hex(4)}"
     names = {
         "uploads": topic,

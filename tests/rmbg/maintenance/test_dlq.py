@@ -36,7 +36,7 @@ def _record(topic: str, offset: int, value: bytes, key: bytes) -> ConsumerRecord
 
 async def _setup(stack: StackEndpoints) -> tuple[KafkaSettings, TopicSettings, Topics]:
     run = secrets.token_hex(4)
-    kafka = KafkaSettings(bootstrap_servers=stack.kafka_bootstrap, session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    kafka = stack.kafka_settings(session_timeout_ms=6000, heartbeat_interval_ms=1000)
     names = TopicSettings(
         uploads=f"d{run}.uploads",
         jobs=f"d{run}.jobs",

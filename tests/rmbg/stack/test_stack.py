@@ -118,6 +118,8 @@ async def test_stack_is_up(stack: StackEndpoints) -> None:
     assert ("RMBG_KAFKA__FETCH_MAX_WAIT_MS" in env) == ("tansu" in stack.started)
     if "tansu" in stack.started and "RMBG_KAFKA__FETCH_MAX_WAIT_MS" not in os.environ:
         assert env["RMBG_KAFKA__FETCH_MAX_WAIT_MS"] == str(TANSU_FETCH_MAX_WAIT_MS) == "100"
+    # The in-process settings (the e2e services, the drills' harness) take the same value.
+    assert stack.fetch_max_wait_ms == (TANSU_FETCH_MAX_WAIT_MS if "tansu" in stack.started else None)
     assert stack.s3_secret_key not in repr(stack)
 
 

@@ -137,7 +137,8 @@ class OutboundSettings(_Group):
 class MemorySettings(_Group):
     # Blocks under this many MiB come from the heap and freed ones are kept for reuse (shared/allocator.py);
     # 0 keeps the C library's own policy. 32 holds every buffer of a 1024x1024 job (12 MiB at most) and is
-    # the most every glibc accepts.
+    # the most every glibc accepts. The price is memory kept between jobs: about 32 MiB per image-pool
+    # thread (1,067 against 554 MiB idle after the work at 16 threads; BENCHMARKS.md, bench.allocator).
     reuse_below_mib: int = Field(default=MAX_REUSE_BELOW_MIB, ge=0, le=MAX_REUSE_BELOW_MIB)
 
 

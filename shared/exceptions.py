@@ -75,6 +75,12 @@ class ModelFailed(ModelError, PermanentError):
     """The model failed on one image (seen alone, so the image, not the batch, is to blame)."""
 
 
+class ModelOutOfMemory(ModelError, TransientError):
+    """The model's device ran out of memory on a batch. Every input is resized to the model's size, so one
+    image costs what any other does: this is the device's state (a concurrent chunk, fragmentation), not
+    the image's fault, and the record is retried."""
+
+
 class InvalidTransition(PermanentError):
     """A job was asked to move backwards (e.g. completed -> processing)."""
 

@@ -124,6 +124,13 @@ class ModelSettings(BaseModel):
     def is_served(self, name: str) -> bool:
         return name in self.served
 
+    def names_for(self, name: str) -> frozenset[str]:
+        """Every name a job may carry for the model ``name``: its stable name and its hub id (what rows
+        stored before the catalogue existed, and what the sweeper re-queues such a row with)."""
+        stable = self.resolve(name)
+        hub_id = self.catalogue[stable].hub_id
+        return frozenset({stable} if hub_id is None else {stable, hub_id})
+
     # Routing: one inference pool per model. Each served model gets its own jobs topic and consumer group
     # (`<jobs topic>.<model>`, `<inference group>.<model>`) rather than one shared topic that every pool
     # reads and filters: a pool then reads only its own model's jobs, its lag is its own backlog (what its

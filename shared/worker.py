@@ -153,6 +153,7 @@ class ConsumeLoop:
             if failures is None:  # stopped before the batch drained: all of it comes again
                 self._rewind({tp: recs[0].offset for tp, recs in batch.items() if recs})
                 return
+            self._forget_succeeded(todo, failures)
             retry = await self._settle(failures)
             if not retry:
                 await self._commit({tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs})
@@ -228,6 +229,17 @@ class ConsumeLoop:
             except Exception as exc:
                 failures.append(RecordFailure(record, exc))
         return failures
+
+    def _forget_succeeded(self, handled: list[Record], failures: list[RecordFailure]) -> None:
+        """Drop the tries counted for records of ``handled`` that did not fail this time (a record that
+        failed with an unknown error and then went through would otherwise be remembered until a revoke)."""
+        if not self._attempts:
+            return
+        failed = {record_id(f.record) for f in failures}
+        for record in handled:
+            rid = record_id(record)
+            if rid not in failed:
+                self._attempts.pop(rid, None)
 
     async def _settle(self, failures: list[RecordFailure]) -> list[Record]:
         """Give up on permanent failures; returns the records to retry."""

@@ -36,7 +36,7 @@ from services.inference.settings import InferenceOptions
 from shared.config import ImageLimits
 from shared.contracts import JobRequested, ResultEvent, ResultKind, Topics
 from shared.contracts.events import MAX_INLINE_MASK_BYTES
-from shared.exceptions import ContractError, ModelError, ModelFailed
+from shared.exceptions import ContractError, ModelError, ModelFailed, TransientError
 from shared.imaging import apply_threshold, decode_rgb, encode_mask_png
 from shared.messaging import DeadLetters, publish, send
 from shared.storage import ObjectKeys, ObjectStore
@@ -80,6 +80,7 @@ class InferenceHandler:
         metrics: PipelineMetrics,
         model_executor: Executor,
         io_executor: Executor,
+        model_names: frozenset[str] = frozenset(),
     ) -> None:
         self._options = options
         self._images = images
@@ -89,6 +90,8 @@ class InferenceHandler:
         # InferenceSettings resolves model_name to the catalogue name; backend.name (for a local folder, its
         # path) is only the fallback of handlers built by hand without a name.
         self.model_name = options.model_name or backend.name
+        # The names a job for this model may carry (ModelSettings.names_for: an older row's hub id too).
+        self._model_names = model_names | {self.model_name}
         self._store = store
         self._producer = producer
         self._topics = topics
@@ -146,7 +149,7 @@ class InferenceHandler:
     async def _admit(self, w: _Work) -> None:
         """Check and prepare one job; leaves ``w.image`` unset when it is already answered."""
         job = w.job
-        if job.model != self.model_name:
+        if job.model not in self._model_names:
             await self._fail(w, f"model {job.model!r} is not served by this worker (it serves {self.model_name!r})")
             return
         w.mask_key = ObjectKeys.job_mask(
@@ -185,10 +188,18 @@ class InferenceHandler:
                     chunks.append(asyncio.ensure_future(self._compute(ready.copy())))
                     ready.clear()
 
-        await asyncio.gather(*(admit(w) for w in work))
-        if ready:
-            chunks.append(asyncio.ensure_future(self._compute(ready)))
-        await asyncio.gather(*chunks)
+        try:
+            await asyncio.gather(*(admit(w) for w in work))
+            if ready:
+                chunks.append(asyncio.ensure_future(self._compute(ready)))
+            await asyncio.gather(*chunks)
+        finally:
+            # Only when this call is cancelled (the stop's grace ran out) or a chunk raised: the others must
+            # not go on sending results after the batch was given back for redelivery.
+            running = [chunk for chunk in chunks if not chunk.done()]
+            for chunk in running:
+                chunk.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def _compute(self, chunk: list[_Work]) -> None:
         for w in chunk:
@@ -204,11 +215,20 @@ class InferenceHandler:
             masks, elapsed = await self._run_model(images)
         except ModelError as exc:
             if len(chunk) == 1:
-                chunk[0].error = ModelFailed(f"model failed on this image: {exc}")
+                # Out of device memory is the device's state, not this image's (ModelOutOfMemory: retried).
+                transient = isinstance(exc, TransientError)
+                chunk[0].error = exc if transient else ModelFailed(f"model failed on this image: {exc}")
                 return
             log.warning("batch of %d failed (%s); retrying one by one", len(chunk), exc)
             for w in chunk:
                 await self._predict([w])
+            return
+        except Exception as exc:
+            # Not the model's verdict on these images (an unexpected error in preparing or finishing the
+            # chunk): each of its jobs carries it, and the loop retries them a bounded number of times.
+            log.warning("batch of %d failed outside the model: %s", len(chunk), exc)
+            for w in chunk:
+                w.error = exc
             return
         self._metrics.model_seconds.observe(elapsed)
         self._metrics.stage_seconds.labels(stage="inference").observe(elapsed)

@@ -86,6 +86,7 @@ async def run_inference(settings: InferenceSettings, stop: asyncio.Event) -> Non
             metrics=rt.metrics,
             model_executor=model_executor,
             io_executor=io_executor,
+            model_names=settings.models.names_for(name),
         )
         await consume_topic(
             settings.kafka,

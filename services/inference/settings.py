@@ -64,6 +64,15 @@ class InferenceSettings(BaseServiceSettings):
             name = CLASSIC_MODEL
         else:
             name = self.models.default_model
+        # A deployment that names what it serves (RMBG_MODELS__SERVED) routes only those models' jobs: a
+        # pool for another would read a topic nobody writes to, or, serving one model, the shared topic,
+        # failing every job on it. Left unset, the pool's own model is the single-model shorthand
+        # (`rmbg up --backend classic`), as RMBG_INGEST__MODEL is for ingest.
+        if "served" in self.models.model_fields_set and name not in self.models.served:
+            raise ConfigError(
+                f"RMBG_INFERENCE__MODEL_NAME={name} is not served (RMBG_MODELS__SERVED="
+                f"{','.join(self.models.served)}): no job would reach this pool"
+            )
         entry = self.models.catalogue[name]
         backend = opts.backend or entry.backend
         if backend != entry.backend:

@@ -125,3 +125,20 @@ def test_rmbg_models_json_lists_what_is_served(monkeypatch: pytest.MonkeyPatch) 
     ]
     table = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"})
     assert table.exit_code == 0 and "CC BY-NC 4.0" in table.output and "allowed" in table.output
+
+
+def test_a_pool_for_a_model_the_deployment_does_not_serve_refuses_to_start() -> None:
+    with pytest.raises(ConfigError, match="is not served"):
+        InferenceSettings(
+            models=ModelSettings(served=("rmbg-2.0",)), inference=InferenceOptions(model_name="birefnet")
+        )
+    # RMBG_MODELS__SERVED unset: the pool's own model is the single-model shorthand (rmbg up --backend classic).
+    assert InferenceSettings(inference=InferenceOptions(model_name="birefnet")).model_name == "birefnet"
+    assert InferenceSettings(inference=InferenceOptions(backend="classic")).model_name == "classic-grabcut"
+
+
+def test_a_models_names_are_its_stable_name_and_its_hub_id() -> None:
+    models = ModelSettings(served=("rmbg-2.0", "birefnet"))
+    assert models.names_for("rmbg-2.0") == models.names_for("briaai/RMBG-2.0") == {"rmbg-2.0", "briaai/RMBG-2.0"}
+    assert ModelSettings(served=("tiny",), extra=TINY).names_for("tiny") == {"tiny"}  # no hub id
+    assert ModelSettings().names_for("classic-grabcut") == {"classic-grabcut"}

@@ -209,3 +209,31 @@ async def test_fill_wait_gathers_records_that_arrive_after_the_first(stack: Stac
         await feeder
     assert batches == [[b"first", b"later0", b"later1", b"later2"]]
     assert handed_over - sent_last < 4, "a full batch does not wait out fill_wait_ms"
+
+
+async def test_a_record_that_recovers_from_an_unknown_error_is_forgotten(stack: StackEndpoints) -> None:
+    """Its count of tries goes once it succeeds: it would otherwise stay until the partition is revoked."""
+    kafka, topic = await _topic_with(stack, "recovers", [b"flaky", b"ok"])
+    tries = 0
+    stop = asyncio.Event()
+
+    async def work(records: list[Record]) -> list[RecordFailure]:
+        nonlocal tries
+        failures: list[RecordFailure] = []
+        for record in records:
+            if record.value == b"flaky":
+                tries += 1
+                if tries == 1:
+                    failures.append(RecordFailure(record, RuntimeError("nobody knows")))
+                else:
+                    stop.set()
+        return failures
+
+    group = f"g-{secrets.token_hex(4)}"
+    async with open_consumer(kafka, topics=[topic], group_id=group, client_id="t") as consumer:
+        loop = ConsumeLoop(
+            consumer, _Handler(work), name="t", options=LoopOptions(max_records=10, backoff_initial_s=0.05)
+        )
+        await asyncio.wait_for(loop.run(stop), 60)
+    assert tries == 2
+    assert loop._attempts == {}

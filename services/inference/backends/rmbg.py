@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from services.inference.backends import recipe
 from services.inference.backends.base import Chunk, Matte
-from shared.exceptions import ModelError
+from shared.exceptions import ModelError, ModelOutOfMemory
 
 __all__ = ["DEFAULT_SOURCE", "WEIGHT_FILES", "RmbgBackend", "local_revision"]
 
@@ -192,10 +192,11 @@ class RmbgBackend:
         if len(images) > self.max_batch:
             raise ValueError(f"{len(images)} images for a chunk of at most {self.max_batch}")
         sizes = [image.size for image in images]
-        if self.preprocess == "device":
-            batch = recipe.preprocess_on_device(images, device=self.device, dtype=self._input_dtype)
-        else:
-            batch = recipe.preprocess_batch(images, device=self.device, dtype=self._input_dtype)
+        with self._device_memory("preprocessing", len(images)):
+            if self.preprocess == "device":
+                batch = recipe.preprocess_on_device(images, device=self.device, dtype=self._input_dtype)
+            else:
+                batch = recipe.preprocess_batch(images, device=self.device, dtype=self._input_dtype)
         return Chunk(sizes=sizes, inputs=batch)
 
     def forward(self, chunk: Chunk) -> Chunk:
@@ -208,6 +209,8 @@ class RmbgBackend:
         try:
             with torch.inference_mode(), precision:
                 outputs = self._model(chunk.inputs)
+        except torch.OutOfMemoryError as exc:
+            raise self._out_of_memory("the forward pass", len(chunk.sizes), exc) from exc
         except Exception as exc:
             # Out of memory, shape errors inside remote code, ...: one type for the caller to handle.
             raise ModelError(
@@ -222,6 +225,18 @@ class RmbgBackend:
 
     def finish(self, chunk: Chunk) -> list[Matte]:
         """The card's postprocessing: one matte per image at its original size."""
-        if self.preprocess == "device":
-            return recipe.postprocess_on_device(chunk.outputs, chunk.sizes)
-        return recipe.postprocess(chunk.outputs, chunk.sizes)
+        with self._device_memory("postprocessing", len(chunk.sizes)):
+            if self.preprocess == "device":
+                return recipe.postprocess_on_device(chunk.outputs, chunk.sizes)
+            return recipe.postprocess(chunk.outputs, chunk.sizes)
+
+    @contextlib.contextmanager
+    def _device_memory(self, step: str, images: int) -> Iterator[None]:
+        try:
+            yield
+        except torch.OutOfMemoryError as exc:
+            raise self._out_of_memory(step, images, exc) from exc
+
+    def _out_of_memory(self, step: str, images: int, exc: BaseException) -> ModelOutOfMemory:
+        # torch.OutOfMemoryError is CUDA's (and other accelerators'); the handler retries the record.
+        return ModelOutOfMemory(f"{self.name}: out of {self.device.type} memory in {step} of {images} image(s): {exc}")

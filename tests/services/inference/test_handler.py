@@ -17,15 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from rmbg.demo import sample_bytes
 from services.inference.backends.base import Chunk, SegmentationBackend, StagedBackend
 from services.inference.backends.factory import load_backend
+from services.inference.backends.rmbg import RmbgBackend
 from services.inference.handler import InferenceHandler
 from services.inference.settings import InferenceOptions, InferenceSettings
 from shared.contracts import DeadLetter, JobRequested, ProcessingParams, ResultEvent, ResultKind, Topics
-from shared.exceptions import ContractError, ObjectMissing
+from shared.exceptions import ContractError, ModelOutOfMemory, ObjectMissing
 from shared.failures import FailureClass, classify, describe
 from shared.ids import uuid7
 from shared.imaging import encode_mask_png
@@ -37,6 +39,7 @@ from tests.support.kafka import publish_records, read_back, read_topic
 from tests.support.tiny_rmbg import build_tiny_rmbg
 
 MODEL = "tiny-rmbg-handler-test"
+HUB_ID = "example/tiny-rmbg-handler-test"  # what a row stored before the catalogue named the model
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def inference(service_common: dict[str, object], model_dir: Path) -> AsyncIterator[Inference]:
     opts = InferenceOptions(backend="rmbg", model_source=str(model_dir), model_name=MODEL, batch_size=2)
     # This module's tiny model joins the catalogue through settings, as a deployment's own entry would.
-    models = ModelSettings(served=(MODEL,), extra={MODEL: ModelEntry(licence="test weights", commercial_use=False)})
+    models = ModelSettings(
+        served=(MODEL,), extra={MODEL: ModelEntry(hub_id=HUB_ID, licence="test weights", commercial_use=False)}
+    )
     settings = InferenceSettings(**{**service_common, "models": models}, inference=opts)  # type: ignore[arg-type]
     async with ServiceRuntime(settings, name="inference-test") as rt:
         with ThreadPoolExecutor(1) as model_executor, ThreadPoolExecutor(2) as io_executor:
@@ -105,6 +110,7 @@ async def inference(service_common: dict[str, object], model_dir: Path) -> Async
                 metrics=rt.metrics,
                 model_executor=model_executor,
                 io_executor=io_executor,
+                model_names=settings.models.names_for(MODEL),
             )
             yield Inference(settings=settings, handler=handler, backend=backend, store=store, rt=rt)
 
@@ -193,6 +199,15 @@ async def test_a_job_for_another_model_fails_with_the_reason(inference: Inferenc
     (failed,) = (await inference.results(job.job_id))[job.job_id]
     assert failed.kind is ResultKind.FAILED
     assert failed.error == f"model 'some-other-model' is not served by this worker (it serves {MODEL!r})"
+
+
+async def test_a_job_naming_the_model_by_its_hub_id_is_served(inference: Inference) -> None:
+    # An older row stores the hub id; the sweeper re-queues it with that name. It is this pool's model.
+    job = await _job(inference, _distinct_photo(11), model=HUB_ID)
+    assert await inference.handler(await inference.records(job)) == []
+    results = (await inference.results(job.job_id))[job.job_id]
+    assert [r.kind for r in results] == [ResultKind.STARTED, ResultKind.COMPLETED]
+    assert results[-1].model_name == MODEL  # stored under the stable name from here on
 
 
 async def test_a_stored_mask_is_reused_without_fetching_or_computing(inference: Inference) -> None:
@@ -314,3 +329,60 @@ def _distinct_photo(seed: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
+
+
+class _FailingPrepare(_Recording):
+    """The tiny model, except that preparing a chunk of two raises an error nobody classified."""
+
+    def prepare(self, images: Sequence[Image.Image]) -> Chunk:
+        if len(images) == 2:
+            raise RuntimeError("pin_memory failed")
+        return super().prepare(images)
+
+
+async def test_an_error_outside_the_model_fails_its_chunk_and_leaves_nothing_running(inference: Inference) -> None:
+    """Three jobs, chunks of two: the chunk of two fails in preparation, the chunk of one completes. The
+    handler returns (it does not raise) with the error on the two jobs, and no chunk is still at work."""
+    with ThreadPoolExecutor(1) as model_executor, ThreadPoolExecutor(2) as io_executor:
+        handler = InferenceHandler(
+            options=InferenceOptions(backend="rmbg", model_name=MODEL, batch_size=2),
+            images=inference.settings.images,
+            backend=_FailingPrepare(inference.backend),
+            store=inference.store,
+            producer=await inference.rt.producer(),
+            topics=inference.topics,
+            metrics=inference.rt.metrics,
+            model_executor=model_executor,
+            io_executor=io_executor,
+        )
+        jobs = [await _job(inference, _distinct_photo(20 + i)) for i in range(3)]
+        failures = await handler(await inference.records(*jobs))
+        assert not [t for t in asyncio.all_tasks() if "_compute" in repr(t.get_coro())]
+    assert len(failures) == 2 and all(isinstance(f.error, RuntimeError) for f in failures)
+    assert all(classify(f.error) is FailureClass.UNKNOWN for f in failures)  # retried a bounded number of times
+    failed = {inference.topics.jobs.deserialize(f.record.value).job_id for f in failures}
+    (other,) = [j for j in jobs if j.job_id not in failed]
+    assert (await inference.results(other.job_id))[other.job_id][-1].kind is ResultKind.COMPLETED
+
+
+class _OutOfMemory:
+    """Stands in for the network: the device has no memory left, whatever the batch."""
+
+    def __call__(self, inputs: torch.Tensor) -> list[torch.Tensor]:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+async def test_out_of_device_memory_is_retried_not_blamed_on_the_image(inference: Inference) -> None:
+    backend = inference.backend
+    assert isinstance(backend, RmbgBackend)
+    model = backend._model
+    backend._model = _OutOfMemory()  # type: ignore[assignment]
+    try:
+        jobs = [await _job(inference, _distinct_photo(30 + i)) for i in range(2)]
+        failures = await inference.handler(await inference.records(*jobs))
+    finally:
+        backend._model = model
+    # The batch of two is split, then each image alone meets the same state of the device: transient.
+    assert len(failures) == 2
+    assert all(isinstance(f.error, ModelOutOfMemory) for f in failures), [f.error for f in failures]
+    assert all(classify(f.error) is FailureClass.TRANSIENT for f in failures)

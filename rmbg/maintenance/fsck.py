@@ -121,10 +121,20 @@ class Fsck:
         report.cutouts_rebuilt += 1
 
     async def _delete_orphans(self, orphans: list[str], report: FsckReport) -> None:
-        shas = {bytes.fromhex(p.content_sha256) for p in map(ObjectKeys.parse, orphans) if p is not None}
+        content = {k: bytes.fromhex(p.content_sha256) for k in orphans if (p := ObjectKeys.parse(k)) is not None}
+        shas = sorted(set(content.values()))
         async with self._db.pool.acquire() as conn, conn.transaction():
             await self._db.jobs.lock_objects_exclusive(conn)
             # Re-check under the lock: a job may have started using one of these keys since the listing.
-            still_used = await self._db.objects.paths_for_contents(conn, shas=sorted(shas))
-            doomed = [k for k in orphans if k not in still_used]
-            report.orphans_deleted += await self._store.delete_many(doomed)
+            still_used = await self._db.objects.paths_for_contents(conn, shas=shas)
+            # A pending or processing job may be about to use a stored mask of its content (inference reuses
+            # one it finds; the persister reads it back), and its keys are not derivable before its result.
+            unfinished = await self._db.objects.unfinished_contents(conn, shas=shas)
+            doomed = [k for k in orphans if k not in still_used and content.get(k) not in unfinished]
+            # As retention does: the epoch moves after the delete (also when it fails half-way), so an
+            # intake that found one of these objects still there before stores it again.
+            try:
+                report.orphans_deleted += await self._store.delete_many(doomed)
+            finally:
+                if doomed:
+                    await self._db.jobs.bump_object_deletion_epoch(conn)

@@ -602,6 +602,9 @@ class Statements(abc.ABC):
     async def paths_for_contents(self, conn: asyncpg.Connection, *, shas: list[bytes] | None) -> list[asyncpg.Record]:
         return await self._rows("paths_for_contents", conn, shas=shas)
 
+    async def unfinished_contents(self, conn: asyncpg.Connection, *, shas: list[bytes] | None) -> list[asyncpg.Record]:
+        return await self._rows("unfinished_contents", conn, shas=shas)
+
     async def jobs_in_shard(
         self,
         conn: asyncpg.Connection,

@@ -86,6 +86,12 @@ CROSS JOIN LATERAL (VALUES
 WHERE j.content_sha256 = ANY(:shas::bytea[]) AND k.path IS NOT NULL
 GROUP BY k.path;
 
+-- name: unfinished_contents(shas)
+-- Which of these contents a pending or processing job has: its mask and cut-out keys are not derivable
+-- yet (its model revision comes with its result), so fsck deletes nothing under such a content.
+SELECT DISTINCT content_sha256 FROM image_process_jobs
+WHERE content_sha256 = ANY(:shas::bytea[]) AND status IN ('pending', 'processing');
+
 -- name: jobs_in_shard(low, high)
 -- The jobs whose content hash starts with one byte (fsck walks 256 shards, one index range each).
 SELECT job_id, created_at, status, content_sha256,

@@ -28,6 +28,10 @@ class ObjectsRepository:
         """Every object key the remaining jobs of these contents name."""
         return {str(r["path"]) for r in await self._q.paths_for_contents(conn, shas=shas)}
 
+    async def unfinished_contents(self, conn: asyncpg.Connection, *, shas: list[bytes]) -> set[bytes]:
+        """Which of these contents a pending or processing job has (its result's keys are not known yet)."""
+        return {bytes(r["content_sha256"]) for r in await self._q.unfinished_contents(conn, shas=shas)}
+
     async def jobs_in_shard(self, conn: asyncpg.Connection, *, shard: int) -> list[ShardJob]:
         """The jobs whose content hash starts with the byte ``shard`` (0..255)."""
         if not 0 <= shard < SHARDS:

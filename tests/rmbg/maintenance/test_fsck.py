@@ -330,3 +330,30 @@ async def test_the_cli_reports_exits_1_and_repairs_with_repair(
     assert not await _exists(store, stray)
 
     assert (await _fsck(db, store, repair=False)).clean
+
+
+async def test_a_mask_under_an_unfinished_jobs_content_is_kept_and_deleting_moves_the_epoch(
+    db: Database, store: ObjectStore
+) -> None:
+    """A pending job may be about to use a stored mask of its content (inference reuses one it finds, the
+    persister reads it back) and its own keys are not derivable before its result: fsck keeps every object
+    under its content. Deleting any orphan moves the deletion epoch, as retention does, so an intake that
+    found the object still there before stores it again."""
+    data = _photo()
+    pending = await _pending(db, store, data)
+    sha = hashlib.sha256(data).hexdigest()
+    reusable = ObjectKeys.mask(sha, model_name=MODEL, model_revision=REVISION, threshold_tag="soft")
+    await store.put(reusable, _mask(), content_type="image/png")
+    stray = ObjectKeys.original("cd" * 32, "png")
+    await store.put(stray, b"nobody references me", content_type="image/png")
+    async with db.pool.acquire() as conn:
+        before = await db.jobs.object_deletion_epoch(conn)
+
+    report = await _fsck(db, store, repair=True)
+
+    assert sorted(report.orphans) == sorted([reusable, stray]), "both unreferenced by any derivable key"
+    assert report.orphans_deleted == 1
+    assert await _exists(store, reusable) and await _exists(store, pending.original)
+    assert not await _exists(store, stray)
+    async with db.pool.acquire() as conn:
+        assert await db.jobs.object_deletion_epoch(conn) > before

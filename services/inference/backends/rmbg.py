@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,21 +35,44 @@ Precision = Literal["autocast", "cast"]
 
 
 def local_revision(folder: Path) -> str:
-    """Identify a local model folder's weights: ``sha256:`` of the first MiB of its weights file.
+    """Identify a local model folder's weights: the SHA-256 (hex) of the first MiB of its weights file, or
+    for sharded weights of their index and the first MiB of every shard it names.
 
     The first MiB holds the safetensors header (every tensor's name, dtype, shape and offset) and the first
     tensors, so retrained or re-exported weights change it, while hashing 885 MB at every start would cost
-    seconds. A folder with no single weights file (sharded, or none) falls back to hashing config.json.
+    seconds. Hex digits only: object keys carry the revision's first 12 characters (shared/storage/keys.py
+    ``model_slug``), and the ``sha256:`` prefix this once had left 5 digits of the digest there, a sharded
+    folder's ``config-sha256:`` none, so new weights under the same name reused the old weights' masks.
     """
     for filename in ("model.safetensors", "pytorch_model.bin"):
         path = folder / filename
         if path.is_file():
             with path.open("rb") as handle:
-                return "sha256:" + hashlib.sha256(handle.read(_HASHED_PREFIX)).hexdigest()
+                return hashlib.sha256(handle.read(_HASHED_PREFIX)).hexdigest()
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return _sharded_revision(folder, index)
     config = folder / "config.json"
     if config.is_file():
-        return "config-sha256:" + hashlib.sha256(config.read_bytes()).hexdigest()
+        return hashlib.sha256(config.read_bytes()).hexdigest()
     raise ModelError(f"{folder} holds neither weights nor config.json")
+
+
+def _sharded_revision(folder: Path, index: Path) -> str:
+    raw = index.read_bytes()
+    try:
+        weight_map = json.loads(raw)["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{index} is not a safetensors index (no weight_map of tensor -> file): {exc}") from exc
+    digest = hashlib.sha256(raw)
+    for shard in shards:
+        path = folder / str(shard)
+        if Path(str(shard)).name != shard or not path.is_file():
+            raise ModelError(f"{index} names {shard!r}, which is not a file of {folder}")
+        with path.open("rb") as handle:
+            digest.update(handle.read(_HASHED_PREFIX))
+    return digest.hexdigest()
 
 
 def _hub_revision(source: str, revision: str | None) -> str:

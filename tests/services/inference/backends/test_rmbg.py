@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from transformers import AutoModelForImageSegmentation, PretrainedConfig, PreTra
 from services.inference.backends.base import SegmentationBackend, StagedBackend
 from services.inference.backends.rmbg import RmbgBackend, _hub_revision, local_revision
 from shared.exceptions import ModelError
+from shared.storage.keys import model_slug
 
 LOGIT_ATOL = 1e-5
 MAX_LEVEL_DIFF = 1
@@ -105,9 +107,37 @@ def test_backend_identity(tiny_backend: RmbgBackend, tiny_rmbg_dir: Path) -> Non
     assert isinstance(tiny_backend, SegmentationBackend)
     assert tiny_backend.name == "tiny_rmbg"
     weights = (tiny_rmbg_dir / "model.safetensors").read_bytes()
-    assert tiny_backend.revision == "sha256:" + hashlib.sha256(weights[: 1024 * 1024]).hexdigest()
+    assert tiny_backend.revision == hashlib.sha256(weights[: 1024 * 1024]).hexdigest()
     assert tiny_backend.revision == local_revision(tiny_rmbg_dir)
     assert tiny_backend.max_batch == 8
+
+
+def test_new_weights_under_one_name_get_a_revision_and_keys_of_their_own(tmp_path: Path) -> None:
+    """Object keys keep a revision's first 12 characters (model_slug): a local revision is hex from its
+    first character, so other weights never share the old ones' masks, single-file or sharded."""
+
+    def folder(name: str, shards: dict[str, bytes]) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text("{}")
+        weight_map = {f"layer{i}.weight": shard for i, shard in enumerate(shards)}
+        (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+        for shard, data in shards.items():
+            (path / shard).write_bytes(data)
+        return path
+
+    old = local_revision(folder("old", {"model-00001.safetensors": b"a" * 10, "model-00002.safetensors": b"b"}))
+    new = local_revision(folder("new", {"model-00001.safetensors": b"a" * 10, "model-00002.safetensors": b"c"}))
+    assert re.fullmatch(r"[0-9a-f]{64}", old) and re.fullmatch(r"[0-9a-f]{64}", new) and old != new
+    assert model_slug("rmbg-2.0", old) != model_slug("rmbg-2.0", new)
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "model.safetensors").write_bytes(b"weights")
+    assert model_slug("rmbg-2.0", local_revision(single)) == "rmbg-2.0@" + hashlib.sha256(b"weights").hexdigest()[:12]
+    broken = folder("broken", {"model-00001.safetensors": b"x"})
+    (broken / "model-00001.safetensors").unlink()
+    with pytest.raises(ModelError, match="not a file"):
+        local_revision(broken)
 
 
 def test_predict_returns_uint8_mattes_at_original_sizes(

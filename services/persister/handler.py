@@ -150,9 +150,7 @@ class PersistHandler:
             failures.extend(plan.from_item(item, error))
             failed_jobs.add(plan.job.job_id)
 
-        for plan, error in await each_record(
-            [p for p in plans if p.replay], lambda p: self._announcer.announce(p.job, moved=False)
-        ):
+        for plan, error in await each_record([p for p in plans if p.replay], self._replay):
             fail(plan, plan.items[0], error)
         await self._apply_started([(p, p.started) for p in plans if p.started is not None], fail)
         # A job whose started event could not be published waits: its end would overtake it.
@@ -160,6 +158,17 @@ class PersistHandler:
             [(p, p.end) for p in plans if p.end is not None and p.job.job_id not in failed_jobs], fail
         )
         return failures
+
+    async def _replay(self, plan: JobPlan) -> None:
+        """A job already ended: its event again, and for a failed one the masks its results stored dropped.
+
+        Such a mask is stored by inference for a job that had failed meanwhile (a late result, the sweeper
+        failing it first) or whose give_up could not finish its clean-up (the record then comes back here):
+        no row will ever name it, so neither retention nor the job would delete it."""
+        await self._announcer.announce(plan.job, moved=False)
+        if plan.job.status is JobStatus.FAILED:
+            for mask_key in sorted({r.mask_key for _, r in plan.items if r.mask_key is not None}):
+                await self._discard_unwanted_mask(plan.job, mask_key)
 
     async def _apply_started(self, started: list[tuple[JobPlan, Item]], fail: Fail) -> None:
         if not started:
@@ -229,9 +238,16 @@ class PersistHandler:
         await self._dead_letters.or_send(record, reason, error, self._end_failed(job, result, reason))
 
     async def _end_failed(self, job: JobRecord, result: ResultEvent, reason: str) -> None:
-        await self._failed(job, f"result not usable: {reason}")
-        if result.mask_key is not None:
-            await self._discard_unwanted_mask(job, result.mask_key)
+        ended = await self._failed(job, f"result not usable: {reason}")
+        if result.mask_key is None:
+            return
+        if ended is None:
+            # Not moved: already ended. Only a failed job's mask is unwanted (a completed one uses it).
+            async with self._db.pool.acquire() as conn:
+                now = await self._db.jobs.get_job(conn, job_id=job.job_id)
+            if now is None or now.status is not JobStatus.FAILED:
+                return
+        await self._discard_unwanted_mask(job, result.mask_key)
 
     async def _discard_unwanted_mask(self, job: JobRecord, mask_key: str) -> None:
         """Inference stored a large mask for a job that then failed: delete it unless another job may use it.
@@ -247,13 +263,15 @@ class PersistHandler:
             if not wanted:
                 await self._store.delete_many([mask_key])
 
-    async def _failed(self, record: JobRecord, reason: str) -> None:
+    async def _failed(self, record: JobRecord, reason: str) -> JobRecord | None:
+        """Fail the job and announce it; the moved row, or None when it had already ended."""
         async with self._db.pool.acquire() as conn:
             updated = await self._db.jobs.mark_failed(
                 conn, job_id=record.job_id, error_message=reason, completed_at=datetime.now(UTC)
             )
         if updated is not None:
             await self._announcer.announce(updated)
+        return updated
 
     async def _completion(self, record: JobRecord, result: ResultEvent) -> Completion:
         """Store a completed result's mask and cut-out; the transition that records them."""

@@ -357,3 +357,26 @@ async def test_a_fresh_result_costs_one_get_and_two_puts(
     assert row.status is JobStatus.COMPLETED
     assert row.mask_path is not None and row.processed_path is not None
     assert await persister.store.head(row.mask_path) is not None and await persister.store.head(row.processed_path)
+
+
+async def test_a_late_result_of_a_failed_job_leaves_no_mask_behind(persister: Persister) -> None:
+    """Inference stored a large mask for a job that had failed meanwhile: no row will ever name it, so the
+    redelivery path deletes it, unless another job of the same content completed with it."""
+    photo = _photo()
+    job = await persister.job(photo)
+    assert await persister.handler(await persister.records(_result(job, ResultKind.FAILED, error="lost"))) == []
+    mask_key, _ = _expected_keys(job, "webp", "webp")
+    await persister.store.put(mask_key, _mask_for(job), content_type="image/png")
+
+    assert await persister.handler(await persister.records(_result(job, ResultKind.COMPLETED, mask_key=mask_key))) == []
+    assert (await persister.row(job.job_id)).status is JobStatus.FAILED
+    assert await persister.store.head(mask_key) is None
+
+    # The same content completed by another job with that very mask: the failed job's late result keeps it.
+    done = await persister.job(photo)
+    await persister.store.put(mask_key, _mask_for(done), content_type="image/png")
+    completed = _result(done, ResultKind.COMPLETED, mask_key=mask_key)
+    assert await persister.handler(await persister.records(completed)) == []
+    assert (await persister.row(done.job_id)).status is JobStatus.COMPLETED
+    assert await persister.handler(await persister.records(_result(job, ResultKind.COMPLETED, mask_key=mask_key))) == []
+    assert await persister.store.head(mask_key) is not None

@@ -205,7 +205,11 @@ class Intake:
             async with conn.transaction():
                 # Shared with other intakes, exclusive against retention's reference check + delete.
                 await self._db.jobs.lock_objects_shared(conn)
-                deleted_meanwhile = await self._db.jobs.object_deletion_epoch(conn) != epoch
+                if await self._db.jobs.object_deletion_epoch(conn) != epoch:
+                    # Retention or fsck may have deleted this content between the upload and the lock. Stored
+                    # again here, under the lock and before the commit: should the store fail, the insert
+                    # is rolled back with it, so the 503 the client gets ("nothing was accepted") is true.
+                    await self._store.put(key, data, content_type=info.content_type, metadata={"sha256": sha})
                 inserted = await self._db.jobs.insert_job(
                     conn,
                     job_id=job_id,
@@ -232,10 +236,6 @@ class Intake:
                     await self._db.webhooks.register(
                         conn, job_id=job_id, created_at=record.created_at, user_id=user_id, url=callback_url
                     )
-        if deleted_meanwhile:
-            # Retention may have deleted this content between the upload and the lock; the committed row
-            # now protects it from the next run, so one more upload makes the pair whole.
-            await self._store.put(key, data, content_type=info.content_type, metadata={"sha256": sha})
         if record is None:  # pragma: no cover - the insert above guarantees a row
             raise RuntimeError(f"job {job_id} vanished after insert")
         if inserted:

@@ -17,16 +17,18 @@ import pytest
 from PIL import Image
 
 from services.ingest.handler import UploadHandler
+from services.ingest.intake import Intake
 from services.ingest.resources import IngestResources, open_ingest
 from services.ingest.settings import IngestOptions, IngestSettings
 from shared.config import KafkaSettings
 from shared.contracts import JobEventKind, ProcessingParams, UploadEvent
+from shared.db import Database
 from shared.db.models import JobRecord, JobStatus
-from shared.exceptions import ContractError
+from shared.exceptions import ContractError, StorageUnavailable
 from shared.failures import FailureClass, classify, describe
 from shared.ids import upload_job_id
 from shared.models import ModelEntry, ModelSettings
-from shared.storage import ObjectKeys
+from shared.storage import ObjectKeys, ObjectStore
 from shared.telemetry import PipelineMetrics
 from shared.worker import Record
 from tests.support.images import bomb_png
@@ -210,3 +212,55 @@ async def test_events_that_can_never_be_accepted_are_permanent_and_dead_lettered
 
     got = letters(await read_topic(ingest.kafka, topic.name, lambda rs: len(letters(rs)) == len(keys)))
     assert "is not an upload bucket" in got[foreign.event_id]
+
+
+class _DeletedMeanwhile(ObjectStore):
+    """The real store, but right after the upload a deletion lands, as retention's or fsck's would between
+    the upload and intake's lock: the object goes and the deletion epoch moves. ``fail_put``: the store is
+    down for the upload that follows."""
+
+    def __init__(self, inner: ObjectStore, db: Database, *, fail_put: bool) -> None:
+        super().__init__(inner._client, inner.bucket)
+        self._db, self._fail_put, self._deleted = db, fail_put, False
+
+    async def put_if_absent(
+        self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> bool:
+        stored = await super().put_if_absent(key, data, content_type=content_type, metadata=metadata)
+        async with self._db.pool.acquire() as conn, conn.transaction():
+            await self._db.jobs.lock_objects_exclusive(conn)
+            await self.delete_many([key])
+            await self._db.jobs.bump_object_deletion_epoch(conn)
+        self._deleted = True
+        return stored
+
+    async def put(self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None) -> None:
+        if self._fail_put and self._deleted:  # the upload after the deletion (put_if_absent puts too)
+            raise StorageUnavailable("the object store is down")
+        await super().put(key, data, content_type=content_type, metadata=metadata)
+
+
+async def test_an_original_deleted_before_the_lock_is_stored_again_or_nothing_is_accepted(ingest: Ingest) -> None:
+    res = ingest.res
+
+    def intake(store: ObjectStore) -> Intake:
+        return Intake(
+            options=res.settings.ingest, images=res.settings.images, db=res.db, store=store, producer=res.producer,
+            topics=res.topics, cache=res.cache, metrics=res.metrics, executor=res.intake._executor,
+            models=res.settings.models,
+        )
+
+    data = _photo()
+    accepted = await intake(_DeletedMeanwhile(res.store, res.db, fail_put=False)).accept(
+        data=data, user_id="u-epoch", tags=[], params=ProcessingParams(), source="http"
+    )
+    job = await ingest.job(accepted.job_id)
+    assert job is not None and await res.store.get(job.original_path) == data, "stored again"
+
+    # The same race with the store down for that upload: the row is rolled back with it, so the 503 the
+    # client gets ("nothing was accepted, retry") is true, and its retry starts afresh.
+    with pytest.raises(StorageUnavailable):
+        await intake(_DeletedMeanwhile(res.store, res.db, fail_put=True)).accept(
+            data=_photo(), user_id="u-epoch-down", tags=[], params=ProcessingParams(), source="http"
+        )
+    assert await ingest.jobs_of("u-epoch-down") == 0

@@ -61,13 +61,17 @@ class JobPlan:
 
     ``started`` is the first STARTED result while the job is pending; ``end`` the first COMPLETED or
     FAILED one. Results after ``end`` change nothing (the guards would refuse them) and ride on its
-    outcome; ``replay`` marks a job already terminal, whose event is published again (moved=False)."""
+    outcome; ``replay`` marks a job already terminal, whose event is published again (moved=False).
+    ``restated`` is a STARTED result that already moved the row (its started_at is this result's time):
+    its processing event is published again too, so one lost after the commit comes back with the
+    redelivery, as a terminal job's does."""
 
     job: JobRecord
     items: list[Item]
     started: Item | None = None
     end: Item | None = None
     replay: bool = False
+    restated: Item | None = None
 
     def from_item(self, item: Item, error: BaseException) -> list[RecordFailure]:
         """``item`` failed with ``error``: it and every later result of the job are to be retried."""
@@ -81,13 +85,17 @@ def plan_job(job: JobRecord, items: list[Item]) -> JobPlan:
     if job.is_terminal:
         return JobPlan(job, items, replay=True)
     started: Item | None = None
+    restated: Item | None = None
     for item in items:
-        if item[1].kind is ResultKind.STARTED:
+        result = item[1]
+        if result.kind is ResultKind.STARTED:
             if started is None and job.status is JobStatus.PENDING:
                 started = item
+            elif restated is None and job.status is JobStatus.PROCESSING and job.started_at == result.occurred_at:
+                restated = item
             continue
-        return JobPlan(job, items, started=started, end=item)
-    return JobPlan(job, items, started=started)
+        return JobPlan(job, items, started=started, end=item, restated=restated)
+    return JobPlan(job, items, started=started, restated=restated)
 
 
 class PersistHandler:
@@ -153,6 +161,11 @@ class PersistHandler:
         for plan, error in await each_record([p for p in plans if p.replay], self._replay):
             fail(plan, plan.items[0], error)
         await self._apply_started([(p, p.started) for p in plans if p.started is not None], fail)
+        restated = [(p, p.restated) for p in plans if p.restated is not None]
+        for (plan, item), error in await each_record(
+            restated, lambda pair: self._announcer.announce(pair[0].job, moved=False)
+        ):
+            fail(plan, item, error)
         # A job whose started event could not be published waits: its end would overtake it.
         await self._apply_ends(
             [(p, p.end) for p in plans if p.end is not None and p.job.job_id not in failed_jobs], fail

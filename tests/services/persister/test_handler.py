@@ -11,13 +11,14 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from services.persister.handler import PersistHandler, plan_job
+from services.persister.handler import JobPlan, PersistHandler, plan_job
 from services.persister.settings import PersisterSettings
 from shared.cache import JobCache
 from shared.contracts import CutoutFormat, JobEvent, JobEventKind, ProcessingParams, ResultEvent, ResultKind
@@ -311,15 +312,28 @@ async def test_a_batch_applies_every_job_and_one_bad_job_fails_alone(persister: 
     assert replayed == [JobEventKind.ACCEPTED, JobEventKind.FAILED] * 2, "the ended job's event again, once"
 
 
-def _plan_kinds(status: JobStatus, *kinds: ResultKind) -> tuple[int | None, int | None, bool]:
-    job = JobRecord.model_construct(job_id=uuid7(), status=status)
-    items = [(object(), ResultEvent.model_construct(kind=kind)) for kind in kinds]
-    plan = plan_job(job, items)  # type: ignore[arg-type]
+_STARTED_AT = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
-    def index(item: object) -> int | None:
-        return None if item is None else next(i for i, it in enumerate(items) if it is item)
 
-    return index(plan.started), index(plan.end), plan.replay
+def _plan_kinds(
+    status: JobStatus, *kinds: ResultKind, started_at: datetime | None = None
+) -> tuple[int | None, int | None, bool]:
+    plan, items = _plan(status, *kinds, started_at=started_at)
+    return _index(items, plan.started), _index(items, plan.end), plan.replay
+
+
+def _plan(status: JobStatus, *kinds: ResultKind, started_at: datetime | None = None) -> tuple[JobPlan, list[Any]]:
+    """A plan for a row in ``status`` and results of ``kinds``, the i-th occurring i minutes after _STARTED_AT."""
+    job = JobRecord.model_construct(job_id=uuid7(), status=status, started_at=started_at)
+    items = [
+        (object(), ResultEvent.model_construct(kind=kind, occurred_at=_STARTED_AT + timedelta(minutes=i)))
+        for i, kind in enumerate(kinds)
+    ]
+    return plan_job(job, items), items
+
+
+def _index(items: list[Any], item: object) -> int | None:
+    return None if item is None else next(i for i, it in enumerate(items) if it is item)
 
 
 def test_plan_job_follows_the_status_guards() -> None:
@@ -331,6 +345,18 @@ def test_plan_job_follows_the_status_guards() -> None:
     assert _plan_kinds(JobStatus.PENDING, S) == (0, None, False)
     assert _plan_kinds(JobStatus.COMPLETED, S, C) == (None, None, True)
     assert _plan_kinds(JobStatus.FAILED, F) == (None, None, True)
+
+
+def test_a_start_that_already_moved_the_row_is_announced_again() -> None:
+    """Its processing event may have been lost after the commit (the batch is then retried): the row says
+    this very result moved it (started_at is its time), so the redelivery publishes the event again."""
+    S, C = ResultKind.STARTED, ResultKind.COMPLETED
+    plan, items = _plan(JobStatus.PROCESSING, S, C, started_at=_STARTED_AT)
+    assert (_index(items, plan.started), _index(items, plan.restated), _index(items, plan.end)) == (None, 0, 1)
+    other, _ = _plan(JobStatus.PROCESSING, S, C, started_at=_STARTED_AT - timedelta(hours=1))
+    assert other.restated is None, "a start other than the one that moved the row changes nothing"
+    pending, _ = _plan(JobStatus.PENDING, S, started_at=None)
+    assert pending.restated is None and pending.started is not None
 
 
 async def test_a_fresh_result_costs_one_get_and_two_puts(
@@ -380,3 +406,16 @@ async def test_a_late_result_of_a_failed_job_leaves_no_mask_behind(persister: Pe
     assert (await persister.row(done.job_id)).status is JobStatus.COMPLETED
     assert await persister.handler(await persister.records(_result(job, ResultKind.COMPLETED, mask_key=mask_key))) == []
     assert await persister.store.head(mask_key) is not None
+
+
+async def test_a_redelivered_start_publishes_the_processing_event_again(persister: Persister) -> None:
+    """The start moved the row; were its event lost after the commit, the batch comes again: the event is
+    published again (stats count a job's transition once), and the row does not move twice."""
+    job = await persister.job(_photo())
+    (started,) = await persister.records(_result(job, ResultKind.STARTED))
+    assert await persister.handler([started]) == []
+    moved = await persister.row(job.job_id)
+    assert moved.status is JobStatus.PROCESSING
+    assert await persister.handler([started]) == []
+    assert (await persister.row(job.job_id)).updated_at == moved.updated_at, "not moved again"
+    assert (await persister.events(job.job_id, until=2)).count(JobEventKind.PROCESSING) == 2

@@ -77,8 +77,11 @@ LOCK TABLE stats_ledger IN SHARE ROW EXCLUSIVE MODE;
 -- ledger gets exactly the (job, kind) pairs the jobs justify, so events still in flight for those
 -- jobs later find their row and count nothing, and events for later transitions count once.
 -- The DELETE and INSERT touch disjoint rows (unjustified vs. missing), as data-modifying CTEs must.
+-- Each `accepted` row added is an event the consumer did not count (lost, or still in flight and now
+-- to be skipped), so its user's job count goes up here as the consumer's count_user would have: else
+-- the late event, finding its row, would count the user nowhere.
 WITH j AS MATERIALIZED (
-    SELECT j.job_id, j.status, j.processing_time_ms
+    SELECT j.job_id, j.user_id, j.status, j.processing_time_ms
     FROM image_process_jobs j
     WHERE j.created_at >= (:stat_date::date)::timestamp AT TIME ZONE 'UTC'
       AND j.created_at < (:stat_date::date + 1)::timestamp AT TIME ZONE 'UTC'
@@ -94,6 +97,11 @@ WITH j AS MATERIALIZED (
     INSERT INTO stats_ledger (stat_date, job_id, kind)
     SELECT :stat_date::date, job_id, kind FROM want
     ON CONFLICT DO NOTHING
+    RETURNING job_id, kind
+), users_added AS (
+    INSERT INTO user_job_counts AS c (user_id, jobs)
+    SELECT j.user_id, count(*) FROM added a JOIN j USING (job_id) WHERE a.kind = 'accepted' GROUP BY j.user_id
+    ON CONFLICT (user_id) DO UPDATE SET jobs = c.jobs + EXCLUDED.jobs
 ), t AS (
     SELECT count(*)::int AS total_jobs,
            (count(*) FILTER (WHERE status = 'completed'))::int AS completed_jobs,

@@ -148,9 +148,11 @@ async def test_reconcile_rewrites_day_and_ledger(conn: asyncpg.Connection, repos
         )
     await repos.jobs.mark_failed(conn, job_id=ids[4], error_message="x", completed_at=datetime.now(UTC))
 
-    # Only some events arrived, and a bogus one for a job not of this day.
+    # Only some events arrived (each counting its user, as the stats handler does), and a bogus one for a
+    # job not of this day.
     for job_id in ids[:3]:
-        await repos.stats.apply_event(conn, stat_date=day, job_id=job_id, kind="accepted")
+        assert await repos.stats.apply_event(conn, stat_date=day, job_id=job_id, kind="accepted")
+        await repos.stats.count_user(conn, user_id=user)
     await repos.stats.apply_event(conn, stat_date=day, job_id=uuid7(), kind="failed")
     assert await repos.stats.daily_totals(conn, days=1, today=day) != [
         await repos.stats.totals_from_jobs(conn, stat_date=day)
@@ -164,6 +166,10 @@ async def test_reconcile_rewrites_day_and_ledger(conn: asyncpg.Connection, repos
     assert await repos.stats.daily_totals(conn, days=1, today=day) == [expected]
     ledger = await conn.fetchval("SELECT count(*) FROM stats_ledger WHERE stat_date = $1", day)
     assert ledger == 10 + 4 + 1
+    # The seven accepted events never counted: reconcile counts their user, since when they arrive now they
+    # find their ledger rows and count nothing.
+    user_jobs = "SELECT jobs FROM user_job_counts WHERE user_id = $1"
+    assert await conn.fetchval(user_jobs, user) == 10
 
     # Events still in flight for those jobs count nothing now; a later transition counts once.
     for job_id in ids:
@@ -173,8 +179,10 @@ async def test_reconcile_rewrites_day_and_ledger(conn: asyncpg.Connection, repos
     assert await repos.stats.daily_totals(conn, days=1, today=day) == [
         await repos.stats.totals_from_jobs(conn, stat_date=day)
     ]
+    assert await conn.fetchval(user_jobs, user) == 10, "the late events counted the user no more"
     # Reconciling again is a no-op.
     assert await repos.stats.reconcile(conn, stat_date=day) == await repos.stats.totals_from_jobs(conn, stat_date=day)
+    assert await conn.fetchval(user_jobs, user) == 10
 
 
 async def test_reconcile_refuses_a_day_whose_month_is_gone(conn: asyncpg.Connection, repos: Repositories) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from shared.config import OutboundSettings
@@ -49,10 +50,18 @@ def check_url(url: str, policy: OutboundSettings) -> str:
     port = port or (443 if parts.scheme == "https" else 80)
     if policy.allowed_ports and port not in policy.allowed_ports:
         raise FetchRefused(f"port {port} is not allowed (allowed: {', '.join(map(str, policy.allowed_ports))})")
-    with contextlib.suppress(ValueError):
-        ipaddress.ip_address(host)
-        if not policy.allow_private_targets and not _public(host):
-            raise FetchRefused(f"{host} is not a public address")
+    # Judged as the client will connect: yarl (aiohttp's URL) normalises the host (IDNA maps fullwidth
+    # digits and ideographic full stops to ASCII), so 'http://１２７.0.0.1/' reaches the literal 127.0.0.1,
+    # which skips the resolver below; urlsplit's hostname alone is not an IP and was let through.
+    try:
+        connect_host = yarl.URL(url).host or host
+    except (ValueError, UnicodeError) as exc:
+        raise FetchRefused(f"malformed URL: {exc}") from None
+    for candidate in dict.fromkeys((host, connect_host)):
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(candidate)
+            if not policy.allow_private_targets and not _public(candidate):
+                raise FetchRefused(f"{host} is not a public address")
     return url
 
 

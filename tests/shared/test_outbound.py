@@ -62,6 +62,11 @@ OPEN = OutboundSettings(allow_private_targets=True, allowed_ports=())
         "http://[::ffff:127.0.0.1]/a.png",
         "http://100.64.0.1/a.png",
         "http:///nohost",
+        # Hosts the client normalises to a loopback or metadata literal (IDNA: fullwidth digits, ideographic
+        # full stops), which would skip the connect-time resolver.
+        "http://\uff11\uff12\uff17.0.0.1/a.png",
+        "http://127\u30020\u30020\u30021/a.png",
+        "http://\uff11\uff16\uff19.254.169.254/latest/meta-data/",
     ],
 )
 def test_refused_before_any_request(url: str) -> None:
@@ -78,8 +83,11 @@ def test_ports_outside_the_allowed_set_are_refused() -> None:
 
 async def test_loopback_is_unreachable_by_ip_by_name_and_by_redirect(server: str) -> None:
     port = server.split(":")[1]
+    fullwidth = "\uff11\uff12\uff17.0.0.1"  # what the client connects to as 127.0.0.1
     async with open_outbound(DEFAULT) as session:
-        for url in (f"http://{server}/image.png", f"http://localhost:{port}/image.png"):
+        for url in (
+            f"http://{server}/image.png", f"http://localhost:{port}/image.png", f"http://{fullwidth}:{port}/image.png"
+        ):
             with pytest.raises(FetchRefused):
                 await fetch_bytes(session, url, policy=DEFAULT, max_bytes=10_000, timeout_s=5)
 

@@ -8,6 +8,7 @@ accepted, so the same request may be retried), permanent → 422, anything else 
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -75,6 +76,20 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers
         self.details = details
+
+
+def json_object_param(raw: str, name: str) -> dict[str, Any]:
+    """A query or form field that must hold a JSON object, parsed; else a 422 naming the field."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = None
+    except RecursionError:
+        # Thousands of nested brackets (they fit in a URL) exhaust the decoder's stack.
+        raise ApiError(422, "invalid_request", f"{name} is nested too deeply") from None
+    if not isinstance(value, dict):
+        raise ApiError(422, "invalid_request", f"{name} must be a JSON object")
+    return value
 
 
 def error_response(

@@ -102,7 +102,8 @@ class Limits:
 
     async def check_quota(self, principal: Principal) -> None:
         """Before a submission: RateLimited(code=quota_exceeded) when today's jobs reached the quota."""
-        quota = principal.daily_quota or self._daily
+        # A key's own quota of 0 suspends its submissions; only None means the service's default.
+        quota = self._daily if principal.daily_quota is None else principal.daily_quota
         used = await self._used_today(principal.user_id)
         if used >= quota:
             raise RateLimited(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from services.ingest.auth import AdminUser, Resources
-from services.ingest.errors import ERROR_RESPONSES, ApiError, ErrorResponse
+from services.ingest.errors import ERROR_RESPONSES, ErrorResponse, json_object_param
 
 router = APIRouter(
     prefix="/v1/admin",
@@ -84,12 +83,7 @@ async def params_count(
     days: Annotated[int, Query(ge=1, le=366)] = 30,
 ) -> dict[str, Any]:
     """Jobs of all users accepted in the last ``days`` days whose params contain ``contains``."""
-    try:
-        wanted = json.loads(contains)
-    except json.JSONDecodeError:
-        wanted = None
-    if not isinstance(wanted, dict):
-        raise ApiError(422, "invalid_request", "contains must be a JSON object")
+    wanted = json_object_param(contains, "contains")
     today = datetime.now(UTC).date()
     date_from = today - timedelta(days=days - 1)
     async with res.db.pool.acquire() as conn:

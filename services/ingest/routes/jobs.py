@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -11,7 +10,7 @@ from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from pydantic import BaseModel, ValidationError
 
 from services.ingest.auth import CurrentUser, Resources
-from services.ingest.errors import ERROR_RESPONSES, ApiError, ErrorResponse
+from services.ingest.errors import ERROR_RESPONSES, ApiError, ErrorResponse, json_object_param
 from services.ingest.intake import Accepted, Idempotency, IdempotencyConflict
 from services.ingest.jobviews import job_detail, owned_job
 from shared.contracts import ProcessingParams, parse_tags
@@ -57,16 +56,6 @@ def _parse_params(raw: str | None) -> ProcessingParams:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors()[:5])
         raise ApiError(422, "invalid_params", f"invalid params: {problems}") from None
-
-
-def _json_object(raw: str, name: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise ApiError(422, "invalid_request", f"{name} must be a JSON object")
-    return value
 
 
 @router.post(
@@ -241,7 +230,7 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
     """The caller's jobs, newest first; follow ``next_cursor`` for the next page."""
-    contains = _json_object(params, "params") if params else None
+    contains = json_object_param(params, "params") if params else None
     try:
         async with res.db.pool.acquire() as conn:
             rows, next_cursor = await res.db.jobs.list_jobs(

@@ -92,6 +92,8 @@ async def test_quota_counts_in_redis_seeded_from_postgres(db: Database, redis: a
         await limits.check_quota(who)
     assert over.value.code == "quota_exceeded" and 1 <= over.value.retry_after_s <= 86400
     await limits.check_quota(_principal(daily_quota=100))  # a key's own quota
+    with pytest.raises(RateLimited, match="quota of 0 jobs"):
+        await limits.check_quota(_principal(daily_quota=0))  # 0 suspends the key, it is not "the default"
 
 
 async def test_with_redis_down_the_quota_is_counted_in_postgres(db: Database, dead_redis: aioredis.Redis) -> None:

@@ -49,7 +49,8 @@ SELECT count(*) FROM image_process_jobs WHERE created_at >= :month_from AND crea
 
 -- name: delete_before(cutoff, month_from, max_rows)
 -- One bounded batch; image_tags rows go with their jobs (ON DELETE CASCADE), and the users' job
--- counts are reduced in the same statement.
+-- counts are reduced in the same statement, never below 0 (a count short of an uncounted event must not
+-- fail retention: migration 0019). Run after lock_stats_writers, in its transaction.
 WITH gone AS (
     DELETE FROM image_process_jobs j
     USING (SELECT job_id, created_at FROM image_process_jobs
@@ -64,11 +65,16 @@ WITH gone AS (
                   rmbg_cutout_key(j.processed_path, j.cutout_format, j.content_sha256, j.model_name,
                                   j.model_revision, j.params_hash)], NULL) AS paths
 ), counted AS (
-    UPDATE user_job_counts u SET jobs = u.jobs - d.n
+    UPDATE user_job_counts u SET jobs = GREATEST(u.jobs - d.n, 0)
     FROM (SELECT user_id, count(*) AS n FROM gone GROUP BY user_id) d
     WHERE u.user_id = d.user_id
 )
 SELECT content_sha256, paths FROM gone;
+
+-- name: lock_stats_writers()!
+-- The stats writers' lock (stats.sql apply_event), taken before user_job_counts is reduced: a stats batch
+-- takes users' rows in event order under it, so reducing them in another order without it could deadlock.
+SELECT pg_advisory_xact_lock(7270, 2);  -- shared/db/locks.py STATS
 
 -- name: referenced_contents(shas)
 -- Which of these contents a remaining job still uses (ix_jobs_content, one probe per partition).

@@ -72,6 +72,27 @@ FROM t;
 -- at a time. Stats events for all days wait meanwhile (one partition scan, well under a second).
 LOCK TABLE stats_ledger IN SHARE ROW EXCLUSIVE MODE;
 
+-- name: reconcile_refusal(stat_date, relation)$
+-- Why a day cannot be rebuilt from the jobs (NULL: it can), `relation` naming its month's partition. The
+-- partition must be attached: one retention dropped is gone, and one a retention run detached and has not
+-- finished is still a table but no longer holds jobs of image_process_jobs. In the oldest attached month,
+-- the one retention trims row by row up to its cutoff, a day before the month's oldest remaining job may
+-- have had its jobs deleted. Either way the counted stats are all that is left of the day.
+WITH attached AS (
+    SELECT c.relname::text AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'image_process_jobs'::regclass
+)
+SELECT CASE
+    WHEN NOT EXISTS (SELECT 1 FROM attached WHERE name = :relation::text) THEN
+        'its month''s jobs are gone (retention dropped or detached the partition)'
+    WHEN NOT EXISTS (SELECT 1 FROM attached WHERE name < :relation::text)
+         AND NOT EXISTS (
+            SELECT 1 FROM image_process_jobs
+            WHERE created_at >= (date_trunc('month', :stat_date::date))::timestamp AT TIME ZONE 'UTC'
+              AND created_at < (:stat_date::date + 1)::timestamp AT TIME ZONE 'UTC') THEN
+        'it is in the oldest month kept and before its oldest remaining job (retention may have deleted its jobs)'
+END;
+
 -- name: reconcile_day(stat_date)^
 -- Rewrite one day's ledger and totals from the jobs table, in one statement (one snapshot): the
 -- ledger gets exactly the (job, kind) pairs the jobs justify, so events still in flight for those

@@ -58,7 +58,11 @@ class RetentionRepository:
         self, conn: asyncpg.Connection, *, cutoff: datetime, month_from: datetime, limit: int
     ) -> list[ContentObjects]:
         """Delete up to ``limit`` of those jobs, oldest first, with their tags and their users' counts;
-        one row per deleted job."""
+        one row per deleted job. Runs in the caller's transaction, under the stats writers' lock (taken
+        here: reducing user_job_counts beside a stats batch could otherwise deadlock)."""
+        if not conn.is_in_transaction():
+            raise RuntimeError("delete_before must run inside a transaction")
+        await self._q.lock_stats_writers(conn)
         rows = await self._q.delete_before(conn, cutoff=cutoff, month_from=month_from, max_rows=limit)
         return [_content_objects(r) for r in rows]
 

@@ -101,15 +101,15 @@ class StatsRepository:
         """Rewrite the day's processing_stats row and ledger from the jobs table; returns the new row.
 
         Runs in a transaction (a savepoint of the caller's) holding a lock that makes stats events
-        wait, so none is lost or double-counted across the rewrite. Refuses a day whose month
-        partition no longer exists: its jobs were dropped by retention, and recomputing would erase
-        history that processing_stats alone still holds.
+        wait, so none is lost or double-counted across the rewrite. Refuses a day whose jobs retention
+        may have removed (stats.sql reconcile_refusal): recomputing would erase history that
+        processing_stats alone still holds.
         """
-        month = month_start(stat_date)
-        if not await self._q.partition_exists(conn, relation=partition_name("image_process_jobs", month)):
+        relation = partition_name("image_process_jobs", month_start(stat_date))
+        refusal = await self._q.reconcile_refusal(conn, stat_date=stat_date, relation=relation)
+        if refusal is not None:
             raise ReconcileRefused(
-                f"no jobs partition for {month:%Y-%m}: the jobs of {stat_date} are gone, "
-                "so processing_stats keeps that day as counted"
+                f"{stat_date} is not rebuilt from the jobs: {refusal}; processing_stats keeps it as counted"
             )
         async with conn.transaction():
             await self._q.lock_stats_ledger(conn)

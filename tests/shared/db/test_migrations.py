@@ -41,7 +41,7 @@ async def test_empty_database_upgrades_to_head(scratch_database: ScratchDb) -> N
     dsn = await scratch_database()
     assert await asyncio.to_thread(current, dsn) is None
     await asyncio.to_thread(upgrade, dsn)
-    assert await asyncio.to_thread(current, dsn) == head_revision() == "0018"
+    assert await asyncio.to_thread(current, dsn) == head_revision() == "0019"
     # A second upgrade is a no-op.
     await asyncio.to_thread(upgrade, dsn)
 
@@ -193,7 +193,7 @@ def test_config_does_not_depend_on_cwd(tmp_path: Path) -> None:
     here = Path.cwd()
     os.chdir(tmp_path)
     try:
-        assert head_revision() == "0018"
+        assert head_revision() == "0019"
         assert (script_location() / "env.py").is_file()
         sql = render_sql(None)
     finally:
@@ -464,5 +464,54 @@ async def test_0018_statement_triggers_and_their_downgrade(scratch_database: Scr
         assert await conn.fetchval(triggers) == ["trg_jobs_status_guard", "trg_jobs_webhook_due"]
         assert await conn.fetchval(definitions) == at_0017
         await behaves()
+    finally:
+        await conn.close()
+
+
+async def test_0019_wide_daily_means_and_a_retirement_that_survives_short_user_counts(
+    scratch_database: ScratchDb,
+) -> None:
+    """A day's mean over 27.8 h fits processing_stats; a month retires although a user's count is short of
+    its jobs (the count stops at 0); the downgrade brings 0005's subtraction back, CHECK failure and all."""
+    import io
+
+    from alembic import command
+
+    from shared.db.migrate import alembic_config
+
+    dsn = await scratch_database()
+    await asyncio.to_thread(upgrade, dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        # Five jobs that each waited 30 hours: a mean of 108,000,000 ms (over numeric(10, 2)'s 99,999,999.99).
+        await conn.execute(
+            "INSERT INTO processing_stats (stat_date, total_jobs, completed_jobs, sum_processing_time_ms) "
+            "VALUES ('2030-01-02', 5, 5, 5 * 108000000)"
+        )
+        assert await conn.fetchval("SELECT avg_processing_time_ms FROM processing_stats") == 108_000_000
+
+        await conn.execute(FILL_SQL)
+        month, user = await conn.fetchrow(
+            "SELECT date_trunc('month', min(created_at) AT TIME ZONE 'UTC')::date, "
+            "(array_agg(user_id ORDER BY created_at))[1] FROM image_process_jobs"
+        )
+        await conn.execute("INSERT INTO user_job_counts (user_id, jobs) VALUES ($1, 0) "
+                           "ON CONFLICT (user_id) DO UPDATE SET jobs = 0", user)  # short: its events never counted
+        assert await conn.fetchval("SELECT rmbg_retire_month($1)", month) > 0
+        assert await conn.fetchval("SELECT jobs FROM user_job_counts WHERE user_id = $1", user) == 0
+
+        cfg = alembic_config()
+        cfg.output_buffer = buffer = io.StringIO()
+        command.downgrade(cfg, "0019:0018", sql=True)
+        await conn.execute("DELETE FROM processing_stats")  # the narrower type cannot hold that mean
+        await conn.execute(buffer.getvalue())
+        assert await conn.fetchval(
+            "SELECT numeric_precision FROM information_schema.columns "
+            "WHERE table_name = 'processing_stats' AND column_name = 'avg_processing_time_ms'"
+        ) == 10
+        next_month = await conn.fetchval("SELECT ($1::date + interval '1 month')::date", month)
+        await conn.execute("UPDATE user_job_counts SET jobs = 0")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.fetchval("SELECT rmbg_retire_month($1)", next_month)
     finally:
         await conn.close()

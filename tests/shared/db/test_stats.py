@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -11,7 +12,10 @@ import asyncpg
 import pytest
 
 from shared.contracts.events import CutoutFormat
+from shared.db.migrate import upgrade
 from shared.db.models import StatKind
+from shared.db.partitions import partition_name
+from shared.db.pool import create_pool
 from shared.db.repositories import ReconcileRefused, Repositories
 from shared.ids import uuid7
 from tests.shared.db.conftest import sha_of, unique_user
@@ -188,3 +192,38 @@ async def test_reconcile_rewrites_day_and_ledger(conn: asyncpg.Connection, repos
 async def test_reconcile_refuses_a_day_whose_month_is_gone(conn: asyncpg.Connection, repos: Repositories) -> None:
     with pytest.raises(ReconcileRefused):
         await repos.stats.reconcile(conn, stat_date=date(1999, 1, 1))
+
+
+async def test_reconcile_refuses_days_whose_jobs_retention_may_have_removed(
+    scratch_database: Callable[[], Awaitable[str]], repos: Repositories
+) -> None:
+    """Besides a dropped month: a month a retention run detached and has not finished (its table is still
+    there), and in the oldest month kept, which retention trims row by row, a day before its oldest job."""
+    dsn = await scratch_database()
+    await asyncio.to_thread(upgrade, dsn)
+    pool = await create_pool(dsn, min_size=1, max_size=1, command_timeout=60)
+    try:
+        async with pool.acquire() as conn:
+            await _refusals(conn, repos)
+    finally:
+        await pool.close()
+
+
+async def _refusals(conn: asyncpg.Connection, repos: Repositories) -> None:
+    oldest = await conn.fetchval(
+        "SELECT min(c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'image_process_jobs'::regclass"
+    )
+    month = date(int(oldest[-7:-3]), int(oldest[-2:]), 1)
+    args = _job(month.replace(day=10), 0, unique_user("trim"))
+    await repos.jobs.insert_job(conn, **args)
+    with pytest.raises(ReconcileRefused, match="before its oldest remaining job"):
+        await repos.stats.reconcile(conn, stat_date=month.replace(day=5))
+    for day in (10, 12):  # the oldest job's day and after it: rebuilt
+        assert (await repos.stats.reconcile(conn, stat_date=month.replace(day=day))).total_jobs == (day == 10)
+
+    later = date(month.year + (month.month == 12), month.month % 12 + 1, 1)
+    detached = partition_name("image_process_jobs", later)
+    await conn.execute(f'ALTER TABLE image_process_jobs DETACH PARTITION "{detached}"')
+    with pytest.raises(ReconcileRefused, match="jobs are gone"):
+        await repos.stats.reconcile(conn, stat_date=later.replace(day=3))

@@ -45,6 +45,11 @@ async def create_key(
         if email is not None:
             cipher = EmailCipher(settings.auth.encryption_keys.get_secret_value())
             async with db.pool.acquire() as conn:
+                # The unique index sees only the newest key's digest; a row from before a key rotation holds
+                # another, so the taken-check matches the email's digest under every key.
+                holder = await db.users.find_by_email(conn, email_digests=cipher.digests(email))
+                if holder is not None and holder.user_id != user_id:
+                    raise ContractError("that email belongs to another user")
                 try:
                     await db.users.upsert(
                         conn, user_id=user_id, email_encrypted=cipher.encrypt(email), email_digest=cipher.digest(email)

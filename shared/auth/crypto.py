@@ -6,7 +6,10 @@ database only ever holds ciphertext. Fernet keys rotate with :class:`MultiFernet
 encrypts, every key decrypts (``RMBG_AUTH__ENCRYPTION_KEYS`` lists them, newest first).
 
 Uniqueness without decryption: ``digest`` is HMAC-SHA-256 of the normalised email under a key derived
-from the first encryption key, so "is this email taken?" is one indexed equality.
+from the first encryption key, so "is this email taken?" is one indexed equality. A rotation puts a new
+key first, and the rows keep digests made under the keys before it: ``digests`` gives the email's digest
+under every listed key, which lookups and the taken-check match, and a user's row is re-digested under the
+newest key when it is written again.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ def _fernet(keys: str) -> tuple[MultiFernet, str]:
 
 class EmailCipher:
     def __init__(self, keys: str) -> None:
-        self._fernet, newest = _fernet(keys)
-        self._digest_key = hashlib.sha256(b"rmbg-email-digest:" + newest.encode()).digest()
+        self._fernet, _ = _fernet(keys)
+        self._digest_keys = [
+            hashlib.sha256(b"rmbg-email-digest:" + k.strip().encode()).digest() for k in keys.split(",") if k.strip()
+        ]
 
     @staticmethod
     def normalise(email: str) -> str:
@@ -49,7 +54,13 @@ class EmailCipher:
             raise ConfigError("an email does not decrypt with RMBG_AUTH__ENCRYPTION_KEYS (key rotated out?)") from None
 
     def digest(self, email: str) -> bytes:
-        return hmac.new(self._digest_key, self.normalise(email).encode(), hashlib.sha256).digest()
+        """The digest to store: under the newest key."""
+        return self.digests(email)[0]
+
+    def digests(self, email: str) -> list[bytes]:
+        """The email's digest under every key, newest first: what rows written before a rotation hold."""
+        normalised = self.normalise(email).encode()
+        return [hmac.new(key, normalised, hashlib.sha256).digest() for key in self._digest_keys]
 
 
 class SecretCipher:

@@ -871,8 +871,13 @@ class Statements(abc.ABC):
     async def get_user(self, conn: asyncpg.Connection, *, user_id: Any) -> asyncpg.Record | None:
         return await self._row("get_user", conn, user_id=user_id)
 
-    async def find_user_by_email(self, conn: asyncpg.Connection, *, email_digest: Any) -> asyncpg.Record | None:
-        return await self._row("find_user_by_email", conn, email_digest=email_digest)
+    async def find_user_by_email(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        email_digests: list[bytes] | None,
+    ) -> asyncpg.Record | None:
+        return await self._row("find_user_by_email", conn, email_digests=email_digests)
 
     async def touch_login(self, conn: asyncpg.Connection, *, user_id: Any, at: datetime | None) -> Any:
         return await self._value("touch_login", conn, user_id=user_id, at=at)

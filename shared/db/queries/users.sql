@@ -15,8 +15,10 @@ RETURNING u.*;
 -- name: get_user(user_id)^
 SELECT u.* FROM users u WHERE u.user_id = :user_id;
 
--- name: find_user_by_email(email_digest)^
-SELECT u.* FROM users u WHERE u.email_digest = :email_digest;
+-- name: find_user_by_email(email_digests)^
+-- By the email's digests under every encryption key (shared/auth/crypto.py EmailCipher.digests): a row
+-- written before a key rotation holds the digest under its key. One probe of the unique index per key.
+SELECT u.* FROM users u WHERE u.email_digest = ANY(:email_digests::bytea[]) LIMIT 1;
 
 -- name: touch_login(user_id, at)$
 UPDATE users SET last_login = COALESCE(:at::timestamptz, now()) WHERE user_id = :user_id

@@ -45,8 +45,9 @@ class UsersRepository:
         row = await self._q.get_user(conn, user_id=user_id)
         return UserRecord.from_row(row) if row is not None else None
 
-    async def find_by_email(self, conn: asyncpg.Connection, *, email_digest: bytes) -> UserRecord | None:
-        row = await self._q.find_user_by_email(conn, email_digest=email_digest)
+    async def find_by_email(self, conn: asyncpg.Connection, *, email_digests: list[bytes]) -> UserRecord | None:
+        """The user whose email has one of these digests (EmailCipher.digests: one per encryption key)."""
+        row = await self._q.find_user_by_email(conn, email_digests=email_digests)
         return UserRecord.from_row(row) if row is not None else None
 
     async def touch_login(self, conn: asyncpg.Connection, *, user_id: str, at: datetime | None = None) -> bool:

@@ -56,9 +56,9 @@ async def test_user_email_is_stored_encrypted_and_unique(conn: asyncpg.Connectio
     assert cipher.decrypt(stored) == f"ada.{user_id}@example.com"  # normalised: trimmed, lower case
     # Encryption is randomised (Fernet's IV); the digest is not, so it finds the user.
     assert cipher.encrypt(email) != stored
-    found = await repos.users.find_by_email(conn, email_digest=cipher.digest(email.strip().upper()))
+    found = await repos.users.find_by_email(conn, email_digests=cipher.digests(email.strip().upper()))
     assert found is not None and found.user_id == user_id
-    assert await repos.users.find_by_email(conn, email_digest=cipher.digest("someone@else.example")) is None
+    assert await repos.users.find_by_email(conn, email_digests=cipher.digests("someone@else.example")) is None
 
     # A second user with the same email (same digest, other ciphertext) is refused.
     other = unique_user()
@@ -140,3 +140,28 @@ def test_queries_load_once_and_by_name() -> None:
     assert repos.jobs._q is queries and repos.stats._q is queries
     with pytest.raises(KeyError):
         queries.sql("no_such_query")
+
+
+async def test_an_email_is_found_and_still_taken_after_a_key_rotation(
+    conn: asyncpg.Connection, repos: Repositories
+) -> None:
+    """A rotation puts a new key first; the row keeps the digest made under the old one. It is still found,
+    and writing the row again stores the newest key's digest."""
+    old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    before, after = EmailCipher(old_key), EmailCipher(f"{new_key},{old_key}")
+    user_id = unique_user()
+    email = f"{user_id}@example.com"
+    await repos.users.upsert(
+        conn, user_id=user_id, email_encrypted=before.encrypt(email), email_digest=before.digest(email)
+    )
+    assert after.digest(email) != before.digest(email) and after.digests(email)[1] == before.digest(email)
+    found = await repos.users.find_by_email(conn, email_digests=after.digests(email))
+    assert found is not None and found.user_id == user_id
+    assert after.decrypt(found.email_encrypted or b"") == email
+    rewritten = await repos.users.upsert(
+        conn, user_id=user_id, email_encrypted=after.encrypt(email), email_digest=after.digest(email)
+    )
+    assert rewritten.user_id == user_id
+    row = await conn.fetchval("SELECT email_digest FROM users WHERE user_id = $1", user_id)
+    assert bytes(row) == after.digest(email)
+    assert await repos.users.find_by_email(conn, email_digests=before.digests(email)) is None, "the old key alone"

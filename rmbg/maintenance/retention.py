@@ -118,7 +118,8 @@ class Retention:
 
         Each batch is read, checked against the remaining jobs and its keys deleted under one hold of the
         objects lock (the check and the keys to delete are one statement, retention.sql
-        retired_unreferenced), so the shared contents' keys never reach Python."""
+        retired_unreferenced), so the kept keys never reach Python. A key is kept when a remaining job
+        derives it, or while a job of its content is unfinished."""
         after = b""
         while True:
             async with self._db.pool.acquire() as conn, conn.transaction():
@@ -154,9 +155,18 @@ class Retention:
             keys.update(p for p in row.paths if not p.startswith("s3://"))
         async with self._db.pool.acquire() as conn, conn.transaction():
             await self._db.jobs.lock_objects_exclusive(conn)
-            used = await self._db.objects.referenced_contents(conn, shas=sorted(keys_by_sha))
-            doomed = sorted({k for sha, keys in keys_by_sha.items() if sha not in used for k in keys})
-            report.objects_kept_shared += sum(len(keys) for sha, keys in keys_by_sha.items() if sha in used)
+            used = sorted(await self._db.objects.referenced_contents(conn, shas=sorted(keys_by_sha)))
+            # As retired_unreferenced decides: a content in use keeps the keys its remaining jobs derive, and
+            # all of them while one of those jobs is unfinished (its keys are not known before its result).
+            still = await self._db.objects.paths_for_contents(conn, shas=used) if used else set()
+            unfinished = await self._db.objects.unfinished_contents(conn, shas=used) if used else set()
+            set_used = set(used)
+
+            def kept(sha: bytes, key: str) -> bool:
+                return sha in set_used and (sha in unfinished or key in still)
+
+            doomed = sorted({k for sha, keys in keys_by_sha.items() for k in keys if not kept(sha, k)})
+            report.objects_kept_shared += sum(kept(sha, k) for sha, keys in keys_by_sha.items() for k in keys)
             await self._delete_locked(conn, doomed, report)
 
     async def _delete_locked(self, conn: asyncpg.Connection, doomed: list[str], report: RetentionReport) -> None:

@@ -11,12 +11,16 @@ SELECT m AS month FROM rmbg_retired_months() AS m;
 -- One batch of a detached month (rmbg_retired_rows: about max_rows job rows after after_sha, in hash
 -- order, no content split), checked against the remaining jobs in this one statement; run under
 -- lock_objects_exclusive. Returns the batch's last hash (NULL: the month is done), how many keys of the
--- batch a remaining job still uses through its content (kept), and the keys no remaining job uses
--- (doomed, with repeats when several retired jobs named one key). The EXISTS carries the batch's hash
--- range as the index bound, so it is planned as one range scan of each partition's ix_jobs_content,
--- hashed, and a lookup per row (the 0.2% of the hash space a batch covers; ~41k index tuples at 1M or
--- 10M jobs), not as a probe per content and partition, nor as a client-sent array. A failed upload's
--- original_path names the upstream's object (s3://...): not ours to delete, not counted.
+-- batch a remaining job still uses (kept), and the keys no remaining job uses (doomed, with repeats when
+-- several retired jobs named one key). The EXISTS carries the batch's hash range as the index bound, so it
+-- is planned as one range scan of each partition's ix_jobs_content, hashed, and a lookup per row (the 0.2%
+-- of the hash space a batch covers; ~41k index tuples at 1M or 10M jobs), not as a probe per content and
+-- partition, nor as a client-sent array. A content a remaining job has keeps the keys that job derives
+-- (its original, and its own mask and cut-out), not every key of the content: a retired job's mask or
+-- cut-out of another model or other params would otherwise outlive every row that names it. A content with
+-- a pending or processing job keeps all its keys, since such a job's keys are not derivable before its
+-- result and it may be about to reuse a stored mask. A failed upload's original_path names the upstream's
+-- object (s3://...): not ours to delete, not counted.
 WITH r AS MATERIALIZED (
     SELECT * FROM rmbg_retired_rows(:month::date, :after_sha::bytea, :max_rows::int)
 ), hi AS MATERIALIZED (
@@ -28,14 +32,39 @@ WITH r AS MATERIALIZED (
           AND j.content_sha256 > :after_sha::bytea AND j.content_sha256 <= (SELECT sha FROM hi)
     ) AS used
     FROM r
+), holders AS MATERIALIZED (
+    -- The remaining jobs of the contents in use (a few per cent of a batch's rows), read once, with each
+    -- row's hex made once and each distinct model's slug once, as rmbg_retired_rows does (migration 0017).
+    SELECT j.content_sha256, encode(j.content_sha256, 'hex') AS sha_hex, j.status, j.original_path::text,
+           j.original_ext::text, j.mask_path::text, j.processed_path::text, j.cutout_format::text,
+           j.model_name::text, coalesce(j.model_revision, '')::text AS rev, j.params, j.params_hash::text
+    FROM image_process_jobs j
+    WHERE j.content_sha256 IN (SELECT content_sha256 FROM flagged WHERE used)
+      AND j.content_sha256 > :after_sha::bytea AND j.content_sha256 <= (SELECT sha FROM hi)
+), holder_models AS MATERIALIZED (
+    SELECT d.model_name, d.rev, rmbg_model_slug(d.model_name, d.rev) AS slug
+    FROM (SELECT DISTINCT model_name, rev FROM holders) d
+), still AS MATERIALIZED (
+    SELECT k.path FROM holders j JOIN holder_models m ON m.model_name = j.model_name AND m.rev = j.rev
+    CROSS JOIN LATERAL (VALUES
+        (rmbg_original_key_of(j.original_path, j.original_ext, j.sha_hex)),
+        (rmbg_mask_key_of(j.mask_path, j.cutout_format, j.sha_hex, m.slug, j.params)),
+        (rmbg_cutout_key_of(j.processed_path, j.cutout_format, j.sha_hex, m.slug, j.params_hash))) k(path)
+    WHERE k.path IS NOT NULL
+    UNION
+    SELECT k.path FROM flagged f
+    CROSS JOIN LATERAL (VALUES (f.original_path), (f.mask_path), (f.processed_path)) k(path)
+    WHERE f.content_sha256 IN (SELECT content_sha256 FROM holders WHERE status IN ('pending', 'processing'))
+      AND k.path IS NOT NULL
+), keys AS MATERIALIZED (
+    SELECT k.path, f.used AND k.path IN (SELECT path FROM still) AS kept
+    FROM flagged f
+    CROSS JOIN LATERAL (VALUES (f.original_path), (f.mask_path), (f.processed_path)) k(path)
+    WHERE k.path NOT LIKE 's3://%'
 )
 SELECT (SELECT sha FROM hi) AS last_sha,
-       (SELECT count(DISTINCT k.path) FROM flagged f
-        CROSS JOIN LATERAL (VALUES (f.original_path), (f.mask_path), (f.processed_path)) k(path)
-        WHERE f.used AND k.path NOT LIKE 's3://%')::int AS kept,
-       ARRAY(SELECT k.path FROM flagged f
-             CROSS JOIN LATERAL (VALUES (f.original_path), (f.mask_path), (f.processed_path)) k(path)
-             WHERE NOT f.used AND k.path NOT LIKE 's3://%') AS doomed;
+       (SELECT count(DISTINCT path) FROM keys WHERE kept)::int AS kept,
+       ARRAY(SELECT path FROM keys WHERE NOT kept) AS doomed;
 
 -- name: drop_retired(month)!
 SELECT rmbg_drop_retired(:month::date);

@@ -40,14 +40,14 @@ def _photo(seed: int) -> bytes:
     return buf.getvalue()
 
 
-async def _make_job(db: Database, store: ObjectStore, data: bytes, at: datetime) -> Made:
-    """A completed job with its three objects, as the pipeline leaves it."""
+async def _make_job(db: Database, store: ObjectStore, data: bytes, at: datetime, *, revision: str = "r1") -> Made:
+    """A completed job with its three objects, as the pipeline leaves it (``revision``: the model's)."""
     sha = hashlib.sha256(data).hexdigest()
     params = ProcessingParams()
     original = ObjectKeys.original(sha, "png")
-    mask_key = ObjectKeys.mask(sha, model_name=MODEL, model_revision="r1", threshold_tag="soft")
+    mask_key = ObjectKeys.mask(sha, model_name=MODEL, model_revision=revision, threshold_tag="soft")
     processed = ObjectKeys.processed(
-        sha, model_name=MODEL, model_revision="r1", params_hash=f"{params.digest()}-webp", extension="webp"
+        sha, model_name=MODEL, model_revision=revision, params_hash=f"{params.digest()}-webp", extension="webp"
     )
     mask = encode_mask_png(np.full((48, 64), 200, dtype=np.uint8))
     await store.put(original, data, content_type="image/png")
@@ -62,10 +62,26 @@ async def _make_job(db: Database, store: ObjectStore, data: bytes, at: datetime)
         )
         assert await db.jobs.mark_completed(
             conn, job_id=job_id, cutout_format=CutoutFormat.WEBP, mask_bytes=len(mask),
-            processed_bytes=1, model_name=MODEL, model_revision="r1", processing_time_ms=5,
+            processed_bytes=1, model_name=MODEL, model_revision=revision, processing_time_ms=5,
             completed_at=at + timedelta(seconds=1), reused=False,
         )
     return Made(job_id, (original, mask_key, processed))
+
+
+async def _make_pending(db: Database, store: ObjectStore, data: bytes, at: datetime) -> Made:
+    """A job still under way: its original and its row (its mask and cut-out keys are not known yet)."""
+    sha = hashlib.sha256(data).hexdigest()
+    params = ProcessingParams()
+    original = ObjectKeys.original(sha, "png")
+    await store.put(original, data, content_type="image/png")
+    job_id = uuid7(at)
+    async with db.pool.acquire() as conn:
+        assert await db.jobs.insert_job(
+            conn, job_id=job_id, user_id="u1", original_ext="png", content_sha256=sha, original_bytes=len(data),
+            image_width=64, image_height=48, params=params.canonical(), params_hash=params.digest(),
+            model_name=MODEL, source="http", tags=[],
+        )
+    return Made(job_id, (original,))
 
 
 async def _exists(store: ObjectStore, key: str) -> bool:
@@ -82,6 +98,12 @@ async def test_retention_drops_months_and_deletes_only_unreferenced_objects(
     cutoff = now - timedelta(days=180)
     shared_photo = _photo(1)
     old_shared = await _make_job(db, store, shared_photo, now - timedelta(days=250))
+    # The same content made by another model revision: its mask and cut-out are no remaining job's, so they
+    # go although the content stays (kept per key, not per content); the original is the content's own.
+    old_other_revision = await _make_job(db, store, shared_photo, now - timedelta(days=250, minutes=-1), revision="r0")
+    # A content whose remaining job is still under way keeps every key: that job may reuse the stored mask.
+    pending_photo = _photo(7)
+    old_of_pending = await _make_job(db, store, pending_photo, now - timedelta(days=245), revision="r0")
     old_only = await _make_job(db, store, _photo(2), now - timedelta(days=245))
     older = await _make_job(db, store, _photo(3), now - timedelta(days=215))
     # The cutoff's own month: one job just before the cutoff, one just after.
@@ -89,8 +111,9 @@ async def test_retention_drops_months_and_deletes_only_unreferenced_objects(
     after_cut = await _make_job(db, store, _photo(5), cutoff + timedelta(hours=1))
     recent_shared = await _make_job(db, store, shared_photo, now - timedelta(days=2))
     recent = await _make_job(db, store, _photo(6), now - timedelta(days=1))
-    expired = [old_shared, old_only, older, before_cut]
-    kept = [after_cut, recent_shared, recent]
+    under_way = await _make_pending(db, store, pending_photo, now - timedelta(hours=1))
+    expired = [old_shared, old_other_revision, old_of_pending, old_only, older, before_cut]
+    kept = [after_cut, recent_shared, recent, under_way]
 
     dry = await Retention(db, store).run(cutoff=cutoff, dry_run=True)
     assert dry.jobs_removed == len(expired) and dry.objects_deleted == 0
@@ -115,8 +138,22 @@ async def test_retention_drops_months_and_deletes_only_unreferenced_objects(
     for made in (old_only, older, before_cut):
         for key in made.keys:
             assert not await _exists(store, key), f"expired object {key} was left behind"
-    assert report.objects_deleted == 9 and report.objects_kept_shared == 3
+    original, *results = old_other_revision.keys
+    assert await _exists(store, original)
+    for key in results:
+        assert not await _exists(store, key), f"{key} of another revision outlived every row naming it"
+    for key in old_of_pending.keys:
+        assert await _exists(store, key), f"{key} went while a job of its content is under way"
+    assert report.objects_deleted == 9 + 2 and report.objects_kept_shared == 3 + 3
 
+    # What the job under way may not need is left to fsck, which sees it unreferenced but keeps it while the
+    # job is unfinished, and deletes it once the job has ended.
+    fsck = await Fsck(db, store, executor).run(repair=True, grace=timedelta(0))
+    assert not fsck.missing and sorted(fsck.orphans) == sorted(old_of_pending.keys[1:]), fsck.summary()
+    assert fsck.orphans_deleted == 0
+    async with db.pool.acquire() as conn:
+        assert await db.jobs.mark_failed(conn, job_id=under_way.job_id, error_message="x", completed_at=now)
+    assert (await Fsck(db, store, executor).run(repair=True, grace=timedelta(0))).orphans_deleted == 2
     fsck = await Fsck(db, store, executor).run(repair=False, grace=timedelta(0))
     assert fsck.clean, fsck.summary()
 

@@ -5,6 +5,7 @@ topic (unique to this module)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import time
@@ -255,6 +256,23 @@ def _letter(topics: Topics, record: Record) -> DeadLetter:
     return topics.dead_letter.deserialize(record.value)
 
 
+@contextlib.asynccontextmanager
+async def _handler_over(inference: Inference, backend: SegmentationBackend) -> AsyncIterator[InferenceHandler]:
+    """A handler of this module's settings over ``backend``, chunks of two, with executors of its own."""
+    with ThreadPoolExecutor(1) as model_executor, ThreadPoolExecutor(2) as io_executor:
+        yield InferenceHandler(
+            options=InferenceOptions(backend="rmbg", model_name=MODEL, batch_size=2),
+            images=inference.settings.images,
+            backend=backend,
+            store=inference.store,
+            producer=await inference.rt.producer(),
+            topics=inference.topics,
+            metrics=inference.rt.metrics,
+            model_executor=model_executor,
+            io_executor=io_executor,
+        )
+
+
 class _Recording:
     """A StagedBackend wrapping the tiny model that notes when each step of each chunk starts and ends; its
     forward pass is slowed to 0.3 s so that overlap shows whatever the machine's speed."""
@@ -293,18 +311,7 @@ async def test_the_next_chunk_is_prepared_while_the_model_runs(inference: Infere
     """Five jobs, chunks of two: each chunk's forward passes run one at a time on the model thread, and a
     later chunk is prepared while an earlier one is in the model."""
     recording = _Recording(inference.backend)
-    with ThreadPoolExecutor(1) as model_executor, ThreadPoolExecutor(2) as io_executor:
-        handler = InferenceHandler(
-            options=InferenceOptions(backend="rmbg", model_name=MODEL, batch_size=2),
-            images=inference.settings.images,
-            backend=recording,
-            store=inference.store,
-            producer=await inference.rt.producer(),
-            topics=inference.topics,
-            metrics=inference.rt.metrics,
-            model_executor=model_executor,
-            io_executor=io_executor,
-        )
+    async with _handler_over(inference, recording) as handler:
         jobs = [await _job(inference, _distinct_photo(i)) for i in range(5)]
         assert await handler(await inference.records(*jobs)) == []
     got = await inference.results(*(j.job_id for j in jobs))
@@ -343,18 +350,7 @@ class _FailingPrepare(_Recording):
 async def test_an_error_outside_the_model_fails_its_chunk_and_leaves_nothing_running(inference: Inference) -> None:
     """Three jobs, chunks of two: the chunk of two fails in preparation, the chunk of one completes. The
     handler returns (it does not raise) with the error on the two jobs, and no chunk is still at work."""
-    with ThreadPoolExecutor(1) as model_executor, ThreadPoolExecutor(2) as io_executor:
-        handler = InferenceHandler(
-            options=InferenceOptions(backend="rmbg", model_name=MODEL, batch_size=2),
-            images=inference.settings.images,
-            backend=_FailingPrepare(inference.backend),
-            store=inference.store,
-            producer=await inference.rt.producer(),
-            topics=inference.topics,
-            metrics=inference.rt.metrics,
-            model_executor=model_executor,
-            io_executor=io_executor,
-        )
+    async with _handler_over(inference, _FailingPrepare(inference.backend)) as handler:
         jobs = [await _job(inference, _distinct_photo(20 + i)) for i in range(3)]
         failures = await handler(await inference.records(*jobs))
         assert not [t for t in asyncio.all_tasks() if "_compute" in repr(t.get_coro())]

@@ -76,9 +76,10 @@ class ModelFailed(ModelError, PermanentError):
 
 
 class ModelOutOfMemory(ModelError, TransientError):
-    """The model's device ran out of memory on a batch. Every input is resized to the model's size, so one
-    image costs what any other does: this is the device's state (a concurrent chunk, fragmentation), not
-    the image's fault, and the record is retried."""
+    """The model's device ran out of memory in the forward pass. Every input reaches it at the model's size,
+    so there one image costs what any other does: this is the device's state (a concurrent chunk,
+    fragmentation), not the image's fault, and the record is retried. (Pre- and postprocessing on the
+    device work at each image's own size: out of memory there is a plain ModelError.)"""
 
 
 class InvalidTransition(PermanentError):

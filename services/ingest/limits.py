@@ -104,6 +104,12 @@ class Limits:
         """Before a submission: RateLimited(code=quota_exceeded) when today's jobs reached the quota."""
         # A key's own quota of 0 suspends its submissions; only None means the service's default.
         quota = self._daily if principal.daily_quota is None else principal.daily_quota
+        if quota == 0:
+            raise RateLimited(
+                "this key may not submit jobs (its daily quota is 0)",
+                retry_after_s=_seconds_to_midnight(),
+                code="quota_exceeded",
+            )
         used = await self._used_today(principal.user_id)
         if used >= quota:
             raise RateLimited(

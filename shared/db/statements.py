@@ -596,9 +596,6 @@ class Statements(abc.ABC):
     ) -> list[asyncpg.Record]:
         return await self._rows("delete_before", conn, cutoff=cutoff, month_from=month_from, max_rows=max_rows)
 
-    async def lock_stats_writers(self, conn: asyncpg.Connection) -> str:
-        return await self._status("lock_stats_writers", conn)
-
     async def referenced_contents(self, conn: asyncpg.Connection, *, shas: list[bytes] | None) -> list[asyncpg.Record]:
         return await self._rows("referenced_contents", conn, shas=shas)
 
@@ -657,6 +654,9 @@ class Statements(abc.ABC):
 
     async def totals_from_jobs(self, conn: asyncpg.Connection, *, stat_date: date | None) -> asyncpg.Record | None:
         return await self._row("totals_from_jobs", conn, stat_date=stat_date)
+
+    async def lock_stats_writers(self, conn: asyncpg.Connection) -> str:
+        return await self._status("lock_stats_writers", conn)
 
     async def lock_stats_ledger(self, conn: asyncpg.Connection) -> str:
         return await self._status("lock_stats_ledger", conn)

@@ -256,11 +256,16 @@ class RmbgBackend:
 
     @contextlib.contextmanager
     def _device_memory(self, step: str, images: int) -> Iterator[None]:
+        # Pre- and postprocessing on the device hold each image at its own size (a 40 MP upload is about
+        # 480 MB of float32 before its resize): out of memory there can be the image's, so it is a
+        # ModelError, which the handler splits down to the one image and then fails as that image's.
         try:
             yield
         except torch.OutOfMemoryError as exc:
-            raise self._out_of_memory(step, images, exc) from exc
+            what = f"out of {self.device.type} memory in {step} of {images} image(s)"
+            raise ModelError(f"{self.name}: {what}: {exc}") from exc
 
     def _out_of_memory(self, step: str, images: int, exc: BaseException) -> ModelOutOfMemory:
-        # torch.OutOfMemoryError is CUDA's (and other accelerators'); the handler retries the record.
+        # The forward pass sees every image at the model's size, so its memory is the device's state, not
+        # the image's: torch.OutOfMemoryError (CUDA's and other accelerators') there is retried.
         return ModelOutOfMemory(f"{self.name}: out of {self.device.type} memory in {step} of {images} image(s): {exc}")

@@ -100,11 +100,6 @@ WITH gone AS (
 )
 SELECT content_sha256, paths FROM gone;
 
--- name: lock_stats_writers()!
--- The stats writers' lock (stats.sql apply_event), taken before user_job_counts is reduced: a stats batch
--- takes users' rows in event order under it, so reducing them in another order without it could deadlock.
-SELECT pg_advisory_xact_lock(7270, 2);  -- shared/db/locks.py STATS
-
 -- name: referenced_contents(shas)
 -- Which of these contents a remaining job still uses (ix_jobs_content, one probe per partition).
 SELECT DISTINCT content_sha256 FROM image_process_jobs WHERE content_sha256 = ANY(:shas::bytea[]);

@@ -66,6 +66,12 @@ SELECT :stat_date::date AS stat_date, t.*,
             THEN round(100.0 * failed_jobs / (completed_jobs + failed_jobs), 2) END AS error_rate
 FROM t;
 
+-- name: lock_stats_writers()!
+-- The stats writers' lock (apply_event takes it first), for a writer of user_job_counts or the ledger that
+-- is not apply_event: reconcile, and retention before it reduces user_job_counts. A stats batch takes
+-- users' rows in event order under it, so writing them in another order without it could deadlock.
+SELECT pg_advisory_xact_lock(7270, 2);  -- shared/db/locks.py STATS
+
 -- name: lock_stats_ledger()!
 -- Held by reconcile for its transaction: apply_event's insert (ROW EXCLUSIVE) waits, so no event
 -- can be counted between reading the jobs and rewriting the day. Self-conflicting: one reconcile
@@ -76,8 +82,9 @@ LOCK TABLE stats_ledger IN SHARE ROW EXCLUSIVE MODE;
 -- Why a day cannot be rebuilt from the jobs (NULL: it can), `relation` naming its month's partition. The
 -- partition must be attached: one retention dropped is gone, and one a retention run detached and has not
 -- finished is still a table but no longer holds jobs of image_process_jobs. In the oldest attached month,
--- the one retention trims row by row up to its cutoff, a day before the month's oldest remaining job may
--- have had its jobs deleted. Either way the counted stats are all that is left of the day.
+-- the one retention trims row by row up to its cutoff (a time of day), a day up to and including the day
+-- of the month's oldest remaining job may have had jobs deleted. Either way the counted stats are all that
+-- is left of the day.
 WITH attached AS (
     SELECT c.relname::text AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
     WHERE i.inhparent = 'image_process_jobs'::regclass
@@ -89,8 +96,8 @@ SELECT CASE
          AND NOT EXISTS (
             SELECT 1 FROM image_process_jobs
             WHERE created_at >= (date_trunc('month', :stat_date::date))::timestamp AT TIME ZONE 'UTC'
-              AND created_at < (:stat_date::date + 1)::timestamp AT TIME ZONE 'UTC') THEN
-        'it is in the oldest month kept and before its oldest remaining job (retention may have deleted its jobs)'
+              AND created_at < (:stat_date::date)::timestamp AT TIME ZONE 'UTC') THEN
+        'it is in the oldest month kept, not after the day of its oldest remaining job (retention may have deleted jobs of it)'
 END;
 
 -- name: reconcile_day(stat_date)^
@@ -98,9 +105,12 @@ END;
 -- ledger gets exactly the (job, kind) pairs the jobs justify, so events still in flight for those
 -- jobs later find their row and count nothing, and events for later transitions count once.
 -- The DELETE and INSERT touch disjoint rows (unjustified vs. missing), as data-modifying CTEs must.
--- Each `accepted` row added is an event the consumer did not count (lost, or still in flight and now
--- to be skipped), so its user's job count goes up here as the consumer's count_user would have: else
--- the late event, finding its row, would count the user nowhere.
+-- Each `accepted` row added to a day the ledger still covers is an event the consumer did not count (lost,
+-- or still in flight and now to be skipped), so its user's job count goes up here as the consumer's
+-- count_user would have: else the late event, finding its row, would count the user nowhere. A day older
+-- than the ledger's oldest (prune_ledger removed its rows) says nothing about which events were counted:
+-- its users' counts are left as they are (StatsRepository.rebuild_user_counts recounts every user).
+-- Runs after lock_stats_writers, like every writer of user_job_counts.
 WITH j AS MATERIALIZED (
     SELECT j.job_id, j.user_id, j.status, j.processing_time_ms
     FROM image_process_jobs j
@@ -121,7 +131,9 @@ WITH j AS MATERIALIZED (
     RETURNING job_id, kind
 ), users_added AS (
     INSERT INTO user_job_counts AS c (user_id, jobs)
-    SELECT j.user_id, count(*) FROM added a JOIN j USING (job_id) WHERE a.kind = 'accepted' GROUP BY j.user_id
+    SELECT j.user_id, count(*) FROM added a JOIN j USING (job_id)
+    WHERE a.kind = 'accepted' AND :stat_date::date >= (SELECT min(l.stat_date) FROM stats_ledger l)
+    GROUP BY j.user_id
     ON CONFLICT (user_id) DO UPDATE SET jobs = c.jobs + EXCLUDED.jobs
 ), t AS (
     SELECT count(*)::int AS total_jobs,

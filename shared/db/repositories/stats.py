@@ -106,12 +106,15 @@ class StatsRepository:
         processing_stats alone still holds.
         """
         relation = partition_name("image_process_jobs", month_start(stat_date))
-        refusal = await self._q.reconcile_refusal(conn, stat_date=stat_date, relation=relation)
-        if refusal is not None:
-            raise ReconcileRefused(
-                f"{stat_date} is not rebuilt from the jobs: {refusal}; processing_stats keeps it as counted"
-            )
         async with conn.transaction():
+            # First, before any other lock: the order every writer of user_job_counts follows (retention's
+            # rmbg_retire_month too), so reconcile and a retirement wait for each other, never deadlock.
+            await self._q.lock_stats_writers(conn)
+            refusal = await self._q.reconcile_refusal(conn, stat_date=stat_date, relation=relation)
+            if refusal is not None:
+                raise ReconcileRefused(
+                    f"{stat_date} is not rebuilt from the jobs: {refusal}; processing_stats keeps it as counted"
+                )
             await self._q.lock_stats_ledger(conn)
             row = await self._q.reconcile_day(conn, stat_date=stat_date)
             await self._q.clear_params_day(conn, stat_date=stat_date)

@@ -108,11 +108,13 @@ async def test_retention_drops_months_and_deletes_only_unreferenced_objects(
     older = await _make_job(db, store, _photo(3), now - timedelta(days=215))
     # The cutoff's own month: one job just before the cutoff, one just after.
     before_cut = await _make_job(db, store, _photo(4), cutoff - timedelta(hours=1))
+    # Trimmed row by row too, and decided per key the same way: the shared original stays, r2's results go.
+    cut_other_revision = await _make_job(db, store, shared_photo, cutoff - timedelta(hours=2), revision="r2")
     after_cut = await _make_job(db, store, _photo(5), cutoff + timedelta(hours=1))
     recent_shared = await _make_job(db, store, shared_photo, now - timedelta(days=2))
     recent = await _make_job(db, store, _photo(6), now - timedelta(days=1))
     under_way = await _make_pending(db, store, pending_photo, now - timedelta(hours=1))
-    expired = [old_shared, old_other_revision, old_of_pending, old_only, older, before_cut]
+    expired = [old_shared, old_other_revision, old_of_pending, old_only, older, before_cut, cut_other_revision]
     kept = [after_cut, recent_shared, recent, under_way]
 
     dry = await Retention(db, store).run(cutoff=cutoff, dry_run=True)
@@ -138,13 +140,14 @@ async def test_retention_drops_months_and_deletes_only_unreferenced_objects(
     for made in (old_only, older, before_cut):
         for key in made.keys:
             assert not await _exists(store, key), f"expired object {key} was left behind"
-    original, *results = old_other_revision.keys
-    assert await _exists(store, original)
-    for key in results:
-        assert not await _exists(store, key), f"{key} of another revision outlived every row naming it"
+    for other in (old_other_revision, cut_other_revision):
+        original, *results = other.keys
+        assert await _exists(store, original)
+        for key in results:
+            assert not await _exists(store, key), f"{key} of another revision outlived every row naming it"
     for key in old_of_pending.keys:
         assert await _exists(store, key), f"{key} went while a job of its content is under way"
-    assert report.objects_deleted == 9 + 2 and report.objects_kept_shared == 3 + 3
+    assert report.objects_deleted == 9 + 2 + 2 and report.objects_kept_shared == 3 + 3 + 1
 
     # What the job under way may not need is left to fsck, which sees it unreferenced but keeps it while the
     # job is unfinished, and deletes it once the job has ended.

@@ -22,13 +22,14 @@ import torch
 from PIL import Image
 
 from rmbg.demo import sample_bytes
+from services.inference.backends import recipe
 from services.inference.backends.base import Chunk, SegmentationBackend, StagedBackend
 from services.inference.backends.factory import load_backend
 from services.inference.backends.rmbg import RmbgBackend
 from services.inference.handler import InferenceHandler
 from services.inference.settings import InferenceOptions, InferenceSettings
 from shared.contracts import DeadLetter, JobRequested, ProcessingParams, ResultEvent, ResultKind, Topics
-from shared.exceptions import ContractError, ModelOutOfMemory, ObjectMissing
+from shared.exceptions import ContractError, ModelFailed, ModelOutOfMemory, ObjectMissing
 from shared.failures import FailureClass, classify, describe
 from shared.ids import uuid7
 from shared.imaging import encode_mask_png
@@ -257,14 +258,16 @@ def _letter(topics: Topics, record: Record) -> DeadLetter:
 
 
 @contextlib.asynccontextmanager
-async def _handler_over(inference: Inference, backend: SegmentationBackend) -> AsyncIterator[InferenceHandler]:
+async def _handler_over(
+    inference: Inference, backend: SegmentationBackend, store: ObjectStore | None = None
+) -> AsyncIterator[InferenceHandler]:
     """A handler of this module's settings over ``backend``, chunks of two, with executors of its own."""
     with ThreadPoolExecutor(1) as model_executor, ThreadPoolExecutor(2) as io_executor:
         yield InferenceHandler(
             options=InferenceOptions(backend="rmbg", model_name=MODEL, batch_size=2),
             images=inference.settings.images,
             backend=backend,
-            store=inference.store,
+            store=store or inference.store,
             producer=await inference.rt.producer(),
             topics=inference.topics,
             metrics=inference.rt.metrics,
@@ -349,11 +352,10 @@ class _FailingPrepare(_Recording):
 
 async def test_an_error_outside_the_model_fails_its_chunk_and_leaves_nothing_running(inference: Inference) -> None:
     """Three jobs, chunks of two: the chunk of two fails in preparation, the chunk of one completes. The
-    handler returns (it does not raise) with the error on the two jobs, and no chunk is still at work."""
+    handler returns (it does not raise) with the error on the two jobs, and the other chunk completes."""
     async with _handler_over(inference, _FailingPrepare(inference.backend)) as handler:
         jobs = [await _job(inference, _distinct_photo(20 + i)) for i in range(3)]
         failures = await handler(await inference.records(*jobs))
-        assert not [t for t in asyncio.all_tasks() if "_compute" in repr(t.get_coro())]
     assert len(failures) == 2 and all(isinstance(f.error, RuntimeError) for f in failures)
     assert all(classify(f.error) is FailureClass.UNKNOWN for f in failures)  # retried a bounded number of times
     failed = {inference.topics.jobs.deserialize(f.record.value).job_id for f in failures}
@@ -382,3 +384,52 @@ async def test_out_of_device_memory_is_retried_not_blamed_on_the_image(inference
     assert len(failures) == 2
     assert all(isinstance(f.error, ModelOutOfMemory) for f in failures), [f.error for f in failures]
     assert all(classify(f.error) is FailureClass.TRANSIENT for f in failures)
+
+
+async def test_out_of_memory_in_preprocessing_is_that_images(
+    inference: Inference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Preprocessing holds an image at its own size (a 40 MP upload, ~480 MB of float32 on a GPU): out of
+    memory there, with the image alone, is the image's, and fails its job instead of being retried forever."""
+
+    def out_of_memory(*args: object, **kwargs: object) -> torch.Tensor:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 480.00 MiB")
+
+    monkeypatch.setattr(recipe, "preprocess_batch", out_of_memory)
+    job = await _job(inference, _distinct_photo(40))
+    (failure,) = await inference.handler(await inference.records(job))
+    assert isinstance(failure.error, ModelFailed) and classify(failure.error) is FailureClass.PERMANENT
+    assert "out of cpu memory in preprocessing" in str(failure.error)
+
+
+class _SlowFetch(ObjectStore):
+    """The real store, but reading one of ``slow`` takes 30 s: that job is still being admitted."""
+
+    def __init__(self, inner: ObjectStore, slow: set[str]) -> None:
+        super().__init__(inner._client, inner.bucket)
+        self._slow = slow
+
+    async def get(self, key: str, *, bucket: str | None = None, max_bytes: int | None = None) -> bytes:
+        if key in self._slow:
+            await asyncio.sleep(30)
+        return await super().get(key, bucket=bucket, max_bytes=max_bytes)
+
+
+async def test_a_cancelled_batch_leaves_no_chunk_running(inference: Inference) -> None:
+    """The stop's grace ran out: the consume loop cancels the handler while one job is still being fetched
+    and a chunk of two already started. That chunk must not go on (and send results) after the batch was
+    given back for redelivery."""
+    recording = _Recording(inference.backend)
+    jobs = [await _job(inference, _distinct_photo(50 + i)) for i in range(3)]
+    store = _SlowFetch(inference.store, {jobs[2].original_key})
+    async with _handler_over(inference, recording, store) as handler:
+        running = asyncio.create_task(handler(await inference.records(*jobs)))
+        deadline = time.monotonic() + 30
+        while not any(step == "forward" for step, *_ in recording.timeline):
+            assert time.monotonic() < deadline, "the chunk of two never reached the model"
+            await asyncio.sleep(0.01)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        left = [t for t in asyncio.all_tasks() if "_compute" in repr(t.get_coro()) and not t.done()]
+        assert left == [], "a chunk still at work after its batch was cancelled"

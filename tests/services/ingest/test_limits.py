@@ -92,7 +92,7 @@ async def test_quota_counts_in_redis_seeded_from_postgres(db: Database, redis: a
         await limits.check_quota(who)
     assert over.value.code == "quota_exceeded" and 1 <= over.value.retry_after_s <= 86400
     await limits.check_quota(_principal(daily_quota=100))  # a key's own quota
-    with pytest.raises(RateLimited, match="quota of 0 jobs"):
+    with pytest.raises(RateLimited, match="may not submit jobs"):
         await limits.check_quota(_principal(daily_quota=0))  # 0 suspends the key, it is not "the default"
 
 

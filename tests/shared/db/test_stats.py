@@ -184,6 +184,11 @@ async def test_reconcile_rewrites_day_and_ledger(conn: asyncpg.Connection, repos
         await repos.stats.totals_from_jobs(conn, stat_date=day)
     ]
     assert await conn.fetchval(user_jobs, user) == 10, "the late events counted the user no more"
+    # Once pruned, the ledger no longer says which of a day's events were counted: reconciling that day
+    # again leaves the user's count as it is instead of counting every job once more.
+    await conn.execute("DELETE FROM stats_ledger WHERE stat_date <= $1", day)
+    assert await repos.stats.reconcile(conn, stat_date=day) == await repos.stats.totals_from_jobs(conn, stat_date=day)
+    assert await conn.fetchval(user_jobs, user) == 10
     # Reconciling again is a no-op.
     assert await repos.stats.reconcile(conn, stat_date=day) == await repos.stats.totals_from_jobs(conn, stat_date=day)
     assert await conn.fetchval(user_jobs, user) == 10
@@ -217,10 +222,11 @@ async def _refusals(conn: asyncpg.Connection, repos: Repositories) -> None:
     month = date(int(oldest[-7:-3]), int(oldest[-2:]), 1)
     args = _job(month.replace(day=10), 0, unique_user("trim"))
     await repos.jobs.insert_job(conn, **args)
-    with pytest.raises(ReconcileRefused, match="before its oldest remaining job"):
-        await repos.stats.reconcile(conn, stat_date=month.replace(day=5))
-    for day in (10, 12):  # the oldest job's day and after it: rebuilt
-        assert (await repos.stats.reconcile(conn, stat_date=month.replace(day=day))).total_jobs == (day == 10)
+    # Before the oldest job's day, and that day itself (a cutoff is a time of day: its day is half trimmed).
+    for day in (5, 10):
+        with pytest.raises(ReconcileRefused, match="not after the day of its oldest remaining job"):
+            await repos.stats.reconcile(conn, stat_date=month.replace(day=day))
+    assert (await repos.stats.reconcile(conn, stat_date=month.replace(day=12))).total_jobs == 0  # after it: rebuilt
 
     later = date(month.year + (month.month == 12), month.month % 12 + 1, 1)
     detached = partition_name("image_process_jobs", later)

@@ -91,7 +91,7 @@ def retention_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="report only, change nothing")] = False,
 ) -> None:
     """Remove jobs older than the age: whole monthly partitions dropped, their objects deleted
-    unless a newer job still uses the same content."""
+    unless a newer job still derives the same key."""
     from rmbg.admin import retention
     from rmbg.maintenance.retention import parse_age
 

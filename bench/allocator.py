@@ -49,9 +49,12 @@ def job(jpeg, mask_png):
     encode_mask_png(backend.predict([decode_rgb(jpeg)])[0])
     make_cutout(jpeg, mask_png, CutoutFormat.WEBP, DEFAULT_WEBP_QUALITY)
 
-def rss_mib():
+def memory_mib():
+    # The resident set now and its high-water mark, from one read of /proc/self/status: read apart (the
+    # peak from getrusage earlier), the set could grow in between and show more than the peak.
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+        fields = dict(line.split(":", 1) for line in status)
+    return tuple(int(fields[name].split()[0]) / 1024 for name in ("VmRSS", "VmHWM"))
 
 threads = int(sys.argv[3])
 for jpeg, mask_png in jobs:
@@ -65,15 +68,16 @@ else:
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda pair: job(*pair), work))
 after = resource.getrusage(resource.RUSAGE_SELF)
+rss_now, rss_peak = memory_mib()
 n = len(work)
 print(json.dumps({
     "threads": threads,
-    "rss_end_mib": rss_mib(),
+    "rss_end_mib": rss_now,
     "applied": applied,
     "user_ms": (after.ru_utime - before.ru_utime) / n * 1000,
     "system_ms": (after.ru_stime - before.ru_stime) / n * 1000,
     "faults": (after.ru_minflt - before.ru_minflt) / n,
-    "max_rss_mib": after.ru_maxrss / 1024,
+    "max_rss_mib": rss_peak,
 }))
 """
 

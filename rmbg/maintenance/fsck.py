@@ -125,12 +125,10 @@ class Fsck:
         shas = sorted(set(content.values()))
         async with self._db.pool.acquire() as conn, conn.transaction():
             await self._db.jobs.lock_objects_exclusive(conn)
-            # Re-check under the lock: a job may have started using one of these keys since the listing.
-            still_used = await self._db.objects.paths_for_contents(conn, shas=shas)
-            # A pending or processing job may be about to use a stored mask of its content (inference reuses
-            # one it finds; the persister reads it back), and its keys are not derivable before its result.
-            unfinished = await self._db.objects.unfinished_contents(conn, shas=shas)
-            doomed = [k for k in orphans if k not in still_used and content.get(k) not in unfinished]
+            # Re-check under the lock: a job may have started using one of these keys since the listing, and
+            # a pending or processing job may be about to reuse a stored mask of its content.
+            in_use = await self._db.objects.keys_in_use(conn, shas=shas)
+            doomed = [k for k in orphans if not in_use.keeps(content.get(k), k)]
             # As retention does: the epoch moves after the delete (also when it fails half-way), so an
             # intake that found one of these objects still there before stores it again.
             try:

@@ -155,18 +155,11 @@ class Retention:
             keys.update(p for p in row.paths if not p.startswith("s3://"))
         async with self._db.pool.acquire() as conn, conn.transaction():
             await self._db.jobs.lock_objects_exclusive(conn)
-            used = sorted(await self._db.objects.referenced_contents(conn, shas=sorted(keys_by_sha)))
-            # As retired_unreferenced decides: a content in use keeps the keys its remaining jobs derive, and
-            # all of them while one of those jobs is unfinished (its keys are not known before its result).
-            still = await self._db.objects.paths_for_contents(conn, shas=used) if used else set()
-            unfinished = await self._db.objects.unfinished_contents(conn, shas=used) if used else set()
-            set_used = set(used)
-
-            def kept(sha: bytes, key: str) -> bool:
-                return sha in set_used and (sha in unfinished or key in still)
-
-            doomed = sorted({k for sha, keys in keys_by_sha.items() for k in keys if not kept(sha, k)})
-            report.objects_kept_shared += sum(kept(sha, k) for sha, keys in keys_by_sha.items() for k in keys)
+            used = await self._db.objects.referenced_contents(conn, shas=sorted(keys_by_sha))
+            # As retired_unreferenced decides, asked only for the contents a remaining job has.
+            in_use = await self._db.objects.keys_in_use(conn, shas=sorted(used))
+            doomed = sorted({k for sha, keys in keys_by_sha.items() for k in keys if not in_use.keeps(sha, k)})
+            report.objects_kept_shared += sum(in_use.keeps(sha, k) for sha, keys in keys_by_sha.items() for k in keys)
             await self._delete_locked(conn, doomed, report)
 
     async def _delete_locked(self, conn: asyncpg.Connection, doomed: list[str], report: RetentionReport) -> None:

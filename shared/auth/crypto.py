@@ -22,23 +22,21 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from shared.exceptions import ConfigError
 
 
-def _fernet(keys: str) -> tuple[MultiFernet, str]:
-    """The Fernet keys of ``RMBG_AUTH__ENCRYPTION_KEYS`` (comma-separated, newest first) and the newest."""
+def _fernet(keys: str) -> tuple[MultiFernet, list[str]]:
+    """The Fernet keys of ``RMBG_AUTH__ENCRYPTION_KEYS`` (comma-separated, newest first), and their texts."""
     parts = [k.strip() for k in keys.split(",") if k.strip()]
     if not parts:
         raise ConfigError("RMBG_AUTH__ENCRYPTION_KEYS is empty")
     try:
-        return MultiFernet([Fernet(k.encode()) for k in parts]), parts[0]
+        return MultiFernet([Fernet(k.encode()) for k in parts]), parts
     except ValueError as exc:
         raise ConfigError(f"RMBG_AUTH__ENCRYPTION_KEYS: {exc}") from None
 
 
 class EmailCipher:
     def __init__(self, keys: str) -> None:
-        self._fernet, _ = _fernet(keys)
-        self._digest_keys = [
-            hashlib.sha256(b"rmbg-email-digest:" + k.strip().encode()).digest() for k in keys.split(",") if k.strip()
-        ]
+        self._fernet, parts = _fernet(keys)
+        self._digest_keys = [hashlib.sha256(b"rmbg-email-digest:" + k.encode()).digest() for k in parts]
 
     @staticmethod
     def normalise(email: str) -> str:

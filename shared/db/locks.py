@@ -23,7 +23,8 @@ class AdvisoryLock(IntEnum):
     PARTITIONS = 1
     # Transaction lock of stats writers (stats.sql apply_event): fixes the order in which batches touch
     # days, so two batches wait for each other instead of deadlocking. Retention takes it too before it
-    # reduces user_job_counts (retention.sql lock_stats_writers, rmbg_retire_month since 0019).
+    # reduces user_job_counts, and reconcile first of all (stats.sql lock_stats_writers, rmbg_retire_month
+    # since 0019).
     STATS = 2
     # Transaction lock on stored objects (retention.sql): exclusive while retention checks references
     # and deletes objects, shared while intake stores an original and inserts its row.

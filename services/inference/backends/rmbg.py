@@ -262,10 +262,12 @@ class RmbgBackend:
         try:
             yield
         except torch.OutOfMemoryError as exc:
-            what = f"out of {self.device.type} memory in {step} of {images} image(s)"
-            raise ModelError(f"{self.name}: {what}: {exc}") from exc
+            raise ModelError(self._memory_message(step, images, exc)) from exc
 
     def _out_of_memory(self, step: str, images: int, exc: BaseException) -> ModelOutOfMemory:
         # The forward pass sees every image at the model's size, so its memory is the device's state, not
         # the image's: torch.OutOfMemoryError (CUDA's and other accelerators') there is retried.
-        return ModelOutOfMemory(f"{self.name}: out of {self.device.type} memory in {step} of {images} image(s): {exc}")
+        return ModelOutOfMemory(self._memory_message(step, images, exc))
+
+    def _memory_message(self, step: str, images: int, exc: BaseException) -> str:
+        return f"{self.name}: out of {self.device.type} memory in {step} of {images} image(s): {exc}"

@@ -118,7 +118,8 @@ GROUP BY k.path;
 
 -- name: unfinished_contents(shas)
 -- Which of these contents a pending or processing job has: its mask and cut-out keys are not derivable
--- yet (its model revision comes with its result), so fsck deletes nothing under such a content.
+-- yet (its model revision comes with its result), so nothing under such a content is deleted
+-- (ObjectsRepository.keys_in_use, for fsck and the boundary month's trim).
 SELECT DISTINCT content_sha256 FROM image_process_jobs
 WHERE content_sha256 = ANY(:shas::bytea[]) AND status IN ('pending', 'processing');
 

@@ -7,12 +7,27 @@ that guard deleting objects are JobsRepository's (intake and the persister take 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import asyncpg
 
 from shared.db.models import JobStatus, ShardJob
 from shared.db.queryset import Queries, default_queries
 
 SHARDS = 256  # object keys fan out by the first byte of the content hash: <prefix>/<xx>/<sha>...
+
+
+@dataclass(frozen=True)
+class KeysInUse:
+    """What the remaining jobs of some contents still need (:meth:`ObjectsRepository.keys_in_use`)."""
+
+    paths: frozenset[str]  # every key those jobs derive
+    unfinished: frozenset[bytes]  # contents with a pending or processing job: their keys are not known yet
+
+    def keeps(self, content_sha256: bytes | None, key: str) -> bool:
+        """Whether ``key`` (of that content) must stay: a remaining job derives it, or one of the content's
+        jobs is unfinished and may be about to reuse it (a stored mask)."""
+        return key in self.paths or (content_sha256 is not None and content_sha256 in self.unfinished)
 
 
 class ObjectsRepository:
@@ -28,9 +43,13 @@ class ObjectsRepository:
         """Every object key the remaining jobs of these contents name."""
         return {str(r["path"]) for r in await self._q.paths_for_contents(conn, shas=shas)}
 
-    async def unfinished_contents(self, conn: asyncpg.Connection, *, shas: list[bytes]) -> set[bytes]:
-        """Which of these contents a pending or processing job has (its result's keys are not known yet)."""
-        return {bytes(r["content_sha256"]) for r in await self._q.unfinished_contents(conn, shas=shas)}
+    async def keys_in_use(self, conn: asyncpg.Connection, *, shas: list[bytes]) -> KeysInUse:
+        """The rule retention and fsck delete by (retention.sql retired_unreferenced applies it in SQL)."""
+        if not shas:
+            return KeysInUse(frozenset(), frozenset())
+        paths = await self.paths_for_contents(conn, shas=shas)
+        unfinished = {bytes(r["content_sha256"]) for r in await self._q.unfinished_contents(conn, shas=shas)}
+        return KeysInUse(frozenset(paths), frozenset(unfinished))
 
     async def jobs_in_shard(self, conn: asyncpg.Connection, *, shard: int) -> list[ShardJob]:
         """The jobs whose content hash starts with the byte ``shard`` (0..255)."""

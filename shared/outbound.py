@@ -25,11 +25,32 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from shared.config import OutboundSettings
 from shared.exceptions import FetchRefused
 
+# IPv6 forms that carry an IPv4 address a gateway may deliver to (RFC 6052 NAT64, RFC 3056 6to4, the
+# deprecated IPv4-compatible ::a.b.c.d). Python 3.11 calls all of them global, so 64:ff9b::a00:1 passed
+# although a NAT64 gateway (AWS's, for one) delivers it to 10.0.0.1 inside the network.
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")  # operator-chosen layout (RFC 8215): never public
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64_WELL_KNOWN or ip in _IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
 
 def _public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL_USE:
+            return False
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return embedded.is_global and not embedded.is_multicast
     return ip.is_global and not ip.is_multicast
 
 

@@ -60,6 +60,15 @@ OPEN = OutboundSettings(allow_private_targets=True, allowed_ports=())
         "http://169.254.169.254/latest/meta-data/",
         "http://[::1]/a.png",
         "http://[::ffff:127.0.0.1]/a.png",
+        # IPv4 inside IPv6 forms a gateway delivers (NAT64, 6to4, IPv4-compatible): loopback, private, metadata.
+        "http://[64:ff9b::7f00:1]/a.png",
+        "http://[64:ff9b::a00:1]/a.png",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+        "http://[64:ff9b:1::808:808]/a.png",
+        "http://[2002:7f00:1::1]/a.png",
+        "http://[2002:a9fe:a9fe::1]/a.png",
+        "http://[::127.0.0.1]/a.png",
+        "http://[::10.0.0.1]/a.png",
         "http://100.64.0.1/a.png",
         "http:///nohost",
         # Hosts the client normalises to a loopback or metadata literal (IDNA: fullwidth digits, ideographic
@@ -72,6 +81,13 @@ OPEN = OutboundSettings(allow_private_targets=True, allowed_ports=())
 def test_refused_before_any_request(url: str) -> None:
     with pytest.raises(FetchRefused):
         check_url(url, DEFAULT)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[64:ff9b::808:808]/a.png", "http://[2002:808:808::1]/a.png", "http://[2606:4700::1111]/a.png"]
+)
+def test_public_addresses_inside_ipv6_forms_are_allowed(url: str) -> None:
+    assert check_url(url, DEFAULT) == url
 
 
 def test_ports_outside_the_allowed_set_are_refused() -> None:

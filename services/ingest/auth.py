@@ -42,6 +42,14 @@ async def current_principal(
     return principal
 
 
+async def presented_key(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """The API key the request presented, for a handler that must verify it again later (a long stream).
+    Declared beside CurrentUser, which has already refused a request without one."""
+    if credentials is None:
+        raise Unauthenticated("missing API key")
+    return credentials.credentials
+
+
 async def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
     if not principal.is_admin:
         raise ApiError(403, "forbidden", "this endpoint needs an admin key")
@@ -50,3 +58,4 @@ async def admin_principal(principal: Annotated[Principal, Depends(current_princi
 
 CurrentUser = Annotated[Principal, Depends(current_principal)]
 AdminUser = Annotated[Principal, Depends(admin_principal)]
+PresentedKey = Annotated[str, Depends(presented_key)]

@@ -84,6 +84,9 @@ class LiveOptions(BaseModel):
     # A stream ends after this with the job's current state; the client reconnects. Bounds how long one
     # connection pins a replica (deploys, rebalancing of long-lived connections).
     max_stream_s: float = Field(default=3600.0, gt=0)
+    # An open stream verifies its API key again this often (and before every read of the job), so a
+    # revoked key's stream ends within it. Each check is one Redis read: 10,000 streams cost ~170/s.
+    reauth_s: float = Field(default=60.0, gt=0)
     # A client that reads nothing for this long is cut off (its socket buffer is full).
     send_timeout_s: float = Field(default=30.0, gt=0)
 

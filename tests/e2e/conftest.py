@@ -24,7 +24,7 @@ from rmbg.stack import StackEndpoints
 from services.inference.main import run_inference
 from services.inference.settings import InferenceOptions, InferenceSettings
 from services.ingest.api import create_app
-from services.ingest.settings import IngestOptions, IngestSettings
+from services.ingest.settings import IngestOptions, IngestSettings, LiveOptions
 from services.persister.main import run_persister
 from services.persister.settings import PersisterOptions, PersisterSettings, WebhookOptions
 from services.stats.main import run_stats
@@ -147,7 +147,9 @@ async def pipeline(stack: StackEndpoints, tmp_path_factory: pytest.TempPathFacto
 
     port = _free_port()
     telemetry = {name: TelemetrySettings(metrics_port=_free_port()) for name in ("inference", "persister", "stats")}
-    ingest = IngestSettings(**common, ingest=IngestOptions(port=port, model=TINY_MODEL))  # type: ignore[arg-type]
+    # Streams check their key every second here (60 s by default), so a revoked key's stream ends in a test's time.
+    live = LiveOptions(reauth_s=1.0)
+    ingest = IngestSettings(**common, ingest=IngestOptions(port=port, model=TINY_MODEL), live=live)  # type: ignore[arg-type]
     inference = InferenceSettings(
         **common,  # type: ignore[arg-type]
         telemetry=telemetry["inference"],

@@ -7,13 +7,17 @@ import itertools
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
+from rmbg.access import revoke_key
 from rmbg.demo import sample_bytes
+from shared.db import open_database
+from shared.ids import uuid7
 from tests.e2e.conftest import Pipeline
 
 pytestmark = pytest.mark.slow
@@ -110,3 +114,42 @@ async def test_another_users_job_is_not_found_and_no_key_is_unauthenticated(pipe
     async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=30) as anonymous:
         resp = await anonymous.get(f"/v1/jobs/{job_id}/events")
         assert resp.status_code == 401 and resp.json()["error"]["code"] == "unauthenticated"
+
+
+async def _until_blank(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The lines of one event, up to the blank line that ends it."""
+    async for line in lines:
+        if not line:
+            return
+        yield line
+
+
+async def test_a_revoked_keys_stream_ends(pipeline: Pipeline) -> None:
+    user = f"sse-rev-{uuid.uuid4().hex[:6]}"
+    # A pending job whose request was never published: nothing moves it, so only the key can end its stream.
+    job_id = uuid7()
+    async with open_database(pipeline.settings.postgres) as db, db.pool.acquire() as conn:
+        assert await db.jobs.insert_job(
+            conn, job_id=job_id, user_id=user, original_ext="png", content_sha256="ab" * 32, original_bytes=1,
+            image_width=1, image_height=1, params={}, params_hash="p0", model_name="tiny", source="http", tags=[],
+        )
+    async with pipeline.client(user) as client:
+        key_id = (await client.get("/v1/me")).json()["key_id"]
+        async with client.stream("GET", f"/v1/jobs/{job_id}/events") as resp:
+            assert resp.status_code == 200
+            lines = resp.aiter_lines()
+
+            async def first_event() -> list[str]:
+                return [line async for line in _until_blank(lines)]
+
+            assert "event: pending" in await asyncio.wait_for(first_event(), 10)
+            record, _ = await revoke_key(pipeline.settings, key_id=key_id)
+            assert record is not None
+            revoked = time.monotonic()
+
+            async def rest() -> list[str]:
+                return [line async for line in lines]
+
+            tail = await asyncio.wait_for(rest(), 15)  # the stream ends (the key is checked every 1 s here)
+        assert time.monotonic() - revoked < 10
+        assert not any(line.startswith("event:") for line in tail), tail  # and sends no further state

@@ -25,12 +25,13 @@ from fastapi import APIRouter
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse
 
-from services.ingest.auth import CurrentUser, Resources
+from services.ingest.auth import CurrentUser, PresentedKey, Resources
 from services.ingest.errors import ERROR_RESPONSES, ErrorResponse
 from services.ingest.jobviews import job_detail, owned_job, parse_job_id
 from services.ingest.live import JobEventHub, SubscriptionDropped, event_status
 from services.ingest.settings import LiveOptions
 from shared.db.models import STATUS_RANK, TERMINAL_STATUSES, JobStatus
+from shared.exceptions import Unauthenticated
 from shared.failures import describe
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
 
 # The job's view as GET /v1/jobs/{id} answers it, read afresh (Redis, then PostgreSQL).
 Reader = Callable[[], Awaitable[dict[str, Any]]]
+# Raises Unauthenticated when the stream's API key no longer holds (revoked since the request).
+Authorize = Callable[[], Awaitable[None]]
 
 
 def _status(job: dict[str, Any]) -> JobStatus:
@@ -51,38 +54,50 @@ def job_sse(job: dict[str, Any]) -> ServerSentEvent:
 
 
 async def follow_job(
-    hub: JobEventHub, job_id: str, read: Reader, options: LiveOptions
+    hub: JobEventHub, job_id: str, read: Reader, options: LiveOptions, *, authorize: Authorize
 ) -> AsyncIterator[ServerSentEvent]:
     """The job's state now, then each newer state the hub hears of, until a terminal one.
 
     A stream that ends before the job does (its time is up, it fell behind, the server stops) sends the
     job's current state last, so the client knows where it stands when it reconnects. A read that fails
-    ends the stream: the client reconnects, as it would after any cut connection.
+    ends the stream: the client reconnects, as it would after any cut connection. So does a key that no
+    longer holds: ``authorize`` runs before every read and at least every ``reauth_s``, so a revoked key's
+    stream ends within that (60 s) instead of running for the stream's whole hour.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.max_stream_s
+
+    async def read_allowed() -> dict[str, Any]:
+        await authorize()
+        return await read()
+
     try:
         # Subscribe before reading: an event sent between the read and the subscription would be lost,
         # while one sent before the read is in the state read, and its replay is ignored by rank.
         with hub.subscribe(job_id) as sub:
-            job = await read()
+            job = await read()  # the request itself was just authorized
             yield job_sse(job)
             sent = STATUS_RANK[_status(job)]
             quiet = options.quiet_s
+            quiet_until = recheck_at = loop.time()
+            quiet_until += quiet
+            recheck_at += options.reauth_s
             while _status(job) not in TERMINAL_STATUSES:
-                left = deadline - loop.time()
-                if left <= 0:
-                    yield job_sse(await read())
+                now = loop.time()
+                if now >= deadline:
+                    yield job_sse(await read_allowed())
                     return
-                wait = min(quiet, left)
+                if now >= recheck_at:
+                    await authorize()
+                    recheck_at = now + options.reauth_s
                 try:
-                    event = await sub.next(wait)
+                    event = await sub.next(min(deadline, quiet_until, recheck_at) - now)
                 except SubscriptionDropped:
-                    yield job_sse(await read())
+                    yield job_sse(await read_allowed())
                     return
                 if event is None:
-                    if wait < quiet:
-                        continue  # woken for the deadline: the loop's head ends the stream
+                    if loop.time() < quiet_until:
+                        continue  # woken for the deadline or the key's check: the loop's head does them
                     # A safety net, not polling: no event for a quiet period (30 s, then 60, 120... up to
                     # 300 s) may mean the hub is down or lagging, or missed the event (it starts at an end
                     # the broker may misreport), and a missed terminal event would leave the client
@@ -90,12 +105,15 @@ async def follow_job(
                     quiet = min(quiet * 2, options.max_quiet_s)
                 else:
                     quiet = options.quiet_s
-                    if STATUS_RANK[event_status(event.kind)] <= sent:
-                        continue  # a replay, or the `accepted` the persister repeats before an end
-                fresh = await read()
+                quiet_until = loop.time() + quiet
+                if event is not None and STATUS_RANK[event_status(event.kind)] <= sent:
+                    continue  # a replay, or the `accepted` the persister repeats before an end
+                fresh = await read_allowed()
                 if STATUS_RANK[_status(fresh)] > sent:
                     job, sent = fresh, STATUS_RANK[_status(fresh)]
                     yield job_sse(job)
+    except Unauthenticated:
+        log.info("event stream of job %s ended: its API key no longer holds", job_id)
     except Exception as exc:  # not CancelledError/GeneratorExit: a disconnect still unwinds the subscription
         log.warning("event stream of job %s ended: %s", job_id, describe(exc, limit=300))
 
@@ -112,7 +130,7 @@ async def follow_job(
         503: {"model": ErrorResponse, "description": "too many streams open on this server; see Retry-After"},
     },
 )
-async def job_events(res: Resources, principal: CurrentUser, job_id: str) -> EventSourceResponse:
+async def job_events(res: Resources, principal: CurrentUser, key: PresentedKey, job_id: str) -> EventSourceResponse:
     """Follow one of the caller's jobs live, as Server-Sent Events, until it completes or fails."""
     # Answered before the stream starts, so they are real statuses: 404 for another user's job as for a
     # missing one, 503 when this process serves as many streams as it may. The stream reads the job once
@@ -124,7 +142,13 @@ async def job_events(res: Resources, principal: CurrentUser, job_id: str) -> Eve
     async def read() -> dict[str, Any]:
         return await job_detail(res, await owned_job(res, principal, canonical))
 
+    async def authorize() -> None:
+        # The key as the request presented it, verified again (a cached Redis read): revoked, it raises.
+        await res.keys.verify(key)
+
     options = res.settings.live
     return EventSourceResponse(
-        follow_job(res.hub, canonical, read, options), ping=options.keepalive_s, send_timeout=options.send_timeout_s
+        follow_job(res.hub, canonical, read, options, authorize=authorize),
+        ping=options.keepalive_s,
+        send_timeout=options.send_timeout_s,
     )

@@ -15,6 +15,7 @@ from services.ingest.live import JobEventHub
 from services.ingest.routes.events import follow_job
 from services.ingest.settings import LiveOptions
 from shared.contracts import JobEvent, JobEventKind
+from shared.exceptions import Unauthenticated
 from shared.ids import uuid7
 
 JOB = uuid7()
@@ -40,8 +41,23 @@ def _event(kind: JobEventKind) -> JobEvent:
     return JobEvent(job_id=JOB, created_at=now, kind=kind, occurred_at=now, user_id="u")
 
 
-def _stream(hub: JobEventHub, store: Store, **options: float) -> AsyncIterator[ServerSentEvent]:
-    return follow_job(hub, str(JOB), store.read, LiveOptions(**options))  # type: ignore[arg-type]
+class Key:
+    """The stream's API key as verify sees it, with a count of checks."""
+
+    def __init__(self) -> None:
+        self.revoked = False
+        self.checks = 0
+
+    async def authorize(self) -> None:
+        self.checks += 1
+        if self.revoked:
+            raise Unauthenticated("invalid API key")
+
+
+def _stream(hub: JobEventHub, store: Store, key: Key | None = None, **options: float) -> AsyncIterator[ServerSentEvent]:
+    return follow_job(
+        hub, str(JOB), store.read, LiveOptions(**options), authorize=(key or Key()).authorize  # type: ignore[arg-type]
+    )
 
 
 def _hub(queue_events: int = 32) -> JobEventHub:
@@ -152,3 +168,36 @@ async def test_a_failed_read_ends_the_stream_quietly() -> None:
     hub.deliver(_event(JobEventKind.PROCESSING))
     assert await _rest(stream) == []
     assert hub.subscribers == 0
+
+
+async def test_a_revoked_key_ends_a_quiet_stream_at_its_next_check() -> None:
+    hub, store, key = _hub(), Store("pending"), Key()
+    stream = _stream(hub, store, key, reauth_s=0.2, quiet_s=60)
+    assert (await anext(stream)).event == "pending"
+    key.revoked = True  # no event comes, and the quiet read is a minute away
+    started = time.monotonic()
+    assert await _rest(stream) == []
+    assert 0.15 < time.monotonic() - started < 2
+    assert store.reads == 1 and hub.subscribers == 0
+
+
+async def test_a_revoked_key_gets_no_further_state() -> None:
+    hub, store, key = _hub(), Store("pending"), Key()
+    stream = _stream(hub, store, key)
+    assert (await anext(stream)).event == "pending"
+    key.revoked = True
+    store.status = "completed"
+    hub.deliver(_event(JobEventKind.COMPLETED))
+    assert await _rest(stream) == []  # the key is checked before the read the event triggers
+    assert store.reads == 1 and key.checks == 1
+
+
+async def test_key_checks_do_not_delay_the_quiet_period_read() -> None:
+    hub, store, key = _hub(), Store("processing"), Key()
+    stream = _stream(hub, store, key, reauth_s=0.05, quiet_s=0.3, max_quiet_s=0.3)
+    assert (await anext(stream)).event == "processing"
+    store.status = "completed"  # unannounced: only the quiet read finds it
+    started = time.monotonic()
+    assert await _rest(stream) == ["completed"]
+    assert 0.25 < time.monotonic() - started < 1.5
+    assert key.checks >= 4  # every 0.05 s while waiting, and once more before the read

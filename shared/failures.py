@@ -27,9 +27,12 @@ class FailureClass(StrEnum):
 
 # SQLSTATE classes (the first two characters) that say "try again": connection exceptions, resources,
 # operator intervention (shutdown, restart), transaction rollbacks (serialization, deadlock), system errors,
-# and those that fail every record alike because the deployment is wrong (a missing table or column from a
-# migration not yet run, a missing database or schema, a permission): stall and alert, skip nothing.
-_PG_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58", "42", "3D", "3F"})
+# a server in the wrong state (25: a read-only standby or a copy still restoring, 25006; 55: a lock not
+# granted within lock_timeout, 55P03), and those that fail every record alike because the deployment is
+# wrong (a missing table or column from a migration not yet run, a missing database or schema, a
+# permission): stall and alert, skip nothing. Unclassified, 25006 after a failover that still pointed at
+# the demoted primary gave every record up after its bounded retries (about 60 s).
+_PG_TRANSIENT_CLASSES = frozenset({"08", "25", "40", "53", "55", "57", "58", "42", "3D", "3F"})
 # ...and those that say "this statement with these values will never work": data exceptions (a NUL byte,
 # a value out of range), integrity violations, and syntax or access rule violations in a given record.
 _PG_PERMANENT_CLASSES = frozenset({"22", "23"})

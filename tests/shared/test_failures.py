@@ -49,6 +49,8 @@ def _pg(sqlstate: str) -> asyncpg.PostgresError:
         (asyncpg.TooManyConnectionsError("full"), T),  # 53300
         (asyncpg.AdminShutdownError("restart"), T),  # 57P01
         (asyncpg.UndefinedTableError("no table"), T),  # 42P01: a migration not yet run stalls, skips nothing
+        (asyncpg.ReadOnlySQLTransactionError("read-only"), T),  # 25006: a standby, or a restore still replaying
+        (asyncpg.LockNotAvailableError("lock_timeout"), T),  # 55P03
         (_pg("XX000"), U),  # internal error: nobody knows
         (asyncpg.InterfaceError("connection is closed"), T),
         (kafka_errors.KafkaConnectionError("down"), T),

@@ -79,11 +79,29 @@ def check_url(url: str, policy: OutboundSettings) -> str:
     except (ValueError, UnicodeError) as exc:
         raise FetchRefused(f"malformed URL: {exc}") from None
     for candidate in dict.fromkeys((host, connect_host)):
+        if _legacy_ipv4(candidate):
+            raise FetchRefused(f"{host} is an IPv4 address in a legacy form: write it as four decimal numbers")
         with contextlib.suppress(ValueError):
             ipaddress.ip_address(candidate)
             if not policy.allow_private_targets and not _public(candidate):
                 raise FetchRefused(f"{host} is not a public address")
     return url
+
+
+def _legacy_ipv4(host: str) -> bool:
+    """'127.1', '2130706433', '0x7f.0.0.1', '017700000001': what inet_aton (and so getaddrinfo) reads as an
+    IPv4 address but ipaddress does not. Let through as a name, such a URL was retried by webhooks for
+    hours (aiohttp cannot connect to it) instead of refused once."""
+    try:
+        ipaddress.ip_address(host)
+        return False
+    except ValueError:
+        pass
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return True
 
 
 class _PublicOnlyResolver(AbstractResolver):
@@ -114,7 +132,11 @@ class _PublicOnlyResolver(AbstractResolver):
 @contextlib.asynccontextmanager
 async def open_outbound(policy: OutboundSettings, *, limit: int = 32) -> AsyncIterator[aiohttp.ClientSession]:
     """A session whose connections can reach only what ``policy`` allows (one per process; reuse it)."""
-    connector = aiohttp.TCPConnector(resolver=_PublicOnlyResolver(policy), limit=limit, ttl_dns_cache=None)
+    # use_dns_cache=False: every new connection asks the resolver, so a receiver that moves is found at
+    # once and a name that turns private is refused then. ttl_dns_cache=None, as before, means "never
+    # expire" in aiohttp: a webhook receiver behind a failed-over address was retried at its old one for
+    # all 10 attempts. Pooled keep-alive connections still spare the lookup for repeat requests.
+    connector = aiohttp.TCPConnector(resolver=_PublicOnlyResolver(policy), limit=limit, use_dns_cache=False)
     # trust_env=False: an HTTP(S)_PROXY in the environment would connect on our behalf, past the resolver.
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
         yield session

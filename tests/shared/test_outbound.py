@@ -69,6 +69,12 @@ OPEN = OutboundSettings(allow_private_targets=True, allowed_ports=())
         "http://[2002:a9fe:a9fe::1]/a.png",
         "http://[::127.0.0.1]/a.png",
         "http://[::10.0.0.1]/a.png",
+        # IPv4 in the forms inet_aton reads (getaddrinfo resolves them; aiohttp cannot connect to them).
+        "http://127.1/a.png",
+        "http://2130706433/a.png",
+        "http://0x7f.0.0.1/a.png",
+        "http://10.1/a.png",
+        "http://8.8.8.010/a.png",
         "http://100.64.0.1/a.png",
         "http:///nohost",
         # Hosts the client normalises to a loopback or metadata literal (IDNA: fullwidth digits, ideographic
@@ -131,3 +137,36 @@ async def test_every_redirect_hop_is_checked(server: str) -> None:
             await fetch_bytes(
                 session, f"http://{server}/hop?to=http://127.0.0.1:6379/", policy=policy, max_bytes=1000, timeout_s=5
             )
+
+
+async def test_a_receiver_that_moves_is_found_at_its_new_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each new connection asks the resolver: no DNS answer outlives the address it named."""
+    answer = {"ip": "127.0.0.1"}
+
+    async def resolve(
+        self: object, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[dict[str, object]]:
+        found = {"hostname": host, "host": answer["ip"], "port": port, "family": socket.AF_INET}
+        return [{**found, "proto": 0, "flags": 0}]
+
+    monkeypatch.setattr("aiohttp.ThreadedResolver.resolve", resolve)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    runners = {}
+    for ip in ("127.0.0.1", "127.0.0.2"):
+        app = web.Application()
+        app.router.add_get("/image.png", lambda _, ip=ip: web.Response(body=ip.encode(), content_type="image/png"))
+        runners[ip] = web.AppRunner(app)
+        await runners[ip].setup()
+        await web.TCPSite(runners[ip], ip, port).start()
+    try:
+        async with open_outbound(OPEN) as session:
+            url = f"http://receiver.test:{port}/image.png"
+            assert (await fetch_bytes(session, url, policy=OPEN, max_bytes=100, timeout_s=5)).data == b"127.0.0.1"
+            answer["ip"] = "127.0.0.2"
+            await runners.pop("127.0.0.1").cleanup()  # the old address is gone
+            assert (await fetch_bytes(session, url, policy=OPEN, max_bytes=100, timeout_s=5)).data == b"127.0.0.2"
+    finally:
+        for runner in runners.values():
+            await runner.cleanup()

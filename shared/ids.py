@@ -20,6 +20,9 @@ def uuid7(at: datetime | None = None, *, entropy: bytes | None = None) -> uuid.U
     """
     moment = at or datetime.now(UTC)
     ms = int(moment.timestamp() * 1000)
+    if not 0 <= ms < 1 << 48:
+        # The 48-bit field would wrap: year 1 became year 8920, and 1969 an id no datetime can read back.
+        raise ValueError(f"a UUIDv7 holds 1970-01-01 to 10889-08-02, not {moment.isoformat()}")
     rand = hashlib.sha256(entropy).digest()[:10] if entropy is not None else os.urandom(10)
     rand_int = int.from_bytes(rand, "big")
     rand_a = (rand_int >> 68) & 0xFFF  # 12 bits

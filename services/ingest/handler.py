@@ -80,9 +80,15 @@ class UploadHandler:
             raise ContractError(f"bucket {event.bucket!r} is not an upload bucket (RMBG_INGEST__UPLOAD_BUCKETS)")
 
     def _check_clock(self, event: UploadEvent) -> None:
-        skew = timedelta(seconds=self._res.settings.ingest.max_clock_skew_s)
-        if event.occurred_at > datetime.now(UTC) + skew:
+        opts = self._res.settings.ingest
+        now = datetime.now(UTC)
+        if event.occurred_at > now + timedelta(seconds=opts.max_clock_skew_s):
             raise ContractError(f"occurred_at {event.occurred_at.isoformat()} is in the future")
+        if event.occurred_at < now - timedelta(seconds=opts.max_event_age_s):
+            raise ContractError(
+                f"occurred_at {event.occurred_at.isoformat()} is more than {opts.max_event_age_s} s ago "
+                "(RMBG_INGEST__MAX_EVENT_AGE_S): a clock that is wrong or unset"
+            )
 
 
 async def run_upload_consumer(res: IngestResources, stop: asyncio.Event, watch: ConsumerWatch | None = None) -> None:

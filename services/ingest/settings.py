@@ -28,6 +28,11 @@ class IngestOptions(BaseModel):
     upload_buckets: tuple[str, ...] = ()
     # Upload events stamped further ahead than this are refused: clocks drift, but not by days.
     max_clock_skew_s: int = Field(default=300, ge=0)
+    # ...and those stamped further back than this (30 days): a backlog replayed after an outage is days
+    # old, never months. Older is a broken clock or an unset one (Go's zero time, year 1, made a job of
+    # year 8920 at the top of every newest-first list), and the job would land in a month retention may
+    # already have removed. Refused events are dead-lettered with the reason.
+    max_event_age_s: int = Field(default=30 * 86_400, ge=60)
     # Backpressure (docs/failures.md): new work is refused with 503 + Retry-After, and the upload consumer
     # backs off, while the unfinished jobs have waited longer than max_queue_wait_s or more than
     # max_backlog_jobs are unfinished. 300 s is what a catalogue upload may reasonably wait; 2,000 jobs is

@@ -185,19 +185,25 @@ async def test_events_that_can_never_be_accepted_are_permanent_and_dead_lettered
     missing = (await ingest.upload(_photo())).model_copy(update={"key": "incoming/never-uploaded.png"})
     foreign = (await ingest.upload(_photo())).model_copy(update={"bucket": "someone-elses-bucket"})
     future = (await ingest.upload(_photo())).model_copy(update={"occurred_at": datetime.now(UTC) + timedelta(hours=1)})
+    # An unset clock (Go's zero time.Time) and one a year off: made a job of year 8920, or one no id could hold.
+    zero = (await ingest.upload(_photo())).model_copy(update={"occurred_at": datetime(1, 1, 1, tzinfo=UTC)})
+    stale = (await ingest.upload(_photo())).model_copy(update={"occurred_at": datetime.now(UTC) - timedelta(days=365)})
     good = await ingest.upload(_photo())
-    records = await ingest.records(missing, foreign, future, good)
+    records = await ingest.records(missing, foreign, future, zero, stale, good)
 
     failures = await ingest.handler(records)
 
     by_event = {ingest.res.topics.uploads.deserialize(f.record.value).event_id: f for f in failures}
-    assert set(by_event) == {missing.event_id, foreign.event_id, future.event_id}, "the good one is accepted"
+    refused = {missing.event_id, foreign.event_id, future.event_id, zero.event_id, stale.event_id}
+    assert set(by_event) == refused, "the good one is accepted"
     assert "not found" in str(by_event[missing.event_id].error)
     assert "is not an upload bucket" in str(by_event[foreign.event_id].error)
     assert "in the future" in str(by_event[future.event_id].error)
+    assert "RMBG_INGEST__MAX_EVENT_AGE_S" in str(by_event[zero.event_id].error)
+    assert "RMBG_INGEST__MAX_EVENT_AGE_S" in str(by_event[stale.event_id].error)
     for failure in failures:
         assert isinstance(failure.error, ContractError) and classify(failure.error) is FailureClass.PERMANENT
-    for event in (missing, foreign, future):
+    for event in (missing, foreign, future, zero, stale):
         assert await ingest.jobs_of(event.user_id) == 0, "no job for an event that names no image"
     assert await ingest.jobs_of(good.user_id) == 1
 

@@ -45,8 +45,24 @@ redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
 return 0
 """
 
+# KEYS[1] = a user's counter of the day; ARGV[1] = its lifetime (s). Counts one job only where the counter
+# exists: a missing one (the day's first job, Redis restarted) is seeded from PostgreSQL at the next check,
+# which already holds this job's row. A bare INCR made it 1 instead, and the check then trusted that 1: a
+# second day's quota after every Redis restart.
+_COUNT_IF_SEEDED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return n
+"""
+
 # Keys tracked by the in-process fallback; the least recently seen are forgotten beyond it.
 _LOCAL_KEYS = 100_000
+# Users whose count this process could not add to Redis (it was down), forgotten beyond this many: their
+# counters are dropped and seeded again from PostgreSQL once Redis answers.
+_UNCOUNTED_USERS = 100_000
+# A counter's lifetime: two days covers the whole UTC day it counts, whatever the hour it was made.
+_COUNTER_TTL_S = 2 * 86400
 
 
 class _LocalGcra:
@@ -86,6 +102,7 @@ class Limits:
         self._daily = daily_jobs
         self._ns = namespace
         self._local = _LocalGcra()
+        self._uncounted: OrderedDict[str, None] = OrderedDict()
 
     async def check_rate(self, principal: Principal) -> None:
         """One request of ``principal``'s key; RateLimited when it is over its rate."""
@@ -122,13 +139,16 @@ class Limits:
         """After a job was accepted (a replay of an earlier job is not counted)."""
         if self._redis is None:
             return
-        key = self._quota_key(principal.user_id)
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, 2 * 86400)
-                await pipe.execute()
+            await self._redis.eval(_COUNT_IF_SEEDED, 1, self._quota_key(principal.user_id), _COUNTER_TTL_S)
         except (RedisError, OSError) as exc:
+            # The job is not lost from the count: PostgreSQL holds it, and this user's counter is seeded
+            # from there again at the next check that reaches Redis (otherwise it would stay short by every
+            # job accepted while Redis was down).
+            self._uncounted[principal.user_id] = None
+            self._uncounted.move_to_end(principal.user_id)
+            while len(self._uncounted) > _UNCOUNTED_USERS:
+                self._uncounted.popitem(last=False)
             log.warning("quota count failed (PostgreSQL counts while Redis is down): %s", exc)
 
     def _quota_key(self, user_id: str) -> str:
@@ -146,14 +166,18 @@ class Limits:
 
     async def _used_today(self, user_id: str) -> int:
         if self._redis is not None:
+            key = self._quota_key(user_id)
             try:
-                raw = await self._redis.get(self._quota_key(user_id))
+                if user_id in self._uncounted:
+                    await self._redis.delete(key)  # short by the jobs Redis missed: seed it afresh below
+                    del self._uncounted[user_id]
+                raw = await self._redis.get(key)
                 if raw is not None:
                     return int(raw)
                 # No counter yet today (first job, or Redis restarted): PostgreSQL knows; seed from it so
                 # a Redis restart does not hand out a second quota.
                 used = await self._count_in_postgres(user_id)
-                await self._redis.set(self._quota_key(user_id), used, ex=2 * 86400, nx=True)
+                await self._redis.set(key, used, ex=_COUNTER_TTL_S, nx=True)
                 return used
             except (RedisError, OSError) as exc:
                 log.warning("quota read falls back to PostgreSQL (Redis: %s)", exc)

@@ -105,3 +105,34 @@ async def test_with_redis_down_the_quota_is_counted_in_postgres(db: Database, de
     await insert_pending(db, user_id=who.user_id, count=1)
     with pytest.raises(RateLimited):
         await limits.check_quota(who)
+
+
+async def test_a_counter_lost_between_check_and_count_is_seeded_again(db: Database, redis: aioredis.Redis) -> None:
+    ns = f"t{secrets.token_hex(3)}"
+    limits = Limits(redis=redis, db=db, rate_per_s=100, burst=10, daily_jobs=3, namespace=ns)
+    who = _principal()
+    await insert_pending(db, user_id=who.user_id, count=2)
+    await limits.check_quota(who)  # 2 of 3
+    await insert_pending(db, user_id=who.user_id, count=1)  # the job that check let in
+    for key in await redis.keys(f"{ns}:quota:*"):
+        await redis.delete(key)  # Redis restarted while the job was being accepted
+    await limits.count_job(who)  # must not start the day's counter at 1
+    assert await redis.keys(f"{ns}:quota:*") == []
+    with pytest.raises(RateLimited):
+        await limits.check_quota(who)  # 3 of 3, from PostgreSQL
+
+
+async def test_jobs_accepted_while_redis_was_down_still_count_once_it_is_back(
+    db: Database, redis: aioredis.Redis, dead_redis: aioredis.Redis
+) -> None:
+    limits = Limits(redis=redis, db=db, rate_per_s=100, burst=10, daily_jobs=3, namespace=f"t{secrets.token_hex(3)}")
+    who = _principal()
+    await limits.check_quota(who)  # the counter exists: 0 of 3
+    limits._redis = dead_redis  # Redis goes away (the same Limits, as in a running replica)
+    for _ in range(3):
+        await limits.check_quota(who)  # counted from PostgreSQL meanwhile
+        await insert_pending(db, user_id=who.user_id, count=1)
+        await limits.count_job(who)  # cannot reach Redis
+    limits._redis = redis  # back, with its counter still at 0
+    with pytest.raises(RateLimited):
+        await limits.check_quota(who)

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from services.ingest.bodylimit import FORM_OVERHEAD_BYTES, BodyLimit
 from services.ingest.errors import install_error_handlers
 from services.ingest.handler import run_upload_consumer
 from services.ingest.resources import IngestResources, open_ingest
@@ -65,6 +66,7 @@ def create_app(settings: IngestSettings, *, consume_uploads: bool = True) -> Fas
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     app = FastAPI(title="rmbg-pipeline", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=settings.images.max_bytes + FORM_OVERHEAD_BYTES)
 
     @app.get("/metrics", include_in_schema=False)
     @app.get("/metrics/", include_in_schema=False)

@@ -227,3 +227,12 @@ async def test_stream_delivery_relays_the_bytes_through_the_api(pipeline: Pipeli
     finally:
         server.should_exit = True
         await serving
+
+
+async def test_a_body_over_the_upload_limit_is_refused_before_the_key_is_read(pipeline: Pipeline) -> None:
+    limit = pipeline.settings.images.max_bytes
+    async with httpx.AsyncClient(base_url=pipeline.api_url, timeout=60) as anonymous:
+        resp = await anonymous.post("/v1/jobs", files={"image": ("big.png", b"x" * (limit + 2 * 1024 * 1024))})
+    # 413, not the 401 a keyless request gets: the body was refused before anything read it.
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["error"]["code"] == "too_large"

@@ -132,8 +132,13 @@ async def test_rate_limit_and_quota_answer_429_with_retry_after(pipeline: Pipeli
     async with httpx.AsyncClient(
         base_url=pipeline.api_url, timeout=30, headers={"Authorization": f"Bearer {capped.key}"}
     ) as client:
-        ok = await client.post("/v1/jobs", files={"image": ("c.png", sample_bytes("coffee.png"), "image/png")})
+        coffee = {"image": ("c.png", sample_bytes("coffee.png"), "image/png")}
+        retry_safe = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+        ok = await client.post("/v1/jobs", files=coffee, headers=retry_safe)
         assert ok.status_code == 202, ok.text
         over = await client.post("/v1/jobs", files={"image": ("c.png", sample_bytes("rocket.jpg"), "image/jpeg")})
         assert over.status_code == 429 and over.json()["error"]["code"] == "quota_exceeded", over.text
         assert 1 <= int(over.headers["Retry-After"]) <= 86400
+        # The retry of the accepted job (its 202 lost) still learns its job: a replay makes no new job.
+        again = await client.post("/v1/jobs", files=coffee, headers=retry_safe)
+        assert again.status_code == 200 and again.json()["job_id"] == ok.json()["job_id"], again.text

@@ -94,8 +94,6 @@ async def submit_job(
     only, capped in size and time). An ``Idempotency-Key`` makes retries safe: the same key with the same
     request answers 200 with the first job; with a different request, 422.
     """
-    await res.backpressure.check()  # before reading the upload: refusing costs the client nothing
-    await res.limits.check_quota(principal)
     if (image is None) == (image_url is None):
         raise ApiError(422, "invalid_request", "send exactly one of: an image file, or image_url")
     model_name = _served_model(res, model)
@@ -129,6 +127,11 @@ async def submit_job(
         if earlier is not None:
             response.status_code = 200
             return _accepted(earlier)
+    # After the replay, so a retry of an accepted job learns its id whatever the load or the quota (it
+    # makes no new job), and before any fetch or validation. The body itself is already read: the
+    # framework reads it before the handler runs (services/ingest/bodylimit.py caps it).
+    await res.backpressure.check()
+    await res.limits.check_quota(principal)
     if data is None:
         assert image_url is not None
         fetched = await fetch_bytes(

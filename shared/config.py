@@ -72,6 +72,18 @@ class KafkaSettings(_Group):
             )
         return self
 
+    @model_validator(mode="after")
+    def _heartbeats_within_the_session(self) -> KafkaSettings:
+        # Kafka's rule (its docs: "typically no higher than 1/3"): with fewer than three heartbeats per
+        # session one late heartbeat expires the member, and the group rebalances over and over.
+        # Neither aiokafka nor the broker checks it.
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be at most a third of "
+                f"session_timeout_ms ({self.session_timeout_ms})"
+            )
+        return self
+
 
 class TopicSettings(_Group):
     uploads: str = "rmbg.uploads.v1"

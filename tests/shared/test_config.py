@@ -51,6 +51,15 @@ def test_a_fetch_wait_past_the_request_timeout_is_refused(monkeypatch: pytest.Mo
     assert BaseServiceSettings().kafka.fetch_max_wait_ms == 20000
 
 
+def test_heartbeats_must_fit_three_times_in_a_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RMBG_KAFKA__SESSION_TIMEOUT_MS", "6000")
+    monkeypatch.setenv("RMBG_KAFKA__HEARTBEAT_INTERVAL_MS", "6000")  # one late beat would expire the member
+    with pytest.raises(ValueError, match="heartbeat_interval_ms"):
+        BaseServiceSettings()
+    monkeypatch.setenv("RMBG_KAFKA__HEARTBEAT_INTERVAL_MS", "2000")
+    assert BaseServiceSettings().kafka.heartbeat_interval_ms == 2000
+
+
 def test_the_allocator_policy_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert BaseServiceSettings().memory.reuse_below_mib == 32
     monkeypatch.setenv("RMBG_MEMORY__REUSE_BELOW_MIB", "64")  # older glibc refuses over 32 MiB

@@ -24,10 +24,13 @@ def parse_job_id(raw: str) -> uuid.UUID:
     return job_id
 
 
-async def owned_job(res: IngestResources, principal: Principal, raw_id: str) -> dict[str, Any]:
-    """The job's view when it exists and belongs to the caller; 404 otherwise (the same answer for both)."""
+async def owned_job(res: IngestResources, principal: Principal, raw_id: str, *, fresh: bool = False) -> dict[str, Any]:
+    """The job's view when it exists and belongs to the caller; 404 otherwise (the same answer for both).
+
+    ``fresh`` reads PostgreSQL even when Redis holds the job, and writes what it read through (never
+    lowering a cached state): for a caller that knows the cached view is behind."""
     job_id = parse_job_id(raw_id)
-    cached = await res.cache.get_job(str(job_id))
+    cached = None if fresh else await res.cache.get_job(str(job_id))
     if cached is not None:
         if cached.get("user_id") != principal.user_id:
             raise not_found(f"job {raw_id}")
@@ -37,7 +40,7 @@ async def owned_job(res: IngestResources, principal: Principal, raw_id: str) -> 
     if record is None or record.user_id != principal.user_id:
         raise not_found(f"job {raw_id}")
     view = job_view(record)
-    await res.cache.fill_job(view)
+    await (res.cache.put_job(view) if fresh else res.cache.fill_job(view))
     return view
 
 

@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter
 from sse_starlette.event import ServerSentEvent
@@ -30,6 +30,7 @@ from services.ingest.errors import ERROR_RESPONSES, ErrorResponse
 from services.ingest.jobviews import job_detail, owned_job, parse_job_id
 from services.ingest.live import JobEventHub, SubscriptionDropped, event_status
 from services.ingest.settings import LiveOptions
+from shared.contracts import JobEvent
 from shared.db.models import STATUS_RANK, TERMINAL_STATUSES, JobStatus
 from shared.exceptions import Unauthenticated
 from shared.failures import describe
@@ -38,8 +39,13 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
 
-# The job's view as GET /v1/jobs/{id} answers it, read afresh (Redis, then PostgreSQL).
-Reader = Callable[[], Awaitable[dict[str, Any]]]
+class Reader(Protocol):
+    """The job's view as GET /v1/jobs/{id} answers it, read afresh (Redis, then PostgreSQL); ``fresh``
+    reads PostgreSQL whatever Redis holds."""
+
+    def __call__(self, *, fresh: bool = False) -> Awaitable[dict[str, Any]]: ...
+
+
 # Raises Unauthenticated when the stream's API key no longer holds (revoked since the request).
 Authorize = Callable[[], Awaitable[None]]
 
@@ -51,6 +57,22 @@ def _status(job: dict[str, Any]) -> JobStatus:
 def job_sse(job: dict[str, Any]) -> ServerSentEvent:
     status = _status(job).value
     return ServerSentEvent(data=json.dumps(job, separators=(",", ":")), event=status, id=status)
+
+
+async def _read_after(read: Reader, authorize: Authorize, event: JobEvent | None) -> dict[str, Any]:
+    """The state after ``event``, once the key has held; None (a quiet period, the time limit, a dropped
+    subscription) reads PostgreSQL itself: those reads are the safety net for anything missed, a failed
+    cache write as much as a lost event, and come at most once per quiet period (30 s and longer)."""
+    await authorize()
+    if event is None:
+        return await read(fresh=True)
+    job = await read()
+    if STATUS_RANK[_status(job)] < STATUS_RANK[event_status(event.kind)]:
+        # The cached view is behind the event: its write-through failed, which leaves it stale for
+        # RMBG_REDIS__JOB_TTL_S (an hour). PostgreSQL has the state (events are sent after the commit),
+        # and this read writes it through for every other reader.
+        job = await read(fresh=True)
+    return job
 
 
 async def follow_job(
@@ -67,10 +89,6 @@ async def follow_job(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.max_stream_s
 
-    async def read_allowed() -> dict[str, Any]:
-        await authorize()
-        return await read()
-
     try:
         # Subscribe before reading: an event sent between the read and the subscription would be lost,
         # while one sent before the read is in the state read, and its replay is ignored by rank.
@@ -85,7 +103,7 @@ async def follow_job(
             while _status(job) not in TERMINAL_STATUSES:
                 now = loop.time()
                 if now >= deadline:
-                    yield job_sse(await read_allowed())
+                    yield job_sse(await _read_after(read, authorize, None))
                     return
                 if now >= recheck_at:
                     await authorize()
@@ -93,7 +111,7 @@ async def follow_job(
                 try:
                     event = await sub.next(min(deadline, quiet_until, recheck_at) - now)
                 except SubscriptionDropped:
-                    yield job_sse(await read_allowed())
+                    yield job_sse(await _read_after(read, authorize, None))
                     return
                 if event is None:
                     if loop.time() < quiet_until:
@@ -108,7 +126,7 @@ async def follow_job(
                 quiet_until = loop.time() + quiet
                 if event is not None and STATUS_RANK[event_status(event.kind)] <= sent:
                     continue  # a replay, or the `accepted` the persister repeats before an end
-                fresh = await read_allowed()
+                fresh = await _read_after(read, authorize, event)
                 if STATUS_RANK[_status(fresh)] > sent:
                     job, sent = fresh, STATUS_RANK[_status(fresh)]
                     yield job_sse(job)
@@ -139,8 +157,8 @@ async def job_events(res: Resources, principal: CurrentUser, key: PresentedKey, 
     res.hub.check_capacity()
     canonical = str(parse_job_id(job_id))
 
-    async def read() -> dict[str, Any]:
-        return await job_detail(res, await owned_job(res, principal, canonical))
+    async def read(*, fresh: bool = False) -> dict[str, Any]:
+        return await job_detail(res, await owned_job(res, principal, canonical, fresh=fresh))
 
     async def authorize() -> None:
         # The key as the request presented it, verified again (a cached Redis read): revoked, it raises.

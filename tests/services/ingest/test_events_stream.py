@@ -22,18 +22,23 @@ JOB = uuid7()
 
 
 class Store:
-    """The job's stored state as the stream reads it, with a count of reads."""
+    """The job's stored state as the stream reads it, with a count of reads; ``stale`` is a cached state
+    that stays behind it (a failed write-through), which only a fresh read gets past."""
 
     def __init__(self, status: str = "pending") -> None:
         self.status = status
+        self.stale: str | None = None
         self.reads = 0
+        self.fresh_reads = 0
         self.fail = False
 
-    async def read(self) -> dict[str, Any]:
+    async def read(self, *, fresh: bool = False) -> dict[str, Any]:
         self.reads += 1
+        self.fresh_reads += fresh
         if self.fail:
             raise ConnectionError("database down")
-        return {"job_id": str(JOB), "status": self.status, "urls": {"original": "u"}}
+        status = self.stale if self.stale is not None and not fresh else self.status
+        return {"job_id": str(JOB), "status": status, "urls": {"original": "u"}}
 
 
 def _event(kind: JobEventKind) -> JobEvent:
@@ -201,3 +206,35 @@ async def test_key_checks_do_not_delay_the_quiet_period_read() -> None:
     assert await _rest(stream) == ["completed"]
     assert 0.25 < time.monotonic() - started < 1.5
     assert key.checks >= 4  # every 0.05 s while waiting, and once more before the read
+
+
+async def test_a_cached_view_behind_the_event_is_read_again_from_the_database() -> None:
+    hub, store = _hub(), Store("processing")
+    stream = _stream(hub, store)
+    assert (await anext(stream)).event == "processing"
+    store.status, store.stale = "completed", "processing"  # the cache missed the completion's write
+    hub.deliver(_event(JobEventKind.COMPLETED))
+    assert await _rest(stream) == ["completed"]
+    assert store.fresh_reads == 1
+
+
+async def test_a_cached_view_that_keeps_up_is_never_read_past() -> None:
+    hub, store = _hub(), Store("pending")
+    stream = _stream(hub, store)
+    await anext(stream)
+    store.status = "processing"
+    hub.deliver(_event(JobEventKind.PROCESSING))
+    assert (await anext(stream)).event == "processing"
+    store.status = "completed"
+    hub.deliver(_event(JobEventKind.COMPLETED))
+    assert await _rest(stream) == ["completed"]
+    assert store.fresh_reads == 0
+
+
+async def test_the_quiet_period_read_gets_past_a_stale_cache() -> None:
+    hub, store = _hub(), Store("processing")
+    stream = _stream(hub, store, quiet_s=0.2, max_quiet_s=0.2)
+    assert (await anext(stream)).event == "processing"
+    store.status, store.stale = "completed", "processing"  # cache write missed and the event already gone
+    assert await _rest(stream) == ["completed"]
+    assert store.fresh_reads == 1

@@ -20,7 +20,8 @@ from rmbg.access import revoke_key
 from rmbg.demo import sample_bytes
 from services.ingest.api import create_app
 from services.ingest.settings import IngestOptions, IngestSettings
-from shared.config import BaseServiceSettings
+from shared.auth.keys import parse_key
+from shared.config import BaseServiceSettings, RedisSettings
 from shared.storage import open_object_store
 from tests.e2e.conftest import TINY_MODEL, Pipeline, _free_port
 
@@ -236,3 +237,44 @@ async def test_a_body_over_the_upload_limit_is_refused_before_the_key_is_read(pi
     # 413, not the 401 a keyless request gets: the body was refused before anything read it.
     assert resp.status_code == 413, resp.text
     assert resp.json()["error"]["code"] == "too_large"
+
+
+async def test_a_revocation_the_cache_did_not_hear_of_is_not_answered_as_done(pipeline: Pipeline) -> None:
+    """Redis down: the key is revoked in PostgreSQL, but a replica may still hold its verification in Redis
+    for the key cache's TTL, so the API says so (503) instead of "it stops at the next request"."""
+    base = pipeline.settings
+    port = _free_port()
+    settings = IngestSettings.model_validate(
+        {
+            **{name: getattr(base, name) for name in BaseServiceSettings.model_fields},
+            "redis": RedisSettings(url="redis://127.0.0.1:1/0", socket_timeout_s=0.2),
+            "ingest": IngestOptions(port=port, model=TINY_MODEL),
+        }
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, consume_uploads=False), host="127.0.0.1", port=port, log_config=None)
+    )
+    serving = asyncio.create_task(server.serve())
+    user = f"revdown-{uuid.uuid4().hex[:6]}"
+    try:
+        while not server.started:
+            assert not serving.done(), serving
+            await asyncio.sleep(0.05)
+        spare = await pipeline.key(user)
+        spare_id, _ = parse_key(spare)
+        key = await pipeline.key(user)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, headers={"Authorization": f"Bearer {key}"}
+        ) as client:
+            resp = await client.delete(f"/v1/keys/{spare_id}")
+            assert resp.status_code == 503, resp.text
+            assert resp.json()["error"]["code"] == "unavailable" and "revoked" in resp.json()["error"]["message"]
+            assert int(resp.headers["Retry-After"]) >= 1
+        # The revocation itself holds: on the healthy replica the key is refused.
+        async with httpx.AsyncClient(
+            base_url=pipeline.api_url, timeout=30, headers={"Authorization": f"Bearer {spare}"}
+        ) as client:
+            assert (await client.get("/v1/me")).status_code == 401
+    finally:
+        server.should_exit = True
+        await serving

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from services.ingest.auth import CurrentUser, Resources
-from services.ingest.errors import ERROR_RESPONSES, not_found
+from services.ingest.errors import ERROR_RESPONSES, RETRY_AFTER_S, ApiError, not_found
 from shared.db.models import ApiKeyRecord
 
 router = APIRouter(tags=["account"], responses=ERROR_RESPONSES)
@@ -49,10 +49,23 @@ async def list_keys(res: Resources, principal: CurrentUser) -> dict[str, list[Ke
 
 @router.delete("/v1/keys/{key_id}", response_model=KeyView)
 async def revoke_key(res: Resources, principal: CurrentUser, key_id: str) -> KeyView:
-    """Revoke one of the caller's keys; it stops working at the next request (the caller's own included)."""
-    record, _ = await res.keys.revoke(key_id=key_id, user_id=principal.user_id)
+    """Revoke one of the caller's keys; it stops working at the next request (the caller's own included).
+
+    503 when the key is revoked in PostgreSQL but its cached verification could not be replaced (Redis
+    did not answer): it may keep working until that entry expires. Revoking is idempotent, so repeat the
+    request until it answers 200."""
+    record, cleared = await res.keys.revoke(key_id=key_id, user_id=principal.user_id)
     if record is None:
         raise not_found(f"key {key_id}")
+    if not cleared:
+        ttl = res.settings.auth.key_cache_ttl_s
+        raise ApiError(
+            503,
+            "unavailable",
+            f"key {key_id} is revoked, but the cache did not answer: it may work for up to {ttl} s more; "
+            "repeat this request to confirm",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     return KeyView.of(record)
 
 

@@ -8,13 +8,16 @@ without editing this file.
 from __future__ import annotations
 
 import asyncio
+import io
 import re
+import secrets
 import uuid
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from PIL import Image
 
 from rmbg.access import revoke_key
 from rmbg.demo import sample_bytes
@@ -32,11 +35,10 @@ PUBLIC = {"/healthz", "/readyz", "/", "/openapi.json", "/docs", "/docs/oauth2-re
 
 
 async def _completed_job(
-    client: httpx.AsyncClient, name: str = "coffee.png", tags: str = "secret-tag"
+    client: httpx.AsyncClient, name: str = "coffee.png", tags: str = "secret-tag", data: bytes | None = None
 ) -> dict[str, Any]:
-    resp = await client.post(
-        "/v1/jobs", files={"image": (name, sample_bytes(name), "image/png")}, data={"tags": tags}
-    )
+    image = sample_bytes(name) if data is None else data
+    resp = await client.post("/v1/jobs", files={"image": (name, image, "image/png")}, data={"tags": tags})
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["job_id"]
     for _ in range(600):
@@ -46,6 +48,13 @@ async def _completed_job(
             return dict(job)
         await asyncio.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish")
+
+
+def _noise_png() -> bytes:
+    """A PNG no other test uploads (its content, so its objects, are this test's own)."""
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (64, 64), secrets.token_bytes(64 * 64 * 3)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _operations(spec: dict[str, Any]) -> list[tuple[str, str]]:
@@ -225,6 +234,14 @@ async def test_stream_delivery_relays_the_bytes_through_the_api(pipeline: Pipeli
             stranger = {"Authorization": f"Bearer {other}"}
             assert (await client.get(detail["urls"]["mask"], headers=stranger)).status_code == 404
             assert (await client.get(detail["urls"]["mask"])).status_code == 401
+        # An object the store no longer has (retention, or a loss fsck will repair) is gone, not a bad request.
+        async with pipeline.client(user) as owner:
+            unique = await _completed_job(owner, "noise.png", data=_noise_png())
+        async with open_object_store(base.s3) as store:
+            assert await store.delete_many([unique["processed_path"]]) == 1
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            gone = await client.get(f"/v1/jobs/{unique['job_id']}/cutout", headers=mine)
+            assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found", gone.text
     finally:
         server.should_exit = True
         await serving

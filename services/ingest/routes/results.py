@@ -15,6 +15,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from services.ingest.auth import CurrentUser, Resources
 from services.ingest.errors import ERROR_RESPONSES, ApiError
 from services.ingest.jobviews import KEY_FIELD, ResultKind, download_name, owned_job
+from shared.exceptions import ObjectMissing
 
 router = APIRouter(tags=["results"], responses=ERROR_RESPONSES)
 
@@ -39,7 +40,12 @@ async def get_result(res: Resources, principal: CurrentUser, job_id: str, kind: 
     if options.result_delivery == "redirect":
         url = await res.store.presigned_get(key, expires_s=options.result_url_ttl_s, download_name=name)
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
-    info, chunks = await res.store.open_stream(key)
+    try:
+        info, chunks = await res.store.open_stream(key)
+    except ObjectMissing:
+        # The row names an object the store no longer has (retention removed it, or fsck will rebuild
+        # it): gone for this request, not a fault of the request (ObjectMissing alone would answer 422).
+        raise ApiError(404, "not_found", f"job {job_id}'s {kind.value} is no longer stored") from None
     return StreamingResponse(
         chunks,
         media_type=info.content_type or "application/octet-stream",

@@ -13,7 +13,9 @@ A job whose request still waits in the topic is never touched, however long the 
 a dead inference worker's uncommitted requests go to the group's next member. A lost job is re-queued
 with its attempt count raised; after ``max_attempts`` it is failed with the reason. Every step is
 idempotent and the re-queue is compare-and-set, so two persister replicas sweeping at once spend one
-attempt between them. The sweeper
+attempt between them. An attempt counts only once the broker acknowledged its request: a publish that
+fails for the broker's sake gives it back (see ``_requeue``), so a broker outage never fails a job. A
+failed job's events that the broker did not take are owed and sent again by the next sweeps. The sweeper
 also keeps monthly partitions created ahead of time, so inserts never meet a missing partition.
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, date, datetime, timedelta
+from uuid import UUID
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -34,6 +37,7 @@ from shared.contracts import JobEventKind, Topics
 from shared.db import Database
 from shared.db.models import JobRecord
 from shared.db.partitions import ensure_partitions
+from shared.failures import FailureClass, classify, describe
 from shared.messaging import committed_offsets, publish
 from shared.queueing import record_queue_position
 from shared.runtime import every
@@ -44,6 +48,11 @@ log = logging.getLogger(__name__)
 
 # Partitions kept ready ahead of today; three months survive a long outage of the sweeper itself.
 _MONTHS_AHEAD = 3
+# Jobs found stuck in one sweep (find_stuck's limit).
+_SWEEP_LIMIT = 500
+# Failed jobs whose events are still owed, at most: two full sweeps' worth. Past it the oldest is dropped
+# with a warning (its row is failed in PostgreSQL; only its event is missing, as before owing existed).
+_MAX_OWED = 2 * _SWEEP_LIMIT
 
 
 class Sweeper:
@@ -65,6 +74,11 @@ class Sweeper:
         self._topics = topics
         self._metrics = metrics
         self._announcer = Announcer(producer, topics, cache, metrics)
+        # Failed jobs whose announcement the broker refused, oldest first, each with whether its transition
+        # is still to be counted (True when it was never tried: the broker was already down that sweep).
+        # In memory: a persister that restarts before the broker is back loses what it owed (the rows are
+        # failed either way; only live watchers and stats miss the event).
+        self._owed: dict[UUID, tuple[JobRecord, bool]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         await every(self._options.sweep_interval_s, stop, self.sweep_once, name="stuck-job sweep")
@@ -84,10 +98,18 @@ class Sweeper:
         now = now or datetime.now(UTC)
         today = now.date()
         opts = self._options
+        # Topics the broker failed a send to in this sweep: the rest of the sweep sends them nothing, as
+        # each send would wait out its own timeouts (15 s for metadata, 15 s for the batch:
+        # request_timeout_ms) for the same answer. What is not sent is not spent (re-queues are found
+        # again, failed events owed); the next sweep tries again.
+        down: set[str] = set()
+        await self._announce_owed(down)
         async with self._db.pool.acquire() as conn:
             await ensure_partitions(conn, start=date(today.year, today.month, 1), months=_MONTHS_AHEAD + 1)
             candidates = await self._db.jobs.find_stuck(
-                conn, updated_before=now - timedelta(seconds=min(opts.unqueued_after_s, opts.stuck_after_s)), limit=500
+                conn,
+                updated_before=now - timedelta(seconds=min(opts.unqueued_after_s, opts.stuck_after_s)),
+                limit=_SWEEP_LIMIT,
             )
         if not candidates:
             return 0, 0
@@ -129,12 +151,45 @@ class Sweeper:
                 if updated is not None:
                     failed += 1
                     self._metrics.sweeper_jobs.labels(action="failed").inc()
-                    await self._announcer.announce(updated)
+                    if self._topics.job_events.name in down:
+                        self._owe(updated, moved=True)
+                    else:
+                        await self._announce(updated, moved=True, down=down)
                 continue
-            async with self._db.pool.acquire() as conn:
-                attempt = await self._db.jobs.record_retry(conn, job_id=job.job_id, seen_updated_at=job.updated_at)
+            topic = self._topics.jobs_for(job.model_name).name
+            if topic in down:
+                continue  # nothing spent: the next sweep finds it again
+            try:
+                if await self._requeue(job, down=down):
+                    requeued += 1
+                    self._metrics.sweeper_jobs.labels(action="requeued").inc()
+            except KafkaError as exc:
+                down.add(topic)
+                log.warning("re-queue of %s failed, its attempt given back: %s", job.job_id, exc)
+        if requeued or failed:
+            log.info("sweeper re-queued %d and failed %d stuck jobs", requeued, failed)
+        return requeued, failed
+
+    async def _requeue(self, job: JobRecord, *, down: set[str]) -> bool:
+        """One more attempt for a lost job, counted only if the broker acknowledged its request; False when
+        another sweeper (or a result) moved the job first, or the request can never be sent (the attempt
+        counts then). Raises the transient error (KafkaError: the broker) with the attempt given back.
+
+        The attempt is recorded first, compare-and-set, and the request published in the same transaction,
+        which commits only after the broker's acknowledgement; a failed publish rolls the attempt back.
+        Counted after the publish instead, two replicas that found the same job would both publish it (two
+        inferences) before one of their counts won; given back by a second statement, that statement could
+        itself fail and burn the attempt. Held this way, the row lock is the claim: a second replica's
+        compare-and-set waits for this one, then finds updated_at moved (committed: it skips the job) or
+        not (rolled back: it tries in turn). The lock is held over the publish, at most its timeouts (2 x
+        request_timeout_ms, 30 s; idle_in_transaction_session_timeout is 60 s), on a row nothing moved for
+        unqueued_after_s at least (docs/failures.md). If the commit fails after an acknowledgement, the
+        request is out uncounted: the job may be queued twice, never lost.
+        """
+        async with self._db.pool.acquire() as conn, conn.transaction():
+            attempt = await self._db.jobs.record_retry(conn, job_id=job.job_id, seen_updated_at=job.updated_at)
             if not attempt:
-                continue
+                return False
             try:
                 landed = await publish(
                     self._producer,
@@ -142,16 +197,77 @@ class Sweeper:
                     job_request(job, attempt=attempt),
                     key=str(job.job_id),
                 )
-                await record_queue_position(self._db, job.job_id, landed)
-                # The first `accepted` may have been lost with the first publish; stats count it once.
+            except Exception as exc:
+                kind = classify(exc)
+                if kind is FailureClass.TRANSIENT:
+                    raise  # rolls the attempt back
+                # No retry sends this request (too large for the broker, a row whose request cannot be
+                # built): the attempt counts, so after max_attempts the job is failed with the reason
+                # instead of given back, and tried again, every sweep.
+                log.error(
+                    "re-queue of %s failed, attempt %d spent: %s",
+                    job.job_id,
+                    attempt,
+                    describe(exc, limit=300),
+                    exc_info=kind is FailureClass.UNKNOWN,
+                )
+                return False
+        await record_queue_position(self._db, job.job_id, landed)
+        # The first `accepted` may have been lost with the first publish; stats count it once. Not owed
+        # when the broker does not take it: the job's terminal announcement repeats `accepted` anyway.
+        events = self._topics.job_events.name
+        if events not in down:
+            try:
                 await self._announcer.emit(job, JobEventKind.ACCEPTED)
-                requeued += 1
-                self._metrics.sweeper_jobs.labels(action="requeued").inc()
-            except KafkaError as exc:
-                log.warning("re-queue of %s failed: %s", job.job_id, exc)
-        if requeued or failed:
-            log.info("sweeper re-queued %d and failed %d stuck jobs", requeued, failed)
-        return requeued, failed
+            except Exception as exc:
+                if classify(exc) is FailureClass.TRANSIENT:
+                    down.add(events)
+                log.warning("re-queued %s, its accepted event not published: %s", job.job_id, describe(exc))
+        return True
+
+    async def _announce(self, record: JobRecord, *, moved: bool, down: set[str]) -> bool:
+        """Announce a job this sweeper failed; when the broker does not take it, it is owed to the next
+        sweeps and the events topic is added to ``down``. Returns whether it is no longer owed."""
+        try:
+            await self._announcer.announce(record, moved=moved)
+        except Exception as exc:
+            kind = classify(exc)
+            if kind is not FailureClass.TRANSIENT:
+                # Refused by the broker (too large), or an event that cannot be built from the row: no
+                # later sweep would send it either. The row is failed; only its event is missing.
+                log.error(
+                    "failed event of %s not published, nor owed: %s",
+                    record.job_id,
+                    describe(exc, limit=300),
+                    exc_info=kind is FailureClass.UNKNOWN,
+                )
+                return True
+            # Counted (when moved) before the send failed: sent again, it is not counted twice.
+            self._owe(record, moved=False)
+            down.add(self._topics.job_events.name)
+            log.warning("failed event of %s not published, owed to the next sweep: %s", record.job_id, describe(exc))
+            return False
+        return True
+
+    def _owe(self, record: JobRecord, *, moved: bool) -> None:
+        self._owed[record.job_id] = (record, moved)  # a job owed already keeps its place
+        while len(self._owed) > _MAX_OWED:
+            dropped = next(iter(self._owed))
+            del self._owed[dropped]
+            log.warning("failed event of %s dropped: more than %d owed", dropped, _MAX_OWED)
+
+    async def _announce_owed(self, down: set[str]) -> None:
+        """Send what earlier sweeps owe, oldest first, until the broker fails again (the rest stays owed).
+
+        Idempotent: an event may have landed before its send failed, and stats count each (job,
+        transition) once (services/persister/announce.py)."""
+        while self._owed:
+            record, moved = next(iter(self._owed.values()))
+            del self._owed[record.job_id]
+            if not await self._announce(record, moved=moved, down=down):
+                # Owed again, now last: move it back in front, so the oldest stays first.
+                self._owed = {record.job_id: self._owed.pop(record.job_id), **self._owed}
+                return
 
     def _lost(self, job: JobRecord, consumed: dict[int, int], now: datetime) -> bool:
         idle_s = (now - job.updated_at).total_seconds()

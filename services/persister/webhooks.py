@@ -12,7 +12,12 @@ the webhook is owed exactly once; this loop only sends what is owed (docs/access
   the schedule or ``max_age_s`` ends and the webhook gives up. A target the outbound policy refuses
   (loopback, private ranges, a forbidden port: shared/outbound.py) is permanent: recorded, given up at
   once.
-- Every attempt is recorded (status code, latency, error) for ``GET /v1/jobs/{id}/webhooks``.
+- Every attempt is recorded (status code, latency, error) for ``GET /v1/jobs/{id}/webhooks``, one that
+  failed before its POST too (the secret does not decrypt, a URL could not be presigned): judged like a
+  POST without an answer, except that a permanent cause (a secret no configured key decrypts) gives up at
+  once. Only an attempt that cannot be recorded at all (the database is down) is left to its lease, and
+  the claim itself never draws a number past the schedule's nor claims a row past ``max_age_s``: such a
+  row is given up there, so no unrecorded attempt comes back forever.
 - On stop, claiming ends and sends in flight get ``grace_s`` to finish.
 """
 
@@ -35,7 +40,7 @@ from shared.config import OutboundSettings
 from shared.db import Database
 from shared.db.models import JobRecord, JobStatus, WebhookRecord, WebhookState
 from shared.db.repositories.webhooks import AttemptResult
-from shared.exceptions import FetchRefused
+from shared.exceptions import ConfigError, FetchRefused
 from shared.failures import FailureClass, classify, describe
 from shared.outbound import check_url
 from shared.storage import ObjectStore
@@ -77,7 +82,9 @@ class Sent:
     """What one POST did, before it is judged."""
 
     result: AttemptResult
-    refused: bool  # the outbound policy refused the target: permanent
+    # Permanent: the outbound policy refused the target, or the attempt failed before its POST for a
+    # cause no retry fixes (a secret that does not decrypt). Given up at once.
+    permanent: bool
 
 
 def payload(record: WebhookRecord, job: JobRecord, urls: dict[str, str | None] | None) -> dict[str, Any]:
@@ -171,27 +178,66 @@ class WebhookDispatcher:
     async def _claim(self, limit: int) -> list[WebhookRecord]:
         # A claim that fails claimed nothing, or drew leases that lapse: either way the next one retries.
         async with self._db.pool.acquire() as conn:
-            return await self._db.webhooks.claim_due(conn, limit=limit, lease_s=self._options.lease_s)
+            return await self._db.webhooks.claim_due(
+                conn,
+                limit=limit,
+                lease_s=self._options.lease_s,
+                max_attempts=len(self._options.retry_delays_s) + 1,  # _judge gives up after the last wait
+                max_age_s=self._options.max_age_s,
+            )
 
     async def attempt(self, record: WebhookRecord) -> None:
         """One attempt of one claimed row, recorded; never raises (a failure to record lets the lease
-        lapse, and the row is attempted again)."""
+        lapse, and the row is attempted again while the claim's bounds allow)."""
         try:
-            job, signing = await self._prepare(record)
-            if job is None:
-                now = datetime.now(UTC)
-                gone = AttemptResult(at=now, status_code=None, latency_ms=0, error="the job no longer exists")
-                await self._record(record, gone, "gave_up", None)
-                return
-            urls = await self._urls(job)
-            body = json.dumps(payload(record, job, urls), separators=(",", ":"), ensure_ascii=False)
-            sent = await self._post(record, body, signing)
-            state, next_at = self._judge(record, sent)
-            await self._record(record, sent.result, state, next_at)
+            result, state, next_at = await self._send(record)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Failed before an answer came (most often before the POST). Unrecorded, it came back every
+            # lease_s with one more number drawn, never judged; recorded, it follows the schedule.
+            result, state, next_at = self._unsent(record, exc)
+        try:
+            await self._record(record, result, state, next_at)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("webhook attempt %d of job %s not recorded: %s", record.attempts, record.job_id, describe(exc))
+
+    async def _send(self, record: WebhookRecord) -> tuple[AttemptResult, WebhookState, datetime | None]:
+        job, signing = await self._prepare(record)
+        if job is None:
+            gone = AttemptResult(at=datetime.now(UTC), status_code=None, latency_ms=0, error="the job no longer exists")
+            return gone, "gave_up", None
+        urls = await self._urls(job)
+        body = json.dumps(payload(record, job, urls), separators=(",", ":"), ensure_ascii=False)
+        sent = await self._post(record, body, signing)
+        state, next_at = self._judge(record, sent)
+        return sent.result, state, next_at
+
+    def _unsent(self, record: WebhookRecord, exc: Exception) -> tuple[AttemptResult, WebhookState, datetime | None]:
+        """The failed attempt for an exception raised before an answer, judged as one without an answer.
+
+        Permanent when classified so, or a ConfigError (a secret that no key in RMBG_AUTH__ENCRYPTION_KEYS
+        decrypts: it stays so until an operator acts, and each retry would only log it again). Transient
+        (S3 or the database down) and unknown causes take the schedule's waits, bounded like any attempt
+        (10 attempts, 24 h by default)."""
+        kind = classify(exc)
+        permanent = kind is FailureClass.PERMANENT or isinstance(exc, ConfigError)
+        if permanent or kind is FailureClass.TRANSIENT:
+            log.warning(
+                "webhook attempt %d of job %s failed before its POST: %s",
+                record.attempts,
+                record.job_id,
+                describe(exc, limit=300),
+            )
+        else:  # a bug: logged loudly, and still judged, so the row cannot come back unjudged
+            log.exception("webhook attempt %d of job %s failed before its POST", record.attempts, record.job_id)
+        result = AttemptResult(
+            at=datetime.now(UTC), status_code=None, latency_ms=0, error=f"not sent: {describe(exc, limit=300)}"
+        )
+        state, next_at = self._judge(record, Sent(result, permanent=permanent))
+        return result, state, next_at
 
     async def _prepare(self, record: WebhookRecord) -> tuple[JobRecord | None, list[str]]:
         async with self._db.pool.acquire() as conn:
@@ -230,23 +276,23 @@ class WebhookDispatcher:
                 ) as resp:
                     status = resp.status
             if 200 <= status < 300:
-                return Sent(result(status, None), refused=False)
+                return Sent(result(status, None), permanent=False)
             if 300 <= status < 400:
-                return Sent(result(status, f"HTTP {status}: redirects are not followed"), refused=False)
-            return Sent(result(status, f"HTTP {status}"), refused=False)
+                return Sent(result(status, f"HTTP {status}: redirects are not followed"), permanent=False)
+            return Sent(result(status, f"HTTP {status}"), permanent=False)
         except FetchRefused as exc:
             refused = exc.code == "url_refused"  # a name that does not resolve (fetch_failed) may later
-            return Sent(result(None, f"refused: {exc.reason}" if refused else exc.reason), refused=refused)
+            return Sent(result(None, f"refused: {exc.reason}" if refused else exc.reason), permanent=refused)
         except TimeoutError:
-            return Sent(result(None, f"no answer within {timeout_s:g} s"), refused=False)
+            return Sent(result(None, f"no answer within {timeout_s:g} s"), permanent=False)
         except (aiohttp.ClientError, OSError) as exc:
-            return Sent(result(None, describe(exc, limit=300)), refused=False)
+            return Sent(result(None, describe(exc, limit=300)), permanent=False)
 
     def _judge(self, record: WebhookRecord, sent: Sent) -> tuple[WebhookState, datetime | None]:
         status = sent.result.status_code
         if status is not None and 200 <= status < 300:
             return "delivered", None
-        if sent.refused:
+        if sent.permanent:
             return "gave_up", None
         opts = self._options
         failed = record.attempts  # this attempt's number: the n-th failure waits retry_delays_s[n - 1]

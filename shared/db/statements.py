@@ -911,8 +911,17 @@ class Statements(abc.ABC):
         *,
         limit: Any,
         lease_s: float | None,
+        max_attempts: int | None,
+        max_age_s: float | None,
     ) -> list[asyncpg.Record]:
-        return await self._rows("claim_due_webhooks", conn, limit=limit, lease_s=lease_s)
+        return await self._rows(
+            "claim_due_webhooks",
+            conn,
+            limit=limit,
+            lease_s=lease_s,
+            max_attempts=max_attempts,
+            max_age_s=max_age_s,
+        )
 
     async def insert_attempt(
         self,

@@ -28,26 +28,51 @@ RETURNING state;
 -- name: get_webhook(job_id)^
 SELECT w.* FROM webhooks w WHERE w.job_id = :job_id;
 
--- name: claim_due_webhooks(limit, lease_s)
+-- name: claim_due_webhooks(limit, lease_s, max_attempts, max_age_s)
 -- Up to `limit` rows owed an attempt, each leased for `lease_s`: next_attempt_at moves past the lease,
 -- so no other replica claims it meanwhile, and a holder that died frees it when the lease ends.
 -- SKIP LOCKED: two replicas claiming at once take different rows instead of waiting on each other.
 -- The attempt number is drawn here, so each claim owns one number (a crashed claim leaves a gap).
+-- The bounds hold here, not only where an attempt is judged: a picked row whose numbers are all drawn
+-- (`max_attempts`, the schedule's waits plus one) or that became due more than `max_age_s` ago is given
+-- up with the reason instead of claimed. An attempt that is never recorded (its holder crashed, or failed
+-- before it could record) otherwise came back every lease_s forever, one more number each time, until the
+-- smallint attempts (migration 0009) overflowed at 32,767 and this one statement, picking that oldest
+-- row first, failed with 22003 for everyone. LEAST keeps any configured cap inside the smallint.
 -- Measured with 105k finished rows: 0.14-0.22 ms a call when nothing is due (ix_webhooks_due holds only
--- due rows), 0.7-1.0 ms to claim 16 of 1,000 due; polled every 0.5 s per replica.
-WITH picked AS (
-    SELECT w.job_id FROM webhooks w
+-- due rows), 0.7-1.0 ms to claim 16 of 1,000 due; polled every 0.5 s per replica. Measured before the
+-- bounds, which add two comparisons per picked row and no scan.
+WITH bounds AS (
+    SELECT LEAST(:max_attempts::int, 32767) AS max_attempts,
+           make_interval(secs => :max_age_s::double precision) AS max_age
+), picked AS (
+    SELECT w.job_id,
+           w.attempts < b.max_attempts AS attempts_left,
+           now() <= COALESCE(w.due_at, w.registered_at) + b.max_age AS young
+    FROM webhooks w CROSS JOIN bounds b
     WHERE w.state = 'due' AND w.next_attempt_at <= now()
     ORDER BY w.next_attempt_at
     LIMIT :limit
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF w SKIP LOCKED
+), spent AS (
+    -- Runs whether or not it is read (a data-modifying WITH always does); its rows are not the claim's.
+    UPDATE webhooks w
+    SET state = 'gave_up', next_attempt_at = NULL, lease_token = NULL,
+        last_error = CASE
+            WHEN NOT picked.attempts_left
+                THEN format('gave up: all %s attempts drawn, the last never recorded', w.attempts)
+            ELSE format('gave up: no attempt starts later than %s s after the job ended', :max_age_s::double precision)
+        END
+    FROM picked
+    WHERE w.job_id = picked.job_id AND NOT (picked.attempts_left AND picked.young)
+    RETURNING w.job_id
 )
 UPDATE webhooks w
 SET attempts = w.attempts + 1,
     next_attempt_at = now() + make_interval(secs => :lease_s::double precision),
     lease_token = gen_random_uuid()
 FROM picked
-WHERE w.job_id = picked.job_id
+WHERE w.job_id = picked.job_id AND picked.attempts_left AND picked.young
 RETURNING w.*;
 
 -- name: insert_attempt(job_id, attempt, at, status_code, latency_ms, error)!

@@ -52,11 +52,17 @@ class WebhooksRepository:
         row = await self._q.get_webhook(conn, job_id=job_id)
         return WebhookRecord.from_row(row) if row is not None else None
 
-    async def claim_due(self, conn: asyncpg.Connection, *, limit: int, lease_s: float) -> list[WebhookRecord]:
+    async def claim_due(
+        self, conn: asyncpg.Connection, *, limit: int, lease_s: float, max_attempts: int, max_age_s: float
+    ) -> list[WebhookRecord]:
         """Up to ``limit`` due rows, each leased to this caller for ``lease_s`` with its attempt number drawn
-        (``attempts``) and a fresh ``lease_token``. Run it outside a longer transaction: the lease is what
-        keeps other replicas off, and it only counts once committed."""
-        rows = await self._q.claim_due_webhooks(conn, limit=limit, lease_s=float(lease_s))
+        (``attempts``) and a fresh ``lease_token``. A due row already at ``max_attempts``, or due for more
+        than ``max_age_s``, is given up instead (with the reason in ``last_error``), never claimed. Run it
+        outside a longer transaction: the lease is what keeps other replicas off, and it only counts once
+        committed."""
+        rows = await self._q.claim_due_webhooks(
+            conn, limit=limit, lease_s=float(lease_s), max_attempts=max_attempts, max_age_s=float(max_age_s)
+        )
         return [WebhookRecord.from_row(r) for r in rows]
 
     async def record_attempt(

@@ -18,6 +18,8 @@ from uuid import UUID
 
 import pytest
 from aiohttp import web
+from botocore.exceptions import EndpointConnectionError
+from cryptography.fernet import Fernet
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -131,6 +133,26 @@ def dispatcher(db: Database) -> Dispatch:
             )
 
     return make
+
+
+@pytest.fixture
+async def db_dispatcher(db: Database) -> AsyncIterator[Callable[[WebhookOptions, Any], WebhookDispatcher]]:
+    """A dispatcher with a given object store (``dispatcher`` has none), on one session closed after."""
+    policy = OutboundSettings(allow_private_targets=True, allowed_ports=())
+    async with open_outbound(policy, limit=FAST.concurrency) as session:
+
+        def make(options: WebhookOptions, store: Any) -> WebhookDispatcher:
+            return WebhookDispatcher(
+                options=options,
+                policy=policy,
+                db=db,
+                store=store,
+                session=session,
+                secrets=webhook_secrets(db),
+                metrics=WebhookMetrics.create(PipelineMetrics.create().registry),
+            )
+
+        yield make
 
 
 async def ended_job(db: Database, url: str, *, user: str | None = None, fail: bool = False) -> tuple[UUID, str]:
@@ -373,3 +395,73 @@ async def test_a_database_outage_does_not_end_the_loop(dsn: str, caplog: pytest.
     failed = [r for r in caplog.records if r.getMessage().startswith("webhook claim failed")]
     # 0.05 s poll doubling from 0.1 s: about 4 tries in a second, not 20.
     assert 2 <= len(failed) <= 6, [r.getMessage() for r in failed]
+
+
+async def test_a_secret_that_does_not_decrypt_gives_up_at_once_with_its_reason(
+    db: Database, receiver: Receiver, dispatcher: Dispatch
+) -> None:
+    # The user's secret was written under a key RMBG_AUTH__ENCRYPTION_KEYS no longer holds (rotated out):
+    # nothing can ever be signed. Unrecorded, the row came back every lease_s with one more number drawn.
+    job_id, user = await ended_job(db, receiver.url())
+    rotated_out = WebhookSecrets(repo=db.webhooks, cipher=SecretCipher(Fernet.generate_key().decode()))
+    async with db.pool.acquire() as conn:
+        await rotated_out.get(conn, user_id=user)
+    async with dispatcher() as d:
+        assert await d.dispatch_once() >= 1
+    hook, attempts = await state(db, job_id, user)
+    assert hook.state == "gave_up" and hook.attempts == 1 and receiver.got == []
+    assert [(a.attempt, a.status_code) for a in attempts] == [(1, None)]
+    assert attempts[0].error is not None and attempts[0].error.startswith("not sent: ")
+    assert "does not decrypt with RMBG_AUTH__ENCRYPTION_KEYS" in attempts[0].error
+
+
+@dataclass
+class DownStore:
+    """An object store whose endpoint does not answer: presigning the payload's URLs fails (transient)."""
+
+    calls: int = 0
+
+    async def presigned_get(self, key: str, *, expires_s: int) -> str:
+        self.calls += 1
+        raise EndpointConnectionError(endpoint_url="http://s3.invalid")
+
+
+async def test_a_transient_failure_before_the_post_follows_the_schedule_and_gives_up(
+    db: Database, receiver: Receiver, db_dispatcher: Callable[[WebhookOptions, Any], WebhookDispatcher]
+) -> None:
+    job_id, user = await ended_job(db, receiver.url())
+    store = DownStore()
+    # url_ttl_s > 0: the payload carries presigned URLs, and the store is down for the whole schedule.
+    d = db_dispatcher(FAST.model_copy(update={"url_ttl_s": 60}), store)
+    async with running(d):
+
+        async def given_up() -> bool:
+            return (await state(db, job_id, user))[0].state == "gave_up"
+
+        await until(given_up)  # FAST's lease (5 s) is longer than its whole schedule (3 x 0.05 s)
+    hook, attempts = await state(db, job_id, user)
+    # Three waits in FAST's schedule: four recorded attempts, none of them sent, then it gives up.
+    assert [(a.attempt, a.status_code) for a in attempts] == [(1, None), (2, None), (3, None), (4, None)]
+    assert all(a.error and a.error.startswith("not sent: EndpointConnectionError") for a in attempts)
+    assert hook.attempts == 4 and receiver.got == [] and store.calls == 4
+
+
+async def test_an_attempt_never_recorded_is_bounded_by_the_claim(
+    db: Database, receiver: Receiver, dispatcher: Dispatch
+) -> None:
+    # A row whose last drawn number was never recorded (its holder died each time) and whose lease
+    # lapsed: the claim gives it up instead of drawing an 11th number, and the rows behind it still flow.
+    spent, user = await ended_job(db, receiver.url())
+    fresh, other = await ended_job(db, receiver.url())
+    async with db.pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE webhooks SET attempts = $2, next_attempt_at = now() - interval '1 s' WHERE job_id = $1",
+            spent,
+            len(FAST.retry_delays_s) + 1,
+        )
+    async with dispatcher() as d:
+        assert await d.dispatch_once() >= 1
+    hook, attempts = await state(db, spent, user)
+    assert hook.state == "gave_up" and hook.attempts == 4 and attempts == []
+    assert hook.last_error == "gave up: all 4 attempts drawn, the last never recorded"
+    assert (await state(db, fresh, other))[0].state == "delivered" and len(receiver.got) == 1

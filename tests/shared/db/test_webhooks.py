@@ -10,7 +10,7 @@ from uuid import UUID
 import asyncpg
 
 from shared.contracts.events import CutoutFormat
-from shared.db.models import JobStatus
+from shared.db.models import JobStatus, WebhookRecord
 from shared.db.repositories import Repositories
 from shared.db.repositories.jobs import Completion, Failure, Started
 from shared.db.repositories.webhooks import AttemptResult
@@ -37,11 +37,30 @@ async def _release(conn: asyncpg.Connection, job_id: UUID) -> None:
     await conn.execute("UPDATE webhooks SET next_attempt_at = now() - interval '1 s' WHERE job_id = $1", job_id)
 
 
+# The production schedule's bounds (services/persister/settings.py WebhookOptions): 9 waits, so 10 attempts,
+# none starting later than a day after the job ended.
+MAX_ATTEMPTS = 10
+MAX_AGE_S = 86_400.0
+
+
+async def _claim(
+    conn: asyncpg.Connection,
+    repos: Repositories,
+    *,
+    lease_s: float,
+    max_attempts: int = MAX_ATTEMPTS,
+    max_age_s: float = MAX_AGE_S,
+) -> list[WebhookRecord]:
+    # Other tests of the session leave due rows too; claiming a few hundred finds ours among them.
+    return await repos.webhooks.claim_due(
+        conn, limit=500, lease_s=lease_s, max_attempts=max_attempts, max_age_s=max_age_s
+    )
+
+
 async def _claim_only(
     conn: asyncpg.Connection, repos: Repositories, job_id: UUID, *, lease_s: float = 60
 ) -> list[UUID]:
-    # Other tests of the session leave due rows too; claiming a few hundred finds ours among them.
-    claimed = await repos.webhooks.claim_due(conn, limit=500, lease_s=lease_s)
+    claimed = await _claim(conn, repos, lease_s=lease_s)
     return [c.job_id for c in claimed if c.job_id == job_id]
 
 
@@ -171,10 +190,10 @@ async def test_a_lapsed_lease_frees_the_row_and_fences_its_old_holder(
     job_id = await _job(conn, raw_job, user, status="completed")
     await _register(conn, repos, job_id, user)
     await _release(conn, job_id)
-    first = [c for c in await repos.webhooks.claim_due(conn, limit=500, lease_s=0.2) if c.job_id == job_id]
+    first = [c for c in await _claim(conn, repos, lease_s=0.2) if c.job_id == job_id]
     assert len(first) == 1 and first[0].attempts == 1
     await asyncio.sleep(0.4)  # the holder "crashed": its lease lapses
-    second = [c for c in await repos.webhooks.claim_due(conn, limit=500, lease_s=60) if c.job_id == job_id]
+    second = [c for c in await _claim(conn, repos, lease_s=60) if c.job_id == job_id]
     assert len(second) == 1 and second[0].attempts == 2 and second[0].lease_token != first[0].lease_token
 
     now = datetime.now(UTC)
@@ -192,7 +211,7 @@ async def test_a_lapsed_lease_frees_the_row_and_fences_its_old_holder(
     assert await _claim_only(conn, repos, job_id) == []  # scheduled 30 s out
 
     await _release(conn, job_id)
-    third = [c for c in await repos.webhooks.claim_due(conn, limit=500, lease_s=60) if c.job_id == job_id]
+    third = [c for c in await _claim(conn, repos, lease_s=60) if c.job_id == job_id]
     ok = AttemptResult(at=datetime.now(UTC), status_code=204, latency_ms=8, error=None)
     assert await repos.webhooks.record_attempt(
         conn, claimed=third[0], result=ok, state="delivered", next_attempt_at=None
@@ -206,6 +225,46 @@ async def test_a_lapsed_lease_frees_the_row_and_fences_its_old_holder(
     assert await _claim_only(conn, repos, job_id) == []
     # Another user's job answers nothing, as a job without a webhook does.
     assert await repos.webhooks.attempts_for_job(conn, job_id=job_id, user_id=unique_user("other")) is None
+
+
+async def test_the_claim_never_draws_past_the_cap_nor_claims_past_max_age(
+    conn: asyncpg.Connection, repos: Repositories, raw_job: JobFactory
+) -> None:
+    # Attempts whose holder never recorded them (it crashed, or failed before it could) leave rows due that
+    # come back every lease_s. The claim bounds them: it gives such a row up with the reason, draws no
+    # number past the cap, and one row at the smallint's end (32,767) no longer fails every claim (22003).
+    user = unique_user("wh")
+    last, spent, old, wedged = [await _job(conn, raw_job, user, status="completed") for _ in range(4)]
+    for job_id, attempts, due_days_ago in ((last, 9, 0), (spent, 10, 0), (old, 2, 2), (wedged, 32_767, 0)):
+        await _register(conn, repos, job_id, user)
+        await conn.execute(
+            "UPDATE webhooks SET attempts = $2, due_at = now() - make_interval(days => $3),"
+            " next_attempt_at = now() - interval '1 s' WHERE job_id = $1",
+            job_id,
+            attempts,
+            due_days_ago,
+        )
+    claimed = {c.job_id: c for c in await _claim(conn, repos, lease_s=60) if c.job_id in (last, spent, old, wedged)}
+    assert list(claimed) == [last] and claimed[last].attempts == MAX_ATTEMPTS  # the last number, drawn once
+    reasons = {  # no number drawn for any of them
+        spent: (10, "gave up: all 10 attempts drawn, the last never recorded"),
+        old: (2, "gave up: no attempt starts later than 86400 s after the job ended"),
+        wedged: (32_767, "gave up: all 32767 attempts drawn, the last never recorded"),
+    }
+    for job_id, (attempts, reason) in reasons.items():
+        row = await repos.webhooks.get(conn, job_id=job_id)
+        assert row is not None and (row.state, row.attempts, row.last_error) == ("gave_up", attempts, reason)
+        assert row.next_attempt_at is None and row.lease_token is None and row.delivered_at is None
+    assert await conn.fetchval("SELECT count(*) FROM webhook_attempts WHERE job_id = ANY($1)", list(reasons)) == 0
+
+    # A configured cap beyond the smallint is held inside it: the row at 32,767 is given up, not overflowed.
+    await _register(conn, repos, beyond := await _job(conn, raw_job, user, status="completed"), user)
+    await conn.execute(
+        "UPDATE webhooks SET attempts = 32767, next_attempt_at = now() - interval '1 s' WHERE job_id = $1", beyond
+    )
+    assert [c for c in await _claim(conn, repos, lease_s=60, max_attempts=100_000) if c.job_id == beyond] == []
+    row = await repos.webhooks.get(conn, job_id=beyond)
+    assert row is not None and row.state == "gave_up" and row.attempts == 32_767
 
 
 async def test_signing_secret_get_or_create_and_rotate(pool: asyncpg.Pool, repos: Repositories) -> None:
@@ -234,7 +293,7 @@ async def test_prune_removes_old_jobs_webhooks_with_their_attempts(
     old = await raw_job(conn, at=datetime.now(UTC) - timedelta(days=31 * months_old), user_id=user, status="failed")
     await _register(conn, repos, old, user)
     await _release(conn, old)
-    claimed = [c for c in await repos.webhooks.claim_due(conn, limit=500, lease_s=60) if c.job_id == old]
+    claimed = [c for c in await _claim(conn, repos, lease_s=60) if c.job_id == old]
     result = AttemptResult(at=datetime.now(UTC), status_code=None, latency_ms=3, error="refused")
     await repos.webhooks.record_attempt(conn, claimed=claimed[0], result=result, state="gave_up", next_attempt_at=None)
     cutoff = datetime.now(UTC) - timedelta(days=31 * (months_old - 1))

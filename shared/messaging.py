@@ -23,7 +23,12 @@ from pydantic import BaseModel
 
 from shared.config import KafkaSettings, TopicSettings
 from shared.contracts import DeadLetter, Topic
-from shared.contracts.events import MAX_DEAD_LETTER_PAYLOAD
+from shared.contracts.events import (
+    MAX_DEAD_LETTER_KEY,
+    MAX_DEAD_LETTER_PAYLOAD,
+    MAX_MINIMAL_DEAD_LETTER_REASON,
+    dead_letter_payload_room,
+)
 from shared.exceptions import ContractError, RmbgError
 from shared.failures import FailureClass, classify, clean_text, describe
 from shared.models import ModelSettings
@@ -55,6 +60,12 @@ async def open_producer(kafka: KafkaSettings, *, client_id: str) -> AsyncIterato
         await producer.stop()
 
 
+def group_request_timeout_ms(kafka: KafkaSettings) -> int:
+    """How long a group member's requests may take: a JoinGroup is answered only once the group settles,
+    up to a session timeout later, so 5 s beyond it."""
+    return max(kafka.request_timeout_ms, kafka.session_timeout_ms + 5000)
+
+
 @contextlib.asynccontextmanager
 async def open_consumer(
     kafka: KafkaSettings,
@@ -79,7 +90,7 @@ async def open_consumer(
         fetch_max_bytes=16 * 1024 * 1024,
         max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024,
         fetch_max_wait_ms=kafka.fetch_max_wait_ms,
-        request_timeout_ms=max(kafka.request_timeout_ms, kafka.session_timeout_ms + 5000),
+        request_timeout_ms=group_request_timeout_ms(kafka),
     )
     consumer.subscribe(topics=topics, listener=listener)
     await consumer.start()
@@ -252,21 +263,35 @@ class DeadLetters:
     async def send(
         self, record: ConsumerRecord[bytes, bytes], reason: str, *, error: BaseException | None = None
     ) -> None:
-        """Dead-letter ``record``; ``error`` (what made the service give up) gives the failure class."""
+        """Dead-letter ``record``; ``error`` (what made the service give up) gives the failure class.
+
+        The letter keeps as much of the record as the dead-letter topic's limit leaves (all of it up to
+        MAX_DEAD_LETTER_PAYLOAD). Should the topic still refuse it (a permanent error: a broker whose
+        max.message.bytes is below ours, a reason too long for a small limit), a minimal letter is sent
+        instead: the record's position and the reason, no payload. Giving up must end: a letter that can
+        never be sent would hold the record's partition back for good. Transient errors propagate."""
         unknown = error is not None and classify(error) is FailureClass.UNKNOWN
-        value = record.value or b""
         letter = DeadLetter(
             source_topic=record.topic,
             partition=record.partition,
             offset=record.offset,
-            key=record.key.decode(errors="replace") if record.key else None,
+            key=_letter_key(record.key),
             reason=clean_text(reason, limit=4000),
             failure_class="unknown" if unknown else "permanent",
             service=self.service,
             failed_at=datetime.now(UTC),
-            payload=value[:MAX_DEAD_LETTER_PAYLOAD],
-            payload_truncated=len(value) > MAX_DEAD_LETTER_PAYLOAD,
+            payload=b"",
         )
+        key = letter.key or f"{record.topic}:{record.partition}"
+        try:
+            await publish(self.producer, self.topic, self._fitted(letter, record.value or b""), key=key)
+        except Exception as exc:
+            if classify(exc) is FailureClass.TRANSIENT:
+                raise
+            why = f"record not kept ({describe(exc, limit=300)}): {letter.reason}"
+            why = clean_text(why, limit=MAX_MINIMAL_DEAD_LETTER_REASON)
+            letter = letter.model_copy(update={"reason": why, "payload_truncated": bool(record.value)})
+            await publish(self.producer, self.topic, letter, key=key)
         log.warning(
             "dead-lettered %s[%d]@%d (%s): %s",
             record.topic,
@@ -275,8 +300,17 @@ class DeadLetters:
             letter.failure_class,
             letter.reason[:300],
         )
-        await publish(self.producer, self.topic, letter, key=letter.key or f"{record.topic}:{record.partition}")
         self.counter.labels(topic=record.topic, failure_class=letter.failure_class).inc()
+
+    def _fitted(self, letter: DeadLetter, value: bytes) -> DeadLetter:
+        """``letter`` (without payload) with as much of ``value`` as the topic's limit leaves.
+
+        Measured rather than estimated: the letter without its payload (and with payload_truncated false,
+        the longer of the two), then 4 base64 characters for every 3 bytes of payload. ContractError when
+        even the letter without payload is too large."""
+        spare = self.topic.max_message_bytes - len(self.topic.serialize(letter))
+        room = min(dead_letter_payload_room(spare), MAX_DEAD_LETTER_PAYLOAD)
+        return letter.model_copy(update={"payload": value[:room], "payload_truncated": len(value) > room})
 
     async def or_send(
         self, record: ConsumerRecord[bytes, bytes], reason: str, error: BaseException, ending: Awaitable[None]
@@ -290,3 +324,11 @@ class DeadLetters:
                 raise
             why = f"{reason}; its job could not be failed: {describe(exc, limit=500)}"
             await self.send(record, why, error=error)
+
+
+def _letter_key(key: bytes | None) -> str | None:
+    """A record's key as a dead letter keeps it: text, at most MAX_DEAD_LETTER_KEY characters (invalid UTF-8
+    becomes U+FFFD; no character is longer than 4 bytes, so only that much is decoded)."""
+    if not key:
+        return None
+    return key[: 4 * MAX_DEAD_LETTER_KEY].decode(errors="replace")[:MAX_DEAD_LETTER_KEY]

@@ -11,6 +11,9 @@
   when the rewind delivers them again, so a retried batch does not repeat their effects.
 - SIGTERM only sets the stop event; the batch in flight drains within ``grace_s`` and is then
   cancelled, uncommitted, for redelivery (every handler is idempotent).
+- A commit waits at most ``commit_timeout_s`` (``_COMMIT_ON_STOP_S`` once stopping): aiokafka retries a commit
+  without end while the group coordinator is unknown, and a loop stuck there would neither stop nor poll.
+  An abandoned commit is like a refused one: a later commit covers its records, or they are redelivered.
 - The loop reports to a :class:`~shared.health.ConsumerWatch` (its assignment, and that it still polls, for
   /readyz and /healthz) and, every ``lag_interval_s``, the lag of each partition it holds.
 """
@@ -33,13 +36,18 @@ from prometheus_client import Counter, Gauge, Histogram
 from shared.config import KafkaSettings
 from shared.failures import FailureClass, classify, clean_text, describe
 from shared.health import ConsumerWatch
-from shared.messaging import open_consumer
+from shared.messaging import group_request_timeout_ms, open_consumer
 
 log = logging.getLogger(__name__)
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 RecordId: TypeAlias = tuple[str, int, int]  # topic, partition, offset
 T = TypeVar("T")
+
+# Once stopping, a commit gets this long before it is abandoned: a broker that is up answers in
+# milliseconds, and the shortest pod grace beyond a service's batch grace (stats: 30 s less 10 s) must
+# still hold the consumer's stop.
+_COMMIT_ON_STOP_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -96,8 +104,8 @@ class LoopOptions:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     # An error of unknown class gets this many tries per record, and at least this long from its first
-    # failure (the backoff resets whenever a batch succeeds, so a count alone could be spent in seconds
-    # during an outage nobody classified), then counts as permanent: never an endless loop on one record.
+    # failure (5 tries at 0.5 s doubling are spent in 7.5 s, well within an outage nobody classified), then
+    # counts as permanent: never an endless loop on one record.
     max_record_attempts: int = 5
     min_unknown_retry_s: float = 60.0
     # How often the lag of the partitions held is read (end offsets and committed offsets from the broker).
@@ -121,6 +129,7 @@ class ConsumeLoop:
         *,
         name: str,
         options: LoopOptions,
+        commit_timeout_s: float,
         metrics: LoopMetrics | None = None,
         watch: ConsumerWatch | None = None,
     ) -> None:
@@ -128,13 +137,18 @@ class ConsumeLoop:
         self._handler = handler
         self._name = name
         self._options = options
+        self._commit_timeout_s = commit_timeout_s
         self._metrics = metrics or LoopMetrics()
         self._watch = watch
         self.batches_failed = 0
         # Records that succeeded in a batch whose other records are being retried (skipped on redelivery).
         self._done: dict[TopicPartition, set[int]] = defaultdict(set)
-        # Tries so far of records whose errors are of unknown class.
+        # Tries so far of records whose errors are of unknown class, and of give_up calls that failed so.
         self._attempts: dict[RecordId, tuple[int, float]] = {}  # tries, monotonic time of the first
+        self._give_up_attempts: dict[RecordId, tuple[int, float]] = {}
+        # Records being retried: the backoff resets only once they have all gone through, not after any
+        # batch without retries (with traffic on other partitions that kept it at backoff_initial_s).
+        self._retrying: set[RecordId] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self._options.backoff_initial_s
@@ -155,14 +169,18 @@ class ConsumeLoop:
                 return
             self._forget_succeeded(todo, failures)
             retry = await self._settle(failures)
+            # What this batch held has gone through or was given up, but for what is retried again.
+            self._retrying -= {record_id(r) for recs in batch.values() for r in recs}
+            self._retrying |= {record_id(r) for r in retry}
             if not retry:
-                await self._commit({tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs})
-                backoff = self._options.backoff_initial_s
+                await self._commit({tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs}, stop)
+                if not self._retrying:
+                    backoff = self._options.backoff_initial_s
                 continue
             self.batches_failed += 1
             if self._metrics.batches_failed is not None:
                 self._metrics.batches_failed.inc()
-            await self._partial_commit(batch, retry)
+            await self._partial_commit(batch, retry, stop)
             if self._watch is not None:
                 self._watch.progressed()
             await _sleep_or_stop(stop, backoff)
@@ -233,13 +251,14 @@ class ConsumeLoop:
     def _forget_succeeded(self, handled: list[Record], failures: list[RecordFailure]) -> None:
         """Drop the tries counted for records of ``handled`` that did not fail this time (a record that
         failed with an unknown error and then went through would otherwise be remembered until a revoke)."""
-        if not self._attempts:
+        if not self._attempts and not self._give_up_attempts:
             return
         failed = {record_id(f.record) for f in failures}
         for record in handled:
             rid = record_id(record)
             if rid not in failed:
                 self._attempts.pop(rid, None)
+                self._give_up_attempts.pop(rid, None)
 
     async def _settle(self, failures: list[RecordFailure]) -> list[Record]:
         """Give up on permanent failures; returns the records to retry."""
@@ -252,11 +271,8 @@ class ConsumeLoop:
                 self._metrics.records_failed.labels(topic=record.topic, failure_class=cls.value).inc()
             reason = describe(error)
             if cls is FailureClass.UNKNOWN:
-                tries, first = self._attempts.get(rid, (0, time.monotonic()))
-                tries += 1
-                self._attempts[rid] = (tries, first)
-                waited = time.monotonic() - first
-                if tries < self._options.max_record_attempts or waited < self._options.min_unknown_retry_s:
+                tries, waited, again = self._try_again(self._attempts, rid)
+                if again:
                     log.warning("%s: %s@%d try %d failed: %s", self._name, record.topic, record.offset, tries, reason)
                     retry.append(record)
                     continue
@@ -266,17 +282,58 @@ class ConsumeLoop:
             if cls is FailureClass.TRANSIENT:
                 retry.append(record)
                 continue
-            try:
-                await self._handler.give_up(record, error, reason)
-            except Exception as exc:  # e.g. the producer is down: try again with the next delivery
-                # (handlers fall back to a dead letter for anything but an outage, so this ends)
-                log.warning("%s: could not give up on %s@%d: %s", self._name, record.topic, record.offset, exc)
+            if not await self._give_up(record, error, reason):
                 retry.append(record)
                 continue
             self._attempts.pop(rid, None)
+            self._give_up_attempts.pop(rid, None)
         return retry
 
-    async def _partial_commit(self, batch: dict[TopicPartition, list[Record]], retry: list[Record]) -> None:
+    def _try_again(self, attempts: dict[RecordId, tuple[int, float]], rid: RecordId) -> tuple[int, float, bool]:
+        """Count a try of ``rid`` that failed with an unknown error: the tries, the seconds since the first,
+        and whether it gets another (fewer than max_record_attempts, or less than min_unknown_retry_s)."""
+        tries, first = attempts.get(rid, (0, time.monotonic()))
+        tries += 1
+        attempts[rid] = (tries, first)
+        waited = time.monotonic() - first
+        again = tries < self._options.max_record_attempts or waited < self._options.min_unknown_retry_s
+        return tries, waited, again
+
+    async def _give_up(self, record: Record, error: BaseException, reason: str) -> bool:
+        """The handler's give_up, its own failure classified; False: retry the record (with the backoff).
+
+        Transient (the producer or the database is down): retried until it ends. Unknown: retried like any
+        unknown error, then as permanent. Permanent (handlers already fall back to a dead letter, and
+        DeadLetters.send to a minimal one, so only a bug lands here): the record is skipped, logged as an
+        error, because retrying can only hold its partition back for good."""
+        try:
+            await self._handler.give_up(record, error, reason)
+        except Exception as exc:
+            where = f"{record.topic}[{record.partition}]@{record.offset}"
+            cls = classify(exc)
+            if cls is FailureClass.TRANSIENT:
+                log.warning("%s: could not give up on %s: %s", self._name, where, describe(exc, limit=300))
+                return False
+            if cls is FailureClass.UNKNOWN:
+                tries, _, again = self._try_again(self._give_up_attempts, record_id(record))
+                if again:
+                    log.warning(
+                        "%s: could not give up on %s (try %d): %s", self._name, where, tries, describe(exc, limit=300)
+                    )
+                    return False
+            log.error(
+                "%s: skipped %s, which could not be given up on (%s): %s; it was given up for: %s",
+                self._name,
+                where,
+                cls.value,
+                describe(exc, limit=500),
+                reason[:500],
+            )
+        return True
+
+    async def _partial_commit(
+        self, batch: dict[TopicPartition, list[Record]], retry: list[Record], stop: asyncio.Event
+    ) -> None:
         first_retry: dict[TopicPartition, int] = {}
         for record in retry:
             tp = TopicPartition(record.topic, record.partition)
@@ -291,10 +348,10 @@ class ConsumeLoop:
             offsets[tp] = first_retry[tp]
             retrying = {r.offset for r in retry if r.partition == tp.partition and r.topic == tp.topic}
             self._done[tp] |= {r.offset for r in recs if r.offset > first_retry[tp] and r.offset not in retrying}
-        await self._commit({tp: o for tp, o in offsets.items() if o > batch[tp][0].offset})
+        await self._commit({tp: o for tp, o in offsets.items() if o > batch[tp][0].offset}, stop)
         self._rewind(first_retry)
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def _commit(self, offsets: dict[TopicPartition, int], stop: asyncio.Event) -> None:
         if not offsets:
             return
         for tp, offset in offsets.items():  # what is committed will not come again: forget it
@@ -304,19 +361,23 @@ class ConsumeLoop:
             else:
                 self._done.pop(tp, None)
         try:
-            await self._consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
-            # A rebalance took the partitions away: their new owner re-reads from the last commit and the
+            await _within(self._consumer.commit(offsets), stop, self._commit_timeout_s, _COMMIT_ON_STOP_S)
+        except (CommitFailedError, KafkaError, TimeoutError) as exc:
+            # A rebalance took the partitions away, or the broker is out of reach: a later commit covers these
+            # records, or whoever holds the partition next re-reads them from the last commit and the
             # idempotent handlers make the repeat harmless.
-            log.warning("%s: commit failed (%s); records may be redelivered", self._name, exc)
+            why = exc if str(exc) else type(exc).__name__
+            log.warning("%s: commit failed (%s); records may be redelivered", self._name, why)
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Forget succeeded offsets and tries of partitions this consumer no longer owns (a rebalance, or a
         topic re-created with reused offsets would otherwise skip records that never succeeded)."""
         for tp in partitions:
             self._done.pop(tp, None)
-            for rid in [r for r in self._attempts if r[0] == tp.topic and r[1] == tp.partition]:
-                del self._attempts[rid]
+            for attempts in (self._attempts, self._give_up_attempts):
+                for rid in [r for r in attempts if r[0] == tp.topic and r[1] == tp.partition]:
+                    del attempts[rid]
+            self._retrying = {r for r in self._retrying if r[0] != tp.topic or r[1] != tp.partition}
 
     def _rewind(self, positions: dict[TopicPartition, int]) -> None:
         for tp, offset in positions.items():
@@ -324,7 +385,7 @@ class ConsumeLoop:
                 self._consumer.seek(tp, offset)
             except (KafkaError, AssertionError, ValueError) as exc:  # partition revoked meanwhile
                 log.info("%s: cannot rewind %s: %s", self._name, tp, exc)
-                self._done.pop(tp, None)
+                self.forget([tp])
 
 
 class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -389,6 +450,27 @@ async def _read_lag(consumer: AIOKafkaConsumer, *, group: str, lag: Gauge) -> No
             lag.labels(group=group, topic=tp.topic, partition=str(tp.partition)).set(behind)
 
 
+async def _within(work: Awaitable[T], stop: asyncio.Event, timeout_s: float, once_stopped_s: float) -> T:
+    """``work``'s result within ``timeout_s``, and within ``once_stopped_s`` once ``stop`` is set (even before
+    it began); TimeoutError, with ``work`` cancelled, when it took longer."""
+    task = asyncio.ensure_future(work)
+    stop_wait = asyncio.ensure_future(stop.wait())
+    started = time.monotonic()
+    try:
+        await asyncio.wait({task, stop_wait}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and stop.is_set():
+            left = timeout_s - (time.monotonic() - started)
+            await asyncio.wait({task}, timeout=max(0.0, min(left, once_stopped_s)))
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise TimeoutError(f"no answer in {time.monotonic() - started:.1f} s")
+        return task.result()
+    finally:
+        stop_wait.cancel()
+        task.cancel()  # only where this wait was itself cancelled: the commit would otherwise run on
+
+
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     try:
         await asyncio.wait_for(stop.wait(), seconds)
@@ -421,7 +503,16 @@ async def consume_topic(
         max_poll_records=options.max_records,
         listener=listener,
     ) as consumer:
-        loop = ConsumeLoop(consumer, handler, name=client_id, options=options, metrics=metrics, watch=watch)
+        loop = ConsumeLoop(
+            consumer,
+            handler,
+            name=client_id,
+            options=options,
+            # One request's time: aiokafka sends a commit once, and a broker that is up answers within it.
+            commit_timeout_s=group_request_timeout_ms(kafka) / 1000,
+            metrics=metrics,
+            watch=watch,
+        )
         listener.loop = loop
         lag_task = None
         if metrics is not None and metrics.lag is not None:

@@ -1,10 +1,11 @@
 """Dead letters an operator can act on: list them with their reasons, and replay chosen ones.
 
-A dead letter (shared/contracts/events.py ``DeadLetter``) holds the offending record whole (up to 600
-KiB), its source topic, partition and offset, the service that gave up, the reason and its failure class.
-``replay`` sends the record back to its source topic with its original key, for after the cause was fixed
-(a bucket allowed, an object restored, a bug deployed away). Consumers are idempotent, so replaying a
-letter whose record meanwhile succeeded changes nothing.
+A dead letter (shared/contracts/events.py ``DeadLetter``) holds the offending record whole (up to
+``MAX_DEAD_LETTER_PAYLOAD``, about 720 KiB, as far as the topic's limit allows: a result with its mask
+inline fits), its source topic, partition and offset, the service that gave up, the reason and its
+failure class. ``replay`` sends the record back to its source topic with its original key (cut to 256
+characters), for after the cause was fixed (a bucket allowed, an object restored, a bug deployed away).
+Consumers are idempotent, so replaying a letter whose record meanwhile succeeded changes nothing.
 
 The topic is read to its end without trusting the broker's end offsets (the broker used here misreports
 them, see README): reading stops once the topic has been quiet for ``idle_s``.
@@ -108,7 +109,7 @@ async def replay(
     chosen = [by_ref[r] for r in refs]
     truncated = [s.ref for s in chosen if s.letter.payload_truncated]
     if truncated:
-        raise ReplayRefused(f"dead letters {', '.join(truncated)} hold only the first bytes of their record")
+        raise ReplayRefused(f"dead letters {', '.join(truncated)} hold only part of their record, or none")
     async with open_producer(kafka, client_id="dlq-replay") as producer:
         for stored in chosen:
             letter = stored.letter

@@ -189,9 +189,26 @@ class JobEvent(_Message):
         return f"{self.job_id}:{self.kind.value}"
 
 
-# A dead letter keeps the offending record whole up to this size, so `rmbg dlq replay` can send it back;
-# 600 KiB is 800 KiB as base64, under Kafka's 1 MiB default with the letter's other fields.
-MAX_DEAD_LETTER_PAYLOAD = 600 * 1024
+def dead_letter_payload_room(spare_bytes: int) -> int:
+    """The most record bytes a dead letter can carry in ``spare_bytes`` of its serialized size: JSON carries
+    bytes as base64, 4 characters for every 3 bytes (the last group padded to 4)."""
+    return max(0, spare_bytes // 4 * 3)
+
+
+# A dead letter keeps the offending record whole up to this size, so `rmbg dlq replay` can send it back.
+# Sized from the default message limit (KafkaSettings.max_message_bytes, 1,000,000) less 16 KiB for the
+# letter's other fields (a reason of 4,000 ASCII characters is 4 KB): 737,712 bytes, 983,616 as base64. The
+# largest record a topic takes at that limit with a valid message, a result with its inline mask
+# (MAX_INLINE_MASK_BYTES, about 700 KB as JSON), is kept whole. DeadLetters.send measures the letter and
+# keeps less where the topic's limit is lower or the other fields are longer, so a letter always fits.
+MAX_DEAD_LETTER_PAYLOAD = dead_letter_payload_room(1_000_000 - 16 * 1024)
+# A record's key is kept up to this many characters (the pipeline's keys are job and event ids of at most
+# 128): a key of any size must not make the letter too large, and 256 characters are at most 1.5 KB of JSON.
+MAX_DEAD_LETTER_KEY = 256
+# A letter that cannot hold its record (the topic refuses it) keeps its position and the reason up to this
+# many characters: at most 4 KB in UTF-8, so with the key and the rest it fits the smallest message limit
+# KafkaSettings allows (10,000 bytes).
+MAX_MINIMAL_DEAD_LETTER_REASON = 1000
 
 
 class DeadLetter(_Message):
@@ -206,6 +223,6 @@ class DeadLetter(_Message):
     failure_class: Literal["permanent", "unknown"] = "permanent"
     service: str
     failed_at: AwareDatetime
-    # The offending record, whole unless it was larger than MAX_DEAD_LETTER_PAYLOAD (then its first bytes).
+    # The offending record, whole unless it did not fit the letter (then its first bytes, or none).
     payload: bytes = Field(max_length=MAX_DEAD_LETTER_PAYLOAD)
     payload_truncated: bool = False

@@ -205,7 +205,7 @@ async def _read_dead_letters(pipeline: Pipeline, *, keys: set[str], timeout_s: f
         bootstrap_servers=settings.kafka.bootstrap_servers,
         group_id=None,
         auto_offset_reset="earliest",
-        max_partition_fetch_bytes=2 * 1024 * 1024,  # a dead letter holds its record whole, up to 600 KiB
+        max_partition_fetch_bytes=2 * 1024 * 1024,  # a dead letter holds its record whole, up to 737,712 bytes
     )
     await consumer.start()
     letters: list[DeadLetter] = []

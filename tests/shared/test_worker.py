@@ -15,6 +15,8 @@ from shared.exceptions import ContractError
 from shared.messaging import ensure_topics, open_consumer
 from shared.worker import ConsumeLoop, LoopOptions, Record, RecordFailure
 
+COMMIT_S = 15.0  # KafkaSettings.request_timeout_ms's default, as consume_topic passes it
+
 
 class _Handler:
     """A handler made of one function; records it gives up on are kept for the test to inspect."""
@@ -72,7 +74,11 @@ async def test_failed_batch_is_redelivered_and_committed_only_after_success(stac
     group = f"g-{secrets.token_hex(4)}"
     async with open_consumer(kafka, topics=[topic], group_id=group, client_id="t") as consumer:
         loop = ConsumeLoop(
-            consumer, _Handler(handler), name="test", options=LoopOptions(max_records=10, backoff_initial_s=0.1)
+            consumer,
+            _Handler(handler),
+            name="test",
+            commit_timeout_s=COMMIT_S,
+            options=LoopOptions(max_records=10, backoff_initial_s=0.1),
         )
         await asyncio.wait_for(loop.run(stop), 60)
         committed = await consumer.committed(TopicPartition(topic, 0))
@@ -95,7 +101,10 @@ async def test_stop_drains_the_batch_in_flight(stack: StackEndpoints) -> None:
     group = f"g-{secrets.token_hex(4)}"
     async with open_consumer(kafka, topics=[topic], group_id=group, client_id="t") as consumer:
         await asyncio.wait_for(
-            ConsumeLoop(consumer, _Handler(slow), name="t", options=LoopOptions(grace_s=5)).run(stop), 60
+            ConsumeLoop(
+                consumer, _Handler(slow), name="t", commit_timeout_s=COMMIT_S, options=LoopOptions(grace_s=5)
+            ).run(stop),
+            60,
         )
         committed = await consumer.committed(TopicPartition(topic, 0))
     assert finished == [b"slow"] and committed == 1
@@ -134,6 +143,7 @@ async def test_one_bad_record_never_holds_up_the_others(stack: StackEndpoints) -
             consumer,
             handler,
             name="t",
+            commit_timeout_s=COMMIT_S,
             options=LoopOptions(
                 max_records=10, backoff_initial_s=0.05, backoff_max_s=0.2, max_record_attempts=3, min_unknown_retry_s=0
             ),
@@ -164,7 +174,13 @@ async def test_a_handler_that_raises_for_its_batch_is_split_to_find_the_record(s
     handler = _Handler(work)
     group = f"g-{secrets.token_hex(4)}"
     async with open_consumer(kafka, topics=[topic], group_id=group, client_id="t") as consumer:
-        loop = ConsumeLoop(consumer, handler, name="t", options=LoopOptions(max_records=10, backoff_initial_s=0.05))
+        loop = ConsumeLoop(
+            consumer,
+            handler,
+            name="t",
+            commit_timeout_s=COMMIT_S,
+            options=LoopOptions(max_records=10, backoff_initial_s=0.05),
+        )
         await asyncio.wait_for(loop.run(stop), 60)
         committed = await consumer.committed(TopicPartition(topic, 0))
     assert done == [b"a", b"b"] and [v for v, _ in handler.given_up] == [b"poison"] and committed == 3
@@ -204,7 +220,9 @@ async def test_fill_wait_gathers_records_that_arrive_after_the_first(stack: Stac
     group = f"g-{secrets.token_hex(4)}"
     async with open_consumer(kafka, topics=[topic], group_id=group, client_id="t") as consumer:
         feeder = asyncio.ensure_future(later(consumer))
-        await asyncio.wait_for(ConsumeLoop(consumer, _Handler(handler), name="t", options=options).run(stop), 60)
+        await asyncio.wait_for(
+            ConsumeLoop(consumer, _Handler(handler), name="t", commit_timeout_s=COMMIT_S, options=options).run(stop), 60
+        )
         handed_over = time.monotonic()
         await feeder
     assert batches == [[b"first", b"later0", b"later1", b"later2"]]
@@ -232,7 +250,11 @@ async def test_a_record_that_recovers_from_an_unknown_error_is_forgotten(stack: 
     group = f"g-{secrets.token_hex(4)}"
     async with open_consumer(kafka, topics=[topic], group_id=group, client_id="t") as consumer:
         loop = ConsumeLoop(
-            consumer, _Handler(work), name="t", options=LoopOptions(max_records=10, backoff_initial_s=0.05)
+            consumer,
+            _Handler(work),
+            name="t",
+            commit_timeout_s=COMMIT_S,
+            options=LoopOptions(max_records=10, backoff_initial_s=0.05),
         )
         await asyncio.wait_for(loop.run(stop), 60)
     assert tries == 2

@@ -7,6 +7,8 @@ import os
 import secrets
 import subprocess
 import sys
+import uuid
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter
@@ -14,7 +16,8 @@ from prometheus_client import CollectorRegistry, Counter
 from rmbg.maintenance.dlq import read_dead_letters, replay
 from rmbg.stack import StackEndpoints
 from shared.config import KafkaSettings, TopicSettings
-from shared.contracts import Topics
+from shared.contracts import ResultEvent, ResultKind, Topics
+from shared.contracts.events import MAX_INLINE_MASK_BYTES
 from shared.messaging import DeadLetters, ensure_topics, open_producer
 
 
@@ -102,3 +105,39 @@ async def test_cli_lists_and_refuses_an_unknown_letter(stack: StackEndpoints) ->
     assert "malformed UploadEvent" in listed.stdout and "2 dead letters" in listed.stdout
     refused = await asyncio.to_thread(cli, "replay", "0:999")
     assert refused.returncode == 1 and "no dead letter 0:999" in refused.stderr
+
+
+async def test_a_result_with_its_mask_inline_is_replayed_whole(stack: StackEndpoints) -> None:
+    """The largest result a topic takes at the default limit (a 512 KiB mask inline, about 700 KB) is kept
+    whole in its letter (about 940 KB), so replay sends it back rather than refusing a truncated record."""
+    kafka, names, topics = await _setup(stack)
+    now = datetime.now(UTC)
+    result = ResultEvent(
+        kind=ResultKind.COMPLETED,
+        job_id=uuid.uuid4(),
+        created_at=now,
+        occurred_at=now,
+        model_name="m" * 200,
+        mask_png=b"\xff" * MAX_INLINE_MASK_BYTES,
+    )
+    value = topics.results.serialize(result)
+    counter = Counter("dl", "dead letters", ["topic", "failure_class"], registry=CollectorRegistry())
+    async with open_producer(kafka, client_id="test-dlq") as producer:
+        letters = DeadLetters(producer, topics.dead_letter, "persister", counter)
+        await letters.send(_record(names.results, 7, value, str(result.job_id).encode()), "no job " + "x" * 3000)
+    stored = [s for s in await read_dead_letters(kafka, topics) if s.letter.source_topic == names.results]
+    assert len(stored) == 1 and not stored[0].letter.payload_truncated
+    await replay(kafka, topics, stored, [stored[0].ref])
+    consumer = AIOKafkaConsumer(
+        names.results,
+        bootstrap_servers=kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        group_id=None,
+        max_partition_fetch_bytes=kafka.max_message_bytes + 64 * 1024,
+    )
+    await consumer.start()
+    try:
+        record = await asyncio.wait_for(consumer.getone(), 30)
+    finally:
+        await consumer.stop()
+    assert record.value == value and topics.results.deserialize(record.value) == result

@@ -8,6 +8,7 @@ This module is the one place that writes keys (``job_mask`` for inference and th
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -18,6 +19,9 @@ from shared.imaging import CUTOUT_CONTENT_TYPES
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+# Pure, and a deployment serves a handful of (model, revision) pairs, while every job row read derives two
+# keys from it (JobRecord.from_row): cached, from_row of a 500-row batch took 7.8 instead of 10.3 us a row.
+@functools.lru_cache(maxsize=1024)
 def model_slug(model_name: str, model_revision: str | None) -> str:
     base = _SLUG.sub("_", model_name).strip("_")
     rev = _SLUG.sub("_", model_revision or "norev")[:12]

@@ -22,6 +22,7 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -67,10 +68,18 @@ class ProcessingParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # None keeps the model's soft matte; a value binarises it (alpha = 255 where matte >= threshold).
+    # Kept to thousandths, the precision the mask's key names it by (ObjectKeys.threshold_tag, "t0900"):
+    # unrounded, 0.8996 and 0.9004 shared that key but cut the matte at 229 and 230, so the second job
+    # reused the first one's mask (225 of the 1,001 tags covered more than one cut).
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     # None takes the service default (see README: chosen by measurement).
     cutout_format: CutoutFormat | None = None
     webp_quality: int | None = Field(default=None, ge=1, le=100)
+
+    @field_validator("threshold")
+    @classmethod
+    def _to_thousandths(cls, value: float | None) -> float | None:
+        return None if value is None else round(value, 3)
 
     def canonical(self) -> dict[str, object]:
         return self.model_dump(mode="json", exclude_none=True)

@@ -13,6 +13,7 @@ them, see README): reading stops once the topic has been quiet for ``idle_s``.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from shared.contracts import DeadLetter, Topics
 from shared.exceptions import ContractError, RmbgError
 from shared.messaging import open_producer
 from shared.worker import Record
+
+log = logging.getLogger(__name__)
 
 
 class ReplayRefused(RmbgError):
@@ -80,6 +83,10 @@ async def read_dead_letters(
                 if (now - quiet_since).total_seconds() >= idle_s:
                     break
             letters.extend(_parse(records, topics))
+        else:
+            # Stopped by the time limit, not by reaching the end: later letters are not in the list, and
+            # `dlq replay` refuses their references as unknown.
+            log.warning("read dead letters for %g s without reaching the end: the list is incomplete", max_s)
     finally:
         await consumer.stop()
     if source is not None:
@@ -106,7 +113,7 @@ async def replay(
     missing = sorted(set(refs) - set(by_ref))
     if missing:
         raise ReplayRefused(f"no dead letter {', '.join(missing)} (see `rmbg dlq list`)")
-    chosen = [by_ref[r] for r in refs]
+    chosen = [by_ref[r] for r in dict.fromkeys(refs)]  # a letter named twice is still sent once
     truncated = [s.ref for s in chosen if s.letter.payload_truncated]
     if truncated:
         raise ReplayRefused(f"dead letters {', '.join(truncated)} hold only part of their record, or none")

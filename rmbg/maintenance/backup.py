@@ -17,7 +17,9 @@ objects they point at (docs/backups.md).
 Why the manifest is taken after the backup: objects are written before the row that names them
 (docs/storage.md, "Object keys"), so every row in the backup names an object that existed when the backup
 ended, and the listing taken after it covers them; an object retention deleted in between survives as a
-noncurrent version (versioning) and its manifest entry names that version.
+noncurrent version (versioning) under a delete marker, and its manifest entry names that version
+(``deleted_at`` set). Upstream originals of rejected uploads (``s3://bucket/key``) are not ours: never
+listed, never checked.
 
 pgBackRest must run as the cluster's owner, never as root (it refuses most commands as root, and files it
 made as root would be unreadable to the postgres user's archive-push). Run as root, these commands run
@@ -38,7 +40,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
@@ -63,6 +65,13 @@ BackupType = Literal["full", "diff", "incr"]
 _NIL_UUID = UUID(int=0)
 _RESTORED_SET = re.compile(r"restore backup set (\S+)")
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
+LIFECYCLE_RULE_ID = "rmbg-noncurrent-expiry"  # the one lifecycle rule of the bucket that backups own
+# Keys deleted this long before the backup began, or later, go into its manifest as their last version.
+# No row of the backup names an object deleted before the backup began (retention deletes rows first,
+# objects second: rmbg/maintenance/retention.py); the hour covers the database host's clock (pgBackRest's
+# start time) and the store's (the marker's LastModified) disagreeing, and keeps an object lost by mistake
+# just before the backup repairable, for the cost of one hour of retention's deletions in the manifest.
+DELETED_MARGIN = timedelta(hours=1)
 
 
 class BackupError(RmbgError):
@@ -207,6 +216,9 @@ class ObjectEntry(BaseModel):
     etag: str | None = None  # as the store lists it, quotes removed; the MD5 of the bytes for a plain PUT
     sha256: str | None = None  # of the bytes, with --sha256
     version_id: str | None = None  # where the bucket is versioned: the version this manifest saw
+    # Set when the key's current entry was a delete marker, made at this time (after the backup began, less
+    # DELETED_MARGIN): version_id then names the newest version before it, the one a restored row needs back.
+    deleted_at: datetime | None = None
 
 
 class Manifest(BaseModel):
@@ -222,6 +234,8 @@ class Manifest(BaseModel):
     stats_totals: dict[str, int]
     objects: list[ObjectEntry]
     object_bytes: int
+    # Listed, then gone (404) before --sha256 could read them: kept in ``objects`` without a digest.
+    vanished: list[str] = Field(default_factory=list)
     seconds: dict[str, float]  # backup, listing, hashing
 
     def by_key(self) -> dict[str, ObjectEntry]:
@@ -248,19 +262,43 @@ class BucketAdmin:
         except (ClientError, BotoCoreError) as exc:
             return f"unknown: GetBucketVersioning failed: {_error(exc)}"
         if status == "Enabled":
-            rule = {
-                "ID": "rmbg-noncurrent-expiry",
-                "Status": "Enabled",
-                "Filter": {"Prefix": ""},
-                "NoncurrentVersionExpiration": {"NoncurrentDays": noncurrent_days},
-            }
-            try:
-                await self._c.put_bucket_lifecycle_configuration(
-                    Bucket=self.bucket, LifecycleConfiguration={"Rules": [rule]}
-                )
-            except (ClientError, BotoCoreError) as exc:
-                log.warning("lifecycle rule for noncurrent versions refused: %s", _error(exc))
+            await self._put_lifecycle_rule(noncurrent_days)
         return str(status)
+
+    async def _put_lifecycle_rule(self, noncurrent_days: int) -> None:
+        """Add or update the project's rule (by its ID), keeping every other rule of the bucket:
+        PutBucketLifecycleConfiguration replaces the whole configuration, and an operator's rules (aborting
+        incomplete multipart uploads, say) must survive every backup run."""
+        rule = {
+            "ID": LIFECYCLE_RULE_ID,
+            "Status": "Enabled",
+            "Filter": {"Prefix": ""},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": noncurrent_days},
+            # A delete marker left with no version under it (every version expired by the rule above, 35
+            # days on) names nothing a restore could copy back: removing it keeps version listings short.
+            # A marker with a version under it is never removed, so restores and the manifest's listing
+            # still find the previous version.
+            "Expiration": {"ExpiredObjectDeleteMarker": True},
+        }
+        try:
+            current = (await self._c.get_bucket_lifecycle_configuration(Bucket=self.bucket)).get("Rules", [])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                log.warning("lifecycle rules unreadable, left as they are: %s", _error(exc))
+                return  # writing ours alone would delete rules we could not read
+            current = []
+        except BotoCoreError as exc:
+            log.warning("lifecycle rules unreadable, left as they are: %s", _error(exc))
+            return
+        if rule in current:
+            return  # already there, as the store stored it: no write
+        rules = [r for r in current if r.get("ID") != LIFECYCLE_RULE_ID] + [rule]
+        try:
+            await self._c.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": rules}
+            )
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("lifecycle rule for noncurrent versions refused: %s", _error(exc))
 
     async def versioning(self) -> str | None:
         try:
@@ -269,35 +307,60 @@ class BucketAdmin:
             return None
         return str(status) if status else None
 
-    async def list_current(self, prefix: str, *, versioned: bool) -> AsyncIterator[ObjectEntry]:
-        """The current object of every key under ``prefix`` (with its version id when versioned)."""
+    async def list_current(
+        self, prefix: str, *, versioned: bool, deleted_since: datetime | None = None
+    ) -> AsyncIterator[ObjectEntry]:
+        """The current object of every key under ``prefix`` (with its version id when versioned). Versioned,
+        also every key whose current entry is a delete marker made at or after ``deleted_since`` (None:
+        any), as its newest version before the marker (``deleted_at`` set): a row restored from a backup
+        that began before the delete still names it, and --repair copies that version back."""
         if not versioned:
             paginator = self._c.get_paginator("list_objects_v2")
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
                     yield ObjectEntry(key=item["Key"], size=int(item["Size"]), etag=_etag(item.get("ETag")))
             return
+        deleted: dict[str, datetime] = {}  # key -> its current delete marker's time
+        before: dict[str, dict[str, Any]] = {}  # key -> its newest version under that marker, so far
         paginator = self._c.get_paginator("list_object_versions")
         async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            # S3 lists a key's entries newest first, the current delete marker ahead of (on this page or an
+            # earlier one) the versions under it; a page holds markers and versions in separate lists.
+            for marker in page.get("DeleteMarkers", []):
+                if marker.get("IsLatest") and (deleted_since is None or marker["LastModified"] >= deleted_since):
+                    deleted[marker["Key"]] = marker["LastModified"]
             for item in page.get("Versions", []):
                 if item.get("IsLatest"):
-                    yield ObjectEntry(key=item["Key"], size=int(item["Size"]), etag=_etag(item.get("ETag")),
-                                      version_id=item.get("VersionId"))
+                    yield _entry(item)
+                elif item["Key"] in deleted:
+                    seen = before.get(item["Key"])
+                    # LastModified has 1 s resolution (SeaweedFS): on a tie the first listed is the newest.
+                    if seen is None or item["LastModified"] > seen["LastModified"]:
+                        before[item["Key"]] = item
+        for key, item in before.items():
+            yield _entry(item, deleted_at=deleted[key])
 
     async def head(self, key: str) -> ObjectEntry | None:
         try:
             resp = await self._c.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _not_found(exc):
                 return None
             raise BackupError(f"HEAD {key}: {_error(exc)}") from exc
         return ObjectEntry(key=key, size=int(resp["ContentLength"]), etag=_etag(resp.get("ETag")),
                            version_id=resp.get("VersionId"))
 
-    async def digests(self, key: str) -> tuple[str, str]:
-        """(MD5, SHA-256) of the object's bytes, read in chunks."""
+    async def digests(self, key: str, version_id: str | None = None) -> tuple[str, str] | None:
+        """(MD5, SHA-256) of the object's bytes (of ``version_id`` where given), read in chunks; None when
+        it is gone (404: the key deleted, or the version expired)."""
         md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-        resp = await self._c.get_object(Bucket=self.bucket, Key=key)
+        version = {"VersionId": version_id} if version_id else {}
+        try:
+            resp = await self._c.get_object(Bucket=self.bucket, Key=key, **version)
+        except ClientError as exc:
+            if _not_found(exc):
+                return None
+            raise BackupError(f"GET {key}: {_error(exc)}") from exc
         async with resp["Body"] as body:
             while chunk := await body.read(1 << 20):
                 md5.update(chunk)
@@ -309,6 +372,17 @@ class BucketAdmin:
         await self._c.copy_object(
             Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key, "VersionId": version_id}
         )
+
+
+def _entry(item: dict[str, Any], *, deleted_at: datetime | None = None) -> ObjectEntry:
+    """A manifest entry from one Versions item of ListObjectVersions."""
+    return ObjectEntry(key=item["Key"], size=int(item["Size"]), etag=_etag(item.get("ETag")),
+                       version_id=item.get("VersionId"), deleted_at=deleted_at)
+
+
+def _not_found(exc: ClientError) -> bool:
+    """A 404: no such key, or (GET with VersionId) no such version."""
+    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound", "NoSuchVersion")
 
 
 def _etag(raw: str | None) -> str | None:
@@ -368,6 +442,7 @@ class BackupReport:
             f"{b.repo_delta / 2**20:.1f} MiB in the repository, in {m.seconds['backup']:.1f} s; "
             f"manifest: {len(m.objects)} objects, {m.object_bytes / 2**20:.1f} MiB, in {m.seconds['listing']:.1f} s"
             + (f" + {m.seconds['hashing']:.1f} s hashing" if m.seconds.get("hashing") else "")
+            + (f" ({len(m.vanished)} gone before they were read: no digest)" if m.vanished else "")
             + f"; versioning: {m.versioning}; {self.manifest_path}"
         )
 
@@ -411,18 +486,15 @@ async def run_backup(
             await conn.close()
 
         started = time.monotonic()
-        versioned = answer == "Enabled"
-        objects = [o for prefix in PREFIXES async for o in bucket.list_current(prefix, versioned=versioned)]
+        objects = await list_objects(
+            bucket, versioned=answer == "Enabled", deleted_since=newest.started_at - DELETED_MARGIN
+        )
         listing_s = time.monotonic() - started
         hashing_s = 0.0
+        vanished: list[str] = []
         if sha256:
             started = time.monotonic()
-
-            async def hashed(o: ObjectEntry) -> ObjectEntry:
-                _, sha = await bucket.digests(o.key)
-                return o.model_copy(update={"sha256": sha})
-
-            objects = await _bounded(objects, settings.concurrency, hashed)
+            objects, vanished = await hash_objects(bucket, objects, concurrency=settings.concurrency)
             hashing_s = time.monotonic() - started
 
     manifest = Manifest(
@@ -435,10 +507,38 @@ async def run_backup(
         stats_totals=stats_totals,
         objects=sorted(objects, key=lambda o: o.key),
         object_bytes=sum(o.size for o in objects),
+        vanished=vanished,
         seconds={"backup": round(backup_s, 3), "listing": round(listing_s, 3), "hashing": round(hashing_s, 3)},
     )
     path = _write_manifest(manifest_dir, manifest, owner=settings.run_as if os.geteuid() == 0 else None)
     return BackupReport(path, manifest)
+
+
+async def list_objects(
+    bucket: BucketAdmin, *, versioned: bool, deleted_since: datetime | None = None
+) -> list[ObjectEntry]:
+    """Every key under the three prefixes, as BucketAdmin.list_current lists it."""
+    return [o for prefix in PREFIXES
+            async for o in bucket.list_current(prefix, versioned=versioned, deleted_since=deleted_since)]
+
+
+async def hash_objects(
+    bucket: BucketAdmin, objects: list[ObjectEntry], *, concurrency: int
+) -> tuple[list[ObjectEntry], list[str]]:
+    """The entries with the SHA-256 of the version each names (the current object where unversioned), and
+    the keys gone since the listing, kept without a digest: hashing a large bucket takes hours, and one
+    object deleted meanwhile (retention) must not cost the backup its manifest."""
+
+    async def hashed(o: ObjectEntry) -> ObjectEntry:
+        found = await bucket.digests(o.key, o.version_id)
+        return o if found is None else o.model_copy(update={"sha256": found[1]})
+
+    done: list[ObjectEntry] = await _bounded(objects, concurrency, hashed)
+    vanished = [o.key for o in done if o.sha256 is None]
+    if vanished:
+        log.warning("%d listed objects were gone when hashed (kept without a digest), e.g. %s",
+                    len(vanished), vanished[0])
+    return done, vanished
 
 
 def _write_manifest(directory: Path, manifest: Manifest, *, owner: str | None) -> Path:
@@ -537,6 +637,9 @@ class VerifyReport:
     keys: int = 0
     in_manifest: int = 0
     newer_than_manifest: int = 0  # named by rows written after the manifest: checked for existence only
+    # s3://bucket/key originals of rejected uploads name the upstream's object: not ours, not checked
+    # (retention and fsck skip them too).
+    foreign: int = 0
     content_checked: int = 0
     missing: list[tuple[str, str]] = field(default_factory=list)  # (job_id, key)
     mismatched: list[tuple[str, str, str]] = field(default_factory=list)  # (job_id, key, what differs)
@@ -550,7 +653,8 @@ class VerifyReport:
     def summary(self) -> str:
         return (
             f"restore-verify: {self.rows} rows, {self.keys} object keys ({self.in_manifest} in the manifest, "
-            f"{self.newer_than_manifest} newer), {self.content_checked} contents hashed; {len(self.missing)} missing, "
+            f"{self.newer_than_manifest} newer; {self.foreign} upstream s3:// names skipped), "
+            f"{self.content_checked} contents hashed; {len(self.missing)} missing, "
             f"{len(self.mismatched)} differ from the manifest; {len(self.repaired)} restored from their version; "
             f"{self.seconds:.1f} s"
         )
@@ -586,8 +690,10 @@ async def verify_restore(
                     break
                 after = (rows[-1]["created_at"], rows[-1]["job_id"])
                 report.rows += len(rows)
-                pairs = [(str(r["job_id"]), k) for r in rows
+                named = [(str(r["job_id"]), k) for r in rows
                          for k in (r["original_path"], r["mask_path"], r["processed_path"]) if k]
+                pairs = [(job_id, k) for job_id, k in named if not k.startswith("s3://")]
+                report.foreign += len(named) - len(pairs)
                 results = await _bounded(
                     pairs, concurrency, lambda p: _check_key(bucket, entries.get(p[1]), p[1], content=content)
                 )
@@ -628,7 +734,10 @@ async def _check_key(bucket: BucketAdmin, entry: ObjectEntry | None, key: str, *
         return f"size {found.size} != {entry.size}"
     if not content:
         return None
-    md5, sha = await bucket.digests(key)
+    found_digests = await bucket.digests(key)
+    if found_digests is None:
+        return "missing"  # deleted between the HEAD and the GET
+    md5, sha = found_digests
     if entry.sha256 and sha != entry.sha256:
         return f"sha256 {sha[:12]}... != {entry.sha256[:12]}..."
     if entry.etag and _PLAIN_MD5.match(entry.etag) and md5 != entry.etag:

@@ -308,7 +308,10 @@ async def _drill(
         incr = load_manifest(next((root / "repo" / "rmbg-manifests" / STANZA).glob("*I.json")))
         measured["incr_backup"] = {"cli_s": round(seconds, 2), "pgbackrest_s": incr.seconds["backup"],
                                    "copied_bytes": incr.backup.delta, "repo_bytes": incr.backup.repo_delta}
-        assert victim not in incr.by_key()
+        # Deleted seconds before this backup began (within backup.DELETED_MARGIN): the manifest keeps its last
+        # version, marked deleted, so that a restore from this backup can still copy it back.
+        assert incr.by_key()[victim].deleted_at is not None
+        assert incr.by_key()[victim].version_id == entries[victim].version_id
         await _wait_archived(dsn)
 
         # The primary's doctor: archiving works, durability holds, partitions are ahead.

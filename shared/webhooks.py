@@ -14,6 +14,7 @@ Shared by the API, which shows a user their secret and rotates it, and the persi
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import secrets
 from collections.abc import Sequence
@@ -27,6 +28,9 @@ from standardwebhooks.webhooks import Webhook
 from shared.auth import SecretCipher
 from shared.db.models import WebhookSecretRecord
 from shared.db.repositories.webhooks import WebhooksRepository
+from shared.exceptions import ConfigError
+
+log = logging.getLogger(__name__)
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 _SECRET_BYTES = 32
@@ -100,8 +104,26 @@ class WebhookSecrets:
     def _open(self, record: WebhookSecretRecord) -> SigningSecrets:
         return SigningSecrets(
             current=self._cipher.decrypt(record.secret_encrypted),
-            previous=self._cipher.decrypt(record.previous_encrypted) if record.previous_encrypted else None,
+            previous=self._previous(record),
             previous_until=record.previous_until,
             created_at=record.created_at,
             rotated_at=record.rotated_at,
         )
+
+    def _previous(self, record: WebhookSecretRecord) -> str | None:
+        """The previous secret while it still signs (ROTATION_OVERLAP after a rotation), else None.
+
+        Its ciphertext stays in the row after the overlap; decrypted regardless, it made every read fail
+        once the encryption key it was made under was rotated out of RMBG_AUTH__ENCRYPTION_KEYS, although
+        only the current secret signs by then: the user's webhooks gave up and GET /v1/webhooks/secret
+        answered 500. Within the overlap a previous secret that does not decrypt is dropped with a
+        warning: the current one still signs, and receivers verify either."""
+        if not record.previous_encrypted or record.previous_until is None:
+            return None
+        if record.previous_until <= datetime.now(UTC):
+            return None
+        try:
+            return self._cipher.decrypt(record.previous_encrypted)
+        except ConfigError as exc:
+            log.warning("previous webhook secret of %s dropped: %s", record.user_id, exc)
+            return None

@@ -12,7 +12,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -413,6 +413,25 @@ async def test_a_secret_that_does_not_decrypt_gives_up_at_once_with_its_reason(
     assert [(a.attempt, a.status_code) for a in attempts] == [(1, None)]
     assert attempts[0].error is not None and attempts[0].error.startswith("not sent: ")
     assert "does not decrypt with RMBG_AUTH__ENCRYPTION_KEYS" in attempts[0].error
+
+
+async def test_a_secret_rotated_under_a_key_since_dropped_still_opens(db: Database) -> None:
+    # Keys K1, then K2,K1 and a rotation (current under K2, previous under K1), then K1 dropped. The previous
+    # secret signs for 24 h only; after that (or if K1 is gone within them) the row opens with the current.
+    k1, k2 = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    user = f"rot-{secrets.token_hex(3)}"
+    both = WebhookSecrets(repo=db.webhooks, cipher=SecretCipher(f"{k2},{k1}"))
+    only_new = WebhookSecrets(repo=db.webhooks, cipher=SecretCipher(k2))
+    async with db.pool.acquire() as conn:
+        await conn.execute("INSERT INTO users (user_id, username) VALUES ($1, $1)", user)
+        await WebhookSecrets(repo=db.webhooks, cipher=SecretCipher(k1)).get(conn, user_id=user)
+        long_ago = datetime.now(UTC) - timedelta(days=7)
+        rotated = await both.rotate(conn, user_id=user, now=long_ago)  # its overlap ended six days ago
+        opened = await only_new.get(conn, user_id=user)
+        assert opened.current == rotated.current and opened.previous is None
+        assert opened.signing(datetime.now(UTC)) == [rotated.current]
+        fresh = await both.rotate(conn, user_id=user)  # overlapping now, the previous one under K2: both sign
+        assert (await only_new.get(conn, user_id=user)).signing(datetime.now(UTC)) == [fresh.current, rotated.current]
 
 
 @dataclass

@@ -115,7 +115,9 @@ def fsck_cmd(
         typer.echo(f"missing  {job_id}  {key}")
     for key in report.orphans[:50]:
         typer.echo(f"orphan   {key}")
-    raise typer.Exit(0 if report.clean or repair else 1)
+    # With --repair, success means nothing is left broken: what it could not rebuild (a lost original or
+    # mask) still fails the command, so a script after a restore does not take the data for whole.
+    raise typer.Exit(0 if report.clean or (repair and not report.unrecoverable) else 1)
 
 
 @app.command("doctor")

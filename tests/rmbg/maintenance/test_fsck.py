@@ -331,6 +331,12 @@ async def test_the_cli_reports_exits_1_and_repairs_with_repair(
 
     assert (await _fsck(db, store, repair=False)).clean
 
+    # What --repair cannot rebuild (a lost original) is not a success: exit 1, so a script stops.
+    lost = await _completed(db, store)
+    await store.delete_many([lost.original])
+    code, out = await _cli(stack, maint_dsn, store.bucket, "--repair", "--grace-s", "0")
+    assert code == 1 and "1 unrecoverable" in out, out
+
 
 async def test_a_mask_under_an_unfinished_jobs_content_is_kept_and_deleting_moves_the_epoch(
     db: Database, store: ObjectStore

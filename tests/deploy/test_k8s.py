@@ -49,11 +49,9 @@ from shared.config import BaseServiceSettings, KafkaSettings, TopicSettings
 from shared.contracts import Topics
 from shared.contracts.events import (
     MAX_DEAD_LETTER_PAYLOAD,
-    MAX_INLINE_MASK_BYTES,
     DeadLetter,
-    ResultEvent,
-    ResultKind,
 )
+from tests.support.results import largest_inline_result
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -794,16 +792,7 @@ def test_largest_messages_fit_the_topics() -> None:
         payload_truncated=True,
     )
     assert len(topics.dead_letter.serialize(letter)) <= KafkaSettings().max_message_bytes
-    result = ResultEvent(
-        kind=ResultKind.COMPLETED,
-        job_id=uuid.uuid4(),
-        created_at=now,
-        occurred_at=now,
-        model_name="m" * 200,
-        model_revision="r" * 64,
-        mask_png=b"\xff" * MAX_INLINE_MASK_BYTES,
-        inference_ms=2**31,
-    )
+    result = largest_inline_result()
     assert len(topics.results.serialize(result)) <= KafkaSettings().max_message_bytes
 
 

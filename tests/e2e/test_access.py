@@ -8,10 +8,12 @@ without editing this file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import re
 import secrets
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -48,6 +50,34 @@ async def _completed_job(
             return dict(job)
         await asyncio.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish")
+
+
+@contextlib.asynccontextmanager
+async def _another_ingest(
+    pipeline: Pipeline, *, redis: RedisSettings | None = None, result_delivery: str = "redirect"
+) -> AsyncIterator[str]:
+    """A second ingest API beside the pipeline's, on the same servers but with other settings; its URL."""
+    base = pipeline.settings
+    port = _free_port()
+    settings = IngestSettings.model_validate(
+        {
+            **{name: getattr(base, name) for name in BaseServiceSettings.model_fields},
+            **({"redis": redis} if redis is not None else {}),
+            "ingest": IngestOptions(port=port, model=TINY_MODEL, result_delivery=result_delivery),
+        }
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, consume_uploads=False), host="127.0.0.1", port=port, log_config=None)
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not serving.done(), serving
+            await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
 
 
 def _noise_png() -> bytes:
@@ -201,22 +231,9 @@ async def test_stream_delivery_relays_the_bytes_through_the_api(pipeline: Pipeli
     """With result_delivery=stream (stores clients cannot reach), urls name the API's paths and the API
     streams the bytes, still only to the job's owner."""
     base = pipeline.settings
-    port = _free_port()
-    settings = IngestSettings.model_validate(
-        {
-            **{name: getattr(base, name) for name in BaseServiceSettings.model_fields},
-            "ingest": IngestOptions(port=port, model=TINY_MODEL, result_delivery="stream"),
-        }
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, consume_uploads=False), host="127.0.0.1", port=port, log_config=None)
-    )
-    serving = asyncio.create_task(server.serve())
     user = f"stream-{uuid.uuid4().hex[:6]}"
-    try:
-        while not server.started:
-            assert not serving.done(), serving
-            await asyncio.sleep(0.05)
+    async with _another_ingest(pipeline, result_delivery="stream") as api_url:
+        port = int(api_url.rsplit(":", 1)[1])
         async with pipeline.client(user) as owner:
             job = await _completed_job(owner)
         key = await pipeline.key(user)
@@ -242,9 +259,6 @@ async def test_stream_delivery_relays_the_bytes_through_the_api(pipeline: Pipeli
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             gone = await client.get(f"/v1/jobs/{unique['job_id']}/cutout", headers=mine)
             assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found", gone.text
-    finally:
-        server.should_exit = True
-        await serving
 
 
 async def test_a_body_over_the_upload_limit_is_refused_before_the_key_is_read(pipeline: Pipeline) -> None:
@@ -259,24 +273,10 @@ async def test_a_body_over_the_upload_limit_is_refused_before_the_key_is_read(pi
 async def test_a_revocation_the_cache_did_not_hear_of_is_not_answered_as_done(pipeline: Pipeline) -> None:
     """Redis down: the key is revoked in PostgreSQL, but a replica may still hold its verification in Redis
     for the key cache's TTL, so the API says so (503) instead of "it stops at the next request"."""
-    base = pipeline.settings
-    port = _free_port()
-    settings = IngestSettings.model_validate(
-        {
-            **{name: getattr(base, name) for name in BaseServiceSettings.model_fields},
-            "redis": RedisSettings(url="redis://127.0.0.1:1/0", socket_timeout_s=0.2),
-            "ingest": IngestOptions(port=port, model=TINY_MODEL),
-        }
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, consume_uploads=False), host="127.0.0.1", port=port, log_config=None)
-    )
-    serving = asyncio.create_task(server.serve())
     user = f"revdown-{uuid.uuid4().hex[:6]}"
-    try:
-        while not server.started:
-            assert not serving.done(), serving
-            await asyncio.sleep(0.05)
+    redis_down = RedisSettings(url="redis://127.0.0.1:1/0", socket_timeout_s=0.2)
+    async with _another_ingest(pipeline, redis=redis_down) as api_url:
+        port = int(api_url.rsplit(":", 1)[1])
         spare = await pipeline.key(user)
         spare_id, _ = parse_key(spare)
         key = await pipeline.key(user)
@@ -292,6 +292,3 @@ async def test_a_revocation_the_cache_did_not_hear_of_is_not_answered_as_done(pi
             base_url=pipeline.api_url, timeout=30, headers={"Authorization": f"Bearer {spare}"}
         ) as client:
             assert (await client.get("/v1/me")).status_code == 401
-    finally:
-        server.should_exit = True
-        await serving

@@ -3,8 +3,6 @@ given stands in for the broker (the sizing does no I/O; test_messaging.py sends 
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
@@ -12,15 +10,15 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
 from shared.config import KafkaSettings, TopicSettings
-from shared.contracts import DeadLetter, ResultEvent, ResultKind, Topic, Topics
+from shared.contracts import DeadLetter, Topic, Topics
 from shared.contracts.events import (
     MAX_DEAD_LETTER_KEY,
     MAX_DEAD_LETTER_PAYLOAD,
-    MAX_INLINE_MASK_BYTES,
     MAX_MINIMAL_DEAD_LETTER_REASON,
 )
 from shared.messaging import DeadLetters
 from shared.telemetry import PipelineMetrics
+from tests.support.results import largest_inline_result
 
 TOPICS = Topics.from_settings(TopicSettings(), KafkaSettings())
 
@@ -67,18 +65,7 @@ def _sent(producer: _Producer, limit: int = KafkaSettings().max_message_bytes) -
 
 
 def _largest_inline_result() -> bytes:
-    now = datetime.now(UTC)
-    result = ResultEvent(
-        kind=ResultKind.COMPLETED,
-        job_id=uuid.uuid4(),
-        created_at=now,
-        occurred_at=now,
-        model_name="m" * 200,
-        model_revision="r" * 64,
-        mask_png=b"\xff" * MAX_INLINE_MASK_BYTES,
-        inference_ms=2**31,
-    )
-    return TOPICS.results.serialize(result)
+    return TOPICS.results.serialize(largest_inline_result())
 
 
 async def test_the_largest_inline_mask_result_is_kept_whole_for_replay() -> None:

@@ -7,8 +7,6 @@ import os
 import secrets
 import subprocess
 import sys
-import uuid
-from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter
@@ -16,9 +14,9 @@ from prometheus_client import CollectorRegistry, Counter
 from rmbg.maintenance.dlq import read_dead_letters, replay
 from rmbg.stack import StackEndpoints
 from shared.config import KafkaSettings, TopicSettings
-from shared.contracts import ResultEvent, ResultKind, Topics
-from shared.contracts.events import MAX_INLINE_MASK_BYTES
+from shared.contracts import Topics
 from shared.messaging import DeadLetters, ensure_topics, open_producer
+from tests.support.results import largest_inline_result
 
 
 def _record(topic: str, offset: int, value: bytes, key: bytes) -> ConsumerRecord[bytes, bytes]:
@@ -113,15 +111,7 @@ async def test_a_result_with_its_mask_inline_is_replayed_whole(stack: StackEndpo
     """The largest result a topic takes at the default limit (a 512 KiB mask inline, about 700 KB) is kept
     whole in its letter (about 940 KB), so replay sends it back rather than refusing a truncated record."""
     kafka, names, topics = await _setup(stack)
-    now = datetime.now(UTC)
-    result = ResultEvent(
-        kind=ResultKind.COMPLETED,
-        job_id=uuid.uuid4(),
-        created_at=now,
-        occurred_at=now,
-        model_name="m" * 200,
-        mask_png=b"\xff" * MAX_INLINE_MASK_BYTES,
-    )
+    result = largest_inline_result()
     value = topics.results.serialize(result)
     counter = Counter("dl", "dead letters", ["topic", "failure_class"], registry=CollectorRegistry())
     async with open_producer(kafka, client_id="test-dlq") as producer:

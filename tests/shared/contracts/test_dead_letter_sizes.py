@@ -8,8 +8,9 @@ import uuid
 from datetime import UTC, datetime
 
 from shared.config import KafkaSettings, TopicSettings
-from shared.contracts import DeadLetter, ResultEvent, ResultKind, Topics
-from shared.contracts.events import MAX_DEAD_LETTER_PAYLOAD, MAX_INLINE_MASK_BYTES, dead_letter_payload_room
+from shared.contracts import DeadLetter, Topics
+from shared.contracts.events import MAX_DEAD_LETTER_PAYLOAD, dead_letter_payload_room
+from tests.support.results import largest_inline_result
 
 TOPICS = Topics.from_settings(TopicSettings(), KafkaSettings())
 NOW = datetime.now(UTC)
@@ -30,17 +31,7 @@ def test_the_cap_is_sized_from_the_default_message_limit() -> None:
 def test_the_largest_inline_mask_result_fits_whole_in_a_dead_letter() -> None:
     """A result with its mask inline is up to about 700 KB: a letter holds it whole, so it can be replayed,
     and that letter with a reason at its longest still fits the default message limit."""
-    result = ResultEvent(
-        kind=ResultKind.COMPLETED,
-        job_id=uuid.uuid4(),
-        created_at=NOW,
-        occurred_at=NOW,
-        model_name="m" * 200,
-        model_revision="r" * 64,
-        mask_png=b"\xff" * MAX_INLINE_MASK_BYTES,
-        inference_ms=2**31,
-        error="e" * 2000,
-    )
+    result = largest_inline_result(error="e" * 2000)
     record = TOPICS.results.serialize(result)
     assert len(record) <= MAX_DEAD_LETTER_PAYLOAD
     letter = DeadLetter(

@@ -85,3 +85,25 @@ def test_month_helpers() -> None:
     with pytest.raises(ValueError):
         month_start(datetime(2026, 1, 1))  # naive on purpose
     assert partition_name("image_tags", date(2026, 3, 1)) == "image_tags_y2026m03"
+
+
+
+@pytest.mark.parametrize(
+    ("zone", "datestyle", "year"),
+    [("Asia/Shanghai", "SQL, DMY", 2043), ("Asia/Kolkata", "Postgres, MDY", 2044), ("UTC", "ISO, MDY", 2045)],
+)
+async def test_bounds_are_utc_month_starts_in_any_session_datestyle(
+    pool: asyncpg.Pool, zone: str, datestyle: str, year: int
+) -> None:
+    # 0001 spelled the bounds as the session does: under 'SQL, DMY' in Asia/Shanghai a month began at
+    # 14:00 UTC (CST read back as US Central), and its first 14 hours had no partition.
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL TimeZone = '{zone}'")
+            await conn.execute(f"SET LOCAL DateStyle = '{datestyle}'")
+            await ensure_partitions(conn, start=date(year, 4, 1), months=1)
+        # Read back in the pool's own session (ISO, UTC): the bounds as they are stored.
+        bound = await conn.fetchval(
+            "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = $1", f"image_process_jobs_y{year}m04"
+        )
+    assert bound == f"FOR VALUES FROM ('{year}-04-01 00:00:00+00') TO ('{year}-05-01 00:00:00+00')"

@@ -155,7 +155,8 @@ def apply_threshold(mask: np.ndarray, threshold: float | None) -> np.ndarray:
     if threshold is None:
         return mask
     cut = round(threshold * 255)
-    return np.where(mask >= cut, 255, 0).astype(np.uint8)
+    # uint8 scalars keep the result uint8: with Python ints np.where built an int64 copy (8 bytes a pixel).
+    return np.where(mask >= cut, np.uint8(255), np.uint8(0))
 
 
 def compose_cutout(original: Image.Image, mask: np.ndarray) -> Image.Image:

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -20,12 +21,53 @@ logger = logging.getLogger(__name__)
 
 SERVICES = ("stats", "persister", "inference", "ingest")
 
+_T = TypeVar("_T")
+
 
 # A dead service is restarted after 1 s, doubling to 30 s while it keeps dying, and the delay resets once
 # it has run for a minute: a crash loop neither spins the CPU nor waits long after one crash.
 _RESTART_INITIAL_S = 1.0
 _RESTART_MAX_S = 30.0
 _HEALTHY_AFTER_S = 60.0
+# A running service whose /healthz fails 3 probes in a row, 5 s apart (each probe given those 5 s), is
+# stopped and restarted like a dead one. /healthz fails only once a consume loop has been wedged for 600 s
+# (RMBG_TELEMETRY__WEDGED_AFTER_S), so ~10 s more costs nothing, while one refused or slow probe (a GC pause,
+# a loaded machine) never restarts a service that is working.
+_HEALTH_INTERVAL_S = 5.0
+_UNHEALTHY_AFTER = 3
+# Services drain in-flight work on SIGTERM; inference may hold a batch for a while. After this, SIGKILL.
+STOP_GRACE_S = 60.0
+
+
+class Stopped(Exception):
+    """``stop`` was set (Ctrl+C, SIGTERM) before what was awaited finished; it was cancelled."""
+
+
+async def until_stopped(stop: asyncio.Event, aw: Awaitable[_T]) -> _T:
+    """``await aw``, unless ``stop`` is set first: then ``aw`` is cancelled, its own cleanup (stopping a
+    child it had started) runs to its end, and Stopped is raised. Every long wait of `rmbg up` (servers
+    starting, /readyz for up to 180 s, the demo for up to 600 s, a restart) goes through this, so Ctrl+C
+    stops everything within seconds instead of when that wait ends."""
+    work = asyncio.ensure_future(aw)
+    stopping = asyncio.ensure_future(stop.wait())
+    cancelled = False
+    try:
+        await asyncio.wait((work, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when we are cancelled ourselves: the loser never runs on unattended
+        stopping.cancel()
+        if not work.done():
+            cancelled = work.cancel()
+            await asyncio.wait((work,))
+    if cancelled and work.cancelled():
+        raise Stopped
+    return work.result()  # what it returned or raised, also when it finished as stop was set
+
+
+async def _answers(probe: Callable[[], Awaitable[bool]], timeout_s: float) -> bool:
+    try:
+        return await asyncio.wait_for(probe(), timeout_s)
+    except Exception:  # refused, timed out, an error: all "not answering"
+        return False
 
 
 @dataclass
@@ -35,6 +77,7 @@ class _Supervised:
     started_at: float = 0.0
     delay_s: float = _RESTART_INITIAL_S
     restarts: int = 0
+    failures: int = 0  # /healthz probes failed in a row since it last answered
     exit_codes: list[int | None] = field(default_factory=list)  # each exit before a restart, in order
 
 
@@ -49,12 +92,20 @@ class RunningServices:
 
 
 class Supervisor:
-    """Restarts a service that died (SIGKILL, OOM, a crash) with backoff, and logs each restart."""
+    """Restarts a service that died (SIGKILL, OOM, a crash) or whose /healthz stopped answering (a wedged
+    consume loop) with backoff, and logs each restart. ``watch`` a child once it has been ready."""
 
-    def __init__(self, *, ready_timeout_s: float, on_restart: Callable[[str, int, int | None], None]) -> None:
+    def __init__(
+        self,
+        *,
+        ready_timeout_s: float,
+        on_restart: Callable[[str, int, int | None], None],
+        stop_grace_s: float = STOP_GRACE_S,
+    ) -> None:
         self._children: dict[str, _Supervised] = {}
         self._ready_timeout_s = ready_timeout_s
         self._on_restart = on_restart
+        self._stop_grace_s = stop_grace_s
 
     def watch(self, child: ChildProcess, probe: Callable[[], Awaitable[bool]]) -> None:
         self._children[child.name] = _Supervised(child, probe, started_at=time.monotonic())
@@ -68,13 +119,45 @@ class Supervisor:
         """How each service exited before each restart (0: it stopped cleanly, e.g. after SIGTERM)."""
         return {name: list(s.exit_codes) for name, s in self._children.items()}
 
-    async def run(self, stop: asyncio.Event, *, interval_s: float = 0.5) -> None:
-        while not stop.is_set():
-            for item in self._children.values():
-                if item.child.returncode is not None and not stop.is_set():
-                    await self._restart(item, stop)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval_s)
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        interval_s: float = 0.5,
+        health_interval_s: float = _HEALTH_INTERVAL_S,
+        unhealthy_after: int = _UNHEALTHY_AFTER,
+    ) -> None:
+        """Until ``stop``: restart each exited child every ``interval_s``, and probe each running one every
+        ``health_interval_s``, restarting it after ``unhealthy_after`` failed probes in a row."""
+        loop = asyncio.get_running_loop()
+        next_probe = loop.time() + health_interval_s
+        with contextlib.suppress(Stopped):
+            while not stop.is_set():
+                for item in self._children.values():
+                    if item.child.returncode is not None and not stop.is_set():
+                        await self._restart(item, stop)
+                if loop.time() >= next_probe and not stop.is_set():
+                    await self._check_health(stop, health_interval_s, unhealthy_after)
+                    next_probe = loop.time() + health_interval_s
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval_s)
+
+    async def _check_health(self, stop: asyncio.Event, timeout_s: float, unhealthy_after: int) -> None:
+        # Also probed: a restarted child that never answered within ready_timeout_s but kept running.
+        running = [item for item in self._children.values() if item.child.returncode is None]
+        answered = await until_stopped(stop, asyncio.gather(*(_answers(i.probe, timeout_s) for i in running)))
+        for item, ok in zip(running, answered, strict=True):
+            item.failures = 0 if ok else item.failures + 1
+            if item.failures >= unhealthy_after and item.child.returncode is None and not stop.is_set():
+                logger.warning(
+                    "%s did not answer /healthz %d times in a row (%.0f s apart): stopping it to restart it",
+                    item.child.name,
+                    item.failures,
+                    timeout_s,
+                )
+                # Not raced against stop: SIGTERM lets it drain, and Ctrl+C would wait for the same stop.
+                await item.child.stop(self._stop_grace_s)
+                await self._restart(item, stop)
 
     async def _restart(self, item: _Supervised, stop: asyncio.Event) -> None:
         code = item.child.returncode
@@ -90,9 +173,12 @@ class Supervisor:
         item.restarts += 1
         await item.child.start()
         item.started_at = time.monotonic()
+        item.failures = 0
         self._on_restart(item.child.name, item.restarts, code)
         try:
-            await item.child.wait_ready(item.probe, timeout_s=self._ready_timeout_s, interval_s=0.25)
+            await until_stopped(
+                stop, item.child.wait_ready(item.probe, timeout_s=self._ready_timeout_s, interval_s=0.25)
+            )
         except StackError as exc:  # it died again while starting: the next round restarts it later
             logger.warning("%s did not come back: %s", item.child.name, exc)
 
@@ -117,8 +203,9 @@ async def run_services(
     takes about half the session timeout per group). Stop them in reverse: ingest stops taking work first,
     inference drains, persister writes last.
 
-    A dead service is restarted when its /healthz stops answering; the restart waits for /healthz only
-    (a restarted service may wait for a dependency that is down, and must not hold up other restarts)."""
+    The supervisor restarts a service that exits, or that stays running but fails /healthz 3 times in a
+    row 5 s apart; the restart waits for /healthz only (a restarted service may wait for a dependency that
+    is down, and must not hold up other restarts)."""
     ports = PortBook(state_dir / "service-ports.json")
     api = ports.get("ingest-api", api_port)
     metrics = {name: ports.get(f"{name}-metrics") for name in SERVICES if name != "ingest"}
@@ -141,8 +228,7 @@ async def run_services(
                 env=child_env,
             )
             await child.start()
-            # Services drain in-flight work on SIGTERM; inference may hold a batch for a while.
-            stack.push_async_callback(child.stop, 60.0)
+            stack.push_async_callback(child.stop, STOP_GRACE_S)
             children.append(child)
             logs[name] = child.log_path
         # All four come up at once (their groups form in parallel); none is "up" until all are ready.

@@ -8,6 +8,7 @@ bucket, starts the four services, prints where everything is, and stops it all i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ from rich.table import Table
 
 from rmbg.demo import run_demo
 from rmbg.stack.stack import EmbeddedStack, StackEndpoints
-from rmbg.supervisor import RunningServices, run_services
+from rmbg.stack.urls import redact_url
+from rmbg.supervisor import RunningServices, Stopped, run_services, until_stopped
 from shared.config import BaseServiceSettings
 from shared.db.migrate import upgrade
 from shared.messaging import ensure_topics
@@ -56,8 +58,21 @@ async def provision(settings: BaseServiceSettings) -> list[str]:
 
 
 async def run_up(opts: UpOptions, stop: asyncio.Event, console: Console) -> int:
+    """Start, serve until ``stop``, stop in reverse. ``stop`` (Ctrl+C, SIGTERM) is heeded in every phase:
+    a server or service still starting, provisioning, the demo; what had started is then stopped."""
+    async with contextlib.AsyncExitStack() as running:
+        try:
+            await _up(opts, stop, console, running)
+        except Stopped:
+            pass
+        finally:
+            console.print("stopping services and servers...")
+    return 0
+
+
+async def _up(opts: UpOptions, stop: asyncio.Event, console: Console, running: contextlib.AsyncExitStack) -> None:
     base = BaseServiceSettings()
-    async with EmbeddedStack(
+    stack = EmbeddedStack(
         opts.state_dir,
         s3_access_key=base.s3.access_key,
         s3_secret_key=base.s3.secret_key.get_secret_value(),
@@ -65,38 +80,38 @@ async def run_up(opts: UpOptions, stop: asyncio.Event, console: Console) -> int:
         want_redis=os.environ.get("RMBG_REDIS__URL"),
         want_kafka=os.environ.get("RMBG_KAFKA__BOOTSTRAP_SERVERS"),
         want_s3=os.environ.get("RMBG_S3__ENDPOINT_URL"),
-    ) as endpoints:
-        os.environ.update(endpoints.as_env())
-        model_name = CLASSIC_MODEL if opts.backend == "classic" else (opts.model_name or _catalogue_name(opts))
-        os.environ.update(
-            {
-                "RMBG_INFERENCE__BACKEND": opts.backend,
-                "RMBG_INFERENCE__MODEL_SOURCE": opts.model_source,
-                "RMBG_INFERENCE__MODEL_NAME": model_name,
-                "RMBG_INGEST__MODEL": model_name,
-            }
-        )
-        settings = BaseServiceSettings()
-        console.print(
-            f"[bold]state folder[/] {endpoints.state_dir}; started here: {', '.join(endpoints.started) or 'none'}"
-        )
-        created = await provision(settings)
-        if created:
-            console.print(f"created topics: {', '.join(created)}")
-        def restarted(name: str, restarts: int, code: int | None) -> None:
-            console.print(f"[yellow]{name} exited (code {code}) and was restarted (restart {restarts})[/]")
+    )
+    endpoints = await until_stopped(stop, running.enter_async_context(stack))
+    os.environ.update(endpoints.as_env())
+    model_name = CLASSIC_MODEL if opts.backend == "classic" else (opts.model_name or _catalogue_name(opts))
+    os.environ.update(
+        {
+            "RMBG_INFERENCE__BACKEND": opts.backend,
+            "RMBG_INFERENCE__MODEL_SOURCE": opts.model_source,
+            "RMBG_INFERENCE__MODEL_NAME": model_name,
+            "RMBG_INGEST__MODEL": model_name,
+        }
+    )
+    settings = BaseServiceSettings()
+    started = ", ".join(endpoints.started) or "none"
+    console.print(f"[bold]state folder[/] {endpoints.state_dir}; started here: {started}")
+    created = await until_stopped(stop, provision(settings))
+    if created:
+        console.print(f"created topics: {', '.join(created)}")
 
-        async with run_services(
-            env=dict(os.environ), state_dir=endpoints.state_dir, api_port=opts.api_port, on_restart=restarted
-        ) as svc:
-            supervising = asyncio.create_task(svc.supervisor.run(stop), name="supervisor")
-            try:
-                await _serve(opts, settings, svc, model_name, endpoints, console, stop)
-            finally:
-                stop.set()  # also when the demo failed: no restart while the services are being stopped
-                await supervising
-            console.print("stopping services and servers...")
-    return 0
+    def restarted(name: str, restarts: int, code: int | None) -> None:
+        console.print(f"[yellow]{name} exited (code {code}) and was restarted (restart {restarts})[/]")
+
+    services = run_services(
+        env=dict(os.environ), state_dir=endpoints.state_dir, api_port=opts.api_port, on_restart=restarted
+    )
+    svc = await until_stopped(stop, running.enter_async_context(services))
+    supervising = asyncio.create_task(svc.supervisor.run(stop), name="supervisor")
+    try:
+        await _serve(opts, settings, svc, model_name, endpoints, console, stop)
+    finally:
+        stop.set()  # also when the demo failed: no restart while the services are being stopped
+        await supervising
 
 
 async def _serve(
@@ -115,10 +130,10 @@ async def _serve(
     for name, url in svc.metrics_urls.items():
         table.add_row(f"metrics {name}", f"{url}  (/healthz, /readyz beside it)")
     table.add_row("ready after", ", ".join(f"{n} {s:.1f} s" for n, s in svc.ready_s.items()))
-    table.add_row("PostgreSQL", _redact(endpoints.postgres_dsn))
-    table.add_row("Redis", endpoints.redis_url)
-    table.add_row("Kafka", endpoints.kafka_bootstrap)
-    table.add_row("S3", f"{endpoints.s3_endpoint} bucket {settings.s3.bucket}")
+    table.add_row("PostgreSQL", redact_url(endpoints.postgres_dsn))
+    table.add_row("Redis", redact_url(endpoints.redis_url))
+    table.add_row("Kafka", redact_url(endpoints.kafka_bootstrap))
+    table.add_row("S3", f"{redact_url(endpoints.s3_endpoint)} bucket {settings.s3.bucket}")
     table.add_row("model", f"{model_name} ({opts.backend} backend)")
     table.add_row("logs", str(endpoints.state_dir / "logs"))
     console.print(table)
@@ -128,17 +143,10 @@ async def _serve(
             "machine; run with --backend rmbg --model-source <hub id or folder> to use the model.[/]"
         )
     if opts.demo:
-        ok = await run_demo(svc.api_url, settings, console)
+        ok = await until_stopped(stop, run_demo(svc.api_url, settings, console))
         console.print(
             "[green]demo: every job completed[/]" if ok else "[red]demo: some jobs did not complete[/]"
         )
     console.print("serving; press Ctrl+C to stop")
     await stop.wait()
 
-
-def _redact(dsn: str) -> str:
-    if "@" in dsn and ":" in dsn.split("@", 1)[0].split("//", 1)[-1]:
-        scheme, rest = dsn.split("//", 1)
-        user = rest.split(":", 1)[0]
-        return f"{scheme}//{user}:***@{rest.split('@', 1)[1]}"
-    return dsn

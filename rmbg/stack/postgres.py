@@ -22,6 +22,7 @@ import asyncpg
 import psutil
 
 from rmbg.stack.processes import StackError, log_tail
+from rmbg.stack.urls import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ async def postgres_answers(dsn: str, timeout_s: float = 2.0) -> bool:
     try:
         conn = await asyncpg.connect(dsn, timeout=timeout_s)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        logger.debug("no PostgreSQL at %s: %r", dsn, exc)
+        logger.debug("no PostgreSQL at %s: %r", redact_url(dsn), exc)
         return False
     await conn.close()
     return True
@@ -111,11 +112,18 @@ class EmbeddedPostgres:
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         _forget_dead_handles(self.pgdata)
+        starting = asyncio.ensure_future(asyncio.to_thread(get_server, self.pgdata, cleanup_mode="stop"))
         try:
-            self._server = await asyncio.wait_for(
-                asyncio.to_thread(get_server, self.pgdata, cleanup_mode="stop"),
-                timeout=timeout_s,
-            )
+            # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancel that arrives as the thread ends.
+            async with asyncio.timeout(timeout_s):
+                self._server = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # Ctrl+C while it starts: the thread running pg_ctl cannot be interrupted, so let it finish (a
+            # few seconds) and stop the server it started, rather than leave a daemon nobody stops.
+            with contextlib.suppress(Exception):
+                server = await starting
+                await asyncio.to_thread(server.cleanup)
+            raise
         except Exception as exc:
             raise StackError(
                 f"embedded PostgreSQL in {self.pgdata} did not start ({exc!r}); see {self.pgdata / 'log'}. "
@@ -123,7 +131,7 @@ class EmbeddedPostgres:
             ) from exc
         self._link_log()
         dsn: str = self._server.get_uri()
-        logger.info("embedded PostgreSQL ready at %s", dsn)
+        logger.info("embedded PostgreSQL ready at %s", redact_url(dsn))
         return dsn
 
     def _link_log(self) -> None:

@@ -182,7 +182,10 @@ class ChildProcess:
         """Poll ``probe`` until it answers True; returns the seconds waited.
 
         Raises StackError (naming the log file, with its tail) when the child exits first or the
-        deadline passes. A probe that raises counts as "not yet".
+        deadline passes. A probe that raises counts as "not yet". Cancelling the wait always cancels
+        it: the probe runs in this task under ``asyncio.timeout``, not ``asyncio.wait_for``, whose
+        Python 3.11 version returns the probe's result, dropping the cancellation, when the probe has
+        just finished as the cancel arrives (the caller would then wait out ``timeout_s``).
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -191,7 +194,9 @@ class ChildProcess:
                 raise self.failure(f"exited with code {self.returncode} before it was ready")
             try:
                 remaining = max(0.5, timeout_s - (loop.time() - started))
-                if await asyncio.wait_for(probe(), timeout=remaining):
+                async with asyncio.timeout(remaining):
+                    answered = await probe()
+                if answered:
                     return loop.time() - started
             except Exception as exc:  # the server is still coming up
                 logger.debug("%s not ready yet: %r", self.name, exc)

@@ -9,6 +9,7 @@ snapshots to DIR/dump.rdb (``save 60 1`` and on SIGTERM) and stops like the othe
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from rmbg.stack.processes import ChildProcess, PortBook, StackError, listens_on
+from rmbg.stack.urls import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ async def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
     try:
         return bool(await client.ping())
     except (OSError, aioredis.RedisError) as exc:
-        logger.debug("no Redis at %s: %r", url, exc)
+        logger.debug("no Redis at %s: %r", redact_url(url), exc)
         return False
     finally:
         await client.aclose()
@@ -78,5 +80,8 @@ async def start_redis(
     except StackError:
         await child.stop()
         raise
-    logger.info("redis ready at %s in %.2f s", url, waited)
+    except asyncio.CancelledError:  # Ctrl+C while it starts: leave nothing running behind us
+        await child.stop()
+        raise
+    logger.info("redis ready at %s in %.2f s", redact_url(url), waited)
     return child, url

@@ -8,6 +8,7 @@ reloads them; we delete that file before each start so only the flags given here
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -178,6 +179,9 @@ async def start_seaweed(
                 logger.warning("seaweedfs exited at start (attempt %d), retrying with fresh ports", attempt)
                 ports.forget(*(f"seaweed.{c}" for c in COMPONENTS), "seaweed.s3.grpc")
                 continue
+            raise
+        except asyncio.CancelledError:  # Ctrl+C while it starts: leave nothing running behind us
+            await child.stop()
             raise
         logger.info("seaweedfs ready at %s in %.2f s", endpoint, waited)
         return child, endpoint

@@ -7,6 +7,7 @@ consumer-group commits survive a restart.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import os
@@ -112,6 +113,9 @@ async def start_tansu(
                 logger.warning("tansu exited at start (attempt %d), retrying on a fresh port", attempt)
                 ports.forget(PORT_NAME)
                 continue
+            raise
+        except asyncio.CancelledError:  # Ctrl+C while it starts: leave nothing running behind us
+            await child.stop()
             raise
         logger.info("tansu ready at %s in %.2f s", bootstrap, waited)
         return child, bootstrap

@@ -63,9 +63,15 @@ class EventsUnavailable(Exception):
     """The API has no event stream for this job (an older API): the caller polls instead."""
 
 
-def retry_after_s(header: str | None, attempt: int, *, now: datetime | None = None) -> float:
-    """Seconds to wait before try ``attempt + 1``: the header's (seconds or an HTTP date), else backoff."""
-    backoff = min(0.5 * 2.0 ** (attempt - 1), 8.0)
+def backoff_s(attempt: int) -> float:
+    """Seconds to wait before try ``attempt + 1`` when the server named none: 0.5 s doubling, at most 8 s."""
+    return min(0.5 * 2.0 ** (attempt - 1), 8.0)
+
+
+def retry_after_s(header: str | None, attempt: int, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait before try ``attempt + 1``: the header's (seconds or an HTTP date), else backoff;
+    None when the header asks for longer than MAX_RETRY_AFTER_S (give up now, with the server's message)."""
+    backoff = backoff_s(attempt)
     if not header:
         return backoff
     header = header.strip()
@@ -79,7 +85,8 @@ def retry_after_s(header: str | None, attempt: int, *, now: datetime | None = No
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+    # Capped and retried, a quota's "until 00:00 UTC" (hours) cost 4 minutes of early retries per request.
+    return None if seconds > MAX_RETRY_AFTER_S else max(seconds, 0.0)
 
 
 def error_of(resp: httpx.Response) -> ClientError:
@@ -154,17 +161,19 @@ class ApiClient:
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if attempt >= min(tries, CONNECT_TRIES):
                     raise _unreachable(self.conn.url, exc) from None
-                await self._wait(retry_after_s(None, attempt), f"cannot connect ({exc}); retrying")
+                await self._wait(backoff_s(attempt), f"cannot connect ({exc}); retrying")
                 continue
             except httpx.TransportError as exc:
                 if attempt == tries or not replay_safe:
                     raise _unreachable(self.conn.url, exc) from None
-                await self._wait(retry_after_s(None, attempt), f"connection lost ({exc}); retrying")
+                await self._wait(backoff_s(attempt), f"connection lost ({exc}); retrying")
                 continue
             if resp.status_code in RETRYABLE and attempt < tries and wait_when_busy:
+                delay = retry_after_s(resp.headers.get("Retry-After"), attempt)
+                if delay is None:
+                    return resp  # asked to wait longer than a client should look hung: the caller raises
                 await resp.aread()
                 await resp.aclose()
-                delay = retry_after_s(resp.headers.get("Retry-After"), attempt)
                 await self._wait(delay, f"{error_of(resp).message}; retrying")
                 continue
             return resp

@@ -50,6 +50,23 @@ async def test_429_and_503_wait_as_retry_after_says_then_succeed() -> None:
     assert slept == [2.0, 3.0]
 
 
+async def test_a_wait_past_the_cap_is_not_retried_early() -> None:
+    # The daily quota answers "until 00:00 UTC": hours. Capped at 60 s and retried, each request spent four
+    # minutes on retries that could only be refused again.
+    calls: list[httpx.Request] = []
+    slept: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return _error(429, "quota_exceeded", "the daily quota is used up", **{"Retry-After": "36000"})
+
+    async with _client(handler, slept) as api:
+        with pytest.raises(ClientError) as caught:
+            await api.stats(days=1)
+    assert len(calls) == 1 and slept == []
+    assert (caught.value.status, caught.value.message) == (429, "the daily quota is used up")
+
+
 async def test_retries_are_bounded_and_end_with_the_apis_message() -> None:
     calls: list[httpx.Request] = []
 
@@ -213,6 +230,7 @@ def test_retry_after_reads_seconds_and_dates_and_is_bounded() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     assert retry_after_s("7", 1) == 7.0
     assert retry_after_s("Thu, 01 Jan 2026 00:00:05 GMT", 1, now=now) == 5.0
-    assert retry_after_s("99999", 1) == 60.0
+    assert retry_after_s("60", 1) == 60.0
+    assert retry_after_s("99999", 1) is None  # longer than a client should look hung: give up
     assert retry_after_s(None, 3) == 2.0
     assert retry_after_s("soon", 1) == 0.5

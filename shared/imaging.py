@@ -246,15 +246,20 @@ def encode_webp_rgba(rgba: np.ndarray, *, quality: int, method: int, alpha_filte
     try:
         # WebPConfig.new validates the settings itself and raises WebPError for any libwebp refuses.
         config = webp.WebPConfig.new(quality=quality, method=method)
-        config.ptr.alpha_quality = 100
-        config.ptr.alpha_filtering = alpha_filtering
+    except webp.WebPError as exc:
+        raise ValueError(f"libwebp refuses quality {quality}, method {method}: {exc}") from None
+    config.ptr.alpha_quality = 100
+    config.ptr.alpha_filtering = alpha_filtering
+    try:
         picture = webp.WebPPicture.from_numpy(rgba)
         return bytes(picture.encode(config).buffer())
     except (webp.WebPError, AttributeError, TypeError) as exc:
         # webp 0.4.0 raises AttributeError when libwebp fails to encode (it reads an error field its
         # bindings do not declare; a release that declares it would raise TypeError adding an int to a str).
-        # The only failures left once the side is checked are out of memory.
-        raise ValueError(f"libwebp could not encode {rgba.shape[1]}x{rgba.shape[0]}: {exc}") from None
+        # With the settings and the side checked, what is left is running out of memory (measured: a
+        # 3000x3000 cut-out under an address-space limit), which says nothing about the image: MemoryError,
+        # retried, where a ValueError failed the job for good as encode_failed.
+        raise MemoryError(f"libwebp could not encode {rgba.shape[1]}x{rgba.shape[0]}: {exc}") from None
 
 
 def make_cutout(

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import webp
 from PIL import Image
 
 from shared.contracts import CutoutFormat
@@ -173,6 +174,17 @@ def test_a_cutout_the_encoder_refuses_is_a_classified_rejection() -> None:
     with pytest.raises(ImageRejected) as info:
         encode_cutout(wide, fmt=CutoutFormat.WEBP, webp_quality=90)
     assert info.value.code == "encode_failed" and "webp" in str(info.value)
+
+
+def test_libwebp_failing_past_its_checks_is_out_of_memory_not_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What libwebp does when malloc fails (webp 0.4.0 then reads an error field it does not declare).
+    def fail(self: object, config: object) -> object:
+        raise AttributeError("cdata 'WebPPicture *' has no field 'error_code'")
+
+    monkeypatch.setattr(webp.WebPPicture, "encode", fail)
+    cut = compose_cutout(Image.new("RGB", (8, 8)), np.full((8, 8), 128, dtype=np.uint8))
+    with pytest.raises(MemoryError, match="libwebp could not encode 8x8"):
+        encode_cutout(cut, fmt=CutoutFormat.WEBP, webp_quality=90)
 
 
 @pytest.mark.parametrize("quality", [101, -5])

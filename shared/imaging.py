@@ -74,6 +74,17 @@ def decode_rgb(data: bytes) -> Image.Image:
         return _to_rgb(img)
 
 
+def decode_rgb_alpha(data: bytes) -> tuple[Image.Image, np.ndarray | None]:
+    """decode_rgb, and the image's own alpha where it has transparency (upright as the pixels are; None
+    when it has none, or none below 255)."""
+    with _opened(data) as img:
+        rgb = _to_rgb(img)
+        if not img.has_transparency_data:
+            return rgb, None
+        alpha = np.asarray(ImageOps.exif_transpose(img).convert("RGBA"))[..., 3]
+        return rgb, (None if int(alpha.min()) == 255 else np.ascontiguousarray(alpha))
+
+
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width < 1 or height < 1:
@@ -265,12 +276,18 @@ def encode_webp_rgba(rgba: np.ndarray, *, quality: int, method: int, alpha_filte
 def make_cutout(
     original: bytes, mask_png: bytes, fmt: CutoutFormat, quality: int, webp_method: int = CUTOUT_WEBP_METHOD
 ) -> bytes:
-    """Decode the original and the mask, check they match, and encode the cut-out."""
-    image = decode_rgb(original)
+    """Decode the original and the mask, check they match, and encode the cut-out.
+
+    Where the original has transparency of its own, the cut-out keeps it: its alpha is the lower of the
+    mask's and the original's. With the mask alone, what the upload hid under transparent pixels (any RGB
+    is stored there) showed through, and a half-transparent shadow turned opaque."""
+    image, own_alpha = decode_rgb_alpha(original)
     mask = decode_mask_png(mask_png)
     if (mask.shape[1], mask.shape[0]) != image.size:
         raise ImageRejected(
             f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.size[0]}x{image.size[1]}",
             code="corrupt",
         )
+    if own_alpha is not None:
+        mask = np.minimum(mask, own_alpha)
     return encode_cutout(compose_cutout(image, mask), fmt=fmt, webp_quality=quality, webp_method=webp_method)

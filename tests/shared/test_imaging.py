@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import webp
-from PIL import Image
+from PIL import Image, ImageOps
 
 from shared.contracts import CutoutFormat
 from shared.exceptions import ImageRejected
@@ -89,6 +89,46 @@ def test_cutout_alpha_is_the_mask_exactly(fmt: CutoutFormat) -> None:
     mask = np.random.default_rng(1).integers(0, 256, (48, 64), dtype=np.uint8)
     out = Image.open(io.BytesIO(make_cutout(_png(), encode_mask_png(mask), fmt, 80)))
     assert out.mode == "RGBA" and np.array_equal(np.asarray(out.getchannel("A")), mask)
+
+
+def _transparent_png(orientation: int | None = None) -> tuple[bytes, np.ndarray]:
+    """An RGBA PNG whose background is transparent over magenta (RGB nobody is meant to see), with a
+    half-transparent shadow; its alpha as a viewer shows it (upright)."""
+    rgba = np.zeros((48, 64, 4), dtype=np.uint8)
+    rgba[..., :3] = (255, 0, 255)  # hidden under alpha 0
+    rgba[10:30, 10:40] = (20, 120, 200, 255)  # the product
+    rgba[30:36, 10:40] = (0, 0, 0, 60)  # its shadow
+    image = Image.fromarray(rgba, mode="RGBA")
+    buf = io.BytesIO()
+    if orientation is None:
+        image.save(buf, format="PNG")
+        return buf.getvalue(), rgba[..., 3]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(buf, format="PNG", exif=exif)
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue())))
+    assert upright.size == (48, 64)  # turned a quarter
+    return buf.getvalue(), np.asarray(upright.getchannel("A"))
+
+
+@pytest.mark.parametrize("fmt", list(CutoutFormat))
+@pytest.mark.parametrize("orientation", [None, 6])
+def test_the_originals_own_transparency_stays_in_the_cutout(fmt: CutoutFormat, orientation: int | None) -> None:
+    data, own = _transparent_png(orientation)
+    mask = np.full(own.shape, 255, dtype=np.uint8)  # a model that keeps everything
+    mask[:, :5] = 0
+    out = Image.open(io.BytesIO(make_cutout(data, encode_mask_png(mask), fmt, 80)))
+    assert np.array_equal(np.asarray(out.getchannel("A")), np.minimum(mask, own))
+
+
+def test_an_opaque_original_keeps_the_mask_as_its_alpha() -> None:
+    image = Image.fromarray(np.full((48, 64, 4), 200, dtype=np.uint8), mode="RGBA")
+    image.putalpha(255)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    mask = np.random.default_rng(2).integers(0, 256, (48, 64), dtype=np.uint8)
+    out = Image.open(io.BytesIO(make_cutout(buf.getvalue(), encode_mask_png(mask), CutoutFormat.PNG, 80)))
+    assert np.array_equal(np.asarray(out.getchannel("A")), mask)
 
 
 def test_a_noisy_soft_matte_never_costs_seconds() -> None:

@@ -58,8 +58,13 @@ async def until_stopped(stop: asyncio.Event, aw: Awaitable[_T]) -> _T:
         if not work.done():
             cancelled = work.cancel()
             await asyncio.wait((work,))
-    if cancelled and work.cancelled():
-        raise Stopped
+    if cancelled:
+        try:
+            return work.result()  # its cleanup may still have returned
+        except asyncio.CancelledError:
+            # A cancelled gather() ends with CancelledError set as its exception, not as cancelled (Python
+            # 3.11), so work.cancelled() alone missed it and the supervisor's health check raised it.
+            raise Stopped from None
     return work.result()  # what it returned or raised, also when it finished as stop was set
 
 

@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from rmbg.stack.processes import ChildProcess, free_port
-from rmbg.supervisor import Supervisor, _http_ok
+from rmbg.supervisor import Stopped, Supervisor, _http_ok, until_stopped
 
 
 async def _always() -> bool:
@@ -159,3 +160,19 @@ async def test_stop_cuts_a_restarts_readiness_wait_short(tmp_path: Path) -> None
         stop.set()
         await task
         await child.stop(grace_s=2)
+
+
+async def test_a_stop_during_a_gathered_wait_is_stopped_not_cancelled() -> None:
+    # The supervisor's health check waits on a gather(): cancelled, a gather ends with CancelledError as its
+    # exception rather than as cancelled, which escaped as a CancelledError out of Supervisor.run.
+    stop = asyncio.Event()
+
+    async def slow() -> bool:
+        await asyncio.sleep(30)
+        return True
+
+    waiting = asyncio.create_task(until_stopped(stop, asyncio.gather(slow(), slow())))
+    await asyncio.sleep(0.05)
+    stop.set()
+    with pytest.raises(Stopped):
+        await asyncio.wait_for(waiting, 5)

@@ -248,11 +248,14 @@ LIMIT :limit;
 -- The same with a tag (and optionally a user): driven from image_tags' (tag_id, created_at DESC)
 -- index newest first, so a rare tag does not walk every job; each hit is one primary-key probe into
 -- its month's partition. The user guard only filters, which is bounded by the tag's own rows.
+-- The jobs table is named first: PostgreSQL locks tables in the order a statement names them, and every
+-- path takes jobs before tags (rmbg_retire_month since 0020 too); named after image_tags, this listing
+-- deadlocked with a retirement (reproduced). The planner still joins in the order above.
 SELECT j.*,
        (SELECT names FROM rmbg_job_tags(j.job_id, j.created_at)) AS tags
-FROM tags t
-JOIN image_tags it ON it.tag_id = t.tag_id
-JOIN image_process_jobs j ON j.job_id = it.job_id AND j.created_at = it.created_at
+FROM image_process_jobs j
+JOIN image_tags it ON j.job_id = it.job_id AND j.created_at = it.created_at
+JOIN tags t ON it.tag_id = t.tag_id
 WHERE t.name >= :tag::varchar AND t.name <= :tag::varchar
   AND (:user_id::varchar IS NULL OR j.user_id = :user_id::varchar)
   AND (:status::varchar IS NULL OR j.status = :status::varchar)

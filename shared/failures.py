@@ -27,12 +27,15 @@ class FailureClass(StrEnum):
 
 # SQLSTATE classes (the first two characters) that say "try again": connection exceptions, resources,
 # operator intervention (shutdown, restart), transaction rollbacks (serialization, deadlock), system errors,
-# a server in the wrong state (25: a read-only standby or a copy still restoring, 25006; 55: a lock not
-# granted within lock_timeout, 55P03), and those that fail every record alike because the deployment is
-# wrong (a missing table or column from a migration not yet run, a missing database or schema, a
-# permission): stall and alert, skip nothing. Unclassified, 25006 after a failover that still pointed at
-# the demoted primary gave every record up after its bounded retries (about 60 s).
-_PG_TRANSIENT_CLASSES = frozenset({"08", "25", "40", "53", "55", "57", "58", "42", "3D", "3F"})
+# and those that fail every record alike because the deployment is wrong (a missing table or column from
+# a migration not yet run, a missing database or schema, a permission): stall and alert, skip nothing.
+_PG_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58", "42", "3D", "3F"})
+# ...and single codes of classes that are otherwise about the code (25P02, a statement in a transaction
+# that already failed, fails the same way every time): a server in the wrong state, a read-only standby or
+# a copy still restoring (25006; unclassified, a failover that still pointed at the demoted primary gave
+# every record up after its bounded retries, about 60 s), a lock not granted within lock_timeout (55P03)
+# or an object in use (55006).
+_PG_TRANSIENT_STATES = frozenset({"25006", "55P03", "55006"})
 # ...and those that say "this statement with these values will never work": data exceptions (a NUL byte,
 # a value out of range), integrity violations, and syntax or access rule violations in a given record.
 _PG_PERMANENT_CLASSES = frozenset({"22", "23"})
@@ -56,8 +59,9 @@ def classify(exc: BaseException) -> FailureClass:
     if isinstance(exc, TransientError):
         return FailureClass.TRANSIENT
     if isinstance(exc, asyncpg.PostgresError):
-        state = str(getattr(exc, "sqlstate", "") or "")[:2]
-        if state in _PG_TRANSIENT_CLASSES:
+        sqlstate = str(getattr(exc, "sqlstate", "") or "")
+        state = sqlstate[:2]
+        if state in _PG_TRANSIENT_CLASSES or sqlstate in _PG_TRANSIENT_STATES:
             return FailureClass.TRANSIENT
         if state in _PG_PERMANENT_CLASSES:
             return FailureClass.PERMANENT

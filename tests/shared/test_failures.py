@@ -51,6 +51,7 @@ def _pg(sqlstate: str) -> asyncpg.PostgresError:
         (asyncpg.UndefinedTableError("no table"), T),  # 42P01: a migration not yet run stalls, skips nothing
         (asyncpg.ReadOnlySQLTransactionError("read-only"), T),  # 25006: a standby, or a restore still replaying
         (asyncpg.LockNotAvailableError("lock_timeout"), T),  # 55P03
+        (asyncpg.InFailedSQLTransactionError("aborted"), U),  # 25P02: the code's, fails the same every time
         (_pg("XX000"), U),  # internal error: nobody knows
         (asyncpg.InterfaceError("connection is closed"), T),
         (kafka_errors.KafkaConnectionError("down"), T),

@@ -14,8 +14,9 @@ the webhook is owed exactly once; this loop only sends what is owed (docs/access
   once.
 - Every attempt is recorded (status code, latency, error) for ``GET /v1/jobs/{id}/webhooks``, one that
   failed before its POST too (the secret does not decrypt, a URL could not be presigned): judged like a
-  POST without an answer, except that a permanent cause (a secret no configured key decrypts) gives up at
-  once. Only an attempt that cannot be recorded at all (the database is down) is left to its lease, and
+  POST without an answer, so it is retried on the schedule (putting back a key rotated out too early
+  undoes an undecryptable secret). Only an attempt that cannot be recorded at all (the database is down)
+  is left to its lease, and
   the claim itself never draws a number past the schedule's nor claims a row past ``max_age_s``: such a
   row is given up there, so no unrecorded attempt comes back forever.
 - On stop, claiming ends and sends in flight get ``grace_s`` to finish.
@@ -218,13 +219,13 @@ class WebhookDispatcher:
     def _unsent(self, record: WebhookRecord, exc: Exception) -> tuple[AttemptResult, WebhookState, datetime | None]:
         """The failed attempt for an exception raised before an answer, judged as one without an answer.
 
-        Permanent when classified so, or a ConfigError (a secret that no key in RMBG_AUTH__ENCRYPTION_KEYS
-        decrypts: it stays so until an operator acts, and each retry would only log it again). Transient
-        (S3 or the database down) and unknown causes take the schedule's waits, bounded like any attempt
-        (10 attempts, 24 h by default)."""
+        Permanent when classified so. Everything else takes the schedule's waits, bounded like any attempt
+        (10 attempts, 24 h by default): S3 or the database down, and a secret no key in
+        RMBG_AUTH__ENCRYPTION_KEYS decrypts (ConfigError), an operator's mistake that putting the key back
+        undoes within those hours, where giving up at once lost every due webhook of the user for good."""
         kind = classify(exc)
-        permanent = kind is FailureClass.PERMANENT or isinstance(exc, ConfigError)
-        if permanent or kind is FailureClass.TRANSIENT:
+        permanent = kind is FailureClass.PERMANENT
+        if permanent or kind is FailureClass.TRANSIENT or isinstance(exc, ConfigError):
             log.warning(
                 "webhook attempt %d of job %s failed before its POST: %s",
                 record.attempts,

@@ -48,7 +48,10 @@ WITH bounds AS (
 ), picked AS (
     SELECT w.job_id,
            w.attempts < b.max_attempts AS attempts_left,
-           now() <= COALESCE(w.due_at, w.registered_at) + b.max_age AS young
+           -- + lease_s: _judge schedules a last attempt up to max_age by the dispatcher's clock, and its
+           -- claim comes a poll (or a backlog) later by the database's; that attempt must still run.
+           now() <= COALESCE(w.due_at, w.registered_at) + b.max_age
+                    + make_interval(secs => :lease_s::double precision) AS young
     FROM webhooks w CROSS JOIN bounds b
     WHERE w.state = 'due' AND w.next_attempt_at <= now()
     ORDER BY w.next_attempt_at

@@ -397,11 +397,12 @@ async def test_a_database_outage_does_not_end_the_loop(dsn: str, caplog: pytest.
     assert 2 <= len(failed) <= 6, [r.getMessage() for r in failed]
 
 
-async def test_a_secret_that_does_not_decrypt_gives_up_at_once_with_its_reason(
+async def test_a_secret_that_does_not_decrypt_is_recorded_and_retried_on_the_schedule(
     db: Database, receiver: Receiver, dispatcher: Dispatch
 ) -> None:
-    # The user's secret was written under a key RMBG_AUTH__ENCRYPTION_KEYS no longer holds (rotated out):
-    # nothing can ever be signed. Unrecorded, the row came back every lease_s with one more number drawn.
+    # The user's secret was written under a key RMBG_AUTH__ENCRYPTION_KEYS no longer holds (rotated out too
+    # early): nothing can be signed until an operator puts the key back. Unrecorded, the row came back every
+    # lease_s with one more number drawn; given up at once, putting the key back could not save it.
     job_id, user = await ended_job(db, receiver.url())
     rotated_out = WebhookSecrets(repo=db.webhooks, cipher=SecretCipher(Fernet.generate_key().decode()))
     async with db.pool.acquire() as conn:
@@ -409,7 +410,8 @@ async def test_a_secret_that_does_not_decrypt_gives_up_at_once_with_its_reason(
     async with dispatcher() as d:
         assert await d.dispatch_once() >= 1
     hook, attempts = await state(db, job_id, user)
-    assert hook.state == "gave_up" and hook.attempts == 1 and receiver.got == []
+    assert hook.state == "due" and hook.attempts == 1 and receiver.got == []
+    assert hook.next_attempt_at is not None and hook.next_attempt_at > datetime.now(UTC)
     assert [(a.attempt, a.status_code) for a in attempts] == [(1, None)]
     assert attempts[0].error is not None and attempts[0].error.startswith("not sent: ")
     assert "does not decrypt with RMBG_AUTH__ENCRYPTION_KEYS" in attempts[0].error

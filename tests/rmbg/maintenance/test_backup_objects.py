@@ -9,7 +9,6 @@ import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
 
 import pytest
 from pydantic import SecretStr
@@ -29,9 +28,9 @@ from rmbg.stack import StackEndpoints
 from shared.config import S3Settings
 from shared.contracts import ProcessingParams
 from shared.db import Database
-from shared.db.models import JobStatus
 from shared.ids import uuid7
 from shared.storage import ObjectKeys, ObjectStore
+from tests.support.jobs import insert_rejected_upload
 
 MODEL = "backup-model"
 
@@ -88,25 +87,12 @@ async def _pending_job(db: Database, bucket: BucketAdmin, data: bytes) -> str:
     return key
 
 
-async def _rejected_upload(db: Database) -> UUID:
-    """A failed upload-topic job: its original_path names the upstream's object (s3://...), not one of ours."""
-    job_id = uuid7()
-    data = b"not an image"
-    async with db.pool.acquire() as conn:
-        assert await db.jobs.insert_job(
-            conn, job_id=job_id, user_id="u1", original_path="s3://upstream/incoming/bad.png",
-            content_sha256=hashlib.sha256(data).hexdigest(), original_bytes=len(data), image_width=None,
-            image_height=None, params={}, params_hash=ProcessingParams().digest(), model_name=MODEL,
-            source="upload", tags=[], status=JobStatus.FAILED, error_message="not a recognised image file",
-        )
-    return job_id
-
 
 async def test_restore_verify_skips_an_upstream_original(
     maint_dsn: str, db: Database, admin: BucketAdmin, s3: S3Settings
 ) -> None:
     ours = await _pending_job(db, admin, b"a photo")
-    await _rejected_upload(db)
+    await insert_rejected_upload(db, model_name=MODEL)
     manifest = _manifest(s3.bucket, await list_objects(admin, versioned=True))
 
     report = await verify_restore(maint_dsn, s3, manifest, content=True, repair=True)

@@ -25,11 +25,11 @@ from rmbg.maintenance.fsck import Fsck, FsckReport, cutout_format_of
 from rmbg.stack import StackEndpoints
 from shared.contracts import CutoutFormat, ProcessingParams
 from shared.db import Database
-from shared.db.models import JobStatus
 from shared.ids import uuid7
 from shared.imaging import CUTOUT_CONTENT_TYPES, DEFAULT_WEBP_QUALITY, encode_mask_png, make_cutout
 from shared.storage import ObjectKeys, ObjectStore
 from shared.storage.objects import StoredObject
+from tests.support.jobs import insert_rejected_upload
 
 MODEL = "fsck-model"
 REVISION = "r1"
@@ -119,19 +119,6 @@ async def _completed(
     return Job(job_id, original, mask_key, processed)
 
 
-async def _rejected_upload(db: Database) -> UUID:
-    """A failed upload-topic job: its original_path names the upstream object (s3://...), not one of ours."""
-    job_id = uuid7()
-    data = b"not an image"
-    async with db.pool.acquire() as conn:
-        assert await db.jobs.insert_job(
-            conn, job_id=job_id, user_id="u1", original_path="s3://upstream/incoming/bad.png",
-            content_sha256=hashlib.sha256(data).hexdigest(), original_bytes=len(data), image_width=None,
-            image_height=None, params={}, params_hash=ProcessingParams().digest(), model_name=MODEL,
-            source="upload", tags=[], status=JobStatus.FAILED, error_message="not a recognised image file",
-        )
-    return job_id
-
 
 async def _exists(store: ObjectStore, key: str) -> bool:
     return await store.head(key) is not None
@@ -145,7 +132,7 @@ async def _fsck(db: Database, store: ObjectStore, *, repair: bool, grace: timede
 async def test_a_consistent_system_is_clean(db: Database, store: ObjectStore) -> None:
     done = [await _completed(db, store, ProcessingParams(cutout_format=fmt)) for fmt in CutoutFormat]
     pending = await _pending(db, store)
-    await _rejected_upload(db)
+    await insert_rejected_upload(db, model_name=MODEL)
 
     report = await _fsck(db, store, repair=False)
 

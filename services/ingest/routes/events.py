@@ -97,9 +97,8 @@ async def follow_job(
             yield job_sse(job)
             sent = STATUS_RANK[_status(job)]
             quiet = options.quiet_s
-            quiet_until = recheck_at = loop.time()
-            quiet_until += quiet
-            recheck_at += options.reauth_s
+            started = loop.time()
+            quiet_until, recheck_at = started + quiet, started + options.reauth_s
             while _status(job) not in TERMINAL_STATUSES:
                 now = loop.time()
                 if now >= deadline:

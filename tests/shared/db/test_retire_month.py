@@ -31,6 +31,15 @@ async def _waiting_on_a_lock(pool: asyncpg.Pool, pid: int) -> bool:
         return bool(await conn.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid))
 
 
+async def _until_waiting(pool: asyncpg.Pool, pid: int) -> bool:
+    """Whether backend ``pid`` is waiting on a lock, polled for up to 4 s."""
+    for _ in range(200):
+        if await _waiting_on_a_lock(pool, pid):
+            return True
+        await asyncio.sleep(0.02)
+    return await _waiting_on_a_lock(pool, pid)
+
+
 async def test_retirement_waits_for_an_intake_between_its_job_and_its_tags(
     pool: asyncpg.Pool, repos: Repositories
 ) -> None:
@@ -43,11 +52,7 @@ async def test_retirement_waits_for_an_intake_between_its_job_and_its_tags(
         job_id = await _insert(intake, repos, datetime.now(UTC))  # the job written, its tags not yet read
         retiring = asyncio.create_task(retention.fetchval("SELECT rmbg_retire_month($1)", MONTH))
         pid = retention.get_server_pid()
-        for _ in range(200):
-            if await _waiting_on_a_lock(pool, pid):
-                break
-            await asyncio.sleep(0.02)
-        assert await _waiting_on_a_lock(pool, pid), "retirement waits for the intake's transaction"
+        assert await _until_waiting(pool, pid), "retirement waits for the intake's transaction"
         # What intake does next (and every transition's RETURNING): read the job's tags. Before 0020 the
         # retirement held the tags table by now and waited for the jobs table: a deadlock, one aborted.
         tags = await intake.fetchval(
@@ -70,19 +75,12 @@ async def test_retirement_and_a_listing_by_tag_wait_for_each_other_in_turn(
         await tx.start()
         await reader.fetchval("SELECT count(*) FROM image_process_jobs WHERE created_at >= now()")  # holds jobs
         retiring = asyncio.create_task(retention.fetchval("SELECT rmbg_retire_month($1)", month))
-        for _ in range(200):
-            if await _waiting_on_a_lock(pool, retention.get_server_pid()):
-                break
-            await asyncio.sleep(0.02)
+        await _until_waiting(pool, retention.get_server_pid())
         # Queued behind the retirement's request for the jobs table. Named image_tags first (before 0020's
         # companion change in jobs.sql), the listing held the tags table while it queued: once the reader
         # let go, the retirement took jobs and waited for tags, and the two deadlocked.
         listing = asyncio.create_task(repos.jobs.list_jobs(lister, tag="no-such-tag-anywhere"))
-        for _ in range(200):
-            if await _waiting_on_a_lock(pool, lister.get_server_pid()):
-                break
-            await asyncio.sleep(0.02)
-        assert await _waiting_on_a_lock(pool, lister.get_server_pid())
+        assert await _until_waiting(pool, lister.get_server_pid())
         await tx.commit()
         assert await asyncio.wait_for(retiring, 30) == 1
         assert (await asyncio.wait_for(listing, 30))[0] == []
